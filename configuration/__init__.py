@@ -1,0 +1,1 @@
+"""Configuration of PruMerge LLaVA models."""

@@ -1,0 +1,1 @@
+"""Export and upload of PruMerge checkpoints to the Hugging Face Hub."""

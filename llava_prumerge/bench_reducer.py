@@ -1,0 +1,117 @@
+"""Reducer micro-benchmark: the vectorised reducer against the per-token loop, same inputs, same run.
+
+python -m llava_prumerge.bench_reducer            # or: llava-prumerge bench --reducer-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from functools import partial
+
+import torch
+
+from .modeling.token_reduction import reduce_visual_tokens
+from .reducer_loop import reduce_visual_tokens_loop
+
+
+def realistic_inputs(batch: int, patches: int = 576, channels: int = 1024, outliers: int = 32, seed: int = 0):
+    """CLIP-L/336-shaped inputs whose [CLS] attention has about `outliers` large values per image."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, patches, channels, generator=generator)
+    keys = torch.randn(batch, patches, channels, generator=generator)
+    logits = 0.5 * torch.randn(batch, patches, generator=generator)
+    for image in range(batch):
+        hot = torch.randperm(patches, generator=generator)[:outliers]
+        logits[image, hot] += 5 + 2 * torch.rand(outliers, generator=generator)
+    return features, logits.softmax(dim=-1), keys
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(batch_sizes=(1, 16), methods=("prumerge", "prumerge_plus"), patches=576, channels=1024, repeats=5):
+    rows = []
+    for method in methods:
+        for batch in batch_sizes:
+            inputs = realistic_inputs(batch, patches, channels)
+            with torch.no_grad():
+                vectorised = median_seconds(
+                    partial(reduce_visual_tokens, *inputs, token_reduction=method), repeats
+                )
+                loop = median_seconds(
+                    partial(reduce_visual_tokens_loop, *inputs, method), max(1, repeats // 2)
+                )
+                tokens = reduce_visual_tokens(*inputs, token_reduction=method).num_tokens
+            rows.append(
+                {
+                    "method": method,
+                    "batch_size": batch,
+                    "patches": patches,
+                    "channels": channels,
+                    "mean_tokens_per_image": sum(tokens) / len(tokens),
+                    "vectorised_ms": vectorised * 1e3,
+                    "loop_ms": loop * 1e3,
+                    "speedup": loop / vectorised,
+                }
+            )
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = [
+        f"{'method':<14} {'batch':>5} {'tokens/img':>10} {'vectorised ms':>14} {'loop ms':>10} {'speed-up':>9}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['method']:<14} {row['batch_size']:>5} {row['mean_tokens_per_image']:>10.1f} "
+            f"{row['vectorised_ms']:>14.2f} {row['loop_ms']:>10.2f} {row['speedup']:>8.1f}x"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
+    parser.add_argument("--methods", default="prumerge,prumerge_plus")
+    parser.add_argument("--patches", type=int, default=576)
+    parser.add_argument("--channels", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def main_from_args(args: argparse.Namespace) -> list[dict]:
+    rows = run(
+        batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+        methods=[m.strip() for m in args.methods.split(",")],
+        patches=args.patches,
+        channels=args.channels,
+        repeats=args.repeats,
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"PruMerge reducer on CPU ({torch.get_num_threads()} threads), median of {args.repeats} runs")
+        print(format_table(rows))
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

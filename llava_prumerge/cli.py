@@ -1,0 +1,35 @@
+"""`llava-prumerge` command line: one subcommand per task, each implemented in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# subcommand -> (module implementing `add_arguments(parser)` and `main_from_args(args)`, help)
+SUBCOMMANDS = {
+    "demo": ("llava_prumerge.demo", "see what PruMerge does, on an embedded default (no download)"),
+    "reducer-bench": (
+        "llava_prumerge.bench_reducer",
+        "time the vectorised reducer against the per-token loop",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llava-prumerge", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main_from_args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

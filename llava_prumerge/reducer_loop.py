@@ -1,0 +1,88 @@
+"""A straightforward per-image, per-token loop implementation of the PruMerge reducer.
+
+It follows the structure of the published reducer (numpy quartiles, a Python loop over every
+kept token, candidates rebuilt by concatenation for each one) and is deliberately written
+independently of `llava_prumerge.modeling.token_reduction`: the tests use it as the oracle for
+the vectorised reducer, and `llava-prumerge bench --reducer-only` times the two against each other.
+Only the reducer's reference behaviour is covered (summary token on, attention order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _numpy_outlier_count(attention: torch.Tensor, iqr_scale: float) -> int:
+    dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
+    values = attention.detach().to(dtype).cpu().numpy().flatten()
+    q1 = np.percentile(values, 25)
+    q3 = np.percentile(values, 75)
+    upper_bound = q3 + values.dtype.type(iqr_scale) * (q3 - q1)
+    return len(np.where(values > upper_bound)[0])
+
+
+def _complement(indices: list[int], num_patches: int) -> list[int]:
+    """The published `complement_idx`: zero out the selected positions, sort, drop len(indices)."""
+    masked = list(range(num_patches))
+    for index in indices:
+        masked[index] = 0
+    return sorted(masked)[len(indices) :]
+
+
+def reduce_visual_tokens_loop(
+    features: torch.Tensor,
+    attention: torch.Tensor,
+    keys: torch.Tensor,
+    token_reduction: str = "prumerge",
+    adaptive: bool = True,
+    reduction_ratio: float = 1 / 8,
+    iqr_scale: float = 1.5,
+    merge_k: int = 32,
+    merge_weighting: str = "reference",
+) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """features [B, N, C], attention [B, N], keys [B, N, Dk] -> (per-image tokens, per-image centres)."""
+    batch, num_patches, _ = features.shape
+    out_tokens, out_centres = [], []
+    for image in range(batch):
+        x, a, key = features[image], attention[image], keys[image]
+        if adaptive:
+            ratio = max(1, _numpy_outlier_count(a, iqr_scale)) / num_patches
+            num_centres = max(1, round(num_patches * ratio))
+        else:
+            ratio = reduction_ratio
+            num_centres = max(1, int(num_patches * ratio))
+        scores = a.detach().float().tolist()
+        by_attention = sorted(range(num_patches), key=lambda i: (-scores[i], i))
+        centres = by_attention[:num_centres]
+        if token_reduction == "prumerge_plus":
+            step = int(1 / ratio)
+            if adaptive:
+                stride = max(1, int(step / 3))
+                centres = centres + [i for i in range(0, num_patches - 1, stride) if i not in centres]
+            else:
+                centres = centres + list(range(int(step / 2), num_patches - 1, step))
+        others = _complement(centres, num_patches)
+
+        # As published: gather the kept and the other patches once, then for every kept token
+        # rebuild its candidate set (the other kept tokens, then the other patches) by concatenation.
+        kept_x, kept_a, kept_keys = x[centres], a[centres].to(x.dtype), F.normalize(key[centres], p=2, dim=-1)
+        other_x, other_a, other_keys = x[others], a[others].to(x.dtype), F.normalize(key[others], p=2, dim=-1)
+        tokens = []
+        for i in range(len(centres)):
+            candidate_x = torch.cat([kept_x[:i], kept_x[i + 1 :], other_x])
+            candidate_a = torch.cat([kept_a[:i], kept_a[i + 1 :], other_a])
+            candidate_keys = torch.cat([kept_keys[:i], kept_keys[i + 1 :], other_keys])
+            similarity = kept_keys[i] @ candidate_keys.T  # [candidates]
+            nearest = similarity.topk(min(merge_k, candidate_keys.shape[0])).indices
+            weights = candidate_a[nearest][:, None]
+            absorbed = (candidate_x[nearest] * weights).sum(dim=0)
+            if merge_weighting == "mean":
+                tokens.append((kept_a[i] * kept_x[i] + absorbed) / (kept_a[i] + weights.sum()))
+            else:
+                tokens.append(kept_x[i] + absorbed)
+        summary = (other_x * other_a[:, None]).sum(dim=0)
+        out_tokens.append(torch.stack(tokens + [summary]))
+        out_centres.append(centres)
+    return out_tokens, out_centres

@@ -1,0 +1,1 @@
+"""Modeling code: the PruMerge token reducer and the LLaVA subclass that uses it."""
