@@ -377,6 +377,14 @@ def apply_merge(
     return tokens
 
 
+def keep_all_tokens(features: torch.Tensor) -> ReducedTokens:
+    """No reduction: every patch of [B, N, C] features is a token."""
+    batch, num_patches, _ = features.shape
+    every_patch = torch.arange(num_patches, device=features.device)
+    no_neighbours = every_patch.new_empty(num_patches, 0)
+    return ReducedTokens(list(features.unbind(0)), [every_patch] * batch, [no_neighbours] * batch)
+
+
 def reduce_visual_tokens(
     features: torch.Tensor,
     attention: torch.Tensor,
@@ -411,9 +419,7 @@ def reduce_visual_tokens(
     if batch == 0:
         return ReducedTokens([], [], [])
     if token_reduction == "none":
-        every_patch = torch.arange(num_patches, device=features.device)
-        no_neighbours = every_patch.new_empty(num_patches, 0)
-        return ReducedTokens(list(features.unbind(0)), [every_patch] * batch, [no_neighbours] * batch)
+        return keep_all_tokens(features)
 
     pruning = token_reduction in ("prumerge", "prumerge_plus")
     if pruning and not adaptive and num_visual_tokens is not None and num_visual_tokens < 1 + summary_token:
