@@ -12,6 +12,10 @@ SUBCOMMANDS = {
         "llava_prumerge.bench_reducer",
         "time the vectorised reducer against the per-token loop",
     ),
+    "analyze": (
+        "llava_prumerge.roofline",
+        "roofline estimate of LLM prefill cost for none vs PruMerge vs PruMerge+",
+    ),
 }
 
 

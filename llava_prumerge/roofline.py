@@ -1,0 +1,499 @@
+"""Roofline estimate of the LLaVA LLM's prefill cost with all visual tokens, PruMerge and PruMerge+.
+
+The LLM (a Llama decoder) is costed operator by operator, as LLM-Viewer (hahnyuan/LLM-Viewer,
+`model_analyzer.py`) does: each operator's OPs (a multiply-add is 2) and the bytes it moves
+(weights, activations, KV cache) give a time max(OPs / peak, bytes / bandwidth); times add up
+over the operators and layers. Prefill only; units are decimal (1 TOPs = 1e12, 1 GB = 1e9).
+
+Per layer: attn_norm, q/k/v_proj (k and v written to the KV cache), qk_matmul, softmax,
+sv_matmul, o_proj, attn_add, mlp_norm, gate/up_proj, mlp_act (SiLU and the multiply),
+down_proj, mlp_add. Then final_norm and lm_head for the last token of each sequence only.
+Conventions kept from LLM-Viewer so that its numbers (and the paper's) are reproduced:
+- attention scores cover the full seq x seq square (no causal saving), softmax is 5 OPs a score;
+- a norm is 7 OPs an element and loads no weights (an RMSNorm needs fewer: < 0.01% of the OPs);
+- a residual add loads one operand; mlp_act is sized by hidden_size (2 OPs, 2 loads, 1 store an
+  element), not by intermediate_size. Loading both add operands and sizing mlp_act by
+  intermediate_size would add 1.4 ms (1.6%) at the calibration point below.
+Where this departs from LLM-Viewer: Q is loaded at the activation width (LLM-Viewer charges it at
+the KV width); final_norm is counted (LLM-Viewer has none); lm_head counts 2 OPs a multiply-add
+with weights at --w-bits (LLM-Viewer: 1 OP, and 1 byte a weight whatever the width: 0.15 ms less
+at FP16 on a V100).
+Peak: the INT8 peak when --w-bits, --a-bits and --kv-bits are all <= 8, else the FP16 peak
+(LLM-Viewer's rule; 4-bit also runs at the INT8 peak, there is no INT4 peak).
+
+Calibration: the paper's efficiency table (LLaVA-1.5-7B, FP16, V100, batch 1, 576 visual tokens)
+gives 9.3 TFLOPs and 88.6 ms. 576 + 123 text tokens (699 in all, the default) gives 9.314 TOPs and
+88.63 ms here: both match to the paper's precision. 700 tokens give 9.328 TOPs and 88.76 ms here
+and 88.61 ms under LLM-Viewer's own lm_head accounting, so the paper likely used 700.
+PruMerge and PruMerge+ keep the paper's average 33 (32 + summary) and 144 visual tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("none", "prumerge", "prumerge_plus")
+BIT_WIDTHS = (4, 8, 16)
+DEFAULT_VISUAL_TOKENS = 576  # CLIP-L/336: 24 x 24 patches
+DEFAULT_TEXT_TOKENS = 123  # reproduces the paper's 9.3 TFLOPs / 88.6 ms (module docstring)
+PRUMERGE_TOKENS = 33  # paper: 32 kept on average (5.5%) + 1 summary token
+PRUMERGE_PLUS_TOKENS = 144  # paper: 25% of 576
+NORM_OPS_PER_ELEMENT = 7  # LLM-Viewer: mean, subtract, square, sum, divide, scale, shift
+SOFTMAX_OPS_PER_SCORE = 5  # max, subtract, exp, sum, divide
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The Llama decoder dimensions that set its cost."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+ARCHITECTURES = {
+    arch.name: arch
+    for arch in (
+        Architecture("llava-1.5-7b", 4096, 32, 32, 32, 11008, 32000),  # Vicuna-7B v1.5
+        Architecture("llava-1.5-13b", 5120, 40, 40, 40, 13824, 32000),  # Vicuna-13B v1.5
+        Architecture("tiny", 64, 2, 4, 2, 160, 100),  # for tests: 2 KV heads exercise GQA
+    )
+}
+
+# LlamaConfig's defaults: llava-hf configs leave them out of `text_config`.
+LLAMA_DEFAULTS = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "intermediate_size": 11008,
+    "vocab_size": 32000,
+}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Dense peak throughputs and memory bandwidth, in the units of vendor spec sheets."""
+
+    name: str
+    fp16_tflops: float
+    int8_tops: float
+    bandwidth_gbps: float
+
+
+# Dense tensor-core peaks (no 2:4 sparsity). V100 is LLM-Viewer's entry: 112 TFLOPS is the PCIe
+# card's FP16 tensor peak (SXM2: 125); V100 has no INT8 tensor cores, 62 TOPS is DP4A at 4x the FP32
+# rate, below its FP16 peak, so W8A8KV8 is slower than FP16 there. A100 80GB SXM, H100 SXM and
+# H200 SXM from NVIDIA's data sheets (the H100/H200 sheets print sparse figures: halved here).
+# RTX 4090 from the Ada whitepaper: 165.2 TFLOPS is FP16 with FP16 accumulate (82.6 with FP32
+# accumulate), 660.6 TOPS dense INT8.
+HARDWARE = {
+    hw.name: hw
+    for hw in (
+        Hardware("v100", 112, 62, 900),
+        Hardware("a100", 312, 624, 2039),
+        Hardware("h100", 989, 1979, 3350),
+        Hardware("h200", 989, 1979, 4800),
+        Hardware("rtx4090", 165.2, 660.6, 1008),
+    )
+}
+
+
+@dataclass(frozen=True)
+class OperatorCost:
+    """What one operator computes and moves; bytes may be fractional at 4 bits."""
+
+    ops: float
+    weight_bytes: float = 0
+    activation_load_bytes: float = 0
+    activation_store_bytes: float = 0
+    kv_load_bytes: float = 0
+    kv_store_bytes: float = 0
+
+    @property
+    def memory_access_bytes(self) -> float:
+        return (
+            self.weight_bytes
+            + self.activation_load_bytes
+            + self.activation_store_bytes
+            + self.kv_load_bytes
+            + self.kv_store_bytes
+        )
+
+    def seconds(self, peak_ops_per_second: float, bandwidth_bytes_per_second: float) -> float:
+        """Roofline time: the operator is bound by compute or by memory, whichever is slower."""
+        return max(self.ops / peak_ops_per_second, self.memory_access_bytes / bandwidth_bytes_per_second)
+
+
+def linear_cost(
+    tokens: int, in_features: int, out_features: int, w_bits: int, a_bits: int, kv_bits: int | None = None
+) -> OperatorCost:
+    """A projection; with `kv_bits` its output is written to the KV cache instead of an activation."""
+    outputs = tokens * out_features
+    return OperatorCost(
+        ops=2 * tokens * in_features * out_features,
+        weight_bytes=in_features * out_features * w_bits / 8,
+        activation_load_bytes=tokens * in_features * a_bits / 8,
+        activation_store_bytes=0 if kv_bits else outputs * a_bits / 8,
+        kv_store_bytes=outputs * kv_bits / 8 if kv_bits else 0,
+    )
+
+
+def elementwise_cost(elements: int, ops_per_element: int, loaded_tensors: int, a_bits: int) -> OperatorCost:
+    return OperatorCost(
+        ops=ops_per_element * elements,
+        activation_load_bytes=loaded_tensors * elements * a_bits / 8,
+        activation_store_bytes=elements * a_bits / 8,
+    )
+
+
+def operator_costs(
+    arch: Architecture, batch_size: int, seq_len: int, w_bits: int = 16, a_bits: int = 16, kv_bits: int = 16
+) -> dict[str, OperatorCost]:
+    """The cost of each operator of ONE decoder layer during prefill, in execution order."""
+    tokens = batch_size * seq_len
+    hidden, kv_dim, inter = arch.hidden_size, arch.kv_dim, arch.intermediate_size
+    scores = batch_size * arch.num_heads * seq_len * seq_len
+    attention_matmul_ops = 2 * scores * arch.head_dim
+    norm = elementwise_cost(tokens * hidden, NORM_OPS_PER_ELEMENT, 1, a_bits)
+    residual_add = elementwise_cost(tokens * hidden, 1, 1, a_bits)  # LLM-Viewer: one operand loaded
+    return {
+        "attn_norm": norm,
+        "q_proj": linear_cost(tokens, hidden, hidden, w_bits, a_bits),
+        "k_proj": linear_cost(tokens, hidden, kv_dim, w_bits, a_bits, kv_bits),
+        "v_proj": linear_cost(tokens, hidden, kv_dim, w_bits, a_bits, kv_bits),
+        "qk_matmul": OperatorCost(
+            ops=attention_matmul_ops,
+            activation_load_bytes=tokens * hidden * a_bits / 8,  # Q
+            activation_store_bytes=scores * a_bits / 8,
+            kv_load_bytes=tokens * kv_dim * kv_bits / 8,  # K
+        ),
+        "softmax": elementwise_cost(scores, SOFTMAX_OPS_PER_SCORE, 1, a_bits),
+        "sv_matmul": OperatorCost(
+            ops=attention_matmul_ops,
+            activation_load_bytes=scores * a_bits / 8,
+            activation_store_bytes=tokens * hidden * a_bits / 8,
+            kv_load_bytes=tokens * kv_dim * kv_bits / 8,  # V
+        ),
+        "o_proj": linear_cost(tokens, hidden, hidden, w_bits, a_bits),
+        "attn_add": residual_add,
+        "mlp_norm": norm,
+        "gate_proj": linear_cost(tokens, hidden, inter, w_bits, a_bits),
+        "up_proj": linear_cost(tokens, hidden, inter, w_bits, a_bits),
+        # SiLU(gate) * up, sized by hidden_size as LLM-Viewer does (module docstring)
+        "mlp_act": elementwise_cost(tokens * hidden, 2, 2, a_bits),
+        "down_proj": linear_cost(tokens, inter, hidden, w_bits, a_bits),
+        "mlp_add": residual_add,
+    }
+
+
+def head_costs(
+    arch: Architecture, batch_size: int, w_bits: int = 16, a_bits: int = 16
+) -> dict[str, OperatorCost]:
+    """Final norm and lm_head, for the last token of each sequence: prefill only needs its logits."""
+    return {
+        "final_norm": elementwise_cost(batch_size * arch.hidden_size, NORM_OPS_PER_ELEMENT, 1, a_bits),
+        "lm_head": linear_cost(batch_size, arch.hidden_size, arch.vocab_size, w_bits, a_bits),
+    }
+
+
+def compute_peak(hardware: Hardware, w_bits: int, a_bits: int, kv_bits: int) -> tuple[str, float]:
+    """LLM-Viewer's rule: the INT8 peak only when weights, activations and KV cache all fit in 8 bits."""
+    if max(w_bits, a_bits, kv_bits) <= 8:
+        return "INT8", hardware.int8_tops
+    return "FP16", hardware.fp16_tflops
+
+
+def prefill_totals(
+    arch: Architecture,
+    batch_size: int,
+    seq_len: int,
+    w_bits: int,
+    a_bits: int,
+    kv_bits: int,
+    peak_ops_per_second: float,
+    bandwidth_bytes_per_second: float,
+) -> dict[str, float]:
+    """Sums over the operators of all layers plus the head."""
+    layer = list(operator_costs(arch, batch_size, seq_len, w_bits, a_bits, kv_bits).values())
+    costs = layer * arch.num_layers + list(head_costs(arch, batch_size, w_bits, a_bits).values())
+    return {
+        "flops": sum(c.ops for c in costs),
+        "prefill_seconds": sum(c.seconds(peak_ops_per_second, bandwidth_bytes_per_second) for c in costs),
+        "weight_bytes": sum(c.weight_bytes for c in costs),
+        "kv_cache_bytes": sum(c.kv_store_bytes for c in costs),
+        "activation_bytes": sum(c.activation_store_bytes for c in costs),
+        "memory_access_bytes": sum(c.memory_access_bytes for c in costs),
+    }
+
+
+def method_visual_tokens(
+    method: str, visual_tokens: int, prumerge_tokens: int, prumerge_plus_tokens: int
+) -> int:
+    return {"none": visual_tokens, "prumerge": prumerge_tokens, "prumerge_plus": prumerge_plus_tokens}[method]
+
+
+def load_architecture(spec: str | Path) -> Architecture:
+    """A name from ARCHITECTURES, or a folder whose config.json is a LLaVA (or Llama) config."""
+    if str(spec) in ARCHITECTURES:
+        return ARCHITECTURES[str(spec)]
+    config_path = Path(spec) / "config.json"
+    if not config_path.is_file():
+        raise ValueError(
+            f"--arch: unknown architecture {str(spec)!r}; use one of {', '.join(ARCHITECTURES)} "
+            "or a folder containing a config.json"
+        )
+    config = json.loads(config_path.read_text())
+    text = config.get("text_config", config)  # original LLaVA checkpoints keep the LLM's fields at the top
+    fields = {**LLAMA_DEFAULTS, **text} if text.get("model_type", "llama") == "llama" else text
+    missing = [key for key in LLAMA_DEFAULTS if key not in fields]
+    if missing:
+        raise ValueError(f"--arch: {config_path} lacks text_config fields {', '.join(missing)}")
+    heads = fields["num_attention_heads"]
+    return Architecture(
+        name=Path(spec).resolve().name,
+        hidden_size=fields["hidden_size"],
+        num_layers=fields["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=fields.get("num_key_value_heads") or heads,
+        intermediate_size=fields["intermediate_size"],
+        vocab_size=fields["vocab_size"],
+    )
+
+
+def validate_inputs(
+    hardware: str | Hardware,
+    counts: dict[str, int],
+    bits: dict[str, int],
+    methods: tuple[str, ...] | list[str],
+    visual_tokens: int,
+) -> None:
+    """ValueErrors that name the offending command-line flag."""
+    if isinstance(hardware, str) and hardware not in HARDWARE:
+        raise ValueError(f"--hardware: unknown hardware {hardware!r}; use one of {', '.join(HARDWARE)}")
+    for flag, value in counts.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    for flag, value in bits.items():
+        if value not in BIT_WIDTHS:
+            raise ValueError(f"{flag} must be one of {BIT_WIDTHS}, got {value!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods: use a comma-separated subset of {', '.join(METHODS)}, got {methods!r}")
+    for flag in ("--prumerge-tokens", "--prumerge-plus-tokens"):
+        if counts[flag] > visual_tokens:
+            raise ValueError(f"{flag} ({counts[flag]}) exceeds --visual-tokens ({visual_tokens})")
+
+
+def analyze(
+    arch: str | Architecture = "llava-1.5-7b",
+    hardware: str | Hardware = "v100",
+    visual_tokens: int = DEFAULT_VISUAL_TOKENS,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    batch_size: int = 1,
+    w_bits: int = 16,
+    a_bits: int = 16,
+    kv_bits: int = 16,
+    methods: tuple[str, ...] | list[str] = METHODS,
+    prumerge_tokens: int = PRUMERGE_TOKENS,
+    prumerge_plus_tokens: int = PRUMERGE_PLUS_TOKENS,
+    peak_tflops: float | None = None,
+    bandwidth_gbps: float | None = None,
+) -> list[dict]:
+    """One row per method: prefill totals, and their ratios to keeping all visual tokens ("none")."""
+    counts = {
+        "--visual-tokens": visual_tokens,
+        "--text-tokens": text_tokens,
+        "--batch-size": batch_size,
+        "--prumerge-tokens": prumerge_tokens,
+        "--prumerge-plus-tokens": prumerge_plus_tokens,
+    }
+    validate_inputs(
+        hardware,
+        counts,
+        {"--w-bits": w_bits, "--a-bits": a_bits, "--kv-bits": kv_bits},
+        methods,
+        visual_tokens,
+    )
+    for flag, value in (("--peak", peak_tflops), ("--bandwidth", bandwidth_gbps)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value!r}")
+    arch = load_architecture(arch) if isinstance(arch, str) else arch
+    hardware = HARDWARE[hardware] if isinstance(hardware, str) else hardware
+    compute_dtype, table_peak = compute_peak(hardware, w_bits, a_bits, kv_bits)
+    peak = peak_tflops or table_peak
+    bandwidth = bandwidth_gbps or hardware.bandwidth_gbps
+
+    def totals(method: str) -> dict[str, float]:
+        visual = method_visual_tokens(method, visual_tokens, prumerge_tokens, prumerge_plus_tokens)
+        return prefill_totals(
+            arch, batch_size, visual + text_tokens, w_bits, a_bits, kv_bits, peak * 1e12, bandwidth * 1e9
+        )
+
+    baseline = totals("none")
+    rows = []
+    for method in methods:
+        visual = method_visual_tokens(method, visual_tokens, prumerge_tokens, prumerge_plus_tokens)
+        result = totals(method)
+        rows.append(
+            {
+                "method": method,
+                "arch": arch.name,
+                "hardware": hardware.name,
+                "compute_dtype": compute_dtype,
+                "peak_tflops": peak,
+                "bandwidth_gbps": bandwidth,
+                "batch_size": batch_size,
+                "w_bits": w_bits,
+                "a_bits": a_bits,
+                "kv_bits": kv_bits,
+                "visual_tokens": visual,
+                "text_tokens": text_tokens,
+                "sequence_length": visual + text_tokens,
+                **result,
+                "vs_none": {key: value / baseline[key] for key, value in result.items()},
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    first = rows[0]
+    lines = [
+        f"{first['arch']} LLM prefill on {first['hardware']} ({first['compute_dtype']} peak "
+        f"{first['peak_tflops']:g} TOPS, {first['bandwidth_gbps']:g} GB/s), batch {first['batch_size']}, "
+        f"W{first['w_bits']}A{first['a_bits']}KV{first['kv_bits']}, {first['text_tokens']} text tokens",
+        f"{'method':<14} {'visual':>6} {'seq':>5} {'TOPs':>7} {'x none':>7} {'prefill ms':>10} {'x none':>7} "
+        f"{'weights GB':>10} {'KV MB':>8} {'x none':>7} {'act GB':>7} {'traffic GB':>10}",
+    ]
+    for row in rows:
+        ratio = row["vs_none"]
+        lines.append(
+            f"{row['method']:<14} {row['visual_tokens']:>6} {row['sequence_length']:>5} "
+            f"{row['flops'] / 1e12:>7.3f} {ratio['flops']:>7.3f} "
+            f"{row['prefill_seconds'] * 1e3:>10.2f} {ratio['prefill_seconds']:>7.3f} "
+            f"{row['weight_bytes'] / 1e9:>10.2f} "
+            f"{row['kv_cache_bytes'] / 1e6:>8.1f} {ratio['kv_cache_bytes']:>7.3f} "
+            f"{row['activation_bytes'] / 1e9:>7.2f} {row['memory_access_bytes'] / 1e9:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def architecture_arg(text: str) -> Architecture:
+    try:
+        return load_architecture(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--arch: ")) from error
+
+
+def methods_arg(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"use a comma-separated subset of {','.join(METHODS)}, got {text!r}")
+    return methods
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the docstring's layout
+    parser.add_argument(
+        "--arch",
+        type=architecture_arg,
+        default="llava-1.5-7b",
+        help=f"{', '.join(ARCHITECTURES)}, or a folder with a LLaVA config.json (default llava-1.5-7b)",
+    )
+    parser.add_argument("--hardware", choices=list(HARDWARE), default="v100", help="(default v100)")
+    parser.add_argument(
+        "--visual-tokens",
+        type=positive_int,
+        default=DEFAULT_VISUAL_TOKENS,
+        help="visual tokens per image without reduction (default 576)",
+    )
+    parser.add_argument(
+        "--text-tokens",
+        type=positive_int,
+        default=DEFAULT_TEXT_TOKENS,
+        help=f"prompt tokens besides the image (default {DEFAULT_TEXT_TOKENS}: the paper's calibration)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    for name, what in (("w", "weights"), ("a", "activations"), ("kv", "the KV cache")):
+        parser.add_argument(
+            f"--{name}-bits", type=int, choices=BIT_WIDTHS, default=16, help=f"bits of {what}"
+        )
+    parser.add_argument(
+        "--methods", type=methods_arg, default=list(METHODS), help="default: " + ",".join(METHODS)
+    )
+    parser.add_argument(
+        "--prumerge-tokens", type=positive_int, default=PRUMERGE_TOKENS, help="(default 33: the paper's mean)"
+    )
+    parser.add_argument(
+        "--prumerge-plus-tokens", type=positive_int, default=PRUMERGE_PLUS_TOKENS, help="(default 144: 25%%)"
+    )
+    parser.add_argument(
+        "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"
+    )
+    parser.add_argument(
+        "--bandwidth", type=positive_float, metavar="GB/s", help="replace the hardware's memory bandwidth"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def main_from_args(args: argparse.Namespace) -> list[dict]:
+    try:
+        rows = analyze(
+            arch=args.arch,
+            hardware=args.hardware,
+            visual_tokens=args.visual_tokens,
+            text_tokens=args.text_tokens,
+            batch_size=args.batch_size,
+            w_bits=args.w_bits,
+            a_bits=args.a_bits,
+            kv_bits=args.kv_bits,
+            methods=args.methods,
+            prumerge_tokens=args.prumerge_tokens,
+            prumerge_plus_tokens=args.prumerge_plus_tokens,
+            peak_tflops=args.peak,
+            bandwidth_gbps=args.bandwidth,
+        )
+    except ValueError as error:  # e.g. --prumerge-tokens above --visual-tokens
+        raise SystemExit(f"llava-prumerge analyze: error: {error}") from error
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
