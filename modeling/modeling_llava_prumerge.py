@@ -100,6 +100,15 @@ class CompactedInputs:
     visual_token_centers: list[torch.LongTensor]
 
 
+@dataclass
+class EncodedPatches:
+    """What the vision tower hands the reducer, for a batch of n images with N patches."""
+
+    features: torch.Tensor  # [n, N, C] the selected hidden state(s), [CLS] removed
+    attention: torch.Tensor | None = None  # [n, N] [CLS]-to-patch attention; None without reduction
+    keys: torch.Tensor | None = None  # [n, N, Dk] patch keys of the reduction layer
+
+
 @contextlib.contextmanager
 def _weights_in_place(modules):
     """Run code that calls submodules directly as if each module's own forward were running.
@@ -159,13 +168,13 @@ class LlavaPruMergeModel(LlavaModel):
         if not torch.isfinite(pixel_values).all():
             raise ValueError("pixel_values contain NaN or inf; check the image loading and preprocessing")
 
-    def reduce_image_tokens(
+    def encode_patches(
         self,
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-    ) -> ReducedTokens:
-        """Vision tower and PruMerge reducer: per image, the reduced tokens before the projector.
+    ) -> EncodedPatches:
+        """The vision tower's part: patch features and, for the reducer, [CLS] attention and keys.
 
         Runs the encoder layers only up to the deepest one whose output is used (with the default
         layer -2 features, the last layer's attention output and MLP are never computed), and of the
@@ -210,7 +219,7 @@ class LlavaPruMergeModel(LlavaModel):
             ]
             features = torch.cat(selected, dim=-1)  # [n, N, C]
             if not pruning:
-                return keep_all_tokens(features)
+                return EncodedPatches(features)
 
             layer = layers[reduction_index]
             with _weights_in_place([layer]):
@@ -222,8 +231,25 @@ class LlavaPruMergeModel(LlavaModel):
         attention = class_attention(
             queries, keys, config.class_attention, num_heads=config.vision_config.num_attention_heads
         )  # [n, N]
+        return EncodedPatches(features, attention.to(features.device), keys[:, 1:].to(features.device))
+
+    def reduce_patches(self, encoded: EncodedPatches) -> ReducedTokens:
+        """The reducer's part, with this model's reducer settings."""
+        if encoded.attention is None:
+            return keep_all_tokens(encoded.features)
         return reduce_visual_tokens(
-            features, attention.to(features.device), keys[:, 1:].to(features.device), **config.reducer_kwargs
+            encoded.features, encoded.attention, encoded.keys, **self.config.reducer_kwargs
+        )
+
+    def reduce_image_tokens(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+    ) -> ReducedTokens:
+        """Vision tower and PruMerge reducer: per image, the reduced tokens before the projector."""
+        return self.reduce_patches(
+            self.encode_patches(pixel_values, vision_feature_layer, vision_feature_select_strategy)
         )
 
     def _project(self, reduced: ReducedTokens) -> list[torch.Tensor]:

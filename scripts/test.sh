@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Lint, then run the whole test suite under transformers 4.57.x and under the latest 5.x,
-# each in its own virtual environment under .venvs/ (created on first use).
+# each in its own virtual environment under .venvs/ (created on first use). Both environments
+# are set up first: the cross-version tests export a checkpoint under one major and load it
+# under the other (PRUMERGE_TEST_PYTHONS names both interpreters).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+declare -A specs=([tf4]="transformers>=4.57,<4.58" [tf5]="transformers>=5,<6")
+for name in tf4 tf5; do
+    bash scripts/setup_env.sh ".venvs/$name" "${specs[$name]}"
+done
+export PRUMERGE_TEST_PYTHONS="$root/.venvs/tf4/bin/python:$root/.venvs/tf5/bin/python"
 status=0
-for entry in "tf4=transformers>=4.57,<4.58" "tf5=transformers>=5,<6"; do
-    venv=".venvs/${entry%%=*}"
-    spec=${entry#*=}
-    bash scripts/setup_env.sh "$venv" "$spec"
-    if [ "$venv" = .venvs/tf5 ]; then
-        "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . || status=1
-    fi
-    echo "=== pytest with $("$venv/bin/python" -c 'import transformers; print("transformers", transformers.__version__)')"
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
+.venvs/tf5/bin/ruff check . && .venvs/tf5/bin/ruff format --check . || status=1
+for name in tf4 tf5; do
+    echo "=== pytest with $(".venvs/$name/bin/python" -c 'import transformers; print("transformers", transformers.__version__)')"
+    ".venvs/$name/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
 done
 exit $status
