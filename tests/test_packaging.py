@@ -1,0 +1,45 @@
+"""The distribution installs one namespace, `llava_prumerge`, and the console script."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_holds_only_the_llava_prumerge_package(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("llava_prumerge-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert top_level == {
+        "llava_prumerge",
+        wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info",
+    }
+    for module in ("modeling/token_reduction.py", "modeling/modeling_llava_prumerge.py",
+                   "configuration/configuration_llava_prumerge.py", "hub_upload/__init__.py"):  # fmt: skip
+        assert f"llava_prumerge/{module}" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "llava-prumerge = llava_prumerge.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_console_script_and_module_entry_point():
+    script = Path(sys.executable).parent / "llava-prumerge"
+    for command in ([str(script), "--help"], [sys.executable, "-m", "llava_prumerge", "--help"]):
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        assert "demo" in out.stdout
