@@ -8,13 +8,20 @@ import importlib
 # subcommand -> (module implementing `add_arguments(parser)` and `main_from_args(args)`, help)
 SUBCOMMANDS = {
     "demo": ("llava_prumerge.demo", "see what PruMerge does, on an embedded default (no download)"),
-    "reducer-bench": (
-        "llava_prumerge.bench_reducer",
-        "time the vectorised reducer against the per-token loop",
-    ),
+    "reducer-bench": ("llava_prumerge.bench_reducer", "time the vectorised reducer against the per-token loop"),
     "analyze": (
         "llava_prumerge.roofline",
         "roofline estimate of LLM prefill cost for none vs PruMerge vs PruMerge+",
+    ),
+    "convert": ("llava_prumerge.hub_upload.convert", "original LLaVA LoRA checkpoint -> PruMerge Hub folder"),
+    "export": ("llava_prumerge.hub_upload.export", "stock llava-hf checkpoint or tiny weights -> Hub folder"),
+    "upload": (
+        "llava_prumerge.hub_upload.upload",
+        "validate a Hub folder and push it to the Hugging Face Hub",
+    ),
+    "tiny-inputs": (
+        "llava_prumerge.hub_upload.tiny_inputs",
+        "tiny stand-ins for the inputs of convert/export",
     ),
 }
 

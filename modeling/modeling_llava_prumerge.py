@@ -40,9 +40,10 @@ _IMAGE_FEATURES_AS_OUTPUT = int(transformers_version.split(".")[0]) >= 5
 
 
 def _share_llava_checkpoint_layout() -> None:
-    """Load and save the stock LLaVA checkpoint layout (transformers 5 maps weight names per model type;
-    4.x uses the inherited `_checkpoint_conversion_mapping`), so stock checkpoints load unchanged and
-    checkpoints written here load under either major."""
+    """Map weight names as for stock LLaVA (transformers 5 keys its mappings by model type; 4.x uses the
+    inherited `_checkpoint_conversion_mapping`), so llava-hf checkpoints load unchanged. Note that a plain
+    `save_pretrained` under 5.x drops the CLIP `vision_model.` prefix, which 4.57 cannot read: Hub folders
+    are written by `llava-prumerge export`, which writes the llava-hf layout both majors read."""
     try:
         from transformers.conversion_mapping import (
             get_checkpoint_conversion_mapping,

@@ -1,0 +1,212 @@
+"""Write a PruMerge Hub folder: from a stock llava-hf checkpoint (PruMerge applied training-free) or tiny random weights.
+
+The folder loads with `trust_remote_code=True` under transformers 4.57 and 5.x without this
+package: sharded safetensors with an index, config.json with `auto_map`, the model code, the
+tokenizer and processor files in the layout both majors read, and a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, LlavaConfig, LlavaProcessor
+
+from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
+from ..modeling.token_reduction import TOKEN_REDUCTION_METHODS
+from ..tiny import VICUNA_CHAT_TEMPLATE, tiny_model, tiny_processor, tiny_tokenizer
+from .compat import config_for_both_majors, llava_image_processor, write_json, write_processor_files
+from .model_card import render_model_card
+from .remote_code import AUTO_MAP, remote_code_files
+from .upload import human_size
+from .validate import validate_hub_folder
+from .weights import dtype_name, write_weights
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_hub_folder(
+    model: LlavaPruMergeForConditionalGeneration,
+    processor: LlavaProcessor,
+    out_dir: str | os.PathLike,
+    *,
+    max_shard_size: int | str = "2GB",
+    model_card_extra: dict | None = None,
+    model_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete Hub folder for `model` and `processor` at `out_dir`, atomically.
+
+    Everything is written into a hidden sibling folder, validated, then renamed to `out_dir`: an
+    interrupted export leaves no `out_dir` (at most a `.NAME.partial-*` folder). An existing
+    `out_dir` is refused unless `overwrite`. `model_card_extra` updates the card's Hub metadata
+    (e.g. `{"license": ..., "base_model": ..., "tags": [...]}`; tags are added); `model_id` is the
+    id in the card's usage snippet (default: `out_dir` as given).
+    """
+    if not isinstance(model, LlavaPruMergeForConditionalGeneration):
+        raise TypeError(
+            f"save_hub_folder needs a LlavaPruMergeForConditionalGeneration, got {type(model).__name__}; "
+            "merge adapters first (PeftModel.merge_and_unload())"
+        )
+    out_dir = Path(out_dir)
+    refuse_existing(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        _write_folder(model, processor, staging, max_shard_size, model_card_extra, model_id or str(out_dir))
+        validate_hub_folder(staging)
+        _move_into_place(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    """Checked before any work and again before the rename."""
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
+
+
+def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    refuse_existing(out_dir, overwrite)
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    replaced = out_dir.parent / f".{out_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
+    os.rename(out_dir, replaced)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(replaced, out_dir)  # keep the old folder rather than none
+        raise
+    shutil.rmtree(replaced)
+
+
+def _write_folder(model, processor, folder: Path, max_shard_size, model_card_extra, model_id: str) -> None:
+    write_weights(model, folder, max_shard_size)
+    model.generation_config.save_pretrained(folder)
+    config = model.config.to_diff_dict()
+    config.update(
+        architectures=["LlavaPruMergeForConditionalGeneration"], auto_map=AUTO_MAP, dtype=dtype_name(model)
+    )
+    write_json(folder / "config.json", config_for_both_majors(config))
+    for name, text in remote_code_files().items():
+        (folder / name).write_text(text, encoding="utf-8")
+    write_processor_files(processor, folder)
+    card = render_model_card(model.config, processor, model_id=model_id, metadata=model_card_extra)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def wrap_llava_hf(
+    folder: str | os.PathLike, *, token_reduction: str = "prumerge", dtype: torch.dtype | str = "auto"
+) -> tuple[LlavaPruMergeForConditionalGeneration, LlavaProcessor]:
+    """A stock llava-hf checkpoint (e.g. llava-hf/llava-1.5-7b-hf) as a PruMerge model, training-free."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} is missing; --from-hf takes a local llava-hf checkpoint folder "
+            "(e.g. a download of llava-hf/llava-1.5-7b-hf)"
+        )
+    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    if model_type not in ("llava", LlavaPruMergeConfig.model_type):
+        raise ValueError(
+            f"{config_path} has model_type {model_type!r}, not 'llava'; for an original LLaVA training "
+            "checkpoint (LlavaLlamaForCausalLM + LoRA) use `llava-prumerge convert`"
+        )
+    config = LlavaPruMergeConfig.from_llava_config(
+        LlavaConfig.from_pretrained(folder), token_reduction=token_reduction
+    )
+    model, info = LlavaPruMergeForConditionalGeneration.from_pretrained(
+        folder, config=config, dtype=dtype, output_loading_info=True
+    )
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ValueError(
+            f"{folder} does not hold a LLaVA model's weights: missing {sorted(info['missing_keys'])[:3]}, "
+            f"unexpected {sorted(info['unexpected_keys'])[:3]}"
+        )
+    stock = AutoProcessor.from_pretrained(folder)
+    template = stock.chat_template or VICUNA_CHAT_TEMPLATE
+    stock.tokenizer.chat_template = template
+    processor = LlavaProcessor(
+        image_processor=llava_image_processor(stock.image_processor, do_pad=True),
+        tokenizer=stock.tokenizer,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token=stock.image_token,
+        num_additional_image_tokens=1,  # CLIP's [CLS]
+        chat_template=template,
+    )
+    return model.eval(), processor
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, *, dtype_default: str) -> None:
+    """The options `export` and `convert` share: the output folder and what goes into it."""
+    parser.add_argument("--out", type=Path, required=True, help="the Hub folder to write (must not exist)")
+    parser.add_argument("--token-reduction", choices=TOKEN_REDUCTION_METHODS, default="prumerge")
+    dtypes = [*DTYPES] if dtype_default != "auto" else ["auto", *DTYPES]
+    parser.add_argument(
+        "--dtype", choices=dtypes, default=dtype_default, help=f"weight dtype (default {dtype_default})"
+    )
+    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--model-id", help="Hub id shown in the model card's usage snippet (default: --out)")
+    parser.add_argument(
+        "--license", help="model card license (default: llama2, Vicuna's; apache-2.0 for --tiny)"
+    )
+    parser.add_argument("--base-model", action="append", help="model card base_model (repeatable; Hub ids)")
+
+
+def card_metadata_from_args(args: argparse.Namespace, defaults: dict) -> dict:
+    overrides = {"license": args.license, "base_model": args.base_model}
+    return {**defaults, **{key: value for key, value in overrides.items() if value}}
+
+
+def report_written(folder: Path) -> None:
+    shards = sorted(folder.glob("*.safetensors"))
+    size = human_size(sum(path.stat().st_size for path in shards))
+    print(
+        f"Wrote {folder} ({len(shards)} safetensors shard(s), {size}); push it with `llava-prumerge upload`"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from-hf", type=Path, metavar="LLAVA_HF_DIR", help="a local stock llava-hf checkpoint folder"
+    )
+    source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests and demos")
+    add_output_arguments(parser, dtype_default="auto")
+
+
+def main_from_args(args: argparse.Namespace) -> Path:
+    refuse_existing(args.out, args.overwrite)
+    dtype = DTYPES.get(args.dtype, "auto")
+    if args.tiny:
+        tokenizer = tiny_tokenizer()
+        model = tiny_model(tokenizer=tokenizer, token_reduction=args.token_reduction)
+        model = model if dtype == "auto" else model.to(dtype)
+        processor = tiny_processor(tokenizer)
+        defaults = {"license": "apache-2.0", "tags": ["tiny", "random-weights"]}
+    else:
+        model, processor = wrap_llava_hf(args.from_hf, token_reduction=args.token_reduction, dtype=dtype)
+        defaults = {}
+    folder = save_hub_folder(
+        model,
+        processor,
+        args.out,
+        max_shard_size=args.max_shard_size,
+        model_card_extra=card_metadata_from_args(args, defaults),
+        model_id=args.model_id,
+        overwrite=args.overwrite,
+    )
+    report_written(folder)
+    return folder

@@ -1,0 +1,106 @@
+"""The model card (README.md) of a Hub folder: Hub metadata, usage for both transformers majors, reducer settings."""
+
+from __future__ import annotations
+
+from huggingface_hub import ModelCardData
+
+from ..modeling.token_reduction import REDUCTION_DEFAULTS
+
+PAPER_URL = "https://arxiv.org/abs/2403.15388"
+# Defaults describe a LLaVA-1.5 derivative (Vicuna, hence Llama 2's licence); callers override them.
+DEFAULT_METADATA = {
+    "license": "llama2",
+    "pipeline_tag": "image-text-to-text",
+    "library_name": "transformers",
+    "tags": ["llava", "llava-prumerge", "token-pruning", "token-merging", "vision-language", "custom_code"],
+}
+# What the language model sees of each image's patch tokens, per `token_reduction`.
+METHOD_SUMMARIES = {
+    "prumerge": "only the patches whose [CLS] attention is an interquartile-range outlier, each merged with "
+    "its key-nearest patches, plus one summary token",
+    "prumerge_plus": "PruMerge's outlier patches plus spatially uniform samples (about a quarter of the "
+    "tokens), each merged with its key-nearest patches, plus one summary token",
+    "none": "every patch token, as stock LLaVA-1.5 (set token_reduction to switch PruMerge on)",
+    "spatial": "a uniform grid of patches (the paper's spatial baseline)",
+    "sequential": "the first patches (the paper's sequential baseline)",
+}
+
+USAGE = """\
+```python
+import transformers
+from PIL import Image
+
+model_id = "{model_id}"
+# transformers 5.x: AutoModelForImageTextToText; transformers 4.57: AutoModelForVision2Seq
+auto_class = getattr(transformers, "AutoModelForVision2Seq", transformers.AutoModelForImageTextToText)
+model = auto_class.from_pretrained(model_id, trust_remote_code=True, device_map="auto")
+processor = transformers.AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
+
+image = Image.open("photo.jpg")
+chat = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown here?"}}]}}]
+prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+# The output starts with the compacted prompt (the reduced visual tokens), so decode the whole of it.
+print(processor.decode(output[0], skip_special_tokens=True))
+
+# Pipelines: "image-text-to-text" (both majors), "image-to-text" (4.57 only)
+pipe = transformers.pipeline("image-text-to-text", model=model_id, trust_remote_code=True)
+print(pipe(images=image, text=prompt, max_new_tokens=64, return_full_text=False)[0]["generated_text"])
+```"""
+
+CITATION = """\
+```bibtex
+@inproceedings{shang2025prumerge,
+  title     = {LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Multimodal Models},
+  author    = {Shang, Yuzhang and Cai, Mu and Xu, Bingxin and Lee, Yong Jae and Yan, Yan},
+  booktitle = {ICCV},
+  year      = {2025}
+}
+```"""
+
+
+def card_metadata(extra: dict | None) -> dict:
+    """The default metadata, updated by `extra`; tags are merged rather than replaced."""
+    extra = dict(extra or {})
+    tags = list(dict.fromkeys(DEFAULT_METADATA["tags"] + list(extra.pop("tags", []))))
+    return {**DEFAULT_METADATA, **extra, "tags": tags}
+
+
+def render_model_card(config, processor, *, model_id: str, metadata: dict | None = None) -> str:
+    """README.md text: metadata front matter, what the model is, usage, reducer settings, citation."""
+    data = ModelCardData(**card_metadata(metadata))
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    settings = "\n".join(f"| `{name}` | `{getattr(config, name)!r}` |" for name in REDUCTION_DEFAULTS)
+    do_pad = getattr(processor.image_processor, "do_pad", False)
+    body = f"""
+# {model_id}
+
+LLaVA-1.5 with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})): of the
+{patches} CLIP patch tokens per image, the language model sees {METHOD_SUMMARIES[config.token_reduction]},
+so prefill is shorter and the KV cache smaller. The model code ships in this repository
+(`trust_remote_code=True`); nothing beyond `transformers` (4.57 or 5.x), `torch` and, for
+`device_map`, `accelerate` needs installing. The weights use the llava-hf layout.
+
+## Usage
+
+{USAGE.format(model_id=model_id)}
+
+Images are {"padded to a square with the mean colour, as in LLaVA-1.5 training, then resized" if do_pad else "resized and centre-cropped"}
+({vision.image_size}x{vision.image_size}); vision features come from layer {config.vision_feature_layer}.
+
+## Token-reduction settings
+
+Stored in `config.json`; override any of them at load time, e.g.
+`from_pretrained(model_id, trust_remote_code=True, token_reduction="prumerge_plus")`.
+
+| field | value |
+|---|---|
+{settings}
+
+## Citation
+
+{CITATION}
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"

@@ -1,0 +1,155 @@
+"""Check that a folder is a complete PruMerge Hub folder, without importing its remote code.
+
+Run by the export before it renames its temporary folder into place, and by the upload before it
+pushes anything: the config loads, the shards match the index and hold every weight the config
+needs in the right shape, the remote code is self-contained, and the tokenizer and processor
+files are in the layout both transformers majors read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import ModelCard
+
+from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from .compat import CHAT_TEMPLATE_FILE, IMAGE_PROCESSOR_TYPE, MODEL_INPUT_NAMES, PROCESSOR_CLASS
+from .remote_code import AUTO_MAP, defined_classes, remote_code_problems
+from .weights import weight_problems
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+
+class InvalidHubFolder(ValueError):
+    """The folder is not a complete, loadable PruMerge Hub folder."""
+
+
+def _load_json(folder: Path, name: str, problems: list[str]) -> dict | None:
+    path = folder / name
+    if not path.is_file():
+        problems.append(f"{name} is missing")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        problems.append(f"{name} is not valid JSON ({error})")
+        return None
+
+
+def _config_problems(folder: Path) -> tuple[list[str], LlavaPruMergeConfig | None]:
+    problems = []
+    raw = _load_json(folder, "config.json", problems)
+    if raw is None:
+        return problems, None
+    if raw.get("model_type") != LlavaPruMergeConfig.model_type:
+        problems.append(f"config.json has model_type {raw.get('model_type')!r}, not 'llava_prumerge'")
+    auto_map = raw.get("auto_map") or {}
+    for auto_class, target in AUTO_MAP.items():
+        if auto_map.get(auto_class) != target:
+            problems.append(
+                f"config.json auto_map[{auto_class!r}] is {auto_map.get(auto_class)!r}, not {target!r}"
+            )
+    for target in sorted(set(map(str, auto_map.values()))):
+        module, _, class_name = target.rpartition(".")
+        if class_name not in defined_classes(folder / f"{module}.py"):
+            problems.append(f"config.json auto_map names {target}, which {module}.py does not define")
+    text_config = raw.get("text_config") or {}
+    if "rope_parameters" in text_config and "rope_theta" not in text_config:
+        problems.append(
+            "config.json text_config has rope_parameters but no rope_theta, which transformers 4.57 reads"
+        )
+    try:
+        config = LlavaPruMergeConfig.from_pretrained(folder)
+    except Exception as error:  # any failure to build the config makes the folder unloadable
+        problems.append(f"config.json does not load as LlavaPruMergeConfig: {error}")
+        config = None
+    return problems, config
+
+
+def _processor_problems(folder: Path) -> list[str]:
+    problems = []
+    tokenizer_config = _load_json(folder, "tokenizer_config.json", problems) or {}
+    _load_json(folder, "tokenizer.json", problems)
+    if tokenizer_config.get("tokenizer_class") in (None, "TokenizersBackend"):
+        problems.append(
+            f"tokenizer_config.json has tokenizer_class {tokenizer_config.get('tokenizer_class')!r}, "
+            "which transformers 4.57 cannot load (write PreTrainedTokenizerFast)"
+        )
+    if tokenizer_config and tokenizer_config.get("model_input_names") != MODEL_INPUT_NAMES:
+        problems.append(
+            f"tokenizer_config.json model_input_names must be {MODEL_INPUT_NAMES} (no token_type_ids)"
+        )
+    if isinstance(tokenizer_config.get("extra_special_tokens"), list):
+        problems.append(
+            "tokenizer_config.json has extra_special_tokens as a list, which transformers 4.57 rejects"
+        )
+    image_settings = _load_json(folder, "preprocessor_config.json", problems) or {}
+    if image_settings and not str(image_settings.get("image_processor_type", "")).startswith(
+        IMAGE_PROCESSOR_TYPE
+    ):
+        problems.append(
+            f"preprocessor_config.json has image_processor_type {image_settings.get('image_processor_type')!r}, "
+            f"not {IMAGE_PROCESSOR_TYPE}"
+        )
+    processor_settings = _load_json(folder, "processor_config.json", problems) or {}
+    if processor_settings and processor_settings.get("processor_class") != PROCESSOR_CLASS:
+        problems.append(f"processor_config.json processor_class must be {PROCESSOR_CLASS}")
+    if "image_processor" in processor_settings:
+        problems.append(
+            "processor_config.json nests the image processor (transformers 5 layout); 4.57 reads it only "
+            "from preprocessor_config.json"
+        )
+    if not (folder / CHAT_TEMPLATE_FILE).is_file():
+        problems.append(f"{CHAT_TEMPLATE_FILE} is missing")
+    _load_json(folder, "generation_config.json", problems)
+    return problems
+
+
+def _model_card_problems(folder: Path) -> list[str]:
+    if not (folder / "README.md").is_file():
+        return ["README.md (the model card) is missing"]
+    data = ModelCard.load(folder / "README.md").data
+    wanted = {"pipeline_tag": "image-text-to-text", "library_name": "transformers"}
+    return [
+        f"README.md metadata {key} is {getattr(data, key, None)!r}, not {value!r}"
+        for key, value in wanted.items()
+        if getattr(data, key, None) != value
+    ] + (["README.md metadata has no license"] if not data.license else [])
+
+
+def hub_folder_files(folder: Path) -> list[Path]:
+    """The files a push uploads: every regular file, hidden ones (e.g. `.cache/`) excepted, sorted."""
+    return sorted(
+        path.relative_to(folder)
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def validate_hub_folder(folder: Path | str) -> list[Path]:
+    """Raise InvalidHubFolder listing every problem; otherwise return the folder's files (relative)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidHubFolder(
+            f"{folder} is not a folder; export one with `llava-prumerge export` or `convert`"
+        )
+    files = hub_folder_files(folder)
+    problems = [
+        f"{path} is a pickle-format file; weights must be safetensors only (remove it)"
+        for path in files
+        if path.suffix in PICKLE_SUFFIXES
+    ]
+    config_problems, config = _config_problems(folder)
+    problems += config_problems
+    problems += weight_problems(folder, config)
+    problems += remote_code_problems(folder)
+    problems += _processor_problems(folder)
+    problems += _model_card_problems(folder)
+    if problems:
+        raise InvalidHubFolder(
+            f"{folder} is not a valid PruMerge Hub folder:\n  - "
+            + "\n  - ".join(problems)
+            + "\nExport it again with `llava-prumerge export` or `llava-prumerge convert` (with --overwrite)."
+        )
+    return files
