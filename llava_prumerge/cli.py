@@ -23,6 +23,10 @@ SUBCOMMANDS = {
         "llava_prumerge.hub_upload.tiny_inputs",
         "tiny stand-ins for the inputs of convert/export",
     ),
+    "train": (
+        "llava_prumerge.train",
+        "LoRA fine-tuning with PruMerge active (the paper's recipe), then export",
+    ),
 }
 
 
