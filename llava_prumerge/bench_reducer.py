@@ -40,17 +40,24 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def run(batch_sizes=(1, 16), methods=("prumerge", "prumerge_plus"), patches=576, channels=1024, repeats=5):
+def run(
+    batch_sizes=(1, 16),
+    methods=("prumerge", "prumerge_plus"),
+    patches=576,
+    channels=1024,
+    repeats=5,
+    warmup=1,
+):
     rows = []
     for method in methods:
         for batch in batch_sizes:
             inputs = realistic_inputs(batch, patches, channels)
             with torch.no_grad():
                 vectorised = median_seconds(
-                    partial(reduce_visual_tokens, *inputs, token_reduction=method), repeats
+                    partial(reduce_visual_tokens, *inputs, token_reduction=method), repeats, warmup
                 )
                 loop = median_seconds(
-                    partial(reduce_visual_tokens_loop, *inputs, method), max(1, repeats // 2)
+                    partial(reduce_visual_tokens_loop, *inputs, method), max(1, repeats // 2), warmup
                 )
                 tokens = reduce_visual_tokens(*inputs, token_reduction=method).num_tokens
             rows.append(

@@ -8,7 +8,6 @@ import importlib
 # subcommand -> (module implementing `add_arguments(parser)` and `main_from_args(args)`, help)
 SUBCOMMANDS = {
     "demo": ("llava_prumerge.demo", "see what PruMerge does, on an embedded default (no download)"),
-    "reducer-bench": ("llava_prumerge.bench_reducer", "time the vectorised reducer against the per-token loop"),
     "analyze": (
         "llava_prumerge.roofline",
         "roofline estimate of LLM prefill cost for none vs PruMerge vs PruMerge+",
@@ -26,6 +25,10 @@ SUBCOMMANDS = {
     "train": (
         "llava_prumerge.train",
         "LoRA fine-tuning with PruMerge active (the paper's recipe), then export",
+    ),
+    "bench": (
+        "llava_prumerge.bench",
+        "measure vision, reducer, prefill, TTFT, decode, KV cache and memory for none vs PruMerge(+)",
     ),
 }
 
