@@ -8,10 +8,6 @@ import importlib
 # subcommand -> (module implementing `add_arguments(parser)` and `main_from_args(args)`, help)
 SUBCOMMANDS = {
     "demo": ("llava_prumerge.demo", "see what PruMerge does, on an embedded default (no download)"),
-    "analyze": (
-        "llava_prumerge.roofline",
-        "roofline estimate of LLM prefill cost for none vs PruMerge vs PruMerge+",
-    ),
     "convert": ("llava_prumerge.hub_upload.convert", "original LLaVA LoRA checkpoint -> PruMerge Hub folder"),
     "export": ("llava_prumerge.hub_upload.export", "stock llava-hf checkpoint or tiny weights -> Hub folder"),
     "upload": (
@@ -22,13 +18,21 @@ SUBCOMMANDS = {
         "llava_prumerge.hub_upload.tiny_inputs",
         "tiny stand-ins for the inputs of convert/export",
     ),
-    "train": (
-        "llava_prumerge.train",
-        "LoRA fine-tuning with PruMerge active (the paper's recipe), then export",
+    "visualize": (
+        "llava_prumerge.visualize",
+        "draw the patches PruMerge keeps and merges for one image, beside its [CLS] attention histogram",
     ),
     "bench": (
         "llava_prumerge.bench",
         "measure vision, reducer, prefill, TTFT, decode, KV cache and memory for none vs PruMerge(+)",
+    ),
+    "analyze": (
+        "llava_prumerge.roofline",
+        "roofline estimate of LLM prefill cost for none vs PruMerge vs PruMerge+",
+    ),
+    "train": (
+        "llava_prumerge.train",
+        "LoRA fine-tuning with PruMerge active (the paper's recipe), then export",
     ),
 }
 

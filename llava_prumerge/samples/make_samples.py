@@ -1,0 +1,79 @@
+"""Draw the demo's sample images: three scenes of increasing visual complexity, made in code.
+
+python llava_prumerge/samples/make_samples.py   # rewrites the PNGs next to this file
+
+Drawn procedurally (no photographs, nothing to license) at LLaVA-1.5's 336x336 input size, with
+flat colours so that each PNG stays a few KB.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+SIZE = 336
+# fmt: off
+WORDS = [
+    "token", "patch", "merge", "prune", "attention", "vision", "language", "model",
+    "image", "outlier", "cluster", "summary", "adaptive", "quartile", "spatial", "sample",
+    "layer", "query", "key", "value", "projector", "prompt", "answer",
+]
+# fmt: on
+
+
+def sky_with_a_sign() -> Image.Image:
+    """Almost nothing to look at: a plain sky, a field, one road sign."""
+    image = Image.new("RGB", (SIZE, SIZE), (135, 190, 235))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 262, SIZE, SIZE), fill=(96, 150, 72))
+    draw.rectangle((208, 150, 214, 270), fill=(110, 110, 110))  # post
+    draw.regular_polygon((211, 130, 36), 8, rotation=22.5, fill=(200, 30, 30), outline=(255, 255, 255))
+    draw.text((211, 130), "STOP", fill=(255, 255, 255), anchor="mm", font=ImageFont.load_default(17))
+    return image
+
+
+def page_of_text() -> Image.Image:
+    """Detail spread evenly: a title and lines of small text over the whole page."""
+    rng = random.Random(1)
+    image = Image.new("RGB", (SIZE, SIZE), (250, 250, 245))
+    draw = ImageDraw.Draw(image)
+    draw.text((20, 14), "Visual Token Reduction", fill=(20, 20, 20), font=ImageFont.load_default(22))
+    body = ImageFont.load_default(11)
+    for y in range(52, SIZE - 14, 15):
+        line = rng.choice(WORDS)
+        while draw.textlength(longer := f"{line} {rng.choice(WORDS)}", font=body) < SIZE - 40:
+            line = longer
+        draw.text((20, y), line, fill=(30, 30, 30), font=body)
+    return image.quantize(16).convert("RGB")  # few grey levels: a smaller PNG
+
+
+def cluttered_scene() -> Image.Image:
+    """Many overlapping objects of many colours."""
+    rng = random.Random(2)
+    image = Image.new("RGB", (SIZE, SIZE), (70, 60, 55))
+    draw = ImageDraw.Draw(image)
+    for _ in range(90):
+        x, y = rng.randrange(-20, SIZE), rng.randrange(-20, SIZE)
+        w, h = rng.randrange(12, 70), rng.randrange(12, 70)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        shape = rng.choice(("rectangle", "ellipse", "triangle"))
+        if shape == "rectangle":
+            draw.rectangle((x, y, x + w, y + h), fill=colour, outline=(0, 0, 0))
+        elif shape == "ellipse":
+            draw.ellipse((x, y, x + w, y + h), fill=colour, outline=(0, 0, 0))
+        else:
+            draw.polygon([(x, y + h), (x + w // 2, y), (x + w, y + h)], fill=colour, outline=(0, 0, 0))
+    return image
+
+
+# Numbered from plain to busy, so that the demo shows them in that order.
+SAMPLES = {"1_sky_sign": sky_with_a_sign, "2_text_page": page_of_text, "3_cluttered": cluttered_scene}
+
+if __name__ == "__main__":
+    folder = Path(__file__).parent
+    for name, make in SAMPLES.items():
+        path = folder / f"{name}.png"
+        make().quantize(256).save(path, optimize=True)  # a palette PNG: these scenes have few colours
+        print(f"{path}: {path.stat().st_size / 1024:.1f} KB")
