@@ -780,7 +780,12 @@ def run_reducer_only(args: argparse.Namespace) -> list[dict]:
     methods = [m for m in args.methods if m != "none"]
     if not methods:
         raise ValueError("--reducer-only needs prumerge and/or prumerge_plus in --methods")
-    config = load_checkpoint_config(args.model) if args.model else random_architecture(args.arch).config
+    # Shapes of the given checkpoint or architecture; LLaVA-1.5's (576 patches x 1024) by default.
+    config = (
+        load_checkpoint_config(args.model)
+        if args.model
+        else random_architecture(args.arch or "llava-1.5-7b").config
+    )
     vision = config.vision_config
     rows = bench_reducer.run(
         batch_sizes=args.batch_size,
@@ -841,7 +846,7 @@ def _int_at_least(minimum: int):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a LLaVA or LLaVA-PruMerge checkpoint")
     source.add_argument(
         "--arch",
@@ -902,6 +907,10 @@ def main_from_args(args: argparse.Namespace) -> list[dict]:
             torch.set_num_threads(args.threads)
         if args.reducer_only:
             return run_reducer_only(args)
+        if not (args.model or args.arch):
+            raise ValueError(
+                "choose a checkpoint (--model) or random weights (--arch), or pass --reducer-only"
+            )
         dtype, device = DTYPES[args.dtype], torch.device(args.device)
         if args.model:
             subject = load_checkpoint_subject(args.model, dtype, device)

@@ -7,8 +7,9 @@ Conventions, so that the blocks run inside the test suite:
   `bash -n scripts/<script>.sh`: the script must exist and parse, but environments are not rebuilt
   and the suite does not run itself.
 - `.venvs/<name>/bin/` becomes this interpreter's bin folder, which also comes first on PATH.
-- The Hub id `org/llava-prumerge-7b` becomes the folder `llava-prumerge export --tiny` writes, and
-  the Hub is offline (HF_HUB_OFFLINE=1).
+- The Hub id `org/llava-prumerge-7b` becomes the folder `llava-prumerge export --tiny` writes,
+  `llava-hf/llava-1.5-7b-hf` the stock LLaVA folder `llava-prumerge tiny-inputs` writes, and the Hub
+  is offline (HF_HUB_OFFLINE=1).
 - Only ```bash and ```python blocks run; ```text marks output. Any other fence fails the test.
 """
 
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from llava_prumerge.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "org/llava-prumerge-7b"
+STOCK_HUB_ID = "llava-hf/llava-1.5-7b-hf"
 RUN = ("bash", "python")
 NOT_RUN = ("text",)
 BLOCK = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -37,18 +40,21 @@ def readme_blocks(text: str) -> list[tuple[int, str, str]]:
     return [(text.count("\n", 0, m.start()) + 1, m.group(1), m.group(2)) for m in BLOCK.finditer(text)]
 
 
-def adapted(code: str, checkpoint: Path) -> str:
+def adapted(code: str, checkpoints: dict[str, Path]) -> str:
     bin_dir = Path(sys.executable).parent
-    code = ENVIRONMENT_SCRIPT.sub(r"bash -n \1", code)
-    return VENV_BIN.sub(f"{bin_dir}/", code).replace(HUB_ID, str(checkpoint))
+    code = VENV_BIN.sub(f"{bin_dir}/", ENVIRONMENT_SCRIPT.sub(r"bash -n \1", code))
+    for hub_id, folder in checkpoints.items():
+        code = code.replace(hub_id, str(folder))
+    return code
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """A Hub folder (remote code included) of the tiny random-weight model."""
-    folder = tmp_path_factory.mktemp("hub") / "tiny-llava-prumerge"
-    main(["export", "--tiny", "--out", str(folder)])
-    return folder
+def tiny_checkpoints(tmp_path_factory):
+    """Local stand-ins for the README's Hub ids: a PruMerge Hub folder and a stock LLaVA folder."""
+    folder = tmp_path_factory.mktemp("hub")
+    main(["export", "--tiny", "--out", str(folder / "tiny-llava-prumerge")])
+    main(["tiny-inputs", str(folder / "inputs")])
+    return {HUB_ID: folder / "tiny-llava-prumerge", STOCK_HUB_ID: folder / "inputs" / "llava-hf"}
 
 
 @pytest.fixture
@@ -67,7 +73,7 @@ def test_every_fence_is_a_block_in_a_known_language():
     assert not unknown, f"README.md blocks at (line, language) {unknown}: use ```bash, ```python or ```text"
 
 
-def test_every_readme_block_runs(scratch_repo, tiny_checkpoint):
+def test_every_readme_block_runs(scratch_repo, tiny_checkpoints):
     text = (ROOT / "README.md").read_text()
     blocks = [block for block in readme_blocks(text) if block[1] in RUN]
     runnable_fences = [line for line in text.splitlines() if line.startswith(("```bash", "```python"))]
@@ -75,13 +81,15 @@ def test_every_readme_block_runs(scratch_repo, tiny_checkpoint):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     failures, ran = [], 0
     for line, language, code in blocks:
-        code = adapted(code, tiny_checkpoint)
+        code = adapted(code, tiny_checkpoints)
         command = (
             ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [sys.executable, "-c", code]
         )
+        started = time.perf_counter()
         result = subprocess.run(
             command, cwd=scratch_repo, env=env, capture_output=True, text=True, timeout=600
         )
+        print(f"README.md line {line} ({language}): {time.perf_counter() - started:.1f} s")
         ran += 1
         if result.returncode:
             output = (result.stdout + result.stderr)[-3000:]
