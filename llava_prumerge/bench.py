@@ -935,13 +935,3 @@ def main_from_args(args: argparse.Namespace) -> list[dict]:
         plot_rows(rows, BENCH_PLOT_PANELS, args.plot, title)
         print(f"wrote {args.plot}", file=sys.stderr)
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="llava-prumerge bench", description=__doc__)
-    add_arguments(parser)
-    main_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -487,13 +487,3 @@ def main_from_args(args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"llava-prumerge analyze: error: {error}") from error
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    main_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -431,13 +431,3 @@ def export_checkpoint(
     folder = save_hub_folder(merged, processor, out_dir)
     print(f"export: merged {checkpoint} into {base} ({config.token_reduction} reducer): {folder}")
     return folder
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    main_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()
