@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import processors
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -35,7 +35,14 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ..modeling.token_reduction import REDUCTION_DEFAULTS
-from ..tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, VICUNA_CHAT_TEMPLATE, tiny_config, tiny_tokenizer
+from ..tiny import (
+    TINY_IMAGE_SIZE,
+    TINY_PATCH_SIZE,
+    VICUNA_CHAT_TEMPLATE,
+    byte_level_bpe,
+    tiny_config,
+    tiny_tokenizer,
+)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _CORPUS = [
@@ -55,15 +62,7 @@ class TinyInputs:
 
 def _vicuna_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Llama's special tokens and BOS post-processor, without <image> or a pad token."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer = byte_level_bpe(_CORPUS, ["<unk>", "<s>", "</s>"], vocab_size=300)
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -45,18 +45,24 @@ TINY_IMAGE_SIZE = 56
 TINY_PATCH_SIZE = 4  # 14 x 14 = 196 patches
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A small byte-level BPE tokenizer trained in code, with LLaVA's special tokens."""
+def byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int) -> Tokenizer:
+    """A small byte-level BPE tokenizer trained in code on `corpus` (so that decoding gives text back)."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer trained in code, with LLaVA's special tokens."""
+    tokenizer = byte_level_bpe(_CORPUS, SPECIAL_TOKENS, vocab_size=400)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
