@@ -357,17 +357,6 @@ class PeakMemory:
             self.increase_bytes = _proc_status_bytes("VmHWM") - self._start
 
 
-@contextlib.contextmanager
-def _reduced_tokens_given(inner_model, reduced):
-    """`compact_inputs` runs the vision tower and the reducer itself; to time the projector and the
-    compaction alone, it is handed the reduced tokens this pass has already computed and timed."""
-    inner_model.reduce_image_tokens = lambda *args, **kwargs: reduced
-    try:
-        yield
-    finally:
-        del inner_model.reduce_image_tokens
-
-
 def kv_cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
@@ -386,9 +375,9 @@ def measure_pass(
     result = {"seconds": timer.seconds, "visual_tokens": reduced.num_tokens}
     if vision_only:
         return result
-    with timer("projector_compaction"), _reduced_tokens_given(inner, reduced):
+    with timer("projector_compaction"):  # the reduced tokens this pass has already computed and timed
         compact = inner.compact_inputs(
-            inputs.input_ids, inputs.pixel_values, inputs.attention_mask, padding_side="left"
+            inputs.input_ids, inputs.pixel_values, inputs.attention_mask, padding_side="left", reduced=reduced
         )
     language_model, embed = inner.language_model, inner.get_input_embeddings()
     with timer("llm_decoder"):

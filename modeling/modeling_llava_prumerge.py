@@ -320,8 +320,10 @@ class LlavaPruMergeModel(LlavaModel):
         padding_side: str | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
+        reduced: ReducedTokens | None = None,
     ) -> CompactedInputs:
-        """Encode and reduce the images, then build the compacted batch the language model sees.
+        """Encode and reduce the images (unless `reduced` already holds them), then build the
+        compacted batch the language model sees.
 
         `padding_side` defaults to the side the input was padded on, and to the right when the
         input had no padding.
@@ -335,7 +337,10 @@ class LlavaPruMergeModel(LlavaModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         runs = self._image_runs(input_ids, attention_mask, pixel_values.shape[0])
-        reduced = self.reduce_image_tokens(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        if reduced is None:
+            reduced = self.reduce_image_tokens(
+                pixel_values, vision_feature_layer, vision_feature_select_strategy
+            )
         embed_tokens = self.get_input_embeddings()
         image_features = self._project(reduced)
         text_embeds = embed_tokens(input_ids)  # [B, L, hidden]
