@@ -53,7 +53,7 @@ def reduce_visual_tokens_loop(
         else:
             ratio = reduction_ratio
             num_centres = max(1, int(num_patches * ratio))
-        scores = a.detach().float().tolist()
+        scores = a.detach().to(torch.promote_types(a.dtype, torch.float32)).tolist()
         by_attention = sorted(range(num_patches), key=lambda i: (-scores[i], i))
         centres = by_attention[:num_centres]
         if token_reduction == "prumerge_plus":

@@ -148,17 +148,20 @@ def iqr_outlier_counts(attention: torch.Tensor, iqr_scale: float = 1.5) -> torch
     the fence in float32 for half/float32 input (float64 input stays float64).
     attention: [B, N] -> LongTensor [B].
     """
-    dtype = torch.promote_types(attention.dtype, torch.float32)
-    values = attention.detach().to(dtype)  # [B, N]
-    ordered = values.sort(dim=1).values
-    num_patches = values.shape[1]
+    values = attention.detach().to(torch.promote_types(attention.dtype, torch.float32))  # [B, N]
+    return _outlier_counts_of_sorted(values.sort(dim=1).values, iqr_scale)
+
+
+def _outlier_counts_of_sorted(ascending: torch.Tensor, iqr_scale: float) -> torch.Tensor:
+    """`iqr_outlier_counts` of attention already sorted ascending along dim 1: [B, N] -> [B]."""
+    dtype, num_patches = ascending.dtype, ascending.shape[1]
 
     def percentile(fraction: float) -> torch.Tensor:  # numpy's "linear" method and its _lerp
         position = fraction * (num_patches - 1)
         below = math.floor(position)
         above = min(below + 1, num_patches - 1)
         weight = position - below
-        low, high = ordered[:, below], ordered[:, above]
+        low, high = ascending[:, below], ascending[:, above]
         step = high - low
         if weight >= 0.5:
             return high - step * torch.tensor(1 - weight, dtype=dtype)
@@ -166,10 +169,10 @@ def iqr_outlier_counts(attention: torch.Tensor, iqr_scale: float = 1.5) -> torch
 
     q1, q3 = percentile(0.25), percentile(0.75)  # [B]
     fence = q3 + torch.tensor(iqr_scale, dtype=dtype) * (q3 - q1)  # [B]
-    return (values > fence[:, None]).sum(dim=1)
+    return (ascending > fence[:, None]).sum(dim=1)
 
 
-def _check_inputs(features: torch.Tensor, attention: torch.Tensor, keys: torch.Tensor) -> None:
+def _check_shapes(features: torch.Tensor, attention: torch.Tensor, keys: torch.Tensor) -> None:
     if features.dim() != 3:
         raise ValueError(f"features must be [batch, patches, channels], got shape {tuple(features.shape)}")
     batch, num_patches, _ = features.shape
@@ -182,15 +185,17 @@ def _check_inputs(features: torch.Tensor, attention: torch.Tensor, keys: torch.T
             f"keys must be [batch, patches, key_dim] with batch, patches = {(batch, num_patches)} (patch rows only, "
             f"no [CLS]), got {tuple(keys.shape)}"
         )
-    for name, tensor in (("features", features), ("attention", attention), ("keys", keys)):
-        # One cheap pass: a sum is non-finite when some element is (or when finite values overflow float32).
-        if tensor.is_floating_point() and not torch.isfinite(
-            tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32))
-        ):
-            raise ValueError(
-                f"{name} contains NaN or inf; check the pixel values and the vision tower's dtype "
-                "(float16 overflow), then run again"
-            )
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise when `tensor` holds a NaN or inf (one pass: a sum is non-finite when some element is)."""
+    if tensor.is_floating_point() and not torch.isfinite(
+        tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32))
+    ):
+        raise ValueError(
+            f"{name} contains NaN or inf; check the pixel values and the vision tower's dtype "
+            "(float16 overflow), then run again"
+        )
 
 
 def _spatial_grid(num_patches: int, count: int) -> list[int]:
@@ -241,13 +246,15 @@ def select_tokens(
         return slots, torch.full((batch,), len(chosen), device=device)
 
     # Descending attention; ties go to the lower patch index.
-    order = attention.detach().float().argsort(dim=1, descending=True, stable=True)  # [B, N]
-    rank = order.argsort(dim=1)  # [B, N]: each patch's place in `order`
+    ranked = attention.detach().to(torch.promote_types(attention.dtype, torch.float32))
+    ranked = ranked.sort(dim=1, descending=True, stable=True)
+    order = ranked.indices  # [B, N]
+    rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, -1))  # [B, N]: place in `order`
     plus = token_reduction == "prumerge_plus"
     extra = int(summary_token)
 
     if adaptive:
-        centres = iqr_outlier_counts(attention, iqr_scale).clamp(min=1).tolist()
+        centres = _outlier_counts_of_sorted(ranked.values.flip(1), iqr_scale).clamp(min=1).tolist()
     elif num_visual_tokens is not None:
         kept = max(1, num_visual_tokens - extra)
         centres = [max(1, math.ceil(kept / 4)) if plus else kept] * batch
@@ -313,22 +320,27 @@ def plan_merge(
 ) -> torch.Tensor:
     """TS: for every selected slot, the `merge_k` other slots whose keys are most cosine-similar.
 
-    keys [B, N, Dk], slots [B, S], num_selected [B] -> neighbour slot indices [B, M, k] with
-    M = max(num_selected); rows past an image's own count are padding.
+    keys [B, N, Dk], slots [B, S], num_selected [B] -> the absorbed patch indices [B, M, k] with
+    M = max(num_selected), most similar first; rows past an image's own count are padding.
+    Within a row the ranking of cos(k_c, k_j) = k_c.k_j / (|k_c| |k_j|) does not depend on |k_c|,
+    so only the candidates' norms are divided out. Half-precision keys are ranked in float32, where
+    near-ties do not collapse into ties whose order depends on the hardware.
     """
     batch, num_slots = slots.shape
     width = int(num_selected.max())
     k = min(merge_k, num_slots - 1)
     with torch.no_grad():
-        selected = slots[:, :width]  # [B, M]
-        selected_keys = F.normalize(
-            keys.gather(1, selected[..., None].expand(-1, -1, keys.shape[-1])), dim=-1
-        )
-        inverse_norms = keys.norm(dim=-1).clamp_min(1e-12).reciprocal()  # [B, N]
-        by_patch = (selected_keys @ keys.transpose(1, 2)) * inverse_norms[:, None, :]  # [B, M, N] cosine
+        keys = keys.to(torch.promote_types(keys.dtype, torch.float32))
+        norms = torch.linalg.vector_norm(keys, dim=-1)  # [B, N]
+        _check_finite("keys", norms)
+        image = torch.arange(batch, device=slots.device)[:, None]  # [B, 1]
+        selected_keys = keys[image, slots[:, :width]]  # [B, M, Dk]
+        by_patch = torch.bmm(selected_keys, keys.transpose(1, 2))  # [B, M, N]
+        by_patch.mul_(norms.clamp_min(1e-12).reciprocal()[:, None, :])  # cosine times |k_c|
         similarity = by_patch.gather(2, slots[:, None, :].expand(-1, width, -1))  # [B, M, S]
         similarity.diagonal(dim1=1, dim2=2).fill_(-torch.inf)  # a token never absorbs itself
-        return similarity.topk(k, dim=-1).indices  # [B, M, k]
+        nearest = similarity.topk(k, dim=-1).indices  # [B, M, k] slot positions
+        return slots.gather(1, nearest.flatten(1)).view(batch, width, k)
 
 
 def apply_merge(
@@ -339,42 +351,54 @@ def apply_merge(
     neighbours: torch.Tensor | None,
     merge_weighting: str = "reference",
     summary_token: bool = True,
-) -> torch.Tensor:
-    """Build the output tokens [B, M + summary, C] (rows past an image's count are padding).
+) -> list[torch.Tensor]:
+    """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token.
 
     "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalised, as published);
     "mean": the attention-weighted mean of the centre and its absorbed patches.
     The summary token is sum_j a_j x_j over all unselected slots.
+    Every token is a weighted bag of patch rows, so one `embedding_bag` over the flattened batch
+    makes all of them, without a [B, M, k, C] intermediate. Half-precision features are summed in
+    float32 and rounded once, as the published code's `torch.sum` did.
     """
     batch, num_patches, channels = features.shape
     width = int(num_selected.max())
+    device = slots.device
+    output_dtype = features.dtype
+    features = features.to(torch.promote_types(output_dtype, torch.float32))
     weights = attention.to(features.dtype)  # [B, N]
-    selected = slots[:, :width]  # [B, M]
-    tokens = features.gather(1, selected[..., None].expand(-1, -1, channels))  # [B, M, C]
-    if neighbours is not None and neighbours.shape[-1] > 0:
-        k = neighbours.shape[-1]
-        absorbed_patches = slots.gather(1, neighbours.flatten(1))  # [B, M*k]
-        absorbed_weights = weights.gather(1, absorbed_patches)  # [B, M*k]
-        rows = absorbed_patches + num_patches * torch.arange(batch, device=slots.device)[:, None]
-        # sum_j a_j x_j without materialising [B, M, k, C]
-        absorbed = F.embedding_bag(
-            rows.view(batch * width, k),
-            features.reshape(batch * num_patches, channels),
-            mode="sum",
-            per_sample_weights=absorbed_weights.view(batch * width, k),
-        ).view(batch, width, channels)
-        if merge_weighting == "mean":
-            own = weights.gather(1, selected)[..., None]  # [B, M, 1]
-            total = own + absorbed_weights.view(batch, width, k).sum(dim=-1, keepdim=True)
-            tokens = (own * tokens + absorbed) / total
-        else:
-            tokens = tokens + absorbed
+    selected = slots[:, :width, None]  # [B, M, 1]
+    members = selected if neighbours is None else torch.cat([selected, neighbours], dim=-1)  # [B, M, 1+k]
+    bag_size = members.shape[-1]
+    member_weights = weights.gather(1, members.flatten(1)).view(members.shape)  # [B, M, 1+k]
+    if merge_weighting == "mean" and bag_size > 1:
+        member_weights = member_weights / member_weights.sum(dim=-1, keepdim=True)
+    else:
+        centre_weight = torch.ones_like(member_weights[..., :1])  # x_c counted once, unweighted
+        member_weights = torch.cat([centre_weight, member_weights[..., 1:]], dim=-1)
+
+    bags, bag_weights = members.flatten(1), member_weights.flatten(1)  # [B, M*(1+k)]
+    bag_starts = torch.arange(0, width * bag_size, bag_size, device=device)  # [M]
     if summary_token:
-        unselected = torch.arange(slots.shape[1], device=slots.device) >= num_selected[:, None]  # [B, S]
-        in_summary = torch.zeros_like(weights).scatter_add(1, slots, unselected.to(weights.dtype))  # [B, N]
-        summary = (weights * in_summary)[:, None, :] @ features  # [B, 1, C]
-        tokens = torch.cat([tokens, summary], dim=1)
-    return tokens
+        in_summary = torch.arange(slots.shape[1], device=device) >= num_selected[:, None]  # [B, S]
+        bags = torch.cat([bags, slots], dim=1)
+        bag_weights = torch.cat([bag_weights, weights.gather(1, slots) * in_summary], dim=1)
+        bag_starts = torch.cat([bag_starts, bag_starts.new_full((1,), width * bag_size)])  # [M+1]
+    image = torch.arange(batch, device=device)[:, None]  # [B, 1]
+    tokens = F.embedding_bag(
+        (bags + image * num_patches).flatten(),  # rows of the [B*N, C] feature table
+        features.reshape(batch * num_patches, channels),
+        (bag_starts + image * bags.shape[1]).flatten(),
+        mode="sum",
+        per_sample_weights=bag_weights.flatten(),
+    ).view(batch, -1, channels)  # [B, M (+1), C]; padding rows are sums of real patches, dropped below
+    tokens = tokens.to(output_dtype)
+    # Checked here, where every patch that matters has arrived: one pass over B*M*C, not B*N*C.
+    _check_finite("features", tokens)
+    return [
+        image_tokens if count == width else torch.cat([image_tokens[:count], image_tokens[width:]])
+        for image_tokens, count in zip(tokens, num_selected.tolist(), strict=True)
+    ]
 
 
 def keep_all_tokens(features: torch.Tensor) -> ReducedTokens:
@@ -408,17 +432,23 @@ def reduce_visual_tokens(
     "none" keeps every patch; "sequential" and "spatial" (the paper's ablation baselines) keep
     `num_visual_tokens` patches (or N * reduction_ratio), the first ones or a uniform grid,
     without merging or a summary token.
+    A NaN or inf raises a ValueError naming the input when it is in `attention`, in `keys` while
+    merging, or in a feature row that reaches an output token (with the summary token on, every
+    row does). Rows that no token reads are not checked: the check costs a pass over the output,
+    not over [B, N, C].
     """
     validate_reduction_fields(
         token_reduction=token_reduction, adaptive=adaptive, reduction_ratio=reduction_ratio,
         num_visual_tokens=num_visual_tokens, iqr_scale=iqr_scale, merge=merge, merge_k=merge_k,
         merge_weighting=merge_weighting, summary_token=summary_token, token_order=token_order,
     )  # fmt: skip
-    _check_inputs(features, attention, keys)
+    _check_shapes(features, attention, keys)
+    _check_finite("attention", attention)
     batch, num_patches, _ = features.shape
     if batch == 0:
         return ReducedTokens([], [], [])
     if token_reduction == "none":
+        _check_finite("features", features)
         return keep_all_tokens(features)
 
     pruning = token_reduction in ("prumerge", "prumerge_plus")
@@ -427,32 +457,22 @@ def reduce_visual_tokens(
             f"num_visual_tokens={num_visual_tokens} leaves no room for an attention centre"
             + (" beside the summary token; use at least 2 or summary_token=False" if summary_token else "")
         )
+    summary_token = summary_token and pruning
     slots, num_selected = select_tokens(
-        attention,
-        token_reduction,
-        adaptive,
-        reduction_ratio,
-        num_visual_tokens,
-        iqr_scale,
-        summary_token and pruning,
+        attention, token_reduction, adaptive, reduction_ratio, num_visual_tokens, iqr_scale, summary_token
     )
-    neighbours = plan_merge(keys, slots, num_selected, merge_k) if pruning and merge else None
-    tokens = apply_merge(
-        features, attention, slots, num_selected, neighbours, merge_weighting, summary_token and pruning
-    )  # [B, M (+1), C]
+    neighbours = plan_merge(keys, slots, num_selected, merge_k) if pruning and merge else None  # [B, M, k]
+    tokens = apply_merge(features, attention, slots, num_selected, neighbours, merge_weighting, summary_token)
 
     out_features, out_centres, out_neighbours = [], [], []
     for image, count in enumerate(num_selected.tolist()):
         centres = slots[image, :count]
-        absorbed = (
-            slots[image][neighbours[image, :count]] if neighbours is not None else centres.new_empty(count, 0)
-        )
-        image_tokens = tokens[image, :count]
+        absorbed = neighbours[image, :count] if neighbours is not None else centres.new_empty(count, 0)
+        image_tokens = tokens[image]
         if token_order == "spatial":
             raster = centres.argsort(stable=True)
-            centres, absorbed, image_tokens = centres[raster], absorbed[raster], image_tokens[raster]
-        if summary_token and pruning:
-            image_tokens = torch.cat([image_tokens, tokens[image, -1:]], dim=0)
+            centres, absorbed = centres[raster], absorbed[raster]
+            image_tokens = torch.cat([image_tokens[:count][raster], image_tokens[count:]])
         out_features.append(image_tokens)
         out_centres.append(centres)
         out_neighbours.append(absorbed)

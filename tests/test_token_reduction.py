@@ -162,6 +162,32 @@ def test_non_finite_inputs_raise_a_clear_error(bad, target):
         reduce_visual_tokens(**inputs)
 
 
+@pytest.mark.parametrize("method", ["prumerge", "prumerge_plus", "sequential", "spatial", "none"])
+def test_non_finite_feature_in_an_output_token_raises(method):
+    features, attention, keys = make_inputs(batch=2)
+    kept = reduce_visual_tokens(features, attention, keys, token_reduction=method).centers[1][0]
+    features[1, kept, 5] = float("nan")
+    with pytest.raises(ValueError, match="features contains NaN or inf"):
+        reduce_visual_tokens(features, attention, keys, token_reduction=method)
+
+
+def test_non_finite_values_that_reach_no_token_change_nothing():
+    """Without the summary token, a patch no token absorbs is not read; keys are not read unmerged."""
+    features, attention, keys = make_inputs(batch=1)
+    fields = {"summary_token": False, "merge_k": 2}
+    clean = reduce_visual_tokens(features, attention, keys, **fields)
+    read = set(clean.centers[0].tolist()) | set(clean.neighbours[0].flatten().tolist())
+    unread = next(patch for patch in range(features.shape[1]) if patch not in read)
+    features[0, unread] = float("nan")
+    reduced = reduce_visual_tokens(features, attention, keys, **fields)
+    torch.testing.assert_close(reduced.features[0], clean.features[0], rtol=0, atol=0)
+    keys[0, unread] = float("inf")
+    unmerged = reduce_visual_tokens(features, attention, keys, merge=False, summary_token=False)
+    assert torch.isfinite(unmerged.features[0]).all()
+    with pytest.raises(ValueError, match="keys contains NaN or inf"):
+        reduce_visual_tokens(features, attention, keys, **fields)
+
+
 def test_shape_mismatches_raise_clear_errors():
     features, attention, keys = make_inputs(batch=2)
     with pytest.raises(ValueError, match="attention must be"):
