@@ -17,6 +17,7 @@ Modifications to the stock classes, each overriding one method:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -37,6 +38,17 @@ from .token_reduction import ReducedTokens, class_attention, keep_all_tokens, re
 
 # transformers 5 returns a ModelOutput from `get_image_features` (the per-image list in `pooler_output`).
 _IMAGE_FEATURES_AS_OUTPUT = int(transformers_version.split(".")[0]) >= 5
+# transformers 5.24 renamed the KV cache argument `past_key_values` to `cache`, and moved the image
+# features of the outputs from `image_hidden_states` to `image_outputs.pooler_output`; both are read
+# off the installed classes, so that one Hub folder runs on every release.
+CACHE_ARGUMENT = (
+    "cache"
+    if "cache" in inspect.signature(LlavaForConditionalGeneration.forward).parameters
+    else "past_key_values"
+)
+_IMAGE_OUTPUTS_FIELD = "image_outputs" in {
+    field.name for field in dataclasses.fields(LlavaCausalLMOutputWithPast)
+}
 
 
 def _share_llava_checkpoint_layout() -> None:
@@ -399,9 +411,9 @@ class LlavaPruMergeModel(LlavaModel):
             visual_token_centers=reduced.centers,
         )
 
-    def _check_text_only(self, input_ids, past_key_values, kwargs) -> None:
+    def _check_text_only(self, input_ids, cache, kwargs) -> None:
         """Placeholders without images would silently reach the LLM as ordinary tokens."""
-        starting = past_key_values is None or past_key_values.get_seq_length() == 0
+        starting = cache is None or cache.get_seq_length() == 0
         precomputed = kwargs.get("mm_encoder_outputs") is not None
         if (
             input_ids is not None
@@ -424,13 +436,17 @@ class LlavaPruMergeModel(LlavaModel):
         **kwargs,
     ):
         """Overridden: with `pixel_values`, the language model runs on the compacted batch."""
+        kwargs[CACHE_ARGUMENT] = cache = _pop_cache(past_key_values, kwargs)
         if pixel_values is None:
-            self._check_text_only(input_ids, past_key_values, kwargs)
+            self._check_text_only(input_ids, cache, kwargs)
             return super().forward(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs,
-            )  # fmt: skip
-        _check_prefill(inputs_embeds, past_key_values, kwargs)
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                **kwargs,
+            )
+        _check_prefill(inputs_embeds, cache, kwargs)
         compact = self.compact_inputs(
             input_ids,
             pixel_values,
@@ -441,27 +457,45 @@ class LlavaPruMergeModel(LlavaModel):
             vision_feature_select_strategy,
         )
         outputs = super().forward(
-            inputs_embeds=compact.inputs_embeds, attention_mask=compact.attention_mask,
-            position_ids=compact.position_ids, past_key_values=past_key_values, **kwargs,
-        )  # fmt: skip
+            inputs_embeds=compact.inputs_embeds,
+            attention_mask=compact.attention_mask,
+            position_ids=compact.position_ids,
+            **kwargs,
+        )
         return LlavaPruMergeModelOutputWithPast(
-            **{**outputs, "image_hidden_states": compact.image_features},
+            **{**outputs, **_image_features_field(compact)},
             attention_mask=compact.attention_mask,
             visual_token_counts=compact.visual_token_counts,
             visual_token_centers=compact.visual_token_centers,
         )
 
 
-def _check_prefill(inputs_embeds, past_key_values, kwargs) -> None:
+def _pop_cache(past_key_values, kwargs):
+    """The KV cache, under either of its names (`cache` from transformers 5.24, `past_key_values` before)."""
+    cache = kwargs.pop("cache", None)
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the KV cache once: as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def _image_features_field(compact: CompactedInputs) -> dict:
+    """The projected visual tokens, in the output field the installed transformers defines."""
+    if _IMAGE_OUTPUTS_FIELD:
+        per_image = list(compact.image_features.split(compact.visual_token_counts))
+        return {"image_outputs": BaseModelOutputWithPooling(pooler_output=per_image)}
+    return {"image_hidden_states": compact.image_features}  # [sum n_i, hidden]
+
+
+def _check_prefill(inputs_embeds, cache, kwargs) -> None:
     """Compaction rewrites the whole prompt, so it needs the prompt as ids and an empty cache."""
     if inputs_embeds is not None:
         raise ValueError(
             "Pass input_ids (with `<image>` placeholders) together with pixel_values, not inputs_embeds"
         )
-    if past_key_values is not None and past_key_values.get_seq_length() > 0:
+    if cache is not None and cache.get_seq_length() > 0:
         raise ValueError(
-            "pixel_values with a non-empty past_key_values is not supported: the prompt is compacted as a "
-            "whole; start from an empty cache"
+            "pixel_values with a non-empty KV cache (past_key_values) is not supported: the prompt is "
+            "compacted as a whole; start from an empty cache"
         )
     kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; recomputed by the LLM
 
@@ -505,12 +539,17 @@ class LlavaPruMergeForConditionalGeneration(LlavaForConditionalGeneration):
         """Overridden: with `pixel_values`, the sequence (and `labels`) are compacted first; see
         [`LlavaPruMergeCausalLMOutputWithPast`] for what the returned length means."""
         kwargs["logits_to_keep"] = logits_to_keep
+        kwargs[CACHE_ARGUMENT] = cache = _pop_cache(past_key_values, kwargs)
         if pixel_values is None:
             return super().forward(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, **kwargs,
-            )  # fmt: skip
-        _check_prefill(inputs_embeds, past_key_values, kwargs)
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                **kwargs,
+            )
+        _check_prefill(inputs_embeds, cache, kwargs)
         compact = self.model.compact_inputs(
             input_ids,
             pixel_values,
@@ -521,11 +560,14 @@ class LlavaPruMergeForConditionalGeneration(LlavaForConditionalGeneration):
             vision_feature_select_strategy,
         )
         outputs = super().forward(
-            inputs_embeds=compact.inputs_embeds, attention_mask=compact.attention_mask,
-            position_ids=compact.position_ids, past_key_values=past_key_values, labels=compact.labels, **kwargs,
-        )  # fmt: skip
+            inputs_embeds=compact.inputs_embeds,
+            attention_mask=compact.attention_mask,
+            position_ids=compact.position_ids,
+            labels=compact.labels,
+            **kwargs,
+        )
         return LlavaPruMergeCausalLMOutputWithPast(
-            **{**outputs, "image_hidden_states": compact.image_features},
+            **{**outputs, **_image_features_field(compact)},
             attention_mask=compact.attention_mask,
             visual_token_counts=compact.visual_token_counts,
             visual_token_centers=compact.visual_token_centers,
