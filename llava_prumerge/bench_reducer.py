@@ -16,6 +16,8 @@ import torch
 from .modeling.token_reduction import reduce_visual_tokens
 from .reducer_loop import reduce_visual_tokens_loop
 
+CPU = torch.device("cpu")
+
 
 def realistic_inputs(batch: int, patches: int = 576, channels: int = 1024, outliers: int = 32, seed: int = 0):
     """CLIP-L/336-shaped inputs whose [CLS] attention has about `outliers` large values per image."""
@@ -29,15 +31,34 @@ def realistic_inputs(batch: int, patches: int = 576, channels: int = 1024, outli
     return features, logits.softmax(dim=-1), keys
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+def paired_seconds(
+    vectorised, loop, rounds: int, warmup: int = 1, calls_per_round: int = 5, device: torch.device = CPU
+):
+    """Per-round times of both implementations, interleaved.
+
+    Each round times the loop once and the vectorised reducer `calls_per_round` times (their median)
+    back to back, so a busy moment of a shared machine slows both alike; a ratio taken per round
+    is steadier than one taken between two separately timed series.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        vectorised()
+        loop()
+    vectorised_times, loop_times = [], []
+    for _ in range(rounds):
+        vectorised_times.append(statistics.median(_clock(vectorised, device) for _ in range(calls_per_round)))
+        loop_times.append(_clock(loop, device))
+    return vectorised_times, loop_times
+
+
+def _clock(fn, device: torch.device) -> float:
+    """Wall-clock seconds of `fn()`, waiting for queued CUDA work before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def run(
@@ -47,29 +68,41 @@ def run(
     channels=1024,
     repeats=5,
     warmup=1,
+    device="cpu",
+    dtype=torch.float32,
 ):
+    """One row per method and batch size: medians over `repeats` interleaved rounds, the median of
+    the per-round speed-ups, and the best-of speed-up (fastest loop over fastest vectorised).
+    The inputs are made in float32 on the CPU, then moved to `device` and cast to `dtype`."""
+    device = torch.device(device)
     rows = []
     for method in methods:
         for batch in batch_sizes:
-            inputs = realistic_inputs(batch, patches, channels)
+            inputs = [t.to(device, dtype) for t in realistic_inputs(batch, patches, channels)]
             with torch.no_grad():
-                vectorised = median_seconds(
-                    partial(reduce_visual_tokens, *inputs, token_reduction=method), repeats, warmup
-                )
-                loop = median_seconds(
-                    partial(reduce_visual_tokens_loop, *inputs, method), max(1, repeats // 2), warmup
+                vectorised, loop = paired_seconds(
+                    partial(reduce_visual_tokens, *inputs, token_reduction=method),
+                    partial(reduce_visual_tokens_loop, *inputs, method),
+                    repeats,
+                    warmup,
+                    device=device,
                 )
                 tokens = reduce_visual_tokens(*inputs, token_reduction=method).num_tokens
             rows.append(
                 {
                     "method": method,
+                    "device": device.type,
+                    "dtype": str(dtype).removeprefix("torch."),
                     "batch_size": batch,
                     "patches": patches,
                     "channels": channels,
                     "mean_tokens_per_image": sum(tokens) / len(tokens),
-                    "vectorised_ms": vectorised * 1e3,
-                    "loop_ms": loop * 1e3,
-                    "speedup": loop / vectorised,
+                    "vectorised_ms": statistics.median(vectorised) * 1e3,
+                    "loop_ms": statistics.median(loop) * 1e3,
+                    "speedup": statistics.median(lo / ve for lo, ve in zip(loop, vectorised, strict=True)),
+                    "best_vectorised_ms": min(vectorised) * 1e3,
+                    "best_loop_ms": min(loop) * 1e3,
+                    "best_speedup": min(loop) / min(vectorised),
                 }
             )
     return rows
@@ -77,12 +110,14 @@ def run(
 
 def format_table(rows) -> str:
     lines = [
-        f"{'method':<14} {'batch':>5} {'tokens/img':>10} {'vectorised ms':>14} {'loop ms':>10} {'speed-up':>9}",
+        f"{'method':<14} {'batch':>5} {'tokens/img':>10} {'vectorised ms':>14} {'loop ms':>10} "
+        f"{'speed-up':>9} {'best-of':>8}",
     ]
     for row in rows:
         lines.append(
             f"{row['method']:<14} {row['batch_size']:>5} {row['mean_tokens_per_image']:>10.1f} "
-            f"{row['vectorised_ms']:>14.2f} {row['loop_ms']:>10.2f} {row['speedup']:>8.1f}x"
+            f"{row['vectorised_ms']:>14.2f} {row['loop_ms']:>10.2f} {row['speedup']:>8.1f}x "
+            f"{row['best_speedup']:>7.1f}x"
         )
     return "\n".join(lines)
 
@@ -107,7 +142,9 @@ def main_from_args(args: argparse.Namespace) -> list[dict]:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"PruMerge reducer on CPU ({torch.get_num_threads()} threads), median of {args.repeats} runs")
+        print(
+            f"PruMerge reducer on CPU ({torch.get_num_threads()} threads), {args.repeats} interleaved rounds"
+        )
         print(format_table(rows))
     return rows
 
