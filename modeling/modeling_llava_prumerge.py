@@ -147,13 +147,12 @@ def _to_device_of(tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return tensor if weight.device.type == "meta" else tensor.to(weight.device)
 
 
-def _run_encoder_layer(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """One CLIP-style encoder layer, across the transformers 4.x and 5.x call conventions."""
+def _encoder_layer_masks(layer: nn.Module) -> dict:
+    """The (empty) mask arguments of a CLIP-style encoder layer, in the installed transformers' convention:
+    4.x also takes `causal_attention_mask`. Read once per forward, not per layer (`inspect` is slow)."""
     if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
-        output = layer(hidden_states, attention_mask=None, causal_attention_mask=None)
-    else:
-        output = layer(hidden_states, attention_mask=None)
-    return output[0] if isinstance(output, tuple) else output
+        return {"attention_mask": None, "causal_attention_mask": None}
+    return {"attention_mask": None}
 
 
 class LlavaPruMergeModel(LlavaModel):
@@ -224,8 +223,10 @@ class LlavaPruMergeModel(LlavaModel):
             pixel_values = _to_device_of(pixel_values, tower.embeddings.patch_embedding.weight)
             hidden = tower.pre_layrnorm(tower.embeddings(pixel_values))  # [n, 1+N, D]
             hidden_states = [hidden]
+            masks = _encoder_layer_masks(layers[0])
             for layer in layers[:deepest]:
-                hidden = _run_encoder_layer(layer, hidden)
+                output = layer(hidden, **masks)
+                hidden = output[0] if isinstance(output, tuple) else output
                 hidden_states.append(hidden)
             selected = [
                 hidden_states[i] if strategy == "full" else hidden_states[i][:, 1:] for i in feature_indices
