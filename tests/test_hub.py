@@ -176,7 +176,8 @@ sequences = model.generate(**inputs, max_new_tokens=n, do_sample=False)
 assert sequences[0, -n:].tolist() == spec["new_tokens"], sequences[0, -n:].tolist()
 
 mapped = auto.from_pretrained(folder, trust_remote_code=True, device_map="auto")
-assert mapped.generate(**inputs, max_new_tokens=n, do_sample=False)[0, -n:].tolist() == spec["new_tokens"]
+mapped_sequences = mapped.generate(**inputs.to(mapped.device), max_new_tokens=n, do_sample=False)
+assert mapped_sequences[0, -n:].tolist() == spec["new_tokens"]
 
 pipe = transformers.pipeline("image-text-to-text", model=folder, trust_remote_code=True)
 out = pipe(images=image, text=prompt, max_new_tokens=n, return_full_text=False)

@@ -374,8 +374,13 @@ def test_torchrun_runs_data_parallel(base_model, toy_data, tmp_path):
         "--image-folder", str(toy_data / "images"), "--output-dir", str(output_dir), "--max-steps", "2",
         "--per-device-batch-size", "2", "--lora-r", "4", "--num-workers", "0", "--no-export",
     ]  # fmt: skip
+    cpus_only = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # DDP over gloo, also where one GPU is
     result = subprocess.run(
-        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+        command,
+        env={**os.environ, **cpus_only},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("effective batch 2 x 1 x 2 process(es) = 4") == 1  # printed by rank 0 only
