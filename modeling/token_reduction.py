@@ -393,8 +393,12 @@ def apply_merge(
         per_sample_weights=bag_weights.flatten(),
     ).view(batch, -1, channels)  # [B, M (+1), C]; padding rows are sums of real patches, dropped below
     tokens = tokens.to(output_dtype)
-    # Checked here, where every patch that matters has arrived: one pass over B*M*C, not B*N*C.
-    _check_finite("features", tokens)
+    # Checked here, where every patch that matters has arrived: one pass over B*M*C, not B*N*C,
+    # with the padding rows (which may read patches no real token reads) left out.
+    padding = torch.arange(tokens.shape[1], device=device) >= num_selected[:, None]  # [B, M (+1)]
+    if summary_token:
+        padding[:, -1] = False
+    _check_finite("features", tokens.masked_fill(padding[..., None], 0))
     return [
         image_tokens if count == width else torch.cat([image_tokens[:count], image_tokens[width:]])
         for image_tokens, count in zip(tokens, num_selected.tolist(), strict=True)

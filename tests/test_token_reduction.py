@@ -188,6 +188,24 @@ def test_non_finite_values_that_reach_no_token_change_nothing():
         reduce_visual_tokens(features, attention, keys, **fields)
 
 
+def test_non_finite_values_read_only_by_batch_padding_change_nothing():
+    """An image with fewer tokens than its batch-mate is padded inside the reducer; the padding reads
+    patches of its own, which must not raise when no real token reads them."""
+    features, attention, keys = make_inputs(batch=2)
+    fields = {"summary_token": False, "merge_k": 2}
+    clean = reduce_visual_tokens(features, attention, keys, **fields)
+    assert clean.num_tokens[0] < clean.num_tokens[1]
+    selected = set(clean.centers[0].tolist())
+    read = selected | set(clean.neighbours[0].flatten().tolist())
+    left_over = [patch for patch in range(features.shape[1]) if patch not in selected]  # ascending
+    padding_rows = left_over[: clean.num_tokens[1] - clean.num_tokens[0]]  # the slots padding image 0
+    unread = next(patch for patch in padding_rows if patch not in read)
+    features[0, unread] = float("nan")
+    reduced = reduce_visual_tokens(features, attention, keys, **fields)
+    for ours, expected in zip(reduced.features, clean.features, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
 def test_shape_mismatches_raise_clear_errors():
     features, attention, keys = make_inputs(batch=2)
     with pytest.raises(ValueError, match="attention must be"):
