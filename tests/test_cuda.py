@@ -148,15 +148,12 @@ def test_sdpa_and_eager_agree_on_cuda_in_fp16(saved_model, processor, images):
 def test_device_maps_across_gpu_and_cpu_give_the_cpu_model_output(
     saved_model, model, processor, images, device_map
 ):
-    kwargs = (
-        {"max_memory": {0: 250_000, "cpu": 10**9}} if device_map == "auto" else {}
-    )  # about half on the GPU
+    # With "auto", a GPU budget of about half the model puts the rest on the CPU.
+    kwargs = {"max_memory": {0: 250_000, "cpu": 10**9}} if device_map == "auto" else {}
     mapped = LlavaPruMergeForConditionalGeneration.from_pretrained(
         saved_model, device_map=device_map, **kwargs
     )
-    assert {0, "cpu"} <= set(mapped.hf_device_map.values()) or {"0", "cpu"} <= {
-        str(v) for v in mapped.hf_device_map.values()
-    }
+    assert {"0", "cpu"} <= {str(device) for device in mapped.hf_device_map.values()}
     inputs = batch(processor, images[:2])
     with torch.no_grad():
         out = mapped(**inputs)
