@@ -3,83 +3,25 @@
 LLaVA-PruMerge (Shang et al., arXiv 2403.15388) keeps the patches whose [CLS] attention is an
 interquartile-range outlier (AITS) and lets each kept token absorb its key-nearest patches
 (TS). The work is split in two, ToMe-style: *deciding* (which patches are kept, which
-neighbours each kept token absorbs: a small plan of indices, made without gradients) and
+neighbors each kept token absorbs: a small plan of indices, made without gradients) and
 *applying* (gathering and summing features, differentiable, used in LoRA training).
 
 Shapes: B images, N patches (576 for CLIP ViT-L/14-336), C feature channels, Dk key channels.
-This module imports nothing but torch, so it can travel inside a Hub folder as remote code.
+This module imports nothing but torch and its sibling modules, so it travels inside Hub folders as
+remote code.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-TOKEN_REDUCTION_METHODS = ("prumerge", "prumerge_plus", "none", "spatial", "sequential")
-MERGE_WEIGHTINGS = ("reference", "mean")
-CLASS_ATTENTION_MODES = ("reference", "heads_mean")
-TOKEN_ORDERS = ("attention", "spatial")
-
-# The reducer fields and their defaults: the published reducer of the paper's checkpoints.
-REDUCTION_DEFAULTS = {
-    "token_reduction": "prumerge",
-    "adaptive": True,
-    "reduction_ratio": 1 / 8,
-    "num_visual_tokens": None,
-    "iqr_scale": 1.5,
-    "merge": True,
-    "merge_k": 32,
-    "merge_weighting": "reference",
-    "summary_token": True,
-    "class_attention": "reference",
-    "reduction_layer": -1,
-    "token_order": "attention",
-}
-
-_CHOICES = {
-    "token_reduction": TOKEN_REDUCTION_METHODS,
-    "merge_weighting": MERGE_WEIGHTINGS,
-    "class_attention": CLASS_ATTENTION_MODES,
-    "token_order": TOKEN_ORDERS,
-}
-
-
-def validate_reduction_fields(**fields) -> None:
-    """Raise a ValueError naming the field and its allowed values for any bad reducer field."""
-    unknown = sorted(set(fields) - set(REDUCTION_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"Unknown token-reduction field(s) {unknown}; known fields: {sorted(REDUCTION_DEFAULTS)}"
-        )
-    for name, choices in _CHOICES.items():
-        if name in fields and fields[name] not in choices:
-            raise ValueError(f"{name}={fields[name]!r} is not supported; choose one of {list(choices)}")
-    for name in ("adaptive", "merge", "summary_token"):
-        if name in fields and not isinstance(fields[name], bool):
-            raise ValueError(f"{name} must be True or False, got {fields[name]!r}")
-    ratio = fields.get("reduction_ratio", REDUCTION_DEFAULTS["reduction_ratio"])
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-        raise ValueError(f"reduction_ratio must be a number in (0, 1], got {ratio!r}")
-    count = fields.get("num_visual_tokens")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ValueError(f"num_visual_tokens must be a positive integer or None, got {count!r}")
-    scale = fields.get("iqr_scale", REDUCTION_DEFAULTS["iqr_scale"])
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float))
-        or not math.isfinite(scale)
-        or scale < 0
-    ):
-        raise ValueError(f"iqr_scale must be a finite number >= 0, got {scale!r}")
-    merge_k = fields.get("merge_k", REDUCTION_DEFAULTS["merge_k"])
-    if isinstance(merge_k, bool) or not isinstance(merge_k, int) or merge_k < 0:
-        raise ValueError(f"merge_k must be an integer >= 0, got {merge_k!r}")
-    layer = fields.get("reduction_layer", REDUCTION_DEFAULTS["reduction_layer"])
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"reduction_layer must be an integer layer index (e.g. -1), got {layer!r}")
+from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
+from .reduction_settings import CLASS_ATTENTION_MODES, ReductionSettings
 
 
 @dataclass
@@ -89,21 +31,30 @@ class ReducedTokens:
     features: one [n_i, C] tensor per image; the summary token, when on, is last.
     centers: one LongTensor [m_i] per image: the patch index behind each output token except the
         summary token, in output order.
-    neighbours: one LongTensor [m_i, k] per image: the patches each output token absorbed
+    neighbors: one LongTensor [m_i, k] per image: the patches each output token absorbed
         (k = 0 when nothing was merged).
     """
 
     features: list[torch.Tensor]
     centers: list[torch.Tensor]
-    neighbours: list[torch.Tensor]
+    neighbors: list[torch.Tensor]
 
     @property
     def num_tokens(self) -> list[int]:
         return [int(x.shape[0]) for x in self.features]
 
+    @property
+    def neighbours(self) -> list[torch.Tensor]:
+        """Deprecated British spelling of `neighbors` (llava-prumerge 0.1)."""
+        warnings.warn("ReducedTokens.neighbours is deprecated; use .neighbors", FutureWarning, stacklevel=2)
+        return self.neighbors
+
 
 def class_attention(
-    queries: torch.Tensor, keys: torch.Tensor, mode: str = "reference", num_heads: int | None = None
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    mode: str = ReductionSettings.class_attention,
+    num_heads: int | None = None,
 ) -> torch.Tensor:
     """[CLS]-to-patch attention [B, N] from q/k projections [B, 1+N, D] (CLS first).
 
@@ -113,12 +64,12 @@ def class_attention(
     in the model dtype) saw it.
     """
     if queries.dim() != 3 or queries.shape != keys.shape:
-        raise ValueError(
+        raise VisualInputError(
             f"queries and keys must both be [batch, 1 + patches, dim]; got {tuple(queries.shape)} and {tuple(keys.shape)}"
         )
     batch, length, dim = queries.shape
     if length < 2:
-        raise ValueError(f"need a [CLS] token and at least one patch, got sequence length {length}")
+        raise VisualInputError(f"need a [CLS] token and at least one patch, got sequence length {length}")
     cls_query = queries[:, :1].float()  # [B, 1, D]
     keys32 = keys.float()  # [B, 1+N, D]
     if mode == "reference":
@@ -126,7 +77,7 @@ def class_attention(
         attention = scores.softmax(dim=-1)[:, 0]  # [B, 1+N]
     elif mode == "heads_mean":
         if not num_heads or dim % num_heads:
-            raise ValueError(
+            raise ReductionSettingsError(
                 f"class_attention='heads_mean' needs num_heads dividing {dim}, got {num_heads!r}"
             )
         head_dim = dim // num_heads
@@ -135,13 +86,13 @@ def class_attention(
         scores = q @ k.transpose(2, 3) * head_dim**-0.5  # [B, H, 1, 1+N]
         attention = scores.softmax(dim=-1).mean(dim=1)[:, 0]  # [B, 1+N]
     else:
-        raise ValueError(
+        raise ReductionSettingsError(
             f"class_attention={mode!r} is not supported; choose one of {list(CLASS_ATTENTION_MODES)}"
         )
     return attention[:, 1:].to(queries.dtype)  # [B, N]
 
 
-def iqr_outlier_counts(attention: torch.Tensor, iqr_scale: float = 1.5) -> torch.Tensor:
+def iqr_outlier_counts(attention: torch.Tensor, iqr_scale: float) -> torch.Tensor:
     """AITS: per image, how many attention values lie above Q3 + iqr_scale * (Q3 - Q1).
 
     Matches the published `numpy.percentile` computation bit for bit: linear interpolation and
@@ -174,14 +125,16 @@ def _outlier_counts_of_sorted(ascending: torch.Tensor, iqr_scale: float) -> torc
 
 def _check_shapes(features: torch.Tensor, attention: torch.Tensor, keys: torch.Tensor) -> None:
     if features.dim() != 3:
-        raise ValueError(f"features must be [batch, patches, channels], got shape {tuple(features.shape)}")
+        raise VisualInputError(
+            f"features must be [batch, patches, channels], got shape {tuple(features.shape)}"
+        )
     batch, num_patches, _ = features.shape
     if tuple(attention.shape) != (batch, num_patches):
-        raise ValueError(
+        raise VisualInputError(
             f"attention must be [batch, patches] = {(batch, num_patches)} to match features, got {tuple(attention.shape)}"
         )
     if keys.dim() != 3 or tuple(keys.shape[:2]) != (batch, num_patches):
-        raise ValueError(
+        raise VisualInputError(
             f"keys must be [batch, patches, key_dim] with batch, patches = {(batch, num_patches)} (patch rows only, "
             f"no [CLS]), got {tuple(keys.shape)}"
         )
@@ -192,7 +145,7 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
     if tensor.is_floating_point() and not torch.isfinite(
         tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32))
     ):
-        raise ValueError(
+        raise NonFiniteError(
             f"{name} contains NaN or inf; check the pixel values and the vision tower's dtype "
             "(float16 overflow), then run again"
         )
@@ -208,28 +161,22 @@ def _spatial_grid(num_patches: int, count: int) -> list[int]:
     return [int((i + 0.5) * num_patches / count) for i in range(count)]
 
 
-def select_tokens(
-    attention: torch.Tensor,
-    token_reduction: str = "prumerge",
-    adaptive: bool = True,
-    reduction_ratio: float = 1 / 8,
-    num_visual_tokens: int | None = None,
-    iqr_scale: float = 1.5,
-    summary_token: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decide which patches become output tokens.
+def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decide which patches become output tokens (the summary token counts as one when `settings` has it on).
 
     Returns `slots` [B, N], the patch index of every slot: the selected patches first, in output
-    order (attention centres by descending attention, then PruMerge+ spatial samples ascending),
+    order (attention centers by descending attention, then PruMerge+ spatial samples ascending),
     then the patches left over, ascending; and `num_selected` [B], how many slots are selected.
     The left-over slots are the merge candidates and make the summary token.
 
-    Floors where the published code divides by zero or crashes: at least one attention centre,
+    Floors where the published code divides by zero or crashes: at least one attention center,
     a PruMerge+ sampling stride of at least one.
     """
     batch, num_patches = attention.shape
     device = attention.device
     positions = torch.arange(num_patches, device=device)  # [N]
+    token_reduction, num_visual_tokens = settings.token_reduction, settings.num_visual_tokens
+    reduction_ratio = settings.reduction_ratio
     if token_reduction in ("sequential", "spatial"):
         count = num_visual_tokens or max(1, int(num_patches * reduction_ratio))
         chosen = (
@@ -251,49 +198,49 @@ def select_tokens(
     order = ranked.indices  # [B, N]
     rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, -1))  # [B, N]: place in `order`
     plus = token_reduction == "prumerge_plus"
-    extra = int(summary_token)
+    extra = int(settings.summary_token)
 
-    if adaptive:
-        centres = _outlier_counts_of_sorted(ranked.values.flip(1), iqr_scale).clamp(min=1).tolist()
+    if settings.adaptive:
+        centers = _outlier_counts_of_sorted(ranked.values.flip(1), settings.iqr_scale).clamp(min=1).tolist()
     elif num_visual_tokens is not None:
         kept = max(1, num_visual_tokens - extra)
-        centres = [max(1, math.ceil(kept / 4)) if plus else kept] * batch
+        centers = [max(1, math.ceil(kept / 4)) if plus else kept] * batch
     else:
-        centres = [max(1, int(num_patches * reduction_ratio))] * batch
-    centres = [min(m, num_patches) for m in centres]
-    is_centre = rank < torch.tensor(centres, device=device)[:, None]  # [B, N]
+        centers = [max(1, int(num_patches * reduction_ratio))] * batch
+    centers = [min(m, num_patches) for m in centers]
+    is_center = rank < torch.tensor(centers, device=device)[:, None]  # [B, N]
 
     if not plus:
-        sampled = torch.zeros_like(is_centre)
-    elif adaptive:
+        sampled = torch.zeros_like(is_center)
+    elif settings.adaptive:
         # The published stride: s = int(int(1 / r) / 3) with r = m / N, samples 0, s, 2s, ... < N - 1.
-        strides = torch.tensor([max(1, int(int(1 / (m / num_patches)) / 3)) for m in centres], device=device)
-        sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_centre
+        strides = torch.tensor([max(1, int(int(1 / (m / num_patches)) / 3)) for m in centers], device=device)
+        sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_center
     elif num_visual_tokens is not None:
-        # Fixed budget: the rest spread evenly over the non-centre patches, so the count is exact.
-        wanted = min(max(0, num_visual_tokens - extra) - centres[0], num_patches - centres[0])
+        # Fixed budget: the rest spread evenly over the non-center patches, so the count is exact.
+        wanted = min(max(0, num_visual_tokens - extra) - centers[0], num_patches - centers[0])
         free = (
-            torch.where(is_centre, positions + num_patches, positions).sort(dim=1).values
-        )  # non-centres first
+            torch.where(is_center, positions + num_patches, positions).sort(dim=1).values
+        )  # non-centers first
         picks = (
-            (torch.arange(wanted, device=device) + 0.5) * (num_patches - centres[0]) / max(wanted, 1)
+            (torch.arange(wanted, device=device) + 0.5) * (num_patches - centers[0]) / max(wanted, 1)
         ).long()
-        sampled = torch.zeros_like(is_centre).scatter_(1, free[:, picks], True)
+        sampled = torch.zeros_like(is_center).scatter_(1, free[:, picks], True)
     else:
-        return _fixed_ratio_plus_slots(order, is_centre, centres[0], reduction_ratio)
+        return _fixed_ratio_plus_slots(order, is_center, centers[0], reduction_ratio)
 
     key = torch.where(
-        is_centre, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
+        is_center, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
     )
     slots = key.argsort(dim=1)  # [B, N]
-    return slots, is_centre.sum(dim=1) + sampled.sum(dim=1)
+    return slots, is_center.sum(dim=1) + sampled.sum(dim=1)
 
 
 def _fixed_ratio_plus_slots(
-    order: torch.Tensor, is_centre: torch.Tensor, num_centres: int, reduction_ratio: float
+    order: torch.Tensor, is_center: torch.Tensor, num_centers: int, reduction_ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PruMerge+ with a fixed ratio, as its checkpoint was trained: samples s/2, s/2 + s, ... < N - 1
-    (s = int(1 / ratio)) are appended without removing those that are already centres.
+    (s = int(1 / ratio)) are appended without removing those that are already centers.
 
     The published complement of such a selection leaves out as many of the lowest-index
     unselected patches as there are duplicates; that is reproduced, so every image still has N slots.
@@ -303,16 +250,16 @@ def _fixed_ratio_plus_slots(
     positions = torch.arange(num_patches, device=device)
     step = int(1 / reduction_ratio)
     samples = torch.arange(int(step / 2), num_patches - 1, max(1, step), device=device)  # [L]
-    is_selected = is_centre.clone()
+    is_selected = is_center.clone()
     is_selected[:, samples] = True
-    duplicates = num_centres + samples.numel() - is_selected.sum(dim=1)  # [B]
+    duplicates = num_centers + samples.numel() - is_selected.sum(dim=1)  # [B]
     unselected = ~is_selected
     place_among_unselected = unselected.cumsum(dim=1) - 1  # [B, N]
     left_over = unselected & (place_among_unselected >= duplicates[:, None])
     rest = torch.where(left_over, positions, positions + num_patches).argsort(dim=1)
-    num_rest = num_patches - num_centres - samples.numel()
-    slots = torch.cat([order[:, :num_centres], samples.expand(batch, -1), rest[:, : max(num_rest, 0)]], dim=1)
-    return slots, torch.full((batch,), num_centres + samples.numel(), device=device)
+    num_rest = num_patches - num_centers - samples.numel()
+    slots = torch.cat([order[:, :num_centers], samples.expand(batch, -1), rest[:, : max(num_rest, 0)]], dim=1)
+    return slots, torch.full((batch,), num_centers + samples.numel(), device=device)
 
 
 def plan_merge(
@@ -348,14 +295,14 @@ def apply_merge(
     attention: torch.Tensor,
     slots: torch.Tensor,
     num_selected: torch.Tensor,
-    neighbours: torch.Tensor | None,
-    merge_weighting: str = "reference",
-    summary_token: bool = True,
+    neighbors: torch.Tensor | None,
+    merge_weighting: str,
+    summary_token: bool,
 ) -> list[torch.Tensor]:
     """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token.
 
     "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalised, as published);
-    "mean": the attention-weighted mean of the centre and its absorbed patches.
+    "mean": the attention-weighted mean of the center and its absorbed patches.
     The summary token is sum_j a_j x_j over all unselected slots.
     Every token is a weighted bag of patch rows, so one `embedding_bag` over the flattened batch
     makes all of them, without a [B, M, k, C] intermediate. Half-precision features are summed in
@@ -368,14 +315,14 @@ def apply_merge(
     features = features.to(torch.promote_types(output_dtype, torch.float32))
     weights = attention.to(features.dtype)  # [B, N]
     selected = slots[:, :width, None]  # [B, M, 1]
-    members = selected if neighbours is None else torch.cat([selected, neighbours], dim=-1)  # [B, M, 1+k]
+    members = selected if neighbors is None else torch.cat([selected, neighbors], dim=-1)  # [B, M, 1+k]
     bag_size = members.shape[-1]
     member_weights = weights.gather(1, members.flatten(1)).view(members.shape)  # [B, M, 1+k]
     if merge_weighting == "mean" and bag_size > 1:
         member_weights = member_weights / member_weights.sum(dim=-1, keepdim=True)
     else:
-        centre_weight = torch.ones_like(member_weights[..., :1])  # x_c counted once, unweighted
-        member_weights = torch.cat([centre_weight, member_weights[..., 1:]], dim=-1)
+        center_weight = torch.ones_like(member_weights[..., :1])  # x_c counted once, unweighted
+        member_weights = torch.cat([center_weight, member_weights[..., 1:]], dim=-1)
 
     bags, bag_weights = members.flatten(1), member_weights.flatten(1)  # [B, M*(1+k)]
     bag_starts = torch.arange(0, width * bag_size, bag_size, device=device)  # [M]
@@ -409,75 +356,80 @@ def keep_all_tokens(features: torch.Tensor) -> ReducedTokens:
     """No reduction: every patch of [B, N, C] features is a token."""
     batch, num_patches, _ = features.shape
     every_patch = torch.arange(num_patches, device=features.device)
-    no_neighbours = every_patch.new_empty(num_patches, 0)
-    return ReducedTokens(list(features.unbind(0)), [every_patch] * batch, [no_neighbours] * batch)
+    no_neighbors = every_patch.new_empty(num_patches, 0)
+    return ReducedTokens(list(features.unbind(0)), [every_patch] * batch, [no_neighbors] * batch)
 
 
 def reduce_visual_tokens(
     features: torch.Tensor,
     attention: torch.Tensor,
     keys: torch.Tensor,
-    *,
-    token_reduction: str = "prumerge",
-    adaptive: bool = True,
-    reduction_ratio: float = 1 / 8,
-    num_visual_tokens: int | None = None,
-    iqr_scale: float = 1.5,
-    merge: bool = True,
-    merge_k: int = 32,
-    merge_weighting: str = "reference",
-    summary_token: bool = True,
-    token_order: str = "attention",
+    settings: ReductionSettings | None = None,
+    **fields,
 ) -> ReducedTokens:
     """Reduce patch features [B, N, C] to a per-image set of tokens.
 
     attention [B, N] is the [CLS]-to-patch attention (see `class_attention`), keys [B, N, Dk] the
-    patch keys of the same layer (no [CLS] row). Defaults reproduce the published PruMerge.
+    patch keys of the same layer (no [CLS] row). `settings` (default: the published PruMerge) may
+    be adjusted by keyword, e.g. `token_reduction="prumerge_plus"`; `class_attention` and
+    `reduction_layer` choose the attention and keys, so they are not keywords here.
     "none" keeps every patch; "sequential" and "spatial" (the paper's ablation baselines) keep
     `num_visual_tokens` patches (or N * reduction_ratio), the first ones or a uniform grid,
     without merging or a summary token.
-    A NaN or inf raises a ValueError naming the input when it is in `attention`, in `keys` while
+    A NaN or inf raises a NonFiniteError naming the input when it is in `attention`, in `keys` while
     merging, or in a feature row that reaches an output token (with the summary token on, every
     row does). Rows that no token reads are not checked: the check costs a pass over the output,
     not over [B, N, C].
     """
-    validate_reduction_fields(
-        token_reduction=token_reduction, adaptive=adaptive, reduction_ratio=reduction_ratio,
-        num_visual_tokens=num_visual_tokens, iqr_scale=iqr_scale, merge=merge, merge_k=merge_k,
-        merge_weighting=merge_weighting, summary_token=summary_token, token_order=token_order,
-    )  # fmt: skip
+    encoder_fields = sorted({"class_attention", "reduction_layer"} & set(fields))
+    if encoder_fields:
+        raise ReductionSettingsError(
+            f"{encoder_fields} choose the attention and keys passed in, not how they are reduced; "
+            "compute them with class_attention(queries, keys, mode) from the layer you want"
+        )
+    settings = (settings or ReductionSettings()).replace(**fields)
     _check_shapes(features, attention, keys)
     _check_finite("attention", attention)
     batch, num_patches, _ = features.shape
     if batch == 0:
         return ReducedTokens([], [], [])
-    if token_reduction == "none":
+    if not settings.reduces:
         _check_finite("features", features)
         return keep_all_tokens(features)
 
-    pruning = token_reduction in ("prumerge", "prumerge_plus")
-    if pruning and not adaptive and num_visual_tokens is not None and num_visual_tokens < 1 + summary_token:
-        raise ValueError(
-            f"num_visual_tokens={num_visual_tokens} leaves no room for an attention centre"
-            + (" beside the summary token; use at least 2 or summary_token=False" if summary_token else "")
+    budget = settings.num_visual_tokens
+    if (
+        settings.prunes
+        and not settings.adaptive
+        and budget is not None
+        and budget < 1 + settings.summary_token
+    ):
+        raise ReductionSettingsError(
+            f"num_visual_tokens={budget} leaves no room for an attention center"
+            + (
+                " beside the summary token; use at least 2 or summary_token=False"
+                if settings.summary_token
+                else ""
+            )
         )
-    summary_token = summary_token and pruning
-    slots, num_selected = select_tokens(
-        attention, token_reduction, adaptive, reduction_ratio, num_visual_tokens, iqr_scale, summary_token
+    summary_token = settings.summary_token and settings.prunes
+    slots, num_selected = select_tokens(attention, settings.replace(summary_token=summary_token))
+    merging = settings.prunes and settings.merge
+    neighbors = plan_merge(keys, slots, num_selected, settings.merge_k) if merging else None  # [B, M, k]
+    tokens = apply_merge(
+        features, attention, slots, num_selected, neighbors, settings.merge_weighting, summary_token
     )
-    neighbours = plan_merge(keys, slots, num_selected, merge_k) if pruning and merge else None  # [B, M, k]
-    tokens = apply_merge(features, attention, slots, num_selected, neighbours, merge_weighting, summary_token)
 
-    out_features, out_centres, out_neighbours = [], [], []
+    out_features, out_centers, out_neighbors = [], [], []
     for image, count in enumerate(num_selected.tolist()):
-        centres = slots[image, :count]
-        absorbed = neighbours[image, :count] if neighbours is not None else centres.new_empty(count, 0)
+        centers = slots[image, :count]
+        absorbed = neighbors[image, :count] if neighbors is not None else centers.new_empty(count, 0)
         image_tokens = tokens[image]
-        if token_order == "spatial":
-            raster = centres.argsort(stable=True)
-            centres, absorbed = centres[raster], absorbed[raster]
+        if settings.token_order == "spatial":
+            raster = centers.argsort(stable=True)
+            centers, absorbed = centers[raster], absorbed[raster]
             image_tokens = torch.cat([image_tokens[:count][raster], image_tokens[count:]])
         out_features.append(image_tokens)
-        out_centres.append(centres)
-        out_neighbours.append(absorbed)
-    return ReducedTokens(out_features, out_centres, out_neighbours)
+        out_centers.append(centers)
+        out_neighbors.append(absorbed)
+    return ReducedTokens(out_features, out_centers, out_neighbors)

@@ -1,0 +1,154 @@
+"""The vision tower's part of PruMerge, for any CLIP-style tower: patch features plus [CLS] attention and keys.
+
+A LLaVA-family model reads the hidden state of one (or a few) encoder layers, -2 by default, so the
+layers after the deepest one it reads never need to run; PruMerge needs only the q/k projections of
+its reduction layer (the last by default), not that layer's attention output or MLP. `encode_patches`
+runs exactly that much. It serves an image tower, a video tower (frames as a batch) and the views
+of an AnyRes image alike.
+
+A CLIP-style tower has `embeddings`, `pre_layrnorm` and `encoder.layers`, each layer with
+`layer_norm1` and `self_attn.q_proj` / `k_proj` (transformers 4.x wraps it in `vision_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import NonFiniteError, VisualInputError
+from .reduction_settings import ReductionSettings
+from .runtime_compat import encoder_layer_mask_kwargs
+from .token_reduction import ReducedTokens, class_attention, keep_all_tokens, reduce_visual_tokens
+
+
+@dataclass
+class EncodedPatches:
+    """What the vision tower hands the reducer, for n images (or frames, or views) of N patches each."""
+
+    features: torch.Tensor  # [n, N, C] the selected hidden state(s), patch rows only
+    class_features: torch.Tensor | None = None  # [n, 1, C] the [CLS] rows, when the strategy keeps them
+    attention: torch.Tensor | None = None  # [n, N] [CLS]-to-patch attention; None without reduction
+    keys: torch.Tensor | None = None  # [n, N, Dk] patch keys of the reduction layer
+
+    def reduce(self, settings: ReductionSettings) -> ReducedTokens:
+        """The reducer on these patches; a kept [CLS] row comes first in every image's tokens."""
+        if self.attention is None or not settings.reduces:
+            reduced = keep_all_tokens(self.features)
+        else:
+            reduced = reduce_visual_tokens(self.features, self.attention, self.keys, settings)
+        if self.class_features is not None:
+            reduced.features = [
+                torch.cat([cls, tokens])
+                for cls, tokens in zip(self.class_features, reduced.features, strict=True)
+            ]
+        return reduced
+
+
+def clip_transformer(tower: nn.Module) -> nn.Module:
+    """The transformer inside a CLIP-style tower (4.x wraps it in `vision_model`); refuses other towers."""
+    transformer = getattr(tower, "vision_model", tower)
+    if not all(hasattr(transformer, name) for name in ("embeddings", "pre_layrnorm", "encoder")):
+        raise VisualInputError(
+            f"PruMerge needs a CLIP-style vision tower (embeddings, pre_layrnorm, encoder.layers); got "
+            f"{type(tower).__name__}. Use token_reduction='none' for other towers."
+        )
+    return transformer
+
+
+def check_pixel_values(pixel_values: torch.Tensor, vision_config, name: str = "pixel_values") -> None:
+    """[n, channels, size, size] finite values, as the tower's image processor makes them."""
+    expected = (vision_config.num_channels, vision_config.image_size, vision_config.image_size)
+    if (
+        not isinstance(pixel_values, torch.Tensor)
+        or pixel_values.dim() != 4
+        or tuple(pixel_values.shape[1:]) != expected
+    ):
+        shape = (
+            tuple(pixel_values.shape)
+            if isinstance(pixel_values, torch.Tensor)
+            else type(pixel_values).__name__
+        )
+        raise VisualInputError(
+            f"{name} must be [num_images, {expected[0]}, {expected[1]}, {expected[2]}] for this vision tower, "
+            f"got {shape}; preprocess images with the model's image processor"
+        )
+    if not torch.isfinite(pixel_values).all():
+        raise NonFiniteError(f"{name} contain NaN or inf; check the image loading and preprocessing")
+
+
+@contextlib.contextmanager
+def weights_in_place(modules):
+    """Run code that calls submodules directly as if each module's own forward were running.
+
+    accelerate's device-map hooks sit on whole modules and load offloaded weights only in their
+    `pre_forward`; the encoder below calls inside such modules (to skip work nobody uses).
+    """
+    entered = []
+    try:
+        for module in modules:
+            hook = getattr(module, "_hf_hook", None)
+            if hook is not None:
+                hook.pre_forward(module)
+                entered.append((module, hook))
+        yield
+    finally:
+        for module, hook in reversed(entered):
+            hook.post_forward(module, None)
+
+
+def to_device_of(tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Move `tensor` to where `weight` lives, unless it is offloaded (meta): its module's hook moves inputs then."""
+    return tensor if weight.device.type == "meta" else tensor.to(weight.device)
+
+
+def encode_patches(
+    tower: nn.Module,
+    pixel_values: torch.Tensor,
+    feature_layers: int | list[int],
+    keep_class_token: bool,
+    settings: ReductionSettings,
+) -> EncodedPatches:
+    """Patch features of `pixel_values` [n, 3, H, W] and, when `settings` reduce, [CLS] attention and keys.
+
+    feature_layers: the hidden state(s) the model reads (index into the tower's hidden states, as
+    `vision_feature_layer`: -2 is the input of the last layer); several are concatenated on channels.
+    keep_class_token: whether the model reads the [CLS] row too (LLaVA's "full" strategy).
+    """
+    transformer = clip_transformer(tower)
+    layers = transformer.encoder.layers
+    num_layers = len(layers)
+    feature_indices = [
+        i % (num_layers + 1)
+        for i in ([feature_layers] if isinstance(feature_layers, int) else feature_layers)
+    ]
+    reduction_index = settings.reduction_layer % num_layers
+    # hidden_states[i] is the input of layer i; nothing past the deepest needed one is computed.
+    deepest = max(feature_indices + ([reduction_index] if settings.reduces else []))
+
+    with weights_in_place([tower, transformer, transformer.encoder]):
+        pixel_values = to_device_of(pixel_values, transformer.embeddings.patch_embedding.weight)
+        hidden = transformer.pre_layrnorm(transformer.embeddings(pixel_values))  # [n, 1+N, D]
+        hidden_states = [hidden]
+        masks = encoder_layer_mask_kwargs(layers[0])
+        for layer in layers[:deepest]:
+            output = layer(hidden, **masks)
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden_states.append(hidden)
+        selected = torch.cat([hidden_states[i] for i in feature_indices], dim=-1)  # [n, 1+N, C]
+        encoded = EncodedPatches(selected[:, 1:], selected[:, :1] if keep_class_token else None)
+        if not settings.reduces:
+            return encoded
+
+        layer = layers[reduction_index]
+        with weights_in_place([layer]):
+            normed = layer.layer_norm1(to_device_of(hidden_states[reduction_index], layer.layer_norm1.weight))
+            queries = layer.self_attn.q_proj(normed)  # [n, 1+N, D]
+            keys = layer.self_attn.k_proj(normed)  # [n, 1+N, D]
+    num_heads = getattr(layer.self_attn, "num_heads", None)
+    attention = class_attention(queries, keys, settings.class_attention, num_heads=num_heads)  # [n, N]
+    encoded.attention = attention.to(encoded.features.device)
+    encoded.keys = keys[:, 1:].to(encoded.features.device)
+    return encoded
