@@ -13,6 +13,9 @@ from pathlib import Path
 
 from transformers import LlavaImageProcessor
 
+from ..errors import UsageError
+from ..modeling.runtime_compat import extra_special_tokens
+
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # see write_tokenizer_files
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 PROCESSOR_CLASS = "LlavaProcessor"
@@ -44,14 +47,6 @@ def config_for_both_majors(config: dict) -> dict:
     return {**config, "text_config": text_config}
 
 
-def additional_special_tokens(tokenizer) -> list[str]:
-    """The extra special tokens (4.x: `additional_special_tokens`; 5.x renamed it `extra_special_tokens`)."""
-    listed = getattr(tokenizer, "additional_special_tokens", None)
-    if listed is None:
-        listed = getattr(tokenizer, "extra_special_tokens", None) or []
-    return [str(token) for token in listed]
-
-
 def write_tokenizer_files(tokenizer, folder: Path) -> None:
     """`tokenizer.json` (the tokenizers pipeline, verbatim) and a 4.x-layout `tokenizer_config.json`.
 
@@ -61,7 +56,7 @@ def write_tokenizer_files(tokenizer, folder: Path) -> None:
     keeps `token_type_ids` out of `generate`.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
+        raise UsageError(
             f"{type(tokenizer).__name__} is a slow (Python) tokenizer; a Hub folder needs tokenizer.json. "
             "Load the tokenizer with AutoTokenizer.from_pretrained(..., use_fast=True)"
         )
@@ -87,7 +82,7 @@ def write_tokenizer_files(tokenizer, folder: Path) -> None:
         {
             "tokenizer_class": TOKENIZER_CLASS,
             **special_tokens,
-            "additional_special_tokens": additional_special_tokens(tokenizer),
+            "additional_special_tokens": extra_special_tokens(tokenizer),
             "added_tokens_decoder": added_tokens,
             "clean_up_tokenization_spaces": bool(tokenizer.clean_up_tokenization_spaces),
             "model_input_names": MODEL_INPUT_NAMES,
@@ -102,7 +97,7 @@ def write_processor_files(processor, folder: Path) -> None:
     (only the processor's own settings) and `chat_template.jinja` (read by both majors' tokenizer and processor)."""
     image_processor = processor.image_processor
     if not type(image_processor).__name__.startswith(IMAGE_PROCESSOR_TYPE):
-        raise ValueError(
+        raise UsageError(
             f"The processor's image processor is {type(image_processor).__name__}; a PruMerge Hub folder uses "
             "LlavaImageProcessor (do_pad=True pads images to a square as LLaVA-1.5 training did). "
             "Build one with llava_prumerge.hub_upload.compat.llava_image_processor(...)"
@@ -130,12 +125,12 @@ def write_processor_files(processor, folder: Path) -> None:
     template = processor.chat_template or processor.tokenizer.chat_template
     tokenizer_template = processor.tokenizer.chat_template
     if tokenizer_template and tokenizer_template != template:
-        raise ValueError(
+        raise UsageError(
             "The processor and its tokenizer have different chat templates, but a Hub folder holds one "
             f"{CHAT_TEMPLATE_FILE} that both load; set processor.tokenizer.chat_template = processor.chat_template"
         )
     if not template:
-        raise ValueError(
+        raise UsageError(
             "The processor has no chat template; set processor.chat_template (e.g. VICUNA_CHAT_TEMPLATE)"
         )
     (folder / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
@@ -143,7 +138,7 @@ def write_processor_files(processor, folder: Path) -> None:
 
 def llava_image_processor(image_processor=None, *, do_pad: bool = True, **overrides) -> LlavaImageProcessor:
     """A LlavaImageProcessor with the settings of `image_processor` (e.g. llava-hf's CLIPImageProcessor),
-    padding images to a square with the mean colour before resizing, as LLaVA-1.5 training did."""
+    padding images to a square with the mean color before resizing, as LLaVA-1.5 training did."""
     settings = image_processor.to_dict() if image_processor is not None else {}
     kwargs = {key: settings[key] for key in IMAGE_PROCESSOR_KEYS if key in settings}
     return LlavaImageProcessor(**{**kwargs, **overrides, "do_pad": do_pad})

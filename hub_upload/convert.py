@@ -10,7 +10,6 @@ padded to a multiple of 64), and the result is written with `save_hub_folder`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -34,20 +33,13 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+from ..common.conversation import IMAGE_PLACEHOLDER, VICUNA_CHAT_TEMPLATE
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..errors import ConversionError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
-from ..tiny import VICUNA_CHAT_TEMPLATE
-from .compat import additional_special_tokens, llava_image_processor
-from .export import (
-    DTYPES,
-    add_output_arguments,
-    card_metadata_from_args,
-    refuse_existing,
-    report_written,
-    save_hub_folder,
-)
+from ..modeling.runtime_compat import extra_special_tokens
+from .compat import llava_image_processor
 
-IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 VOCAB_MULTIPLE = 64  # llava-hf: pad_to_multiple_of=64 (32002 tokens -> 32064 rows)
 # Original LLaVA (LlavaLlamaForCausalLM) parameter prefix -> HF LLaVA module prefix; the first match applies.
@@ -60,10 +52,6 @@ ORIGINAL_TO_HF = (
 )
 PROJECTOR_KEYS = ("model.mm_projector.0.weight", "model.mm_projector.0.bias", "model.mm_projector.2.weight", "model.mm_projector.2.bias")  # fmt: skip
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class ConversionError(ValueError):
-    """The original-format checkpoint cannot be converted; the message names the file or key."""
 
 
 @dataclass
@@ -215,14 +203,12 @@ def _merged_llm(base_dir: Path, lora_dir: Path, adapter_path: Path, dtype: torch
 
 def _add_llava_tokens(tokenizer) -> tuple[int, int]:
     """Add `<image>` (and `<pad>` where there is no pad token), as llava-hf did; their ids."""
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        image = AddedToken(IMAGE_TOKEN, special=True, normalized=False)
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [*additional_special_tokens(tokenizer), image]}
-        )
+    if IMAGE_PLACEHOLDER not in tokenizer.get_vocab():
+        image = AddedToken(IMAGE_PLACEHOLDER, special=True, normalized=False)
+        tokenizer.add_special_tokens({"additional_special_tokens": [*extra_special_tokens(tokenizer), image]})
     if "pad_token" not in tokenizer.special_tokens_map:
         tokenizer.add_special_tokens({"pad_token": AddedToken(PAD_TOKEN, special=True, normalized=False)})
-    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.pad_token_id
+    return tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER), tokenizer.pad_token_id
 
 
 def _grown(weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -265,8 +251,8 @@ def convert_llava_lora(
     vision_tower_dir: str | Path,
     lora_dir: str | Path,
     *,
-    token_reduction: str = "prumerge",
     dtype: torch.dtype = torch.float16,
+    **reduction_fields,
 ) -> ConvertedCheckpoint:
     """Build the PruMerge model and processor from the original-format checkpoint (nothing is written)."""
     base_dir, vision_tower_dir, lora_dir = Path(base_dir), Path(vision_tower_dir), Path(lora_dir)
@@ -331,7 +317,7 @@ def convert_llava_lora(
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         pad_token_id=pad_token_id,
-        token_reduction=token_reduction,
+        **reduction_fields,
     )
     with init_empty_weights(include_buffers=False):
         model = LlavaPruMergeForConditionalGeneration(config)
@@ -349,7 +335,7 @@ def convert_llava_lora(
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy="default",
-        image_token=IMAGE_TOKEN,
+        image_token=IMAGE_PLACEHOLDER,
         num_additional_image_tokens=1,  # CLIP's [CLS]
         chat_template=VICUNA_CHAT_TEMPLATE,
     )
@@ -357,34 +343,3 @@ def convert_llava_lora(
     if settings.base_model_ids:
         metadata["base_model"] = settings.base_model_ids
     return ConvertedCheckpoint(model.eval(), processor, metadata)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", type=Path, required=True, metavar="VICUNA_DIR", help="base LLM folder")
-    parser.add_argument("--vision-tower", type=Path, required=True, metavar="CLIP_DIR", help="CLIP folder")
-    parser.add_argument(
-        "--lora", type=Path, required=True, metavar="LORA_DIR", help="LLaVA LoRA training output folder"
-    )
-    add_output_arguments(parser, dtype_default="float16")
-
-
-def main_from_args(args: argparse.Namespace) -> Path:
-    refuse_existing(args.out, args.overwrite)
-    converted = convert_llava_lora(
-        args.base,
-        args.vision_tower,
-        args.lora,
-        token_reduction=args.token_reduction,
-        dtype=DTYPES[args.dtype],
-    )
-    folder = save_hub_folder(
-        converted.model,
-        converted.processor,
-        args.out,
-        max_shard_size=args.max_shard_size,
-        model_card_extra=card_metadata_from_args(args, converted.card_metadata),
-        model_id=args.model_id,
-        overwrite=args.overwrite,
-    )
-    report_written(folder)
-    return folder

@@ -7,7 +7,6 @@ tokenizer and processor files in the layout both majors read, and a model card.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -17,23 +16,22 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, LlavaConfig, LlavaProcessor
 
+from ..architectures import architecture_for
+from ..common.conversation import VICUNA_CHAT_TEMPLATE
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
-from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
-from ..modeling.token_reduction import TOKEN_REDUCTION_METHODS
-from ..tiny import VICUNA_CHAT_TEMPLATE, tiny_model, tiny_processor, tiny_tokenizer
+from ..errors import MissingInputError, OutputExistsError, UsageError
+from ..modeling.modeling_prumerge import PruMergeForConditionalGenerationMixin
 from .compat import config_for_both_majors, llava_image_processor, write_json, write_processor_files
 from .model_card import render_model_card
-from .remote_code import AUTO_MAP, remote_code_files
+from .remote_code import remote_code_files
 from .upload import human_size
 from .validate import validate_hub_folder
 from .weights import dtype_name, write_weights
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def save_hub_folder(
-    model: LlavaPruMergeForConditionalGeneration,
-    processor: LlavaProcessor,
+    model: PruMergeForConditionalGenerationMixin,
+    processor,
     out_dir: str | os.PathLike,
     *,
     max_shard_size: int | str = "2GB",
@@ -49,10 +47,10 @@ def save_hub_folder(
     (e.g. `{"license": ..., "base_model": ..., "tags": [...]}`; tags are added); `model_id` is the
     id in the card's usage snippet (default: `out_dir` as given).
     """
-    if not isinstance(model, LlavaPruMergeForConditionalGeneration):
-        raise TypeError(
-            f"save_hub_folder needs a LlavaPruMergeForConditionalGeneration, got {type(model).__name__}; "
-            "merge adapters first (PeftModel.merge_and_unload())"
+    if not isinstance(model, PruMergeForConditionalGenerationMixin):
+        raise UsageError(
+            f"save_hub_folder needs a PruMerge model (e.g. LlavaPruMergeForConditionalGeneration), got "
+            f"{type(model).__name__}; merge adapters first (PeftModel.merge_and_unload())"
         )
     out_dir = Path(out_dir)
     refuse_existing(out_dir, overwrite)
@@ -72,7 +70,7 @@ def save_hub_folder(
 def refuse_existing(out_dir: Path, overwrite: bool) -> None:
     """Checked before any work and again before the rename."""
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
+        raise OutputExistsError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
 
 
 def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
@@ -91,45 +89,39 @@ def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
 
 
 def _write_folder(model, processor, folder: Path, max_shard_size, model_card_extra, model_id: str) -> None:
+    arch = architecture_for(model.config.model_type)
     write_weights(model, folder, max_shard_size)
     model.generation_config.save_pretrained(folder)
     config = model.config.to_diff_dict()
-    config.update(
-        architectures=["LlavaPruMergeForConditionalGeneration"], auto_map=AUTO_MAP, dtype=dtype_name(model)
-    )
+    config.update(architectures=[arch.head_class], auto_map=arch.auto_map, dtype=dtype_name(model))
     write_json(folder / "config.json", config_for_both_majors(config))
-    for name, text in remote_code_files().items():
+    for name, text in remote_code_files(arch).items():
         (folder / name).write_text(text, encoding="utf-8")
     write_processor_files(processor, folder)
     card = render_model_card(model.config, processor, model_id=model_id, metadata=model_card_extra)
     (folder / "README.md").write_text(card, encoding="utf-8")
 
 
-def wrap_llava_hf(
-    folder: str | os.PathLike, *, token_reduction: str = "prumerge", dtype: torch.dtype | str = "auto"
-) -> tuple[LlavaPruMergeForConditionalGeneration, LlavaProcessor]:
+def wrap_llava_hf(folder: str | os.PathLike, *, dtype: torch.dtype | str = "auto", **reduction_fields):
     """A stock llava-hf checkpoint (e.g. llava-hf/llava-1.5-7b-hf) as a PruMerge model, training-free."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{config_path} is missing; --from-hf takes a local llava-hf checkpoint folder "
             "(e.g. a download of llava-hf/llava-1.5-7b-hf)"
         )
     model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
     if model_type not in ("llava", LlavaPruMergeConfig.model_type):
-        raise ValueError(
+        raise UsageError(
             f"{config_path} has model_type {model_type!r}, not 'llava'; for an original LLaVA training "
             "checkpoint (LlavaLlamaForCausalLM + LoRA) use `llava-prumerge convert`"
         )
-    config = LlavaPruMergeConfig.from_llava_config(
-        LlavaConfig.from_pretrained(folder), token_reduction=token_reduction
-    )
-    model, info = LlavaPruMergeForConditionalGeneration.from_pretrained(
-        folder, config=config, dtype=dtype, output_loading_info=True
-    )
+    config = LlavaPruMergeConfig.from_stock_config(LlavaConfig.from_pretrained(folder), **reduction_fields)
+    head = architecture_for(config.model_type).load("head_class")
+    model, info = head.from_pretrained(folder, config=config, dtype=dtype, output_loading_info=True)
     if info["missing_keys"] or info["unexpected_keys"]:
-        raise ValueError(
+        raise UsageError(
             f"{folder} does not hold a LLaVA model's weights: missing {sorted(info['missing_keys'])[:3]}, "
             f"unexpected {sorted(info['unexpected_keys'])[:3]}"
         )
@@ -148,65 +140,9 @@ def wrap_llava_hf(
     return model.eval(), processor
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, *, dtype_default: str) -> None:
-    """The options `export` and `convert` share: the output folder and what goes into it."""
-    parser.add_argument("--out", type=Path, required=True, help="the Hub folder to write (must not exist)")
-    parser.add_argument("--token-reduction", choices=TOKEN_REDUCTION_METHODS, default="prumerge")
-    dtypes = [*DTYPES] if dtype_default != "auto" else ["auto", *DTYPES]
-    parser.add_argument(
-        "--dtype", choices=dtypes, default=dtype_default, help=f"weight dtype (default {dtype_default})"
-    )
-    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--model-id", help="Hub id shown in the model card's usage snippet (default: --out)")
-    parser.add_argument(
-        "--license", help="model card license (default: llama2, Vicuna's; apache-2.0 for --tiny)"
-    )
-    parser.add_argument("--base-model", action="append", help="model card base_model (repeatable; Hub ids)")
-
-
-def card_metadata_from_args(args: argparse.Namespace, defaults: dict) -> dict:
-    overrides = {"license": args.license, "base_model": args.base_model}
-    return {**defaults, **{key: value for key, value in overrides.items() if value}}
-
-
 def report_written(folder: Path) -> None:
     shards = sorted(folder.glob("*.safetensors"))
     size = human_size(sum(path.stat().st_size for path in shards))
     print(
         f"Wrote {folder} ({len(shards)} safetensors shard(s), {size}); push it with `llava-prumerge upload`"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from-hf", type=Path, metavar="LLAVA_HF_DIR", help="a local stock llava-hf checkpoint folder"
-    )
-    source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests and demos")
-    add_output_arguments(parser, dtype_default="auto")
-
-
-def main_from_args(args: argparse.Namespace) -> Path:
-    refuse_existing(args.out, args.overwrite)
-    dtype = DTYPES.get(args.dtype, "auto")
-    if args.tiny:
-        tokenizer = tiny_tokenizer()
-        model = tiny_model(tokenizer=tokenizer, token_reduction=args.token_reduction)
-        model = model if dtype == "auto" else model.to(dtype)
-        processor = tiny_processor(tokenizer)
-        defaults = {"license": "apache-2.0", "tags": ["tiny", "random-weights"]}
-    else:
-        model, processor = wrap_llava_hf(args.from_hf, token_reduction=args.token_reduction, dtype=dtype)
-        defaults = {}
-    folder = save_hub_folder(
-        model,
-        processor,
-        args.out,
-        max_shard_size=args.max_shard_size,
-        model_card_extra=card_metadata_from_args(args, defaults),
-        model_id=args.model_id,
-        overwrite=args.overwrite,
-    )
-    report_written(folder)
-    return folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCardData
 
-from ..modeling.token_reduction import REDUCTION_DEFAULTS
+from ..modeling.reduction_settings import REDUCTION_FIELDS
 
 PAPER_URL = "https://arxiv.org/abs/2403.15388"
 # Defaults describe a LLaVA-1.5 derivative (Vicuna, hence Llama 2's licence); callers override them.
@@ -72,7 +72,7 @@ def render_model_card(config, processor, *, model_id: str, metadata: dict | None
     data = ModelCardData(**card_metadata(metadata))
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
-    settings = "\n".join(f"| `{name}` | `{getattr(config, name)!r}` |" for name in REDUCTION_DEFAULTS)
+    settings = "\n".join(f"| `{name}` | `{getattr(config, name)!r}` |" for name in REDUCTION_FIELDS)
     do_pad = getattr(processor.image_processor, "do_pad", False)
     body = f"""
 # {model_id}

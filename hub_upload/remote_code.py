@@ -1,41 +1,39 @@
 """The remote code of a Hub folder: the package's modeling sources, flattened into one folder.
 
-`trust_remote_code` imports the three files below from the Hub folder as siblings, so the
-package-relative imports between them are rewritten to flat ones. Any other package-relative
-import would fail on a machine without this package and is refused, and the files are checked
-statically for what remote code must not do (network I/O, unpickling, running code or commands).
+Which modules travel is the architecture table's (`llava_prumerge.architectures`): the shared parts
+plus the architecture's configuration and modeling files. `trust_remote_code` imports them from the
+Hub folder as siblings, so the package-relative imports between them are rewritten to flat ones.
+Any other package-relative import would fail on a machine without this package and is refused,
+and the files are checked statically for what remote code must not do (network I/O, unpickling,
+running code or commands).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import re
 import sys
 from pathlib import Path
 
-from ..configuration import configuration_llava_prumerge
-from ..modeling import modeling_llava_prumerge, token_reduction
+from ..architectures import ARCHITECTURES, Architecture
+from ..errors import RemoteCodeError
 
-# Hub folder file name -> the package source it is copied from.
+
+def remote_file_name(module: str) -> str:
+    """The Hub folder file of a package module path ("modeling.compaction" -> "compaction.py")."""
+    return f"{module.rpartition('.')[2]}.py"
+
+
+# Hub folder file name -> the package source of every module that may travel (found, not imported).
 REMOTE_CODE_SOURCES = {
-    "configuration_llava_prumerge.py": Path(configuration_llava_prumerge.__file__),
-    "modeling_llava_prumerge.py": Path(modeling_llava_prumerge.__file__),
-    "token_reduction.py": Path(token_reduction.__file__),
+    remote_file_name(module): Path(importlib.util.find_spec(f"llava_prumerge.{module}").origin)
+    for arch in ARCHITECTURES
+    for module in arch.remote_modules
 }
 REMOTE_MODULES = {name.removesuffix(".py") for name in REMOTE_CODE_SOURCES}
-
-# config.json `auto_map`: what each Auto class instantiates with trust_remote_code=True.
-AUTO_MAP = {
-    "AutoConfig": "configuration_llava_prumerge.LlavaPruMergeConfig",
-    "AutoModel": "modeling_llava_prumerge.LlavaPruMergeModel",
-    "AutoModelForVision2Seq": "modeling_llava_prumerge.LlavaPruMergeForConditionalGeneration",
-    "AutoModelForImageTextToText": "modeling_llava_prumerge.LlavaPruMergeForConditionalGeneration",
-}
-
-# The package-relative imports that become sibling imports in the Hub folder.
-FLAT_IMPORTS = {
-    "from ..modeling.token_reduction import": "from .token_reduction import",
-    "from ..configuration.configuration_llava_prumerge import": "from .configuration_llava_prumerge import",
-}
+# `from ..modeling.X import` / `from ..configuration.X import`: imports between travelling modules.
+PACKAGE_IMPORT = re.compile(r"from \.\.(?:modeling|configuration)\.(\w+) import")
 
 ALLOWED_THIRD_PARTY = {"torch", "transformers"}
 # Standard-library modules that reach the network, unpickle, or run code or commands.
@@ -61,31 +59,77 @@ FORBIDDEN_CALLS = {
 FORBIDDEN_CALL_PREFIXES = ("os.exec", "os.spawn", "os.fork", "pickle.", "subprocess.", "torch.hub.")
 
 
-class RemoteCodeError(ValueError):
-    """A package source cannot travel as remote code."""
-
-
 def flatten_imports(source: str, source_path: Path | str) -> str:
-    """The source with the package-relative imports between the three files made sibling imports."""
-    for package_import, flat_import in FLAT_IMPORTS.items():
-        source = source.replace(package_import, flat_import)
+    """The source with its package-relative imports of other travelling modules made sibling imports
+    (`from ..configuration.configuration_prumerge import` -> `from .configuration_prumerge import`)."""
+    source = PACKAGE_IMPORT.sub(lambda match: f"from .{match.group(1)} import", source)
     for node in ast.walk(ast.parse(source, filename=str(source_path))):
         if isinstance(node, ast.ImportFrom) and node.level and not _is_sibling_import(node):
             raise RemoteCodeError(
                 f"{source_path}:{node.lineno}: package-relative import `from {'.' * node.level}{node.module or ''} "
                 f"import ...` cannot work in a Hub folder, where only {sorted(REMOTE_CODE_SOURCES)} are present; "
                 "import from torch/transformers/the standard library, or from one of those files "
-                "(add a rewrite to FLAT_IMPORTS in hub_upload/remote_code.py)"
+                "(add the module to the architecture table in llava_prumerge/architectures.py)"
             )
     return source
 
 
-def remote_code_files() -> dict[str, str]:
-    """File name -> text of the remote-code files, from the installed package sources."""
+def remote_code_files(arch: Architecture) -> dict[str, str]:
+    """Hub folder file name -> text of an architecture's remote-code files, from the installed sources.
+
+    transformers 4.x loads remote code from a local folder by copying each `auto_map` file with only
+    its direct relative imports into its module cache, then fails on any deeper one; so each such
+    entry file gets an import of every sibling it needs indirectly, in a marked block at its end.
+    """
+    files = {}
+    for module in arch.remote_modules:
+        source = REMOTE_CODE_SOURCES[remote_file_name(module)]
+        files[remote_file_name(module)] = flatten_imports(source.read_text(encoding="utf-8"), source)
+    entry_modules = {target.rpartition(".")[0] for target in arch.auto_map.values()}
+    for module in entry_modules:
+        name = f"{module}.py"
+        indirect = sorted(_needed_siblings(module, files) - _sibling_imports(files[name]) - {module})
+        if indirect:
+            lines = [
+                f"from .{sibling} import {_first_definition(files[f'{sibling}.py'])}  # noqa: E402, F401"
+                for sibling in indirect
+            ]
+            files[name] += INDIRECT_IMPORTS_NOTE + "\n".join(lines) + "\n"
+    return files
+
+
+INDIRECT_IMPORTS_NOTE = (
+    "\n\n# Written by `llava-prumerge export`: the modules this file needs through others, imported directly,\n"
+    "# because transformers 4.x copies only a local folder's direct relative imports into its module cache.\n"
+)
+
+
+def _sibling_imports(source: str) -> set[str]:
+    """The sibling modules a flattened source imports directly (`from .X import ...`)."""
     return {
-        name: flatten_imports(path.read_text(encoding="utf-8"), path)
-        for name, path in REMOTE_CODE_SOURCES.items()
+        node.module
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
     }
+
+
+def _needed_siblings(module: str, files: dict[str, str]) -> set[str]:
+    """Every sibling module `module` imports, directly or through others."""
+    needed, pending = set(), [module]
+    while pending:
+        for sibling in _sibling_imports(files[f"{pending.pop()}.py"]) - needed:
+            needed.add(sibling)
+            pending.append(sibling)
+    return needed
+
+
+def _first_definition(source: str) -> str:
+    """The name of the first public class or function a module defines: something to import from it."""
+    return next(
+        node.name
+        for node in ast.parse(source).body
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_")
+    )
 
 
 def _is_sibling_import(node: ast.ImportFrom) -> bool:
@@ -147,10 +191,10 @@ def source_problems(name: str, source: str) -> list[str]:
     return problems
 
 
-def remote_code_problems(folder: Path) -> list[str]:
-    """What keeps the folder's remote code from loading self-contained and safely."""
+def remote_code_problems(folder: Path, arch: Architecture) -> list[str]:
+    """What keeps the folder's remote code (that of `arch`) from loading self-contained and safely."""
     problems = []
-    for name in REMOTE_CODE_SOURCES:
+    for name in map(remote_file_name, arch.remote_modules):
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing (remote code for trust_remote_code=True)")

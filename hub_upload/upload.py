@@ -11,7 +11,6 @@ module never reads, prints or logs it.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -71,24 +70,3 @@ def upload_hub_folder(
     )
     print(f"Pushed: {getattr(commit, 'commit_url', commit)}")
     return files
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, metavar="OUT", help="a Hub folder written by export or convert")
-    parser.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub model repository")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if missing)")
-    parser.add_argument("--commit-message", help="default: 'Upload <folder name>'")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be pushed; push nothing")
-
-
-def main_from_args(args: argparse.Namespace, api: HfApi | None = None) -> list[Path]:
-    return upload_hub_folder(
-        args.folder,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        dry_run=args.dry_run,
-        api=api,
-    )

@@ -13,16 +13,13 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..architectures import ARCHITECTURES, Architecture, architecture_for
+from ..errors import InvalidHubFolder
 from .compat import CHAT_TEMPLATE_FILE, IMAGE_PROCESSOR_TYPE, MODEL_INPUT_NAMES, PROCESSOR_CLASS
-from .remote_code import AUTO_MAP, defined_classes, remote_code_problems
+from .remote_code import defined_classes, remote_code_problems
 from .weights import weight_problems
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
-
-
-class InvalidHubFolder(ValueError):
-    """The folder is not a complete, loadable PruMerge Hub folder."""
 
 
 def _load_json(folder: Path, name: str, problems: list[str]) -> dict | None:
@@ -37,15 +34,19 @@ def _load_json(folder: Path, name: str, problems: list[str]) -> dict | None:
         return None
 
 
-def _config_problems(folder: Path) -> tuple[list[str], LlavaPruMergeConfig | None]:
+def _config_problems(folder: Path) -> tuple[list[str], Architecture | None, object]:
+    """Problems of config.json, the architecture it names, and the config (None when it does not load)."""
     problems = []
     raw = _load_json(folder, "config.json", problems)
     if raw is None:
-        return problems, None
-    if raw.get("model_type") != LlavaPruMergeConfig.model_type:
-        problems.append(f"config.json has model_type {raw.get('model_type')!r}, not 'llava_prumerge'")
+        return problems, None, None
+    arch = architecture_for(raw.get("model_type"))
+    if arch is None or arch.model_type != raw.get("model_type"):
+        known = sorted(a.model_type for a in ARCHITECTURES)
+        problems.append(f"config.json has model_type {raw.get('model_type')!r}, not one of {known}")
+        return problems, None, None
     auto_map = raw.get("auto_map") or {}
-    for auto_class, target in AUTO_MAP.items():
+    for auto_class, target in arch.auto_map.items():
         if auto_map.get(auto_class) != target:
             problems.append(
                 f"config.json auto_map[{auto_class!r}] is {auto_map.get(auto_class)!r}, not {target!r}"
@@ -59,12 +60,13 @@ def _config_problems(folder: Path) -> tuple[list[str], LlavaPruMergeConfig | Non
         problems.append(
             "config.json text_config has rope_parameters but no rope_theta, which transformers 4.57 reads"
         )
+    config_class = arch.load("config_class")
     try:
-        config = LlavaPruMergeConfig.from_pretrained(folder)
+        config = config_class.from_pretrained(folder)
     except Exception as error:  # any failure to build the config makes the folder unloadable
-        problems.append(f"config.json does not load as LlavaPruMergeConfig: {error}")
+        problems.append(f"config.json does not load as {config_class.__name__}: {error}")
         config = None
-    return problems, config
+    return problems, arch, config
 
 
 def _processor_problems(folder: Path) -> list[str]:
@@ -140,10 +142,10 @@ def validate_hub_folder(folder: Path | str) -> list[Path]:
         for path in files
         if path.suffix in PICKLE_SUFFIXES
     ]
-    config_problems, config = _config_problems(folder)
+    config_problems, arch, config = _config_problems(folder)
     problems += config_problems
     problems += weight_problems(folder, config)
-    problems += remote_code_problems(folder)
+    problems += remote_code_problems(folder, arch) if arch is not None else []
     problems += _processor_problems(folder)
     problems += _model_card_problems(folder)
     if problems:

@@ -17,7 +17,8 @@ import torch
 from accelerate import init_empty_weights
 from huggingface_hub import save_torch_state_dict
 
-from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
+from ..architectures import architecture_for
+from ..errors import UsageError
 from .compat import write_json
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -34,25 +35,23 @@ TIED_HEAD = "language_model.lm_head.weight"
 
 
 def checkpoint_key(module_key: str) -> str:
-    """The llava-hf checkpoint name of a LlavaPruMergeForConditionalGeneration state-dict entry."""
+    """The llava-hf checkpoint name of a PruMerge model's state-dict entry."""
     for module_prefix, checkpoint_prefix in CHECKPOINT_PREFIXES:
         if module_key.startswith(module_prefix):
             return checkpoint_prefix + module_key[len(module_prefix) :]
-    raise ValueError(f"{module_key} is not a LLaVA parameter name (no llava-hf checkpoint name for it)")
+    raise UsageError(f"{module_key} is not a LLaVA parameter name (no llava-hf checkpoint name for it)")
 
 
-def _head_is_tied(model: LlavaPruMergeForConditionalGeneration) -> bool:
+def _head_is_tied(model: torch.nn.Module) -> bool:
     return model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
-def write_weights(
-    model: LlavaPruMergeForConditionalGeneration, folder: Path, max_shard_size: int | str
-) -> None:
+def write_weights(model: torch.nn.Module, folder: Path, max_shard_size: int | str) -> None:
     """Shards `model-0000i-of-0000n.safetensors` and their index, always an index (even for one shard)."""
     state = {}
     for name, tensor in model.state_dict().items():
         if tensor.device.type == "meta":
-            raise ValueError(
+            raise UsageError(
                 f"{name} is offloaded (on the meta device); load the model without disk offloading "
                 "(no device_map offload) before exporting it"
             )
@@ -133,7 +132,7 @@ def weight_problems(folder: Path, config) -> list[str]:
 def _coverage_problems(shapes: dict[str, tuple], config) -> list[str]:
     """Every weight the config's model needs is in the shards, in its shape (the model is built on the meta device)."""
     with init_empty_weights():
-        skeleton = LlavaPruMergeForConditionalGeneration(config)
+        skeleton = architecture_for(config.model_type).load("head_class")(config)
     expected = {checkpoint_key(name): tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     if getattr(config.text_config, "tie_word_embeddings", False):
         expected.pop(TIED_HEAD, None)

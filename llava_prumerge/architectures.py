@@ -1,0 +1,81 @@
+"""The table of PruMerge architectures: which stock model each extends, its classes, its remote code.
+
+Adding an architecture adds its configuration and modeling files and one row here; the Auto-class
+registration, checkpoint loading, `export` and the Hub folders' remote code and `auto_map` all read
+this table. Standard library only (the command line imports it without torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+# Remote-code modules every architecture's Hub folder carries (paths relative to the package).
+SHARED_REMOTE_MODULES = (
+    "modeling.errors",
+    "modeling.reduction_settings",
+    "modeling.runtime_compat",
+    "modeling.token_reduction",
+    "modeling.vision_encoding",
+    "modeling.compaction",
+    "modeling.modeling_prumerge",
+    "configuration.configuration_prumerge",
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One PruMerge model family."""
+
+    name: str  # what users pick it by (`--arch` prefixes, messages)
+    stock_model_type: str  # model_type of the stock checkpoints it wraps
+    model_type: str  # model_type of its own checkpoints
+    config_module: str  # relative to the package
+    config_class: str
+    modeling_module: str
+    model_class: str  # the base model (AutoModel)
+    head_class: str  # the generative model (AutoModelForImageTextToText)
+
+    @property
+    def remote_modules(self) -> tuple[str, ...]:
+        """Package modules that travel in its Hub folders, dependencies first."""
+        return (*SHARED_REMOTE_MODULES, self.config_module, self.modeling_module)
+
+    @property
+    def auto_map(self) -> dict[str, str]:
+        """config.json `auto_map`: what each Auto class instantiates with trust_remote_code=True."""
+        config_file, modeling_file = (
+            module.rpartition(".")[2] for module in (self.config_module, self.modeling_module)
+        )
+        return {
+            "AutoConfig": f"{config_file}.{self.config_class}",
+            "AutoModel": f"{modeling_file}.{self.model_class}",
+            "AutoModelForVision2Seq": f"{modeling_file}.{self.head_class}",  # transformers 4.x
+            "AutoModelForImageTextToText": f"{modeling_file}.{self.head_class}",
+        }
+
+    def load(self, attribute: str):
+        """The class named by one of this row's fields (imports torch and transformers)."""
+        module = self.config_module if attribute == "config_class" else self.modeling_module
+        return getattr(importlib.import_module(f"{__package__}.{module}"), getattr(self, attribute))
+
+
+ARCHITECTURES = (
+    Architecture(
+        name="llava",
+        stock_model_type="llava",
+        model_type="llava_prumerge",
+        config_module="configuration.configuration_llava_prumerge",
+        config_class="LlavaPruMergeConfig",
+        modeling_module="modeling.modeling_llava_prumerge",
+        model_class="LlavaPruMergeModel",
+        head_class="LlavaPruMergeForConditionalGeneration",
+    ),
+)
+
+
+def architecture_for(model_type: str) -> Architecture | None:
+    """The architecture whose own or stock checkpoints have this model_type."""
+    return next(
+        (arch for arch in ARCHITECTURES if model_type in (arch.model_type, arch.stock_model_type)), None
+    )
