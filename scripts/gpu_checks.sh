@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with an NVIDIA GPU whose Python already has CUDA torch, transformers,
 # accelerate and peft (nothing is downloaded): installs this package without dependencies, runs
-# tests/test_cuda.py, then the benchmarks the README quotes, each log and JSON written to OUT_DIR.
+# tests/gpu/test_cuda.py, then the benchmarks the README quotes, each log and JSON written to OUT_DIR.
 # Without a CUDA GPU it says so and exits 0, having checked nothing.
 #   bash scripts/gpu_checks.sh OUT_DIR
 # PYTHON picks the interpreter (default python3). One failing step does not stop the others; the exit
@@ -35,7 +35,7 @@ fi
 "$python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" |
     tee -a "$out/gpu.txt"
 
-step test_cuda "$python" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py
+step test_cuda "$python" -m pytest -q -p no:cacheprovider -rA tests/gpu/test_cuda.py
 step reducer_fp16 "$python" -m llava_prumerge bench --reducer-only --device cuda --dtype float16 \
     --batch-size 1,16 --repeats 5 --json "$out/reducer_fp16.json"
 step bench_7b_fp16 "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda --dtype float16 \

@@ -1,20 +1,21 @@
-"""Reducer micro-benchmark: the vectorised reducer against the per-token loop, same inputs, same run.
-
-python -m llava_prumerge.bench_reducer            # or: llava-prumerge bench --reducer-only
-"""
+"""Reducer micro-benchmark (`llava-prumerge bench --reducer-only`): the vectorised reducer against the
+per-token loop with the published reducer's structure, same inputs, same run."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from functools import partial
 
 import torch
 
-from .modeling.token_reduction import reduce_visual_tokens
-from .reducer_loop import reduce_visual_tokens_loop
+from ..common.loading import DTYPES, prumerge_config
+from ..common.timing import clock
+from ..errors import UsageError
+from ..modeling.token_reduction import reduce_visual_tokens
+from ..testing.reducer_loop import reduce_visual_tokens_loop
+from .models import random_architecture
+from .report import REDUCER_PLOT_PANELS, plot_rows, print_results
 
 CPU = torch.device("cpu")
 
@@ -45,20 +46,9 @@ def paired_seconds(
         loop()
     vectorised_times, loop_times = [], []
     for _ in range(rounds):
-        vectorised_times.append(statistics.median(_clock(vectorised, device) for _ in range(calls_per_round)))
-        loop_times.append(_clock(loop, device))
+        vectorised_times.append(statistics.median(clock(vectorised, device) for _ in range(calls_per_round)))
+        loop_times.append(clock(loop, device))
     return vectorised_times, loop_times
-
-
-def _clock(fn, device: torch.device) -> float:
-    """Wall-clock seconds of `fn()`, waiting for queued CUDA work before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def run(
@@ -122,40 +112,38 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
-    parser.add_argument("--methods", default="prumerge,prumerge_plus")
-    parser.add_argument("--patches", type=int, default=576)
-    parser.add_argument("--channels", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def main_from_args(args: argparse.Namespace) -> list[dict]:
+def run_from_args(args: argparse.Namespace) -> list[dict]:
+    """The vectorised reducer against the per-token loop, at the vision tower's patch and feature shape."""
+    methods = [m for m in args.methods if m != "none"]
+    if not methods:
+        raise UsageError("--reducer-only needs prumerge and/or prumerge_plus in --methods")
+    # Shapes of the given checkpoint or architecture; LLaVA-1.5's (576 patches x 1024) by default.
+    config = (
+        prumerge_config(args.model) if args.model else random_architecture(args.arch or "llava-1.5-7b").config
+    )
+    vision = config.vision_config
     rows = run(
-        batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-        methods=[m.strip() for m in args.methods.split(",")],
-        patches=args.patches,
-        channels=args.channels,
+        batch_sizes=args.batch_size,
+        methods=methods,
+        patches=(vision.image_size // vision.patch_size) ** 2,
+        channels=vision.hidden_size,
         repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=DTYPES[args.dtype],
     )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(
-            f"PruMerge reducer on CPU ({torch.get_num_threads()} threads), {args.repeats} interleaved rounds"
-        )
-        print(format_table(rows))
+    where = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print_results(
+        rows,
+        args.json,
+        lambda: (
+            f"PruMerge reducer on {where}, {args.dtype}, {rows[0]['patches']} patches x "
+            f"{rows[0]['channels']} channels, {args.repeats} interleaved rounds (speed-up: median of the "
+            "per-round ratios; best-of: fastest loop over fastest vectorised)\n" + format_table(rows)
+        ),
+    )
+    if args.plot:
+        plot_rows(rows, REDUCER_PLOT_PANELS, args.plot, "PruMerge reducer: vectorised vs per-token loop")
     return rows
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    main_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -30,12 +30,12 @@ PruMerge and PruMerge+ keep the paper's average 33 (32 + summary) and 144 visual
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("none", "prumerge", "prumerge_plus")
+from ..common.cli_args import COMPARED_METHODS
+
 BIT_WIDTHS = (4, 8, 16)
 DEFAULT_VISUAL_TOKENS = 576  # CLIP-L/336: 24 x 24 patches
 DEFAULT_TEXT_TOKENS = 123  # reproduces the paper's 9.3 TFLOPs / 88.6 ms (module docstring)
@@ -291,9 +291,11 @@ def validate_inputs(
     for flag, value in bits.items():
         if value not in BIT_WIDTHS:
             raise ValueError(f"{flag} must be one of {BIT_WIDTHS}, got {value!r}")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in COMPARED_METHODS]
     if unknown or not methods:
-        raise ValueError(f"--methods: use a comma-separated subset of {', '.join(METHODS)}, got {methods!r}")
+        raise ValueError(
+            f"--methods: use a comma-separated subset of {', '.join(COMPARED_METHODS)}, got {methods!r}"
+        )
     for flag in ("--prumerge-tokens", "--prumerge-plus-tokens"):
         if counts[flag] > visual_tokens:
             raise ValueError(f"{flag} ({counts[flag]}) exceeds --visual-tokens ({visual_tokens})")
@@ -308,7 +310,7 @@ def analyze(
     w_bits: int = 16,
     a_bits: int = 16,
     kv_bits: int = 16,
-    methods: tuple[str, ...] | list[str] = METHODS,
+    methods: tuple[str, ...] | list[str] = COMPARED_METHODS,
     prumerge_tokens: int = PRUMERGE_TOKENS,
     prumerge_plus_tokens: int = PRUMERGE_PLUS_TOKENS,
     peak_tflops: float | None = None,
@@ -391,99 +393,3 @@ def format_table(rows: list[dict]) -> str:
             f"{row['activation_bytes'] / 1e9:>7.2f} {row['memory_access_bytes'] / 1e9:>10.2f}"
         )
     return "\n".join(lines)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
-    return value
-
-
-def architecture_arg(text: str) -> Architecture:
-    try:
-        return load_architecture(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix("--arch: ")) from error
-
-
-def methods_arg(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"use a comma-separated subset of {','.join(METHODS)}, got {text!r}")
-    return methods
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the docstring's layout
-    parser.add_argument(
-        "--arch",
-        type=architecture_arg,
-        default="llava-1.5-7b",
-        help=f"{', '.join(ARCHITECTURES)}, or a folder with a LLaVA config.json (default llava-1.5-7b)",
-    )
-    parser.add_argument("--hardware", choices=list(HARDWARE), default="v100", help="(default v100)")
-    parser.add_argument(
-        "--visual-tokens",
-        type=positive_int,
-        default=DEFAULT_VISUAL_TOKENS,
-        help="visual tokens per image without reduction (default 576)",
-    )
-    parser.add_argument(
-        "--text-tokens",
-        type=positive_int,
-        default=DEFAULT_TEXT_TOKENS,
-        help=f"prompt tokens besides the image (default {DEFAULT_TEXT_TOKENS}: the paper's calibration)",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=1)
-    for name, what in (("w", "weights"), ("a", "activations"), ("kv", "the KV cache")):
-        parser.add_argument(
-            f"--{name}-bits", type=int, choices=BIT_WIDTHS, default=16, help=f"bits of {what}"
-        )
-    parser.add_argument(
-        "--methods", type=methods_arg, default=list(METHODS), help="default: " + ",".join(METHODS)
-    )
-    parser.add_argument(
-        "--prumerge-tokens", type=positive_int, default=PRUMERGE_TOKENS, help="(default 33: the paper's mean)"
-    )
-    parser.add_argument(
-        "--prumerge-plus-tokens", type=positive_int, default=PRUMERGE_PLUS_TOKENS, help="(default 144: 25%%)"
-    )
-    parser.add_argument(
-        "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"
-    )
-    parser.add_argument(
-        "--bandwidth", type=positive_float, metavar="GB/s", help="replace the hardware's memory bandwidth"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def main_from_args(args: argparse.Namespace) -> list[dict]:
-    try:
-        rows = analyze(
-            arch=args.arch,
-            hardware=args.hardware,
-            visual_tokens=args.visual_tokens,
-            text_tokens=args.text_tokens,
-            batch_size=args.batch_size,
-            w_bits=args.w_bits,
-            a_bits=args.a_bits,
-            kv_bits=args.kv_bits,
-            methods=args.methods,
-            prumerge_tokens=args.prumerge_tokens,
-            prumerge_plus_tokens=args.prumerge_plus_tokens,
-            peak_tflops=args.peak,
-            bandwidth_gbps=args.bandwidth,
-        )
-    except ValueError as error:  # e.g. --prumerge-tokens above --visual-tokens
-        raise SystemExit(f"llava-prumerge analyze: error: {error}") from error
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
-    return rows

@@ -1,21 +1,9 @@
-"""See what PruMerge does, on this machine, with nothing to download.
-
-By default the demo runs a tiny LLaVA-shaped model built here with random weights on the sample
-images shipped in llava_prumerge/samples/ (a plain sky with one sign, a page of text, a cluttered
-scene). For each image and each method (none, prumerge, prumerge_plus) it reports the visual tokens
-the language model gets, the compression, the time spent in the vision tower, the reducer and the
-LLM prefill, and the answer generated through the image-text-to-text pipeline; it draws what the
-reducer did to each image (see `llava-prumerge visualize`) and writes a summary table.
-
-llava-prumerge demo --out prumerge-demo
-llava-prumerge demo --model llava-hf/llava-1.5-7b-hf --image photo.jpg   # a real checkpoint
-"""
+"""The `llava-prumerge demo` run: every method on each image, timed, drawn and answered (see `demo.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +11,21 @@ from pathlib import Path
 import torch
 import transformers
 
+from ..common.cli_args import COMPARED_METHODS
+from ..common.timing import timed, torch_threads
+from ..errors import MissingInputError, UsageError
+from .cli import DRAWN_METHODS
 from .visualize import (
-    DRAWN_METHODS,
     TINY_MODEL_NOTE,
     draw,
+    drawn_settings,
     load_image,
     load_model,
     patch_reduction,
     picture_title,
-    reducer_settings,
 )
 
 SAMPLES = Path(__file__).parent / "samples"
-METHODS = ("none", "prumerge", "prumerge_plus")
 RANDOM_WEIGHTS_NOTICE = (
     "NOTE: no checkpoint given (--model), so this runs a tiny LLaVA-shaped model built on this machine with\n"
     "RANDOM weights and 14x14 patches: its token selections show how PruMerge works, its answers are\n"
@@ -63,40 +53,15 @@ class DemoRow:
         return self.num_patches / self.visual_tokens
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", type=Path, default=Path("prumerge-demo"), help="folder for pictures and summary"
-    )
-    parser.add_argument(
-        "--model",
-        default=None,
-        metavar="DIR_OR_REPO",
-        help="a PruMerge or stock LLaVA-1.5 checkpoint (folder or Hub id); default: the tiny random-weight model",
-    )
-    parser.add_argument(
-        "--image",
-        action="append",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="an image of yours (repeat for several); default: the shipped samples",
-    )
-    parser.add_argument("--prompt", default="What is shown in this image?")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after one warm-up run")
-
-
-def main_from_args(args: argparse.Namespace) -> list[DemoRow]:
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+def run(args: argparse.Namespace) -> list[DemoRow]:
     image_paths = args.image or sorted(SAMPLES.glob("*.png"))
     if not image_paths:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"No sample images in {SAMPLES}; reinstall llava-prumerge or pass --image PATH"
         )
     names = [path.name for path in image_paths]
     if len(set(names)) < len(names):
-        raise ValueError(
+        raise UsageError(
             f"Images share a file name ({names}); their pictures would overwrite each other: rename one"
         )
     images = {path: load_image(path) for path in image_paths}
@@ -108,7 +73,7 @@ def main_from_args(args: argparse.Namespace) -> list[DemoRow]:
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows = []
-    steps = [(path, method) for path in image_paths for method in METHODS]
+    steps = [(path, method) for path in image_paths for method in COMPARED_METHODS]
     # The tiny model's operations are too small to share out between CPU threads: on a busy machine
     # the hand-offs cost a hundred times the work and would make its timings noise.
     with torch_threads(1) if args.model is None else contextlib.nullcontext():
@@ -134,10 +99,14 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
     inputs = inputs.to(model.device)
     pixel_values = inputs["pixel_values"].to(model.dtype)
     inner = model.model
-    with reducer_settings(model, method), torch.inference_mode():
-        encoded, vision_ms = timed(lambda: inner.encode_patches(pixel_values), args.repeats)
-        reduced, reducer_ms = timed(lambda: inner.reduce_patches(encoded), args.repeats)
-        compact = inner.compact_inputs(inputs["input_ids"], pixel_values, inputs["attention_mask"])
+    settings = drawn_settings(model, method)
+    with torch.inference_mode():
+        encoded, vision_ms = timed(
+            lambda: inner.encode_patches(pixel_values, reduction=settings), args.repeats
+        )
+        reduced, reducer_ms = timed(lambda: inner.reduce_patches(encoded, reduction=settings), args.repeats)
+        visual = [inner.image_tokens(reduced)]
+        compact = inner.compact_inputs(inputs["input_ids"], inputs["attention_mask"], visual=visual)
         _, prefill_ms = timed(
             lambda: inner.language_model(
                 inputs_embeds=compact.inputs_embeds,
@@ -148,14 +117,18 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
         )
         picture = None
         if method in DRAWN_METHODS:
-            reduction = patch_reduction(model.config, processor, pixel_values, encoded.attention[0], reduced)
+            reduction = patch_reduction(settings, processor, pixel_values, encoded.attention[0], reduced)
             picture = args.out / f"{path.stem}-{method}.png"
             draw(reduction, picture_title(path.name, method, args.model)).savefig(picture)
         messages = chat_messages(args.prompt, image)
         generated = pipe(
             text=messages,
             return_full_text=False,
-            generate_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False},
+            generate_kwargs={
+                "max_new_tokens": args.max_new_tokens,
+                "do_sample": False,
+                "reduction": settings,
+            },
         )
     return DemoRow(
         image=path.name,
@@ -179,34 +152,6 @@ def chat_messages(prompt: str, image=None) -> list[dict]:
 
 def chat_prompt(processor, prompt: str) -> str:
     return processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True)
-
-
-def timed(run, repeats: int):
-    """(result, median milliseconds over `repeats` runs after one warm-up), waiting for the GPU."""
-    result = run()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        result = run()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return result, 1000 * statistics.median(times)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def one_line(text: str, width: int = 48) -> str:

@@ -42,35 +42,35 @@ def reduce_visual_tokens_loop(
     merge_k: int = 32,
     merge_weighting: str = "reference",
 ) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """features [B, N, C], attention [B, N], keys [B, N, Dk] -> (per-image tokens, per-image centres)."""
+    """features [B, N, C], attention [B, N], keys [B, N, Dk] -> (per-image tokens, per-image centers)."""
     batch, num_patches, _ = features.shape
-    out_tokens, out_centres = [], []
+    out_tokens, out_centers = [], []
     for image in range(batch):
         x, a, key = features[image], attention[image], keys[image]
         if adaptive:
             ratio = max(1, _numpy_outlier_count(a, iqr_scale)) / num_patches
-            num_centres = max(1, round(num_patches * ratio))
+            num_centers = max(1, round(num_patches * ratio))
         else:
             ratio = reduction_ratio
-            num_centres = max(1, int(num_patches * ratio))
+            num_centers = max(1, int(num_patches * ratio))
         scores = a.detach().to(torch.promote_types(a.dtype, torch.float32)).tolist()
         by_attention = sorted(range(num_patches), key=lambda i: (-scores[i], i))
-        centres = by_attention[:num_centres]
+        centers = by_attention[:num_centers]
         if token_reduction == "prumerge_plus":
             step = int(1 / ratio)
             if adaptive:
                 stride = max(1, int(step / 3))
-                centres = centres + [i for i in range(0, num_patches - 1, stride) if i not in centres]
+                centers = centers + [i for i in range(0, num_patches - 1, stride) if i not in centers]
             else:
-                centres = centres + list(range(int(step / 2), num_patches - 1, step))
-        others = _complement(centres, num_patches)
+                centers = centers + list(range(int(step / 2), num_patches - 1, step))
+        others = _complement(centers, num_patches)
 
         # As published: gather the kept and the other patches once, then for every kept token
         # rebuild its candidate set (the other kept tokens, then the other patches) by concatenation.
-        kept_x, kept_a, kept_keys = x[centres], a[centres].to(x.dtype), F.normalize(key[centres], p=2, dim=-1)
+        kept_x, kept_a, kept_keys = x[centers], a[centers].to(x.dtype), F.normalize(key[centers], p=2, dim=-1)
         other_x, other_a, other_keys = x[others], a[others].to(x.dtype), F.normalize(key[others], p=2, dim=-1)
         tokens = []
-        for i in range(len(centres)):
+        for i in range(len(centers)):
             candidate_x = torch.cat([kept_x[:i], kept_x[i + 1 :], other_x])
             candidate_a = torch.cat([kept_a[:i], kept_a[i + 1 :], other_a])
             candidate_keys = torch.cat([kept_keys[:i], kept_keys[i + 1 :], other_keys])
@@ -84,5 +84,5 @@ def reduce_visual_tokens_loop(
                 tokens.append(kept_x[i] + absorbed)
         summary = (other_x * other_a[:, None]).sum(dim=0)
         out_tokens.append(torch.stack(tokens + [summary]))
-        out_centres.append(centres)
-    return out_tokens, out_centres
+        out_centers.append(centers)
+    return out_tokens, out_centers

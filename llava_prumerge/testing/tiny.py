@@ -11,26 +11,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
-from .configuration.configuration_llava_prumerge import LlavaPruMergeConfig
-from .modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
-
-# LLaVA-1.5's conversation format (vicuna_v1), with images before the text of a user turn.
-VICUNA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string "
-    "else message['content'][0]['text'] }} "
-    "{% elif message['role'] == 'user' %}USER: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}"
-    "{% endfor %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% endif %}{% endfor %}{% endif %} "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+from ..common.conversation import VICUNA_CHAT_TEMPLATE
+from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 
 _CORPUS = [
     "USER: What is shown in this image? ASSISTANT: A photo of a cat sitting on a red sofa.",
@@ -108,7 +91,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fi
         "image_size": TINY_IMAGE_SIZE,
         "patch_size": TINY_PATCH_SIZE,
         "projection_dim": 32,
-        # A wider initialisation gives the random tower a peaked [CLS] attention, as a trained CLIP
+        # A wider initialization gives the random tower a peaked [CLS] attention, as a trained CLIP
         # has, so PruMerge keeps a few percent of the patches and the count varies per image.
         "initializer_factor": 3.0,
     }

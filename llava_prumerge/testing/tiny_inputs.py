@@ -12,9 +12,7 @@ Shapes follow llava_prumerge.tiny; files are saved by the installed transformers
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +32,9 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ..modeling.token_reduction import REDUCTION_DEFAULTS
-from ..tiny import (
-    TINY_IMAGE_SIZE,
-    TINY_PATCH_SIZE,
-    VICUNA_CHAT_TEMPLATE,
-    byte_level_bpe,
-    tiny_config,
-    tiny_tokenizer,
-)
+from ..common.conversation import VICUNA_CHAT_TEMPLATE
+from ..modeling.reduction_settings import REDUCTION_FIELDS
+from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, byte_level_bpe, tiny_config, tiny_tokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _CORPUS = [
@@ -144,7 +136,7 @@ def _write_llava_hf(folder: Path) -> None:
     values = {
         key: value
         for key, value in tiny_config(tokenizer).to_dict().items()
-        if key not in REDUCTION_DEFAULTS and key != "model_type"
+        if key not in REDUCTION_FIELDS and key != "model_type"
     }
     LlavaForConditionalGeneration(LlavaConfig(**values)).save_pretrained(folder)
     size = TINY_IMAGE_SIZE
@@ -170,22 +162,4 @@ def write_tiny_inputs(root: str | Path, *, seed: int = 0) -> TinyInputs:
     vision_config = _write_clip(inputs.clip)
     _write_lora(inputs.lora, llama, vision_config["hidden_size"], inputs.vicuna, inputs.clip)
     _write_llava_hf(inputs.llava_hf)
-    return inputs
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="folder to write vicuna/, clip/, lora/ and llava-hf/ into")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-
-
-def main_from_args(args: argparse.Namespace) -> TinyInputs:
-    if args.out.exists():
-        if not args.overwrite:
-            raise FileExistsError(f"{args.out} already exists; choose another folder or pass --overwrite")
-        shutil.rmtree(args.out)
-    inputs = write_tiny_inputs(args.out)
-    print(
-        f"Wrote tiny stand-ins: --base {inputs.vicuna} --vision-tower {inputs.clip} --lora {inputs.lora}; "
-        f"--from-hf {inputs.llava_hf}"
-    )
     return inputs

@@ -21,19 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-# LLaVA's conv_vicuna_v1 system prompt, which LLaVA-1.5's instruction tuning used.
-VICUNA_V1_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
+from ..common.conversation import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM, render_vicuna_v1
+from ..errors import BadSample, DataError
+from ..modeling.compaction import IGNORE_INDEX
+
 ROLES = ("human", "gpt")
 _TOKENIZE_CHUNK = 1024
-
-
-class BadSample(ValueError):
-    """A sample that cannot be trained on; the message says why."""
 
 
 @dataclass
@@ -80,7 +73,7 @@ def read_records(data_path: Path) -> list[dict | BadSample]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(
+            raise DataError(
                 f"{data_path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
                 "expected a list of LLaVA conversation samples, or JSON Lines with one sample per line"
             ) from error
@@ -97,7 +90,7 @@ def read_records(data_path: Path) -> list[dict | BadSample]:
                     BadSample(f"line {number} is not valid JSON ({error.msg}, column {error.colno})")
                 )
         return records
-    raise ValueError(
+    raise DataError(
         f"{data_path} holds neither a JSON list (starting with '[') nor JSON Lines (one object per line); "
         "expected LLaVA conversation samples"
     )
@@ -133,8 +126,7 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
     else:
         raise BadSample("'image' must be a file name or a list of file names")
 
-    text = VICUNA_V1_SYSTEM + " "
-    spans = []
+    messages = [{"role": "system", "content": VICUNA_V1_SYSTEM}]
     placeholders = 0
     for number, turn in enumerate(turns):
         role = ROLES[number % 2]
@@ -149,14 +141,13 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
         if role == "gpt":
             if count:
                 raise BadSample(f"turn {number} (an answer) holds {IMAGE_PLACEHOLDER}")
-            answer = value + "</s>"
-            spans.append((len(text) + len("ASSISTANT: "), len(text) + len("ASSISTANT: ") + len(answer)))
-            text += "ASSISTANT: " + answer
+            messages.append({"role": "assistant", "content": value})
         else:
             placeholders += count
             # As LLaVA's preprocess_multimodal: the image(s) first, then the question.
-            value = (IMAGE_PLACEHOLDER + "\n") * count + value.replace(IMAGE_PLACEHOLDER, "").strip()
-            text += f"USER: {value} "
+            text = value.replace(IMAGE_PLACEHOLDER, "").strip()
+            content = [{"type": "image"}] * count + [{"type": "text", "text": text}]
+            messages.append({"role": "user", "content": content})
     if len(turns) % 2:
         raise BadSample("ends with a human turn: the last turn must be the gpt answer")
     if placeholders != len(image_names):
@@ -173,7 +164,8 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
                 pass
         except (OSError, SyntaxError) as error:
             raise BadSample(f"image {path} is not readable as an image ({error})") from error
-    return Conversation(sample_id(record, index), index, text, spans, image_paths)
+    rendered = render_vicuna_v1(messages)
+    return Conversation(sample_id(record, index), index, rendered.text, rendered.answer_spans, image_paths)
 
 
 def encode_conversations(tokenizer, conversations: list[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -235,12 +227,12 @@ def prepare_conversations(
 ) -> tuple[list[Conversation], DataReport]:
     """Validate and tokenize the whole file once: the usable conversations and what was wrong with the rest."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
+        raise DataError(
             f"{type(tokenizer).__name__} is a slow tokenizer; the loss mask needs character offsets, "
             "which only fast tokenizers give: save the processor with a fast tokenizer (tokenizer.json)"
         )
     if not image_folder.is_dir():
-        raise ValueError(f"--image-folder {image_folder} is not a folder")
+        raise DataError(f"--image-folder {image_folder} is not a folder")
     records = read_records(data_path)
     report = DataReport(str(data_path), str(image_folder), budget.max_length, samples=len(records))
     candidates = []
@@ -279,7 +271,7 @@ def describe_problems(report: DataReport, limit: int = 5) -> str:
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    """LLaVA-1.5's expand2square: centre the image on a square of the mean colour."""
+    """LLaVA-1.5's expand2square: center the image on a square of the mean color."""
     width, height = image.size
     if width == height:
         return image
@@ -319,7 +311,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                     with Image.open(path) as image:
                         images.append(pad_to_square(image.convert("RGB"), self.fill))
                 except OSError as error:
-                    raise ValueError(
+                    raise DataError(
                         f"{sample_label(conversation.id, conversation.index)}: cannot decode image {path} "
                         f"({error}); replace the file or remove the sample from the data"
                     ) from error

@@ -1,42 +1,18 @@
-"""Fine-tune LLaVA with PruMerge active (the paper's LoRA recipe), then export the merged model.
+"""The `llava-prumerge train` run: the paper's LoRA recipe on the Hugging Face Trainer, then merge and export.
 
-Recipe (defaults): LoRA r 128, alpha 256, dropout 0.05 on the language model's linear layers; the
-projector fully trained at --projector-lr 2e-5; the vision tower frozen; lr 2e-4, cosine schedule,
-3% warmup, one epoch, bf16 where the GPU supports it, gradient checkpointing, samples grouped by
-length, --max-length 2048. The paper's effective batch of 128 is --per-device-batch-size 16 on 8 GPUs
-(per-device x --gradient-accumulation-steps x GPUs). Only the assistant answers are in the loss.
-
-Runs on the Hugging Face Trainer: `accelerate launch` or `torchrun` (with --deepspeed CONFIG) scale
-it out. OUTPUT_DIR/checkpoint-N holds the LoRA adapter, the projector, the optimizer state and the
-processor (resume with --resume-from-checkpoint latest); at the end the adapter is merged into the
-base weights and written as a Hub folder to --export (default OUTPUT_DIR/merged). Export any
-checkpoint later with: llava-prumerge train --export-from OUTPUT_DIR/checkpoint-N --export OUT
-
-Data: LLaVA conversation JSON (a list) or JSON Lines, image paths relative to --image-folder. The
-whole file is checked before the model loads. Bad samples (missing or unreadable image, <image>
-count not matching the images, broken turns, bad JSON line, no answer within --max-length) stop the
-run, listed with their ids in OUTPUT_DIR/data_report.json; --skip-bad-samples trains on the rest
-(the skipped ones still counted and listed). Samples over --max-length (images counted at their
-unreduced size) lose the text past the limit, with a warning; an image is never cut.
-
-Precision: --bf16 (default on GPUs that support it), --fp16 (CUDA only: refused on a CPU), or
---fp32 (default without a bf16 GPU). Without CUDA, --bf16 runs on the CPU under autocast.
+See `llava_prumerge.training.cli.run_train` for the recipe and the options.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
-    AutoConfig,
     AutoProcessor,
-    LlavaConfig,
     SchedulerType,
     Trainer,
     TrainerCallback,
@@ -45,11 +21,13 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .configuration.configuration_llava_prumerge import LlavaPruMergeConfig
-from .modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
-from .modeling.token_reduction import REDUCTION_DEFAULTS, TOKEN_REDUCTION_METHODS
-from .training_data import (
-    IMAGE_PLACEHOLDER,
+from ..architectures import architecture_for
+from ..common.cli_args import reduction_fields_from_args
+from ..common.conversation import IMAGE_PLACEHOLDER
+from ..common.loading import prumerge_config
+from ..errors import DataError, OutputExistsError, UsageError
+from ..modeling.runtime_compat import training_argument_names
+from .data import (
     ConversationCollator,
     ConversationDataset,
     LengthBudget,
@@ -61,84 +39,7 @@ LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pr
 PROJECTOR = "multi_modal_projector"
 # Written into OUTPUT_DIR and every checkpoint: the base model and reducer settings --export-from needs.
 TRAINING_BASE_FILE = "prumerge_training.json"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def fail(message: str) -> NoReturn:
-    raise SystemExit(f"llava-prumerge train: error: {message}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the docstring's layout
-    io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--model", help="PruMerge or stock LLaVA checkpoint: folder or Hub id")
-    io.add_argument(
-        "--token-reduction",
-        choices=TOKEN_REDUCTION_METHODS,
-        help="reducer to train with (default: the checkpoint's; prumerge for a stock LLaVA)",
-    )
-    io.add_argument("--data", help="LLaVA conversation data: a .json list or JSON Lines")
-    io.add_argument("--image-folder", help="folder the samples' 'image' paths are relative to")
-    io.add_argument("--output-dir", help="checkpoints, final adapter, data_report.json, merged export")
-    io.add_argument("--export", help="Hub folder for the merged model (default OUTPUT_DIR/merged)")
-    io.add_argument("--no-export", action="store_true", help="keep the adapter only; export later")
-    io.add_argument(
-        "--export-from",
-        metavar="CHECKPOINT",
-        help="only export: merge this checkpoint (OUTPUT_DIR or OUTPUT_DIR/checkpoint-N) into --export",
-    )
-    io.add_argument(
-        "--skip-bad-samples", action="store_true", help="train on the valid samples (bad ones are listed)"
-    )
-
-    recipe = parser.add_argument_group("recipe (defaults: the paper's)")
-    recipe.add_argument("--lora-r", type=int, default=128)
-    recipe.add_argument("--lora-alpha", type=int, default=256)
-    recipe.add_argument("--lora-dropout", type=float, default=0.05)
-    recipe.add_argument("--learning-rate", type=float, default=2e-4, help="LoRA learning rate")
-    recipe.add_argument("--projector-lr", type=float, default=2e-5, help="projector learning rate")
-    recipe.add_argument(
-        "--lr-scheduler",
-        type=SchedulerType,
-        default="cosine",
-        metavar="NAME",
-        help="a transformers SchedulerType: cosine (default), linear, constant, ...",
-    )
-    recipe.add_argument("--warmup-ratio", type=float, default=0.03)
-    recipe.add_argument("--num-epochs", type=float, default=1.0)
-    recipe.add_argument(
-        "--max-steps", type=int, default=-1, help="stop after this many steps (overrides epochs)"
-    )
-    recipe.add_argument("--per-device-batch-size", type=int, default=16)
-    recipe.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    recipe.add_argument(
-        "--max-length", type=int, default=2048, help="tokens the LLM sees, images counted unreduced"
-    )
-    precision = recipe.add_mutually_exclusive_group()
-    for name in DTYPES:
-        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name)
-    recipe.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--save-steps", type=int, default=500)
-    run.add_argument("--save-total-limit", type=int, help="keep only the newest N checkpoints")
-    run.add_argument("--logging-steps", type=int, default=10)
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--resume-from-checkpoint", metavar="PATH|latest")
-    run.add_argument("--num-workers", type=int, default=4, help="data loader worker processes")
-    run.add_argument("--report-to", default="none", help="Trainer loggers, comma-separated (e.g. wandb)")
-    run.add_argument("--deepspeed", metavar="CONFIG", help="DeepSpeed JSON config (torchrun launches)")
-
-
-def main_from_args(args: argparse.Namespace) -> dict:
-    if args.export_from:
-        if args.export is None:
-            fail("--export-from needs --export OUT, the Hub folder to write")
-        export = export_checkpoint(
-            Path(args.export_from), Path(args.export), args.model, args.token_reduction
-        )
-        return {"export": str(export)}
-    return train(args)
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_precision(requested: str | None) -> str:
@@ -148,35 +49,24 @@ def resolve_precision(requested: str | None) -> str:
     if requested is None:
         return "bf16" if bf16_gpu else "fp32"
     if requested == "fp16" and not cuda:
-        fail(
+        raise UsageError(
             "--fp16 needs a CUDA GPU (fp16 mixed precision scales gradients on the GPU); use --bf16 or --fp32"
         )
     if requested == "bf16" and cuda and not bf16_gpu:
-        fail("this GPU does not support bf16 (it needs an Ampere or newer GPU); use --fp16")
+        raise UsageError("this GPU does not support bf16 (it needs an Ampere or newer GPU); use --fp16")
     return requested
-
-
-def prumerge_config(model_name: str, reduction_fields: dict) -> LlavaPruMergeConfig:
-    """The checkpoint's config as a PruMerge config (stock LLaVA converted), with these reducer fields."""
-    config = AutoConfig.from_pretrained(model_name)
-    if not isinstance(config, LlavaConfig):
-        fail(
-            f"--model {model_name} is a {config.model_type!r} checkpoint; expected LLaVA ('llava') or "
-            "LLaVA-PruMerge ('llava_prumerge')"
-        )
-    return LlavaPruMergeConfig.from_llava_config(config, **reduction_fields)
 
 
 def training_arguments(args: argparse.Namespace, precision: str) -> TrainingArguments:
     if not 0 <= args.warmup_ratio < 1:
-        fail(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
-    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio) and renamed
-    # gradient_checkpointing to activation_checkpointing.
-    warmup = "warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"
-    checkpointing = (
-        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    )
+        raise UsageError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    schedulers = [scheduler.value for scheduler in SchedulerType]
+    if args.lr_scheduler not in schedulers:
+        raise UsageError(
+            f"--lr-scheduler {args.lr_scheduler!r} is not one of transformers' schedulers {schedulers}"
+        )
+    names = training_argument_names()
+    warmup, checkpointing = names["warmup_ratio"], names["gradient_checkpointing"]
     return TrainingArguments(
         output_dir=args.output_dir,
         num_train_epochs=args.num_epochs,
@@ -277,7 +167,7 @@ class RecordTrainingBase(TrainerCallback):
             (folder / TRAINING_BASE_FILE).write_text(json.dumps(self.record, indent=2) + "\n")
 
 
-def add_lora(model: LlavaPruMergeForConditionalGeneration, args: argparse.Namespace) -> PeftModel:
+def add_lora(model: torch.nn.Module, args: argparse.Namespace) -> PeftModel:
     """LoRA on the language model's linear layers, the projector fully trainable, all else frozen."""
     lora = LoraConfig(
         r=args.lora_r,
@@ -302,40 +192,45 @@ def train(args: argparse.Namespace) -> dict:
     }
     missing = [flag for flag, value in required.items() if value is None]
     if missing:
-        fail(f"{', '.join(missing)} required to train (or --export-from CHECKPOINT to export one)")
+        raise UsageError(
+            f"{', '.join(missing)} required to train (or --export-from CHECKPOINT to export one)"
+        )
     precision = resolve_precision(args.precision)
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint
     if resume == "latest":
         if not output_dir.is_dir() or get_last_checkpoint(str(output_dir)) is None:
-            fail(f"--resume-from-checkpoint latest: no checkpoint-N folder in {output_dir}")
+            raise UsageError(f"--resume-from-checkpoint latest: no checkpoint-N folder in {output_dir}")
         resume = True
     elif resume is not None and not Path(resume).is_dir():
-        fail(f"--resume-from-checkpoint {resume}: no such folder")
+        raise UsageError(f"--resume-from-checkpoint {resume}: no such folder")
     elif resume is None and output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None:
-        fail(
+        raise UsageError(
             f"{output_dir} already holds checkpoints of a run; pass --resume-from-checkpoint latest to "
             "continue it, or choose another --output-dir"
         )
     export = None if args.no_export else Path(args.export or output_dir / "merged")
     if export is not None and export.exists():
-        fail(f"the export folder {export} already exists; remove it, pass another --export, or --no-export")
+        raise OutputExistsError(
+            f"the export folder {export} already exists; remove it, pass another --export, or --no-export"
+        )
     training_args = training_arguments(args, precision)  # before loading: DeepSpeed ZeRO-3 loads sharded
     main_process = training_args.process_index == 0
 
     processor = AutoProcessor.from_pretrained(args.model)
-    reduction = {"token_reduction": args.token_reduction} if args.token_reduction else {}
-    config = prumerge_config(args.model, reduction)
+    config = prumerge_config(args.model, **reduction_fields_from_args(args))
     tokenizer = processor.tokenizer
     if tokenizer(IMAGE_PLACEHOLDER, add_special_tokens=False)["input_ids"] != [config.image_token_id]:
-        fail(f"the tokenizer of {args.model} does not map {IMAGE_PLACEHOLDER} to the model's image token")
+        raise UsageError(
+            f"the tokenizer of {args.model} does not map {IMAGE_PLACEHOLDER} to the model's image token"
+        )
     budget = LengthBudget(args.max_length, config.image_token_id, config.image_seq_length)
     try:
         conversations, report = prepare_conversations(
             Path(args.data), Path(args.image_folder), tokenizer, budget
         )
-    except (OSError, ValueError) as error:
-        fail(str(error))
+    except OSError as error:
+        raise DataError(f"cannot read the training data: {error}") from error
     report_path = output_dir / "data_report.json"
     if main_process:
         report.write(report_path)
@@ -344,7 +239,7 @@ def train(args: argparse.Namespace) -> dict:
             ids = ", ".join(repr(entry["id"]) for entry in report.truncated[:5])
             print(f"warning: {len(report.truncated)} sample(s) over --max-length lose their last text: {ids}")
     if report.bad and not args.skip_bad_samples:
-        fail(
+        raise UsageError(
             f"{len(report.bad)} bad sample(s) in {args.data}:\n{describe_problems(report)}\n"
             f"All are listed in {report_path}. Fix them, or pass --skip-bad-samples to train on the "
             f"{report.used} others."
@@ -354,16 +249,15 @@ def train(args: argparse.Namespace) -> dict:
             f"warning: skipping {len(report.bad)} bad sample(s) (--skip-bad-samples):\n{describe_problems(report)}"
         )
     if not conversations:
-        fail(f"no usable sample in {args.data}")
+        raise UsageError(f"no usable sample in {args.data}")
 
-    model = LlavaPruMergeForConditionalGeneration.from_pretrained(
-        args.model, config=config, dtype=DTYPES[precision]
-    )
+    head = architecture_for(config.model_type).load("head_class")
+    model = head.from_pretrained(args.model, config=config, dtype=PRECISION_DTYPES[precision])
     model.config.text_config.use_cache = False  # no KV cache while training (gradient checkpointing)
     peft_model = add_lora(model, args)
     record = {
         "model": str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
-        "reduction": {name: getattr(config, name) for name in REDUCTION_DEFAULTS},
+        "reduction": config.reduction_settings.to_dict(),
     }
     if main_process:
         world = training_args.world_size
@@ -401,32 +295,36 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def export_checkpoint(
-    checkpoint: Path, out_dir: Path, model_name: str | None = None, token_reduction: str | None = None
+    checkpoint: Path, out_dir: Path, model_name: str | None = None, **reduction_fields
 ) -> Path:
-    """Merge a checkpoint's LoRA and projector into its base model and write the Hub folder."""
+    """Merge a checkpoint's LoRA and projector into its base model and write the Hub folder; reducer
+    fields given here override those the checkpoint was trained with."""
     if not (checkpoint / "adapter_config.json").is_file():
-        fail(
+        raise UsageError(
             f"{checkpoint} is not a checkpoint of `llava-prumerge train` (no adapter_config.json); "
             "pass its OUTPUT_DIR or an OUTPUT_DIR/checkpoint-N"
         )
     if out_dir.exists():
-        fail(f"the export folder {out_dir} already exists; remove it or pass another --export")
+        raise OutputExistsError(
+            f"the export folder {out_dir} already exists; remove it or pass another --export"
+        )
     record_path = checkpoint / TRAINING_BASE_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     base = model_name or record.get("model")
     if base is None:
-        fail(
+        raise UsageError(
             f"{checkpoint} does not name its base model ({TRAINING_BASE_FILE} is missing); pass --model BASE"
         )
-    reduction = dict(record.get("reduction", {}))
-    if token_reduction:
-        reduction["token_reduction"] = token_reduction
-    config = prumerge_config(base, reduction)
-    model = LlavaPruMergeForConditionalGeneration.from_pretrained(base, config=config, dtype="auto")
+    config = prumerge_config(base, **{**record.get("reduction", {}), **reduction_fields})
+    model = (
+        architecture_for(config.model_type)
+        .load("head_class")
+        .from_pretrained(base, config=config, dtype="auto")
+    )
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
     processor = AutoProcessor.from_pretrained(checkpoint)  # the Trainer saves it with each checkpoint
 
-    from .hub_upload.export import save_hub_folder  # imported only when exporting
+    from ..hub_upload.export import save_hub_folder  # imported only when exporting
 
     folder = save_hub_folder(merged, processor, out_dir)
     print(f"export: merged {checkpoint} into {base} ({config.token_reduction} reducer): {folder}")

@@ -1,0 +1,222 @@
+"""The `bench` and `analyze` subcommands (arguments only; `bench` imports torch when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..common.cli_args import (
+    COMPARED_METHODS,
+    DTYPE_NAMES,
+    compared_methods,
+    int_at_least,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
+from ..errors import UsageError
+from . import roofline
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a LLaVA or LLaVA-PruMerge checkpoint")
+    source.add_argument(
+        "--arch",
+        choices=list(roofline.ARCHITECTURES),
+        help="random weights: LLaVA-1.5 shapes (CLIP ViT-L/14-336 + Vicuna), or the tiny test model",
+    )
+    parser.add_argument(
+        "--layers", type=positive_int, help="with --arch: build only this many LLM layers (real width)"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    parser.add_argument(
+        "--batch-size", type=positive_int_list, default=[1], help="comma-separated batch sizes (default 1)"
+    )
+    parser.add_argument(
+        "--methods",
+        type=compared_methods,
+        default=list(COMPARED_METHODS),
+        help="default: " + ",".join(COMPARED_METHODS),
+    )
+    parser.add_argument(
+        "--text-tokens", type=positive_int, default=40, help="prompt tokens besides the image (default 40)"
+    )
+    parser.add_argument("--new-tokens", type=int_at_least(0), default=8, help="decode steps (default 8)")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--warmup", type=int_at_least(0), default=1)
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads for torch (default: torch's); on a busy machine 1 avoids waiting on descheduled threads",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vision-only",
+        action="store_true",
+        help="vision tower and reducer only (large batches on slow machines)",
+    )
+    parser.add_argument(
+        "--reducer-only", action="store_true", help="vectorised reducer vs the per-token loop, nothing else"
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="the result rows as JSON: printed instead of the tables, or written to PATH besides them",
+    )
+    parser.add_argument("--plot", metavar="PNG", help="write bar charts per method and batch size")
+
+
+def run_bench(args: argparse.Namespace) -> list[dict]:
+    """Measured benchmark of LLaVA with all visual tokens ("none"), PruMerge and PruMerge+.
+
+    Runs a checkpoint (--model: a local folder or a Hub id) or a named architecture with random
+    weights (--arch; --layers N keeps the real width but builds only N LLM layers, so that a
+    7B-shaped model fits a small machine). Per method and batch size, the median over --repeats
+    passes (after --warmup passes; methods interleaved, so load drifts hit all of them alike) of:
+    vision tower (encode_patches), reducer (reduce_patches), projector + compaction, LLM prefill
+    (decoder layers with use_cache=True, then lm_head on the last position), time to first token
+    (their sum), decode (--new-tokens greedy steps from the prefilled cache), visual tokens per image,
+    KV-cache bytes (from the cache tensors after prefill), peak memory, and their ratios to "none".
+    The q/k work the reducer adds in the vision tower is timed on its own, and the stock LLaVA vision
+    path (all layers with output_hidden_states, as LlavaModel.get_image_features) is timed alongside.
+
+    Inputs are made in code: synthetic images through the image processor, and the prompt a stock
+    processor would produce (`<image>` expanded to image_seq_length placeholders) with --text-tokens
+    random text ids. Image preprocessing is not timed. Fields named estimated_* are not measured:
+    they scale the measured per-layer prefill time (and KV cache) to the architecture's full depth.
+
+    --reducer-only times the vectorised reducer against a per-token loop with the published
+    reducer's structure.
+    """
+    import torch
+
+    if args.layers is not None and args.model:
+        raise UsageError("--layers applies to --arch (random weights), not to a --model checkpoint")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.reducer_only:
+        from .reducer import run_from_args
+
+        return run_from_args(args)
+    if not (args.model or args.arch):
+        raise UsageError("choose a checkpoint (--model) or random weights (--arch), or pass --reducer-only")
+
+    from ..common.loading import DTYPES
+    from .measure import run_benchmark
+    from .models import build_random_subject, load_checkpoint_subject
+    from .report import BENCH_PLOT_PANELS, format_report, plot_rows, print_results
+
+    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    if args.model:
+        subject = load_checkpoint_subject(args.model, dtype, device)
+    else:
+        subject = build_random_subject(args.arch, args.layers, dtype, device, args.seed)
+    rows = run_benchmark(
+        subject,
+        args.batch_size,
+        args.methods,
+        text_tokens=args.text_tokens,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        vision_only=args.vision_only,
+        seed=args.seed,
+    )
+    print_results(rows, args.json, lambda: format_report(subject, rows))
+    if args.plot:
+        title = f"{subject.arch or subject.checkpoint}, {rows[0]['device']} {rows[0]['dtype']}, {subject.llm_layers} LLM layers"
+        plot_rows(rows, BENCH_PLOT_PANELS, args.plot, title)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return rows
+
+
+def _architecture(text: str) -> roofline.Architecture:
+    try:
+        return roofline.load_architecture(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--arch: ")) from error
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--arch",
+        type=_architecture,
+        default="llava-1.5-7b",
+        help=f"{', '.join(roofline.ARCHITECTURES)}, or a folder with a LLaVA config.json (default llava-1.5-7b)",
+    )
+    parser.add_argument("--hardware", choices=list(roofline.HARDWARE), default="v100", help="(default v100)")
+    parser.add_argument(
+        "--visual-tokens",
+        type=positive_int,
+        default=roofline.DEFAULT_VISUAL_TOKENS,
+        help="visual tokens per image without reduction (default 576)",
+    )
+    parser.add_argument(
+        "--text-tokens",
+        type=positive_int,
+        default=roofline.DEFAULT_TEXT_TOKENS,
+        help=f"prompt tokens besides the image (default {roofline.DEFAULT_TEXT_TOKENS}: the paper's calibration)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    for name, what in (("w", "weights"), ("a", "activations"), ("kv", "the KV cache")):
+        parser.add_argument(
+            f"--{name}-bits", type=int, choices=roofline.BIT_WIDTHS, default=16, help=f"bits of {what}"
+        )
+    parser.add_argument(
+        "--methods",
+        type=compared_methods,
+        default=list(COMPARED_METHODS),
+        help="default: " + ",".join(COMPARED_METHODS),
+    )
+    parser.add_argument(
+        "--prumerge-tokens",
+        type=positive_int,
+        default=roofline.PRUMERGE_TOKENS,
+        help="(default 33: the paper's mean)",
+    )
+    parser.add_argument(
+        "--prumerge-plus-tokens",
+        type=positive_int,
+        default=roofline.PRUMERGE_PLUS_TOKENS,
+        help="(default 144: 25%%)",
+    )
+    parser.add_argument(
+        "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"
+    )
+    parser.add_argument(
+        "--bandwidth", type=positive_float, metavar="GB/s", help="replace the hardware's memory bandwidth"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_analyze(args: argparse.Namespace) -> list[dict]:  # its --help description: the roofline module's
+    try:
+        rows = roofline.analyze(
+            arch=args.arch,
+            hardware=args.hardware,
+            visual_tokens=args.visual_tokens,
+            text_tokens=args.text_tokens,
+            batch_size=args.batch_size,
+            w_bits=args.w_bits,
+            a_bits=args.a_bits,
+            kv_bits=args.kv_bits,
+            methods=args.methods,
+            prumerge_tokens=args.prumerge_tokens,
+            prumerge_plus_tokens=args.prumerge_plus_tokens,
+            peak_tflops=args.peak,
+            bandwidth_gbps=args.bandwidth,
+        )
+    except ValueError as error:  # e.g. --prumerge-tokens above --visual-tokens
+        raise UsageError(str(error)) from error
+    print(json.dumps(rows, indent=2) if args.json else roofline.format_table(rows))
+    return rows
+
+
+run_analyze.__doc__ = roofline.__doc__

@@ -1,0 +1,215 @@
+"""The models and inputs `llava-prumerge bench` measures: random-weight architectures or a checkpoint,
+synthetic images and the prompt a stock processor would produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaImageProcessor
+
+from ..common.loading import load_prumerge_model
+from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..errors import UsageError
+from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
+from ..testing.tiny import SPECIAL_TOKENS as TINY_SPECIAL_TOKENS
+from ..testing.tiny import tiny_config
+from .roofline import ARCHITECTURES
+
+# A random CLIP has a near-uniform [CLS] attention. A wider initialization makes it peaked, as a
+# trained CLIP's is; 13 was tuned on this benchmark's synthetic images so that PruMerge keeps about
+# 33 tokens per image (the paper: 32 on average, 5.5%, plus the summary token).
+PEAKED_ATTENTION_INIT = 13.0
+CLIP_VIT_L_14_336 = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "initializer_factor": PEAKED_ATTENTION_INIT,
+}
+# llava-hf's LLaVA-1.5 adds <image> (id 32000) and <pad> (32001) to Llama's 32000 ids and pads to 32064.
+LLAVA_HF_VOCAB_PADDING = 64
+LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
+# Fraction of the available memory the weights may take: activations and the KV cache need the rest.
+WEIGHT_MEMORY_BUDGET = 0.8
+
+
+@dataclass
+class BenchSubject:
+    """A model to benchmark with what is needed to make its inputs."""
+
+    model: LlavaPruMergeForConditionalGeneration
+    image_processor: object
+    arch: str | None  # a RANDOM_ARCHITECTURES name (random weights), or None
+    checkpoint: str | None  # the --model folder or Hub id, or None
+    llm_layers: int  # LLM layers built and timed
+    full_depth_layers: int  # LLM layers of the real model
+    bos_token_id: int | None
+    text_token_ids: torch.Tensor  # ids the random text is drawn from (no special or image ids)
+
+
+@dataclass
+class BenchInputs:
+    input_ids: torch.Tensor  # [B, L] bos, image_seq_length image placeholders, text
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor  # [B, 3, H, W]
+
+
+@dataclass
+class RandomArchitecture:
+    config: LlavaPruMergeConfig
+    full_depth_layers: int  # LLM layers of the real model
+    text_token_ids: torch.Tensor  # ordinary text ids: no special, image or vocabulary-padding ids
+
+
+def random_architecture(arch: str, layers: int | None = None) -> RandomArchitecture:
+    """LLaVA-1.5's config (CLIP ViT-L/14-336, layer -2 features, Llama LLM), or the tiny model's,
+    with `layers` LLM layers (default: all)."""
+    if arch == "tiny":
+        config = tiny_config()
+        first_text_id, end_text_id = len(TINY_SPECIAL_TOKENS), config.text_config.vocab_size
+    else:
+        shape = ARCHITECTURES[arch]
+        config = LlavaPruMergeConfig(
+            vision_config=CLIP_VIT_L_14_336,
+            text_config={
+                "model_type": "llama",
+                "hidden_size": shape.hidden_size,
+                "intermediate_size": shape.intermediate_size,
+                "num_hidden_layers": shape.num_layers,
+                "num_attention_heads": shape.num_heads,
+                "num_key_value_heads": shape.num_kv_heads,
+                "vocab_size": shape.vocab_size + LLAVA_HF_VOCAB_PADDING,
+                "max_position_embeddings": 4096,
+                "rms_norm_eps": 1e-5,
+                "pad_token_id": shape.vocab_size + 1,
+            },
+            image_token_index=shape.vocab_size,
+            image_seq_length=(336 // 14) ** 2,
+            pad_token_id=shape.vocab_size + 1,
+        )
+        first_text_id, end_text_id = len(LLAMA_SPECIAL_TOKENS), shape.vocab_size
+    full_depth = config.text_config.num_hidden_layers
+    if layers is not None:
+        if layers > full_depth:
+            raise UsageError(f"--layers {layers} exceeds {arch}'s {full_depth} LLM layers")
+        config.text_config.num_hidden_layers = layers
+    return RandomArchitecture(config, full_depth, torch.arange(first_text_id, end_text_id))
+
+
+def _available_memory_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _check_weights_fit(config: LlavaPruMergeConfig, dtype: torch.dtype, device: torch.device) -> None:
+    """Fail before building a model that cannot fit, instead of being killed half-way."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in AutoModelForImageTextToText.from_config(config).parameters())
+    needed = parameters * torch.finfo(dtype).bits // 8
+    available = _available_memory_bytes(device)
+    if available is not None and needed > WEIGHT_MEMORY_BUDGET * available:
+        raise UsageError(
+            f"{parameters / 1e9:.2f}B parameters need {needed / 1e9:.1f} GB in {str(dtype).removeprefix('torch.')} "
+            f"but {device} has {available / 1e9:.1f} GB available; build fewer LLM layers with --layers "
+            "(e.g. --layers 2) or use --dtype bfloat16"
+        )
+
+
+def build_random_subject(
+    arch: str, layers: int | None, dtype: torch.dtype, device: torch.device, seed: int
+) -> BenchSubject:
+    architecture = random_architecture(arch, layers)
+    config = architecture.config
+    _check_weights_fit(config, dtype, device)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    image_size = config.vision_config.image_size
+    image_processor = LlavaImageProcessor(  # CLIP's mean and std; pads to a square as LLaVA-1.5
+        do_pad=True,
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    return BenchSubject(
+        model=model.eval(),
+        image_processor=image_processor,
+        arch=arch,
+        checkpoint=None,
+        llm_layers=config.text_config.num_hidden_layers,
+        full_depth_layers=architecture.full_depth_layers,
+        bos_token_id=config.text_config.bos_token_id,
+        text_token_ids=architecture.text_token_ids,
+    )
+
+
+def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device) -> BenchSubject:
+    model = load_prumerge_model(spec, dtype=dtype)
+    config = model.config
+    processor = AutoProcessor.from_pretrained(spec)
+    tokenizer = processor.tokenizer
+    excluded = {*tokenizer.all_special_ids, config.image_token_id}
+    layers = config.text_config.num_hidden_layers
+    return BenchSubject(
+        model=model.to(device).eval(),
+        image_processor=processor.image_processor,
+        arch=None,
+        checkpoint=spec,
+        llm_layers=layers,
+        full_depth_layers=layers,
+        bos_token_id=tokenizer.bos_token_id,
+        text_token_ids=torch.tensor([i for i in range(len(tokenizer)) if i not in excluded]),
+    )
+
+
+def synthetic_images(count: int, size: int, seed: int) -> list[Image.Image]:
+    """Dark noise with 1 to 4 bright squares, placed differently in each image, so that the [CLS]
+    attention, and so the number of tokens PruMerge keeps, differs between images."""
+    images = []
+    for index in range(count):
+        rng = np.random.default_rng(seed + index)
+        pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        square = max(1, size // 7)
+        for _ in range(1 + (seed + index) % 4):
+            y, x = rng.integers(0, size - square, 2)
+            pixels[y : y + square, x : x + square] = rng.integers(150, 255, 3, dtype=np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def make_inputs(subject: BenchSubject, batch_size: int, text_tokens: int, seed: int) -> BenchInputs:
+    """The expanded prompt a stock LLaVA processor produces: bos, the image placeholders, the text."""
+    config = subject.model.config
+    generator = torch.Generator().manual_seed(seed)
+    bos = [] if subject.bos_token_id is None else [subject.bos_token_id]
+    pool = subject.text_token_ids
+    rows = []
+    for _ in range(batch_size):
+        text = pool[torch.randint(len(pool), (text_tokens - len(bos),), generator=generator)].tolist()
+        rows.append(bos + [config.image_token_id] * config.image_seq_length + text)
+    size = config.vision_config.image_size
+    pixel_values = subject.image_processor(
+        images=synthetic_images(batch_size, size, seed), return_tensors="pt"
+    )["pixel_values"]
+    device = subject.model.device
+    input_ids = torch.tensor(rows, device=device)
+    return BenchInputs(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        pixel_values=pixel_values.to(device, subject.model.dtype),
+    )

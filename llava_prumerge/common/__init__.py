@@ -1,0 +1,1 @@
+"""Helpers the tools share: conversation format, argument types, timing and checkpoint loading."""

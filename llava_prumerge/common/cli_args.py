@@ -1,0 +1,83 @@
+"""Argument types and choices the subcommands share (standard library only: `--help` needs no torch)."""
+
+from __future__ import annotations
+
+import argparse
+
+COMPARED_METHODS = ("none", "prumerge", "prumerge_plus")  # what bench, analyze and demo compare
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        if not text.strip().lstrip("-").isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. "1,8,32"."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def subset_of(choices: tuple[str, ...], noun: str):
+    """An argparse type: a non-empty comma-separated subset of `choices`, in the order given."""
+
+    def parse(text: str) -> list[str]:
+        values = [value.strip() for value in text.split(",") if value.strip()]
+        unknown = [value for value in values if value not in choices]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(
+                f"unknown {noun}(s) {unknown or text!r}; use a comma-separated subset of {','.join(choices)}"
+            )
+        return values
+
+    return parse
+
+
+compared_methods = subset_of(COMPARED_METHODS, "method")
+
+
+def add_reduction_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
+    """Flags for the reducer fields people set most; unset flags keep `default_help`'s values."""
+    from ..modeling.reduction_settings import TOKEN_REDUCTION_METHODS
+
+    group = parser.add_argument_group("token reduction", f"unset flags keep {default_help}")
+    group.add_argument("--token-reduction", choices=TOKEN_REDUCTION_METHODS)
+    group.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-image IQR outlier count (--no-adaptive: a fixed --num-visual-tokens or --reduction-ratio)",
+    )
+    group.add_argument("--num-visual-tokens", type=positive_int, help="with --no-adaptive: tokens per image")
+    group.add_argument("--reduction-ratio", type=positive_float, help="with --no-adaptive: kept fraction")
+
+
+def reduction_fields_from_args(args: argparse.Namespace) -> dict:
+    """The reducer fields set on the command line (see `add_reduction_arguments`)."""
+    names = ("token_reduction", "adaptive", "num_visual_tokens", "reduction_ratio")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

@@ -1,0 +1,79 @@
+"""Tiny configs, models and inputs for tests, in the manner of transformers' `ModelTester` classes.
+
+One tester per architecture builds config variants (the reduction methods a test should cover), the
+PruMerge model and its stock twin with the same weights, and processed inputs from images made in
+code. Tests parametrize over `REDUCTION_VARIANTS` instead of writing their configs by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from ..modeling.reduction_settings import REDUCTION_FIELDS
+from .tiny import TINY_IMAGE_SIZE, tiny_config, tiny_model, tiny_processor, tiny_tokenizer
+
+PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
+LONG_PROMPT = "USER: <image>\nDescribe the picture in detail, with the colors. ASSISTANT:"
+# Reduction settings every model-level behavior is checked under: stock-equivalent, the two methods,
+# and a fixed budget (the form vLLM serves).
+REDUCTION_VARIANTS = {
+    "none": {"token_reduction": "none"},
+    "prumerge": {"token_reduction": "prumerge"},
+    "prumerge_plus": {"token_reduction": "prumerge_plus"},
+    "prumerge_plus_fixed_16": {
+        "token_reduction": "prumerge_plus",
+        "adaptive": False,
+        "num_visual_tokens": 16,
+    },
+}
+
+
+def make_image(seed: int, width: int = TINY_IMAGE_SIZE, height: int = TINY_IMAGE_SIZE) -> Image.Image:
+    """A random dark image with a few bright blocks, so that images differ in where attention goes."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+    for _ in range(1 + seed % 4):
+        y, x = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        pixels[y : y + 8, x : x + 8] = rng.integers(150, 255, 3, dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+class LlavaPruMergeModelTester:
+    """The tiny LLaVA-1.5-shaped PruMerge model (CLIP 14x14 patches, 2-layer Llama) and its inputs."""
+
+    def __init__(self):
+        self.tokenizer = tiny_tokenizer()
+        self.processor = tiny_processor(self.tokenizer)
+
+    def get_config(self, **reduction_fields):
+        return tiny_config(self.tokenizer, **reduction_fields)
+
+    def get_model(self, seed: int = 0, **reduction_fields):
+        """The PruMerge model, random weights from `seed`, eval mode."""
+        return tiny_model(seed, self.tokenizer, **reduction_fields)
+
+    def get_stock_model(self, seed: int = 0) -> LlavaForConditionalGeneration:
+        """Stock LLaVA with the same shapes and, for the same seed, the same weights as `get_model`."""
+        return stock_llava(self.get_config(), seed)
+
+    def images(self, count: int, first_seed: int = 0) -> list[Image.Image]:
+        return [make_image(seed) for seed in range(first_seed, first_seed + count)]
+
+    def prepare_inputs(self, images, texts):
+        return prepare_inputs(self.processor, images, texts)
+
+
+def prepare_inputs(processor, images, texts):
+    """The processor's output for `texts` (one `<image>` per image), padded on the tokenizer's side."""
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def stock_llava(config, seed: int = 0) -> LlavaForConditionalGeneration:
+    """The stock LLaVA twin of a PruMerge `config` (its reducer fields dropped), random weights from `seed`."""
+    values = {key: value for key, value in config.to_dict().items() if key not in REDUCTION_FIELDS}
+    values.pop("model_type")
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(LlavaConfig(**values)).eval()
