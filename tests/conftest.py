@@ -1,40 +1,32 @@
-"""Shared fixtures: a tiny random-weight PruMerge LLaVA, its processor, and images made in code."""
+"""Fixtures shared by every test: the tiny LLaVA PruMerge model tester, its tokenizer, processor,
+model and images (all built in code; nothing is downloaded). Helpers live in
+`llava_prumerge.testing`, not here."""
 
-import numpy as np
 import pytest
-import transformers
-from PIL import Image
 
-from llava_prumerge.tiny import tiny_model, tiny_processor, tiny_tokenizer
-
-TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
-
-
-def make_image(seed: int, width: int = 56, height: int = 56) -> Image.Image:
-    """A random image with a few bright blobs, so that images differ in where attention goes."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
-    for _ in range(1 + seed % 4):
-        y, x = rng.integers(0, height - 8), rng.integers(0, width - 8)
-        pixels[y : y + 8, x : x + 8] = rng.integers(150, 255, 3, dtype=np.uint8)
-    return Image.fromarray(pixels)
+from llava_prumerge.testing.model_tester import LlavaPruMergeModelTester
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    return tiny_tokenizer()
+def tester():
+    return LlavaPruMergeModelTester()
 
 
 @pytest.fixture(scope="session")
-def processor(tokenizer):
-    return tiny_processor(tokenizer)
+def tokenizer(tester):
+    return tester.tokenizer
 
 
 @pytest.fixture(scope="session")
-def model(tokenizer):
-    return tiny_model(tokenizer=tokenizer)
+def processor(tester):
+    return tester.processor
 
 
 @pytest.fixture(scope="session")
-def images():
-    return [make_image(seed) for seed in range(4)]
+def model(tester):
+    return tester.get_model()
+
+
+@pytest.fixture(scope="session")
+def images(tester):
+    return tester.images(4)

@@ -34,6 +34,16 @@ def test_wheel_holds_only_the_llava_prumerge_package(tmp_path):
     for module in ("modeling/token_reduction.py", "modeling/modeling_llava_prumerge.py",
                    "configuration/configuration_llava_prumerge.py", "hub_upload/__init__.py"):  # fmt: skip
         assert f"llava_prumerge/{module}" in names
+    for wing in ("benchmarks", "common", "demo", "testing", "training"):  # the tools' sub-packages
+        assert (
+            f"llava_prumerge/{wing}/__init__.py" in names
+            and f"llava_prumerge/{wing}/cli.py" in names
+            or wing == "common"
+        )
+    samples = [name for name in names if name.startswith("llava_prumerge/demo/samples/")]
+    assert sorted(samples) == [
+        f"llava_prumerge/demo/samples/{n}" for n in ("1_sky_sign.png", "2_text_page.png", "3_cluttered.png")
+    ]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "llava-prumerge = llava_prumerge.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_prumerge import bench, bench_reducer
+from llava_prumerge.benchmarks import measure, models, reducer
 from llava_prumerge.cli import main as cli_main
-from llava_prumerge.tiny import tiny_config, tiny_model, tiny_processor
+from llava_prumerge.testing.tiny import tiny_config, tiny_model, tiny_processor
 
 QUICK = ["--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--text-tokens", "8"]
 FIELDS = {
@@ -169,13 +169,14 @@ def test_reducer_only_runs_in_the_requested_dtype(capsys):
     assert "bfloat16" in out and "prumerge_plus" in out
 
 
-def test_bench_reducer_module_still_runs_on_its_own(capsys):
-    bench_reducer.main(["--batch-sizes", "1", "--patches", "64", "--channels", "16", "--repeats", "1"])
-    assert "vectorised ms" in capsys.readouterr().out
+def test_reducer_bench_runs_at_any_patch_and_channel_count():
+    rows = reducer.run(batch_sizes=[1], patches=64, channels=16, repeats=1)
+    assert [row["patches"] for row in rows] == [64, 64] and all(row["loop_ms"] > 0 for row in rows)
+    assert "vectorised ms" in reducer.format_table(rows)
 
 
 def test_peak_memory_sees_an_allocation():
-    memory = bench.PeakMemory(torch.device("cpu"))
+    memory = measure.PeakMemory(torch.device("cpu"))
     if not memory.measurable:
         pytest.skip(memory.description)
     with memory:
@@ -211,16 +212,18 @@ def test_bad_arguments_are_named(arguments, message, capsys):
         ([], "choose a checkpoint (--model) or random weights (--arch), or pass --reducer-only"),
     ],
 )
-def test_inconsistent_arguments_are_explained(arguments, message):
-    with pytest.raises(SystemExit, match="llava-prumerge bench: error: ") as exit_info:
+def test_inconsistent_arguments_are_explained(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli_main(["bench", *arguments])
-    assert message in str(exit_info.value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llava-prumerge bench: error: ") and message in err
 
 
 def test_a_model_too_big_for_memory_is_refused_before_it_is_built(monkeypatch):
-    monkeypatch.setattr(bench, "_available_memory_bytes", lambda device: 8 * 10**9)
+    monkeypatch.setattr(models, "_available_memory_bytes", lambda device: 8 * 10**9)
     with pytest.raises(
         ValueError,
         match=r"7\.06B parameters need 28\.3 GB in float32 but cpu has 8\.0 GB available; .*--layers",
     ):
-        bench.build_random_subject("llava-1.5-7b", None, torch.float32, torch.device("cpu"), seed=0)
+        models.build_random_subject("llava-1.5-7b", None, torch.float32, torch.device("cpu"), seed=0)

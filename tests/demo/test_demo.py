@@ -4,12 +4,13 @@ import contextlib
 import io
 
 import pytest
-from conftest import make_image
 from PIL import Image
 
 from llava_prumerge.cli import main
-from llava_prumerge.demo import METHODS, SAMPLES, one_line
-from llava_prumerge.visualize import DPI, FIGURE_INCHES
+from llava_prumerge.common.cli_args import COMPARED_METHODS as METHODS
+from llava_prumerge.demo.demo import SAMPLES, one_line
+from llava_prumerge.demo.visualize import DPI, FIGURE_INCHES
+from llava_prumerge.testing.model_tester import make_image
 
 SAMPLE_NAMES = sorted(path.name for path in SAMPLES.glob("*.png"))
 
@@ -88,12 +89,13 @@ def test_your_own_image(tmp_path):
     assert [(row["image"], row["method"]) for row in rows] == [("mine.png", method) for method in METHODS]
 
 
-def test_images_sharing_a_name_are_a_clear_error(tmp_path):
+def test_images_sharing_a_name_are_a_clear_error(tmp_path, capsys):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         make_image(1).save(tmp_path / folder / "x.png")
-    with pytest.raises(ValueError, match="share a file name"):
+    with pytest.raises(SystemExit) as exit_info:
         run_demo("--image", str(tmp_path / "a" / "x.png"), "--image", str(tmp_path / "b" / "x.png"))
+    assert exit_info.value.code == 2 and "share a file name" in capsys.readouterr().err
 
 
 def test_answers_become_one_clean_table_cell():

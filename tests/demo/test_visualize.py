@@ -9,17 +9,15 @@ from PIL import Image
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from llava_prumerge.cli import main
-from llava_prumerge.demo import SAMPLES
-from llava_prumerge.modeling.token_reduction import iqr_outlier_counts
-from llava_prumerge.tiny import tiny_config
-from llava_prumerge.visualize import (
-    CENTRE,
-    CENTRE_COLOUR,
+from llava_prumerge.demo.demo import SAMPLES
+from llava_prumerge.demo.visualize import (
+    CENTER,
+    CENTER_COLOR,
     DPI,
     FIGURE_INCHES,
     PRUNED,
     SAMPLE,
-    SAMPLE_COLOUR,
+    SAMPLE_COLOR,
     PatchReduction,
     cluster_map,
     draw,
@@ -30,28 +28,30 @@ from llava_prumerge.visualize import (
     reduce_image,
     square_grid,
 )
+from llava_prumerge.modeling.token_reduction import iqr_outlier_counts
+from llava_prumerge.testing.tiny import tiny_config
 
-# A 5x5 grid: two attention centres (12, 3), then two PruMerge+ spatial samples (0, 24), each
+# A 5x5 grid: two attention centers (12, 3), then two PruMerge+ spatial samples (0, 24), each
 # absorbing three patches (nearest first); 13 is absorbed by tokens 0 and 1, 3 is kept but absorbed too.
 CENTERS = torch.tensor([12, 3, 0, 24])
-NEIGHBOURS = torch.tensor([[13, 7, 3], [4, 13, 8], [1, 5, 6], [23, 19, 18]])
+NEIGHBORS = torch.tensor([[13, 7, 3], [4, 13, 8], [1, 5, 6], [23, 19, 18]])
 
 
 def test_patch_roles_of_a_known_selection():
-    roles = patch_roles(CENTERS, num_centres=2, num_patches=25)
-    assert np.flatnonzero(roles == CENTRE).tolist() == [3, 12]
+    roles = patch_roles(CENTERS, num_centers=2, num_patches=25)
+    assert np.flatnonzero(roles == CENTER).tolist() == [3, 12]
     assert np.flatnonzero(roles == SAMPLE).tolist() == [0, 24]
     assert (roles == PRUNED).sum() == 21
-    with pytest.raises(ValueError, match="num_centres"):
-        patch_roles(CENTERS, num_centres=5, num_patches=25)
+    with pytest.raises(ValueError, match="num_centers"):
+        patch_roles(CENTERS, num_centers=5, num_patches=25)
 
 
 def test_cluster_map_gives_each_patch_its_nearest_absorbing_token():
-    clusters = cluster_map(CENTERS, NEIGHBOURS, num_patches=25)
+    clusters = cluster_map(CENTERS, NEIGHBORS, num_patches=25)
     assert clusters[CENTERS].tolist() == [0, 1, 2, 3]  # kept patches are their own cluster
     assert clusters[13] == 0  # first place in token 0's list beats second place in token 1's
     assert clusters[[7, 4, 8, 1, 5, 6, 23, 19, 18]].tolist() == [0, 1, 1, 2, 2, 2, 3, 3, 3]
-    untouched = sorted(set(range(25)) - {*CENTERS.tolist(), *NEIGHBOURS.flatten().tolist()})
+    untouched = sorted(set(range(25)) - {*CENTERS.tolist(), *NEIGHBORS.flatten().tolist()})
     assert (clusters[untouched] == -1).all() and len(untouched) == 11
 
 
@@ -61,7 +61,7 @@ def test_cluster_map_without_merging_leaves_pruned_patches_untinted():
 
 
 def test_overlay_tints_exactly_the_clustered_patches():
-    clusters = cluster_map(CENTERS, NEIGHBOURS, num_patches=25)
+    clusters = cluster_map(CENTERS, NEIGHBORS, num_patches=25)
     overlay = overlay_rgba(clusters)
     assert overlay.shape == (5, 5, 4)
     tinted = overlay[..., 3] > 0
@@ -72,36 +72,36 @@ def test_overlay_tints_exactly_the_clustered_patches():
 
 def test_iqr_fence_matches_the_reducers_outlier_count():
     attention = torch.rand(3, 576, dtype=torch.float64) ** 6
-    for row, count in zip(attention, iqr_outlier_counts(attention), strict=True):
-        assert int((row.numpy() > iqr_fence(row.numpy())).sum()) == int(count)
+    for row, count in zip(attention, iqr_outlier_counts(attention, 1.5), strict=True):
+        assert int((row.numpy() > iqr_fence(row.numpy(), 1.5)).sum()) == int(count)
 
 
 def known_reduction(grid: int) -> PatchReduction:
-    """Centres on the diagonal, spatial samples on the anti-diagonal (off the diagonal), the rest pruned."""
+    """Centers on the diagonal, spatial samples on the anti-diagonal (off the diagonal), the rest pruned."""
     num_patches = grid * grid
     diagonal = [i * grid + i for i in range(grid)]
     anti_diagonal = [i * grid + grid - 1 - i for i in range(grid) if grid - 1 - i != i]
     centers = torch.tensor(diagonal + anti_diagonal)
-    neighbours = torch.tensor([[(p + 1) % num_patches] for p in centers.tolist()])
+    neighbors = torch.tensor([[(p + 1) % num_patches] for p in centers.tolist()])
     rng = np.random.default_rng(grid)
     return PatchReduction(
         view=rng.integers(0, 255, (grid * 14, grid * 14, 3), dtype=np.uint8),
         attention=rng.random(num_patches) ** 4,
         roles=patch_roles(centers, len(diagonal), num_patches),
-        clusters=cluster_map(centers, neighbours, num_patches),
+        clusters=cluster_map(centers, neighbors, num_patches),
         num_tokens=len(centers) + 1,
     )
 
 
-def marked_patches(reduction: PatchReduction, colour: str) -> set[int]:
-    """The patches whose centre pixel, in the rendered picture, has the given mark colour."""
+def marked_patches(reduction: PatchReduction, color: str) -> set[int]:
+    """The patches whose center pixel, in the rendered picture, has the given mark color."""
     grid = square_grid(len(reduction.roles))
     figure = draw(reduction, "test")
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
     height = pixels.shape[0]
-    target = np.array(to_rgb(colour)) * 255
+    target = np.array(to_rgb(color)) * 255
     axes = figure.axes[0]
     marked = set()
     for patch in range(grid * grid):
@@ -113,10 +113,10 @@ def marked_patches(reduction: PatchReduction, colour: str) -> set[int]:
 
 
 @pytest.mark.parametrize("grid", [5, 24])
-def test_picture_marks_exactly_the_centres_and_samples(grid):
+def test_picture_marks_exactly_the_centers_and_samples(grid):
     reduction = known_reduction(grid)
-    assert marked_patches(reduction, CENTRE_COLOUR) == set(np.flatnonzero(reduction.roles == CENTRE).tolist())
-    assert marked_patches(reduction, SAMPLE_COLOUR) == set(np.flatnonzero(reduction.roles == SAMPLE).tolist())
+    assert marked_patches(reduction, CENTER_COLOR) == set(np.flatnonzero(reduction.roles == CENTER).tolist())
+    assert marked_patches(reduction, SAMPLE_COLOR) == set(np.flatnonzero(reduction.roles == SAMPLE).tolist())
 
 
 def test_a_patch_count_that_is_not_a_square_is_a_clear_error():
@@ -124,13 +124,13 @@ def test_a_patch_count_that_is_not_a_square_is_a_clear_error():
         square_grid(10)
 
 
-def test_model_reduction_splits_prumerge_plus_into_centres_and_samples(model, processor, images):
+def test_model_reduction_splits_prumerge_plus_into_centers_and_samples(model, processor, images):
     reduction = reduce_image(model, processor, images[0], "prumerge_plus")
     assert model.config.token_reduction == "prumerge"  # the model's own setting is restored
-    centres, samples = (reduction.roles == CENTRE).sum(), (reduction.roles == SAMPLE).sum()
-    outliers = int(iqr_outlier_counts(torch.from_numpy(reduction.attention)[None]).clamp(min=1))
-    assert centres == outliers and samples > 0
-    assert reduction.num_tokens == centres + samples + 1  # + the summary token
+    centers, samples = (reduction.roles == CENTER).sum(), (reduction.roles == SAMPLE).sum()
+    outliers = int(iqr_outlier_counts(torch.from_numpy(reduction.attention)[None], 1.5).clamp(min=1))
+    assert centers == outliers and samples > 0
+    assert reduction.num_tokens == centers + samples + 1  # + the summary token
     assert reduction.view.shape == (56, 56, 3) and reduction.view.dtype == np.uint8
 
 

@@ -15,9 +15,9 @@ import transformers
 from PIL import Image
 
 from llava_prumerge import LlavaPruMergeForConditionalGeneration, cli, reduce_visual_tokens
-from llava_prumerge.bench_reducer import realistic_inputs
+from llava_prumerge.benchmarks.reducer import realistic_inputs
 from llava_prumerge.hub_upload import export
-from llava_prumerge.tiny import tiny_model
+from llava_prumerge.testing.tiny import tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,8 +57,8 @@ def test_reducer_on_cuda_keeps_the_same_patches_as_on_cpu(method, dtype):
     on_cpu = reduce_visual_tokens(*inputs, token_reduction=method)
     on_gpu = reduce_visual_tokens(*[t.cuda() for t in inputs], token_reduction=method)
     assert on_gpu.num_tokens == on_cpu.num_tokens
-    for cpu_centres, gpu_centres in zip(on_cpu.centers, on_gpu.centers, strict=True):
-        assert torch.equal(gpu_centres.cpu(), cpu_centres)
+    for cpu_centers, gpu_centers in zip(on_cpu.centers, on_gpu.centers, strict=True):
+        assert torch.equal(gpu_centers.cpu(), cpu_centers)
     tolerance = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
     for cpu_tokens, gpu_tokens in zip(on_cpu.features, on_gpu.features, strict=True):
         assert gpu_tokens.device.type == "cuda" and gpu_tokens.dtype == dtype

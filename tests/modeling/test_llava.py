@@ -5,20 +5,13 @@ import copy
 import pytest
 import torch
 import transformers
-from conftest import TRANSFORMERS_MAJOR, make_image
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig
 
-from llava_prumerge import LlavaPruMergeConfig, LlavaPruMergeForConditionalGeneration, reduce_visual_tokens
-from llava_prumerge.modeling.token_reduction import class_attention
-from llava_prumerge.tiny import tiny_config, tiny_model
-
-PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
-LONG_PROMPT = "USER: <image>\nDescribe the picture in detail, with the colours. ASSISTANT:"
-
-
-def batch(processor, images, texts):
-    return processor(images=images, text=texts, return_tensors="pt", padding=True)
-
+from llava_prumerge import LlavaPruMergeConfig, LlavaPruMergeForConditionalGeneration
+from llava_prumerge.modeling.runtime_compat import TRANSFORMERS_MAJOR
+from llava_prumerge.testing.model_tester import LONG_PROMPT, PROMPT, make_image, stock_llava
+from llava_prumerge.testing.model_tester import prepare_inputs as batch
+from llava_prumerge.testing.tiny import tiny_config, tiny_model
 
 # ---------------------------------------------------------------- config and loading
 
@@ -45,14 +38,8 @@ def test_config_round_trips_through_json(tmp_path):
     assert loaded.vision_config.hidden_size == config.vision_config.hidden_size
 
 
-def stock_llava(seed=0):
-    stock_config = LlavaConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "model_type"})
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(stock_config).eval()
-
-
 def test_stock_llava_checkpoint_turns_into_prumerge_in_one_call(tmp_path):
-    stock = stock_llava()
+    stock = stock_llava(tiny_config())
     stock.save_pretrained(tmp_path)
     config = LlavaPruMergeConfig.from_llava_config(stock.config, token_reduction="prumerge_plus")
     assert config.token_reduction == "prumerge_plus" and config.architectures == [
@@ -81,7 +68,7 @@ def test_auto_classes_are_registered(tmp_path, model):
 
 
 def test_none_matches_stock_llava_logits(processor, images):
-    stock = stock_llava(seed=3)
+    stock = stock_llava(tiny_config(), seed=3)
     prumerge = LlavaPruMergeForConditionalGeneration(tiny_config(token_reduction="none")).eval()
     prumerge.load_state_dict(stock.state_dict())
     inputs = batch(processor, images[:2], [PROMPT, LONG_PROMPT])
@@ -92,63 +79,6 @@ def test_none_matches_stock_llava_logits(processor, images):
     assert actual.logits.shape == expected.shape  # nothing is removed
     torch.testing.assert_close(actual.logits, expected)
     assert actual.visual_token_counts == [196, 196]
-
-
-# ---------------------------------------------------------------- vision path
-
-
-def published_tower_outputs(model, pixel_values):
-    """Run the whole vision tower with hooks on the last layer's q/k, as the published code did."""
-    tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
-    captured = {}
-    last = tower.encoder.layers[-1].self_attn
-    handles = [
-        last.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
-        last.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
-    ]
-    outputs = model.model.vision_tower(pixel_values, output_hidden_states=True)
-    for handle in handles:
-        handle.remove()
-    return outputs.hidden_states, captured["q"], captured["k"]
-
-
-@pytest.mark.parametrize("method", ["prumerge", "prumerge_plus"])
-def test_vision_path_equals_published_hooks_and_skips_the_dead_last_layer(processor, images, method):
-    model = tiny_model(token_reduction=method)
-    pixel_values = processor.image_processor(images, return_tensors="pt").pixel_values
-    with torch.no_grad():
-        hidden_states, queries, keys = published_tower_outputs(model, pixel_values)
-        features = hidden_states[-2][:, 1:]
-        expected = reduce_visual_tokens(
-            features, class_attention(queries, keys), keys[:, 1:], token_reduction=method
-        )
-
-        tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
-        calls = []
-        handle = tower.encoder.layers[-1].register_forward_hook(lambda *args: calls.append(1))
-        reduced = model.reduce_image_tokens(pixel_values)
-        handle.remove()
-    assert not calls, "the last encoder layer's output is unused and must not be computed"
-    assert len(set(reduced.num_tokens)) > 1, "images should keep different numbers of tokens"
-    for image in range(len(images)):
-        assert torch.equal(reduced.centers[image], expected.centers[image])
-        torch.testing.assert_close(reduced.features[image], expected.features[image])
-
-
-def test_heads_mean_and_an_earlier_reduction_layer(processor, images):
-    model = tiny_model(class_attention="heads_mean", reduction_layer=1)
-    pixel_values = processor.image_processor(images[:2], return_tensors="pt").pixel_values
-    with torch.no_grad():
-        hidden_states, _, _ = published_tower_outputs(model, pixel_values)
-        tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
-        layer = tower.encoder.layers[1]
-        normed = layer.layer_norm1(hidden_states[1])
-        queries, keys = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
-        attention = class_attention(queries, keys, "heads_mean", num_heads=4)
-        expected = reduce_visual_tokens(hidden_states[-2][:, 1:], attention, keys[:, 1:])
-        reduced = model.reduce_image_tokens(pixel_values)
-    for image in range(2):
-        torch.testing.assert_close(reduced.features[image], expected.features[image])
 
 
 # ---------------------------------------------------------------- compaction in forward
@@ -198,7 +128,7 @@ def test_forward_compacts_and_loss_equals_hand_built_batch(model, processor, ima
         )  # fmt: skip
 
 
-def test_forward_reports_counts_and_centres(model, processor, images):
+def test_forward_reports_counts_and_centers(model, processor, images):
     inputs = batch(processor, images[:2], [PROMPT, PROMPT])
     with torch.no_grad():
         out = model(**inputs)
@@ -285,7 +215,10 @@ def greedy(model, processor, images, texts, **kwargs):
 def test_generate_sequences_start_with_the_compacted_prompt(model, processor, images):
     sequences, inputs = greedy(model, processor, images[:2], [PROMPT, LONG_PROMPT])
     compact = model.model.compact_inputs(
-        inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], padding_side="left"
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        visual=model.model.visual_tokens(inputs["pixel_values"]),
+        padding_side="left",
     )
     prompt_length = compact.input_ids.shape[1]
     assert torch.equal(sequences[:, :prompt_length], compact.input_ids)
@@ -295,7 +228,7 @@ def test_generate_sequences_start_with_the_compacted_prompt(model, processor, im
 
 
 def test_greedy_output_is_the_same_alone_and_in_a_left_padded_batch(model, processor, images):
-    texts = [PROMPT, LONG_PROMPT, "USER: <image>\nColours? ASSISTANT:"]
+    texts = [PROMPT, LONG_PROMPT, "USER: <image>\nColors? ASSISTANT:"]
     together, inputs = greedy(model, processor, images[1:4], texts)
     assert len(set(model.reduce_image_tokens(inputs["pixel_values"]).num_tokens)) > 1
     for sample in range(3):

@@ -8,7 +8,7 @@ import torch
 
 from llava_prumerge import REDUCTION_DEFAULTS, class_attention, reduce_visual_tokens
 from llava_prumerge.modeling.token_reduction import iqr_outlier_counts
-from llava_prumerge.reducer_loop import reduce_visual_tokens_loop
+from llava_prumerge.testing.reducer_loop import reduce_visual_tokens_loop
 
 
 def make_inputs(batch=3, patches=576, channels=48, key_dim=32, outliers=20, seed=0, dtype=torch.float64):
@@ -37,9 +37,9 @@ def heavy_tailed_inputs(seed, patches=576, dtype=torch.float64):
 def test_matches_loop_implementation(method, adaptive, seed):
     for features, attention, keys in (make_inputs(seed=seed), heavy_tailed_inputs(seed)):
         reduced = reduce_visual_tokens(features, attention, keys, token_reduction=method, adaptive=adaptive)
-        tokens, centres = reduce_visual_tokens_loop(features, attention, keys, method, adaptive)
+        tokens, centers = reduce_visual_tokens_loop(features, attention, keys, method, adaptive)
         for image in range(features.shape[0]):
-            assert reduced.centers[image].tolist() == centres[image]
+            assert reduced.centers[image].tolist() == centers[image]
             torch.testing.assert_close(reduced.features[image], tokens[image], rtol=0, atol=1e-10)
 
 
@@ -48,9 +48,9 @@ def test_matches_loop_for_other_patch_counts(patches):
     features, attention, keys = make_inputs(batch=2, patches=patches, outliers=max(2, patches // 30))
     for method in ("prumerge", "prumerge_plus"):
         reduced = reduce_visual_tokens(features, attention, keys, token_reduction=method)
-        tokens, centres = reduce_visual_tokens_loop(features, attention, keys, method)
+        tokens, centers = reduce_visual_tokens_loop(features, attention, keys, method)
         for image in range(2):
-            assert reduced.centers[image].tolist() == centres[image]
+            assert reduced.centers[image].tolist() == centers[image]
             torch.testing.assert_close(reduced.features[image], tokens[image], rtol=0, atol=1e-10)
 
 
@@ -65,9 +65,9 @@ def test_mean_weighting_matches_loop():
 def test_float32_matches_loop_within_tolerance():
     features, attention, keys = make_inputs(seed=3, dtype=torch.float32)
     reduced = reduce_visual_tokens(features, attention, keys, token_reduction="prumerge_plus")
-    tokens, centres = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
+    tokens, centers = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
     for image in range(3):
-        assert reduced.centers[image].tolist() == centres[image]
+        assert reduced.centers[image].tolist() == centers[image]
         torch.testing.assert_close(reduced.features[image], tokens[image], rtol=1e-5, atol=1e-5)
 
 
@@ -84,7 +84,7 @@ def test_iqr_counts_bit_exact_with_published_numpy(source_dtype):
     generator = torch.Generator().manual_seed(11)
     logits = torch.randn(300, 576, generator=generator) * torch.rand(300, 1, generator=generator) * 3
     attention = logits.softmax(dim=-1).to(source_dtype)  # as the model computes it
-    ours = iqr_outlier_counts(attention).tolist()
+    ours = iqr_outlier_counts(attention, 1.5).tolist()
     published = [published_outlier_count(row) for row in attention.float().numpy()]
     assert ours == published
 
@@ -123,31 +123,31 @@ def test_gradients_flow_to_features_and_attention():
     assert attention.grad is not None and attention.grad.abs().sum() > 0
 
 
-def test_uniform_attention_has_zero_iqr_and_keeps_one_centre():
+def test_uniform_attention_has_zero_iqr_and_keeps_one_center():
     features, _, keys = make_inputs(batch=2)
     flat = torch.full((2, 576), 1 / 576, dtype=torch.float64)
     for method in ("prumerge", "prumerge_plus"):
         reduced = reduce_visual_tokens(features, flat, keys, token_reduction=method)
-        assert all(centres[0] == 0 for centres in reduced.centers)  # the floor: one centre, ties to index 0
+        assert all(centers[0] == 0 for centers in reduced.centers)  # the floor: one center, ties to index 0
     assert reduce_visual_tokens(features, flat, keys).num_tokens == [2, 2]
 
 
 def test_prumerge_plus_stride_floor_when_the_ratio_is_above_one_third():
-    # Two patches, one centre: r = 1/2, so the published stride int(int(1/r)/3) is 0 (a crash there).
+    # Two patches, one center: r = 1/2, so the published stride int(int(1/r)/3) is 0 (a crash there).
     features, _, keys = make_inputs(batch=1, patches=2, outliers=0)
     attention = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
     reduced = reduce_visual_tokens(features, attention, keys, token_reduction="prumerge_plus")
-    assert reduced.centers[0].tolist() == [1, 0]  # the centre, then patch 0 sampled with stride 1
+    assert reduced.centers[0].tolist() == [1, 0]  # the center, then patch 0 sampled with stride 1
     assert torch.equal(reduced.features[0][-1], torch.zeros(48, dtype=torch.float64))  # nothing left over
-    tokens, centres = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
-    assert reduced.centers[0].tolist() == centres[0]
+    tokens, centers = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
+    assert reduced.centers[0].tolist() == centers[0]
     torch.testing.assert_close(reduced.features[0], tokens[0], rtol=0, atol=1e-10)
 
 
 def test_merge_k_larger_than_candidates_is_clamped():
     features, attention, keys = make_inputs(batch=2, patches=9, outliers=2)
     reduced = reduce_visual_tokens(features, attention, keys, merge_k=1000)
-    assert all(n.shape[1] == 8 for n in reduced.neighbours)
+    assert all(n.shape[1] == 8 for n in reduced.neighbors)
     tokens, _ = reduce_visual_tokens_loop(features, attention, keys, merge_k=1000)
     for image in range(2):
         torch.testing.assert_close(reduced.features[image], tokens[image], rtol=0, atol=1e-10)
@@ -176,7 +176,7 @@ def test_non_finite_values_that_reach_no_token_change_nothing():
     features, attention, keys = make_inputs(batch=1)
     fields = {"summary_token": False, "merge_k": 2}
     clean = reduce_visual_tokens(features, attention, keys, **fields)
-    read = set(clean.centers[0].tolist()) | set(clean.neighbours[0].flatten().tolist())
+    read = set(clean.centers[0].tolist()) | set(clean.neighbors[0].flatten().tolist())
     unread = next(patch for patch in range(features.shape[1]) if patch not in read)
     features[0, unread] = float("nan")
     reduced = reduce_visual_tokens(features, attention, keys, **fields)
@@ -196,7 +196,7 @@ def test_non_finite_values_read_only_by_batch_padding_change_nothing():
     clean = reduce_visual_tokens(features, attention, keys, **fields)
     assert clean.num_tokens[0] < clean.num_tokens[1]
     selected = set(clean.centers[0].tolist())
-    read = selected | set(clean.neighbours[0].flatten().tolist())
+    read = selected | set(clean.neighbors[0].flatten().tolist())
     left_over = [patch for patch in range(features.shape[1]) if patch not in selected]  # ascending
     padding_rows = left_over[: clean.num_tokens[1] - clean.num_tokens[0]]  # the slots padding image 0
     unread = next(patch for patch in padding_rows if patch not in read)
@@ -252,8 +252,8 @@ def test_fixed_budget_gives_exact_counts(method, budget, summary_token):
         num_visual_tokens=budget, summary_token=summary_token,
     )  # fmt: skip
     assert reduced.num_tokens == [budget] * 3
-    for centres in reduced.centers:
-        assert len(set(centres.tolist())) == centres.numel()  # no patch twice
+    for centers in reduced.centers:
+        assert len(set(centers.tolist())) == centers.numel()  # no patch twice
 
 
 def test_fixed_budget_too_small_for_summary_token():
@@ -286,7 +286,7 @@ def test_without_merge_tokens_are_the_selected_patches():
     reduced = reduce_visual_tokens(features, attention, keys, merge=False, summary_token=False)
     for image in range(2):
         torch.testing.assert_close(reduced.features[image], features[image, reduced.centers[image]])
-        assert reduced.neighbours[image].shape[1] == 0
+        assert reduced.neighbors[image].shape[1] == 0
 
 
 def test_baselines_and_none():

@@ -15,18 +15,21 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaConfig
 
 from llava_prumerge import LlavaPruMergeConfig, LlavaPruMergeForConditionalGeneration, cli
-from llava_prumerge import train as train_command
-from llava_prumerge.tiny import tiny_model, tiny_processor
-from llava_prumerge.training_data import (
-    IGNORE_INDEX,
+from llava_prumerge.common.loading import prumerge_config
+from llava_prumerge.errors import PruMergeError
+from llava_prumerge.modeling.compaction import IGNORE_INDEX
+from llava_prumerge.testing.tiny import tiny_model, tiny_processor
+from llava_prumerge.training import cli as train_command
+from llava_prumerge.training import train as trainer_setup
+from llava_prumerge.training.data import (
     ConversationCollator,
     ConversationDataset,
     LengthBudget,
     prepare_conversations,
 )
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
-QUESTION = "<image>\nWhat colour is this?"
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+QUESTION = "<image>\nWhat color is this?"
 FAST_RUN = [
     "--per-device-batch-size", "4", "--lora-r", "8", "--lora-alpha", "16", "--num-workers", "0",
     "--learning-rate", "1e-2", "--projector-lr", "1e-2", "--lr-scheduler", "constant", "--warmup-ratio", "0",
@@ -48,13 +51,13 @@ def write_images(folder, count):
     folder.mkdir(parents=True, exist_ok=True)
     answers = []
     for index in range(count):
-        answer = list(COLOURS)[index % 2]
-        Image.new("RGB", (56 + 12 * (index % 3), 56), COLOURS[answer]).save(folder / f"{index}.png")
+        answer = list(COLORS)[index % 2]
+        Image.new("RGB", (56 + 12 * (index % 3), 56), COLORS[answer]).save(folder / f"{index}.png")
         answers.append(answer)
     return answers
 
 
-def colour_sample(index, answer):
+def color_sample(index, answer):
     return {
         "id": f"toy-{index}",
         "image": f"{index}.png",
@@ -75,19 +78,19 @@ def base_model(tmp_path_factory):
 def toy_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     answers = write_images(root / "images", 32)
-    (root / "data.json").write_text(json.dumps([colour_sample(i, a) for i, a in enumerate(answers)]))
+    (root / "data.json").write_text(json.dumps([color_sample(i, a) for i, a in enumerate(answers)]))
     return root
 
 
 def train_args(*argv, **overrides):
     """`llava-prumerge train` arguments as the command line parses them."""
     parser = argparse.ArgumentParser()
-    train_command.add_arguments(parser)
+    train_command.add_train_arguments(parser)
     return argparse.Namespace(**{**vars(parser.parse_args([str(arg) for arg in argv])), **overrides})
 
 
 def run_train(*argv):
-    return train_command.main_from_args(train_args(*argv))
+    return train_command.run_train(train_args(*argv))
 
 
 def log_by_step(output_dir):
@@ -133,9 +136,9 @@ def test_checkpoints_and_outputs(trained):
 
 def test_projector_has_its_own_learning_rate_and_the_vision_tower_stays_frozen(base_model, trained, tmp_path):
     args = train_args(output_dir=str(tmp_path / "groups"), lora_r=4, lora_alpha=8, projector_lr=7e-4)
-    trainer = train_command.PruMergeTrainer(
-        model=train_command.add_lora(tiny_model(), args),
-        args=train_command.training_arguments(args, "fp32"),
+    trainer = trainer_setup.PruMergeTrainer(
+        model=trainer_setup.add_lora(tiny_model(), args),
+        args=trainer_setup.training_arguments(args, "fp32"),
         projector_lr=args.projector_lr,
     )
     names = {id(param): name for name, param in trainer.model.named_parameters()}
@@ -226,10 +229,10 @@ def test_exported_merged_model_matches_the_adapter(trained, base_model, toy_data
 def test_labels_keep_only_the_assistant_answers(processor, tmp_path):
     images = tmp_path / "images"
     write_images(images, 1)
-    Image.new("RGB", (90, 40), COLOURS["red"]).save(images / "wide.png")
+    Image.new("RGB", (90, 40), COLORS["red"]).save(images / "wide.png")
     samples = [
         {"id": "two-turns", "image": "wide.png", "conversations": [
-            {"from": "human", "value": "What colour is this?\n<image>"}, {"from": "gpt", "value": "red"},
+            {"from": "human", "value": "What color is this?\n<image>"}, {"from": "gpt", "value": "red"},
             {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes, red."}]},
         {"id": "text-only", "conversations": [
             {"from": "human", "value": "Say blue."}, {"from": "gpt", "value": "blue"}]},
@@ -242,7 +245,7 @@ def test_labels_keep_only_the_assistant_answers(processor, tmp_path):
     )
     assert (report.used, report.bad) == (2, [])
     assert conversations[0].text.endswith(
-        "USER: <image>\nWhat colour is this? ASSISTANT: red</s>USER: Sure? ASSISTANT: Yes, red.</s>"
+        "USER: <image>\nWhat color is this? ASSISTANT: red</s>USER: Sure? ASSISTANT: Yes, red.</s>"
     )
     dataset = ConversationDataset(conversations, processor.tokenizer, processor.image_processor, budget)
     batch = ConversationCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
@@ -258,7 +261,7 @@ def test_labels_keep_only_the_assistant_answers(processor, tmp_path):
             if in_loss
         ]
         assert [processor.tokenizer.decode(run).strip() for run in runs] == answers
-    # Padded to a square with the mean colour, as LLaVA-1.5: the top rows normalise to about 0.
+    # Padded to a square with the mean color, as LLaVA-1.5: the top rows normalize to about 0.
     assert batch["pixel_values"][0, :, :4].abs().max() < 0.02
     assert batch["pixel_values"][0, 0, 28, 28] > 1.0  # the red image in the middle
 
@@ -266,9 +269,9 @@ def test_labels_keep_only_the_assistant_answers(processor, tmp_path):
 def test_bad_samples_fail_by_default_and_are_skipped_on_request(base_model, tmp_path):
     images = tmp_path / "images"
     answers = write_images(images, 8)
-    samples = [colour_sample(i, a) for i, a in enumerate(answers)]
+    samples = [color_sample(i, a) for i, a in enumerate(answers)]
     samples[1]["image"] = "missing.png"
-    samples[2]["conversations"][0]["value"] = "What colour is this?"  # an image but no <image>
+    samples[2]["conversations"][0]["value"] = "What color is this?"  # an image but no <image>
     del samples[3]["image"]  # <image> but no image
     samples[4]["conversations"] = samples[4]["conversations"][::-1]  # gpt first
     samples[5]["conversations"][1]["value"] = "red " * 300  # answer past --max-length: truncated
@@ -287,7 +290,7 @@ def test_bad_samples_fail_by_default_and_are_skipped_on_request(base_model, tmp_
     ]  # fmt: skip
 
     with pytest.raises(
-        SystemExit, match=r"(?s)6 bad sample\(s\).*--skip-bad-samples to train on the 3 others"
+        PruMergeError, match=r"(?s)6 bad sample\(s\).*--skip-bad-samples to train on the 3 others"
     ) as error:
         run_train(*common)
     assert "sample 'toy-1' (#1): image not found" in str(error.value)
@@ -309,7 +312,7 @@ def test_bad_samples_fail_by_default_and_are_skipped_on_request(base_model, tmp_
 def test_truncation_keeps_the_image_and_the_budget(processor, tmp_path):
     images = tmp_path / "images"
     write_images(images, 1)
-    sample = colour_sample(0, "red " * 300)
+    sample = color_sample(0, "red " * 300)
     (tmp_path / "data.json").write_text(json.dumps([sample]))
     config = tiny_model().config
     budget = LengthBudget(300, config.image_token_id, config.image_seq_length)
@@ -325,30 +328,32 @@ def test_clear_errors_for_unusable_input(base_model, trained, tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "data.json").write_text('[{"id": "a", "conversations": []},\n {"id": "b" "x"}]')
     common = ["--model", base_model, "--image-folder", tmp_path / "images", "--output-dir", tmp_path / "out"]
-    with pytest.raises(SystemExit, match=r"not valid JSON \(line 2, column 13: Expecting"):
+    with pytest.raises(PruMergeError, match=r"not valid JSON \(line 2, column 13: Expecting"):
         run_train(*common, "--data", tmp_path / "data.json")
-    with pytest.raises(SystemExit, match="--data required to train"):
+    with pytest.raises(PruMergeError, match="--data required to train"):
         run_train(*common)
-    with pytest.raises(SystemExit, match="--resume-from-checkpoint latest: no checkpoint-N folder"):
+    with pytest.raises(PruMergeError, match="--resume-from-checkpoint latest: no checkpoint-N folder"):
         run_train(*common, "--data", tmp_path / "data.json", "--resume-from-checkpoint", "latest")
-    with pytest.raises(SystemExit, match="not a checkpoint of `llava-prumerge train`"):
+    with pytest.raises(PruMergeError, match="not a checkpoint of `llava-prumerge train`"):
         run_train("--export-from", base_model, "--export", tmp_path / "export")
-    with pytest.raises(SystemExit, match="already holds checkpoints of a run; pass --resume-from-checkpoint"):
+    with pytest.raises(
+        PruMergeError, match="already holds checkpoints of a run; pass --resume-from-checkpoint"
+    ):
         run_train(*common[:-1], trained, "--data", tmp_path / "data.json")
-    with pytest.raises(SystemExit, match="--export-from needs --export OUT"):
+    with pytest.raises(PruMergeError, match="--export-from needs --export OUT"):
         run_train("--export-from", base_model)
-    with pytest.raises(SystemExit, match="export folder .* already exists"):  # refused before training
+    with pytest.raises(PruMergeError, match="export folder .* already exists"):  # refused before training
         run_train(*common, "--data", tmp_path / "data.json", "--export", tmp_path / "images")
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="--fp16 needs a CUDA GPU"):
+        with pytest.raises(PruMergeError, match="--fp16 needs a CUDA GPU"):
             run_train(*common, "--data", tmp_path / "data.json", "--fp16")
 
 
 def test_stock_llava_checkpoints_are_converted(tmp_path):
     stock = LlavaConfig(**{k: v for k, v in tiny_model().config.to_dict().items() if k != "model_type"})
     stock.save_pretrained(tmp_path)
-    assert train_command.prumerge_config(str(tmp_path), {}).token_reduction == "prumerge"
-    chosen = train_command.prumerge_config(str(tmp_path), {"token_reduction": "prumerge_plus"})
+    assert prumerge_config(str(tmp_path)).token_reduction == "prumerge"
+    chosen = prumerge_config(str(tmp_path), token_reduction="prumerge_plus")
     assert (type(chosen), chosen.token_reduction) == (LlavaPruMergeConfig, "prumerge_plus")
 
 
@@ -357,7 +362,7 @@ def test_an_image_that_fails_to_decode_names_its_sample(processor, tmp_path):
     write_images(images, 1)
     data = (images / "0.png").read_bytes()
     (images / "0.png").write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
-    (tmp_path / "data.json").write_text(json.dumps([colour_sample(0, "red")]))
+    (tmp_path / "data.json").write_text(json.dumps([color_sample(0, "red")]))
     config = tiny_model().config
     budget = LengthBudget(2048, config.image_token_id, config.image_seq_length)
     conversations, report = prepare_conversations(tmp_path / "data.json", images, processor.tokenizer, budget)

@@ -1,0 +1,483 @@
+"""PruMerge visual-token reduction as pure tensor functions.
+
+LLaVA-PruMerge (Shang et al., arXiv 2403.15388) keeps the patches whose [CLS] attention is an
+interquartile-range outlier (AITS) and lets each kept token absorb its key-nearest patches
+(TS). The work is split in two, ToMe-style: *deciding* (which patches are kept, which
+neighbours each kept token absorbs: a small plan of indices, made without gradients) and
+*applying* (gathering and summing features, differentiable, used in LoRA training).
+
+Shapes: B images, N patches (576 for CLIP ViT-L/14-336), C feature channels, Dk key channels.
+This module imports nothing but torch, so it can travel inside a Hub folder as remote code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TOKEN_REDUCTION_METHODS = ("prumerge", "prumerge_plus", "none", "spatial", "sequential")
+MERGE_WEIGHTINGS = ("reference", "mean")
+CLASS_ATTENTION_MODES = ("reference", "heads_mean")
+TOKEN_ORDERS = ("attention", "spatial")
+
+# The reducer fields and their defaults: the published reducer of the paper's checkpoints.
+REDUCTION_DEFAULTS = {
+    "token_reduction": "prumerge",
+    "adaptive": True,
+    "reduction_ratio": 1 / 8,
+    "num_visual_tokens": None,
+    "iqr_scale": 1.5,
+    "merge": True,
+    "merge_k": 32,
+    "merge_weighting": "reference",
+    "summary_token": True,
+    "class_attention": "reference",
+    "reduction_layer": -1,
+    "token_order": "attention",
+}
+
+_CHOICES = {
+    "token_reduction": TOKEN_REDUCTION_METHODS,
+    "merge_weighting": MERGE_WEIGHTINGS,
+    "class_attention": CLASS_ATTENTION_MODES,
+    "token_order": TOKEN_ORDERS,
+}
+
+
+def validate_reduction_fields(**fields) -> None:
+    """Raise a ValueError naming the field and its allowed values for any bad reducer field."""
+    unknown = sorted(set(fields) - set(REDUCTION_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"Unknown token-reduction field(s) {unknown}; known fields: {sorted(REDUCTION_DEFAULTS)}"
+        )
+    for name, choices in _CHOICES.items():
+        if name in fields and fields[name] not in choices:
+            raise ValueError(f"{name}={fields[name]!r} is not supported; choose one of {list(choices)}")
+    for name in ("adaptive", "merge", "summary_token"):
+        if name in fields and not isinstance(fields[name], bool):
+            raise ValueError(f"{name} must be True or False, got {fields[name]!r}")
+    ratio = fields.get("reduction_ratio", REDUCTION_DEFAULTS["reduction_ratio"])
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"reduction_ratio must be a number in (0, 1], got {ratio!r}")
+    count = fields.get("num_visual_tokens")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"num_visual_tokens must be a positive integer or None, got {count!r}")
+    scale = fields.get("iqr_scale", REDUCTION_DEFAULTS["iqr_scale"])
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale < 0
+    ):
+        raise ValueError(f"iqr_scale must be a finite number >= 0, got {scale!r}")
+    merge_k = fields.get("merge_k", REDUCTION_DEFAULTS["merge_k"])
+    if isinstance(merge_k, bool) or not isinstance(merge_k, int) or merge_k < 0:
+        raise ValueError(f"merge_k must be an integer >= 0, got {merge_k!r}")
+    layer = fields.get("reduction_layer", REDUCTION_DEFAULTS["reduction_layer"])
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"reduction_layer must be an integer layer index (e.g. -1), got {layer!r}")
+
+
+@dataclass
+class ReducedTokens:
+    """The reducer's output, per image (counts differ between images).
+
+    features: one [n_i, C] tensor per image; the summary token, when on, is last.
+    centers: one LongTensor [m_i] per image: the patch index behind each output token except the
+        summary token, in output order.
+    neighbours: one LongTensor [m_i, k] per image: the patches each output token absorbed
+        (k = 0 when nothing was merged).
+    """
+
+    features: list[torch.Tensor]
+    centers: list[torch.Tensor]
+    neighbours: list[torch.Tensor]
+
+    @property
+    def num_tokens(self) -> list[int]:
+        return [int(x.shape[0]) for x in self.features]
+
+
+def class_attention(
+    queries: torch.Tensor, keys: torch.Tensor, mode: str = "reference", num_heads: int | None = None
+) -> torch.Tensor:
+    """[CLS]-to-patch attention [B, N] from q/k projections [B, 1+N, D] (CLS first).
+
+    "reference" is the published one: a single head over the full width D, scale D^-0.5.
+    "heads_mean" is the true multi-head attention of the layer, averaged over its heads.
+    The result is rounded to the projections' dtype, as the published code (which computed it
+    in the model dtype) saw it.
+    """
+    if queries.dim() != 3 or queries.shape != keys.shape:
+        raise ValueError(
+            f"queries and keys must both be [batch, 1 + patches, dim]; got {tuple(queries.shape)} and {tuple(keys.shape)}"
+        )
+    batch, length, dim = queries.shape
+    if length < 2:
+        raise ValueError(f"need a [CLS] token and at least one patch, got sequence length {length}")
+    cls_query = queries[:, :1].float()  # [B, 1, D]
+    keys32 = keys.float()  # [B, 1+N, D]
+    if mode == "reference":
+        scores = cls_query @ keys32.transpose(1, 2) * dim**-0.5  # [B, 1, 1+N]
+        attention = scores.softmax(dim=-1)[:, 0]  # [B, 1+N]
+    elif mode == "heads_mean":
+        if not num_heads or dim % num_heads:
+            raise ValueError(
+                f"class_attention='heads_mean' needs num_heads dividing {dim}, got {num_heads!r}"
+            )
+        head_dim = dim // num_heads
+        q = cls_query.view(batch, 1, num_heads, head_dim).transpose(1, 2)  # [B, H, 1, d]
+        k = keys32.view(batch, length, num_heads, head_dim).transpose(1, 2)  # [B, H, 1+N, d]
+        scores = q @ k.transpose(2, 3) * head_dim**-0.5  # [B, H, 1, 1+N]
+        attention = scores.softmax(dim=-1).mean(dim=1)[:, 0]  # [B, 1+N]
+    else:
+        raise ValueError(
+            f"class_attention={mode!r} is not supported; choose one of {list(CLASS_ATTENTION_MODES)}"
+        )
+    return attention[:, 1:].to(queries.dtype)  # [B, N]
+
+
+def iqr_outlier_counts(attention: torch.Tensor, iqr_scale: float = 1.5) -> torch.Tensor:
+    """AITS: per image, how many attention values lie above Q3 + iqr_scale * (Q3 - Q1).
+
+    Matches the published `numpy.percentile` computation bit for bit: linear interpolation and
+    the fence in float32 for half/float32 input (float64 input stays float64).
+    attention: [B, N] -> LongTensor [B].
+    """
+    values = attention.detach().to(torch.promote_types(attention.dtype, torch.float32))  # [B, N]
+    return _outlier_counts_of_sorted(values.sort(dim=1).values, iqr_scale)
+
+
+def _outlier_counts_of_sorted(ascending: torch.Tensor, iqr_scale: float) -> torch.Tensor:
+    """`iqr_outlier_counts` of attention already sorted ascending along dim 1: [B, N] -> [B]."""
+    dtype, num_patches = ascending.dtype, ascending.shape[1]
+
+    def percentile(fraction: float) -> torch.Tensor:  # numpy's "linear" method and its _lerp
+        position = fraction * (num_patches - 1)
+        below = math.floor(position)
+        above = min(below + 1, num_patches - 1)
+        weight = position - below
+        low, high = ascending[:, below], ascending[:, above]
+        step = high - low
+        if weight >= 0.5:
+            return high - step * torch.tensor(1 - weight, dtype=dtype)
+        return low + step * torch.tensor(weight, dtype=dtype)
+
+    q1, q3 = percentile(0.25), percentile(0.75)  # [B]
+    fence = q3 + torch.tensor(iqr_scale, dtype=dtype) * (q3 - q1)  # [B]
+    return (ascending > fence[:, None]).sum(dim=1)
+
+
+def _check_shapes(features: torch.Tensor, attention: torch.Tensor, keys: torch.Tensor) -> None:
+    if features.dim() != 3:
+        raise ValueError(f"features must be [batch, patches, channels], got shape {tuple(features.shape)}")
+    batch, num_patches, _ = features.shape
+    if tuple(attention.shape) != (batch, num_patches):
+        raise ValueError(
+            f"attention must be [batch, patches] = {(batch, num_patches)} to match features, got {tuple(attention.shape)}"
+        )
+    if keys.dim() != 3 or tuple(keys.shape[:2]) != (batch, num_patches):
+        raise ValueError(
+            f"keys must be [batch, patches, key_dim] with batch, patches = {(batch, num_patches)} (patch rows only, "
+            f"no [CLS]), got {tuple(keys.shape)}"
+        )
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise when `tensor` holds a NaN or inf (one pass: a sum is non-finite when some element is)."""
+    if tensor.is_floating_point() and not torch.isfinite(
+        tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32))
+    ):
+        raise ValueError(
+            f"{name} contains NaN or inf; check the pixel values and the vision tower's dtype "
+            "(float16 overflow), then run again"
+        )
+
+
+def _spatial_grid(num_patches: int, count: int) -> list[int]:
+    """`count` patch indices spread uniformly over the patch grid (raster order)."""
+    count = min(count, num_patches)
+    side, per_side = math.isqrt(num_patches), math.isqrt(count)
+    if side * side == num_patches and per_side * per_side == count:
+        rows = [int((i + 0.5) * side / per_side) for i in range(per_side)]
+        return [r * side + c for r in rows for c in rows]
+    return [int((i + 0.5) * num_patches / count) for i in range(count)]
+
+
+def select_tokens(
+    attention: torch.Tensor,
+    token_reduction: str = "prumerge",
+    adaptive: bool = True,
+    reduction_ratio: float = 1 / 8,
+    num_visual_tokens: int | None = None,
+    iqr_scale: float = 1.5,
+    summary_token: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decide which patches become output tokens.
+
+    Returns `slots` [B, N], the patch index of every slot: the selected patches first, in output
+    order (attention centres by descending attention, then PruMerge+ spatial samples ascending),
+    then the patches left over, ascending; and `num_selected` [B], how many slots are selected.
+    The left-over slots are the merge candidates and make the summary token.
+
+    Floors where the published code divides by zero or crashes: at least one attention centre,
+    a PruMerge+ sampling stride of at least one.
+    """
+    batch, num_patches = attention.shape
+    device = attention.device
+    positions = torch.arange(num_patches, device=device)  # [N]
+    if token_reduction in ("sequential", "spatial"):
+        count = num_visual_tokens or max(1, int(num_patches * reduction_ratio))
+        chosen = (
+            list(range(min(count, num_patches)))
+            if token_reduction == "sequential"
+            else _spatial_grid(num_patches, count)
+        )
+        selected = torch.zeros(num_patches, dtype=torch.bool, device=device)
+        selected[chosen] = True
+        key = torch.where(
+            selected, positions, positions + num_patches
+        )  # selected first, each group ascending
+        slots = key.argsort().expand(batch, num_patches)
+        return slots, torch.full((batch,), len(chosen), device=device)
+
+    # Descending attention; ties go to the lower patch index.
+    ranked = attention.detach().to(torch.promote_types(attention.dtype, torch.float32))
+    ranked = ranked.sort(dim=1, descending=True, stable=True)
+    order = ranked.indices  # [B, N]
+    rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, -1))  # [B, N]: place in `order`
+    plus = token_reduction == "prumerge_plus"
+    extra = int(summary_token)
+
+    if adaptive:
+        centres = _outlier_counts_of_sorted(ranked.values.flip(1), iqr_scale).clamp(min=1).tolist()
+    elif num_visual_tokens is not None:
+        kept = max(1, num_visual_tokens - extra)
+        centres = [max(1, math.ceil(kept / 4)) if plus else kept] * batch
+    else:
+        centres = [max(1, int(num_patches * reduction_ratio))] * batch
+    centres = [min(m, num_patches) for m in centres]
+    is_centre = rank < torch.tensor(centres, device=device)[:, None]  # [B, N]
+
+    if not plus:
+        sampled = torch.zeros_like(is_centre)
+    elif adaptive:
+        # The published stride: s = int(int(1 / r) / 3) with r = m / N, samples 0, s, 2s, ... < N - 1.
+        strides = torch.tensor([max(1, int(int(1 / (m / num_patches)) / 3)) for m in centres], device=device)
+        sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_centre
+    elif num_visual_tokens is not None:
+        # Fixed budget: the rest spread evenly over the non-centre patches, so the count is exact.
+        wanted = min(max(0, num_visual_tokens - extra) - centres[0], num_patches - centres[0])
+        free = (
+            torch.where(is_centre, positions + num_patches, positions).sort(dim=1).values
+        )  # non-centres first
+        picks = (
+            (torch.arange(wanted, device=device) + 0.5) * (num_patches - centres[0]) / max(wanted, 1)
+        ).long()
+        sampled = torch.zeros_like(is_centre).scatter_(1, free[:, picks], True)
+    else:
+        return _fixed_ratio_plus_slots(order, is_centre, centres[0], reduction_ratio)
+
+    key = torch.where(
+        is_centre, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
+    )
+    slots = key.argsort(dim=1)  # [B, N]
+    return slots, is_centre.sum(dim=1) + sampled.sum(dim=1)
+
+
+def _fixed_ratio_plus_slots(
+    order: torch.Tensor, is_centre: torch.Tensor, num_centres: int, reduction_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PruMerge+ with a fixed ratio, as its checkpoint was trained: samples s/2, s/2 + s, ... < N - 1
+    (s = int(1 / ratio)) are appended without removing those that are already centres.
+
+    The published complement of such a selection leaves out as many of the lowest-index
+    unselected patches as there are duplicates; that is reproduced, so every image still has N slots.
+    """
+    batch, num_patches = order.shape
+    device = order.device
+    positions = torch.arange(num_patches, device=device)
+    step = int(1 / reduction_ratio)
+    samples = torch.arange(int(step / 2), num_patches - 1, max(1, step), device=device)  # [L]
+    is_selected = is_centre.clone()
+    is_selected[:, samples] = True
+    duplicates = num_centres + samples.numel() - is_selected.sum(dim=1)  # [B]
+    unselected = ~is_selected
+    place_among_unselected = unselected.cumsum(dim=1) - 1  # [B, N]
+    left_over = unselected & (place_among_unselected >= duplicates[:, None])
+    rest = torch.where(left_over, positions, positions + num_patches).argsort(dim=1)
+    num_rest = num_patches - num_centres - samples.numel()
+    slots = torch.cat([order[:, :num_centres], samples.expand(batch, -1), rest[:, : max(num_rest, 0)]], dim=1)
+    return slots, torch.full((batch,), num_centres + samples.numel(), device=device)
+
+
+def plan_merge(
+    keys: torch.Tensor, slots: torch.Tensor, num_selected: torch.Tensor, merge_k: int
+) -> torch.Tensor:
+    """TS: for every selected slot, the `merge_k` other slots whose keys are most cosine-similar.
+
+    keys [B, N, Dk], slots [B, S], num_selected [B] -> the absorbed patch indices [B, M, k] with
+    M = max(num_selected), most similar first; rows past an image's own count are padding.
+    Within a row the ranking of cos(k_c, k_j) = k_c.k_j / (|k_c| |k_j|) does not depend on |k_c|,
+    so only the candidates' norms are divided out. Half-precision keys are ranked in float32, where
+    near-ties do not collapse into ties whose order depends on the hardware.
+    """
+    batch, num_slots = slots.shape
+    width = int(num_selected.max())
+    k = min(merge_k, num_slots - 1)
+    with torch.no_grad():
+        keys = keys.to(torch.promote_types(keys.dtype, torch.float32))
+        norms = torch.linalg.vector_norm(keys, dim=-1)  # [B, N]
+        _check_finite("keys", norms)
+        image = torch.arange(batch, device=slots.device)[:, None]  # [B, 1]
+        selected_keys = keys[image, slots[:, :width]]  # [B, M, Dk]
+        by_patch = torch.bmm(selected_keys, keys.transpose(1, 2))  # [B, M, N]
+        by_patch.mul_(norms.clamp_min(1e-12).reciprocal()[:, None, :])  # cosine times |k_c|
+        similarity = by_patch.gather(2, slots[:, None, :].expand(-1, width, -1))  # [B, M, S]
+        similarity.diagonal(dim1=1, dim2=2).fill_(-torch.inf)  # a token never absorbs itself
+        nearest = similarity.topk(k, dim=-1).indices  # [B, M, k] slot positions
+        return slots.gather(1, nearest.flatten(1)).view(batch, width, k)
+
+
+def apply_merge(
+    features: torch.Tensor,
+    attention: torch.Tensor,
+    slots: torch.Tensor,
+    num_selected: torch.Tensor,
+    neighbours: torch.Tensor | None,
+    merge_weighting: str = "reference",
+    summary_token: bool = True,
+) -> list[torch.Tensor]:
+    """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token.
+
+    "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalised, as published);
+    "mean": the attention-weighted mean of the centre and its absorbed patches.
+    The summary token is sum_j a_j x_j over all unselected slots.
+    Every token is a weighted bag of patch rows, so one `embedding_bag` over the flattened batch
+    makes all of them, without a [B, M, k, C] intermediate. Half-precision features are summed in
+    float32 and rounded once, as the published code's `torch.sum` did.
+    """
+    batch, num_patches, channels = features.shape
+    width = int(num_selected.max())
+    device = slots.device
+    output_dtype = features.dtype
+    features = features.to(torch.promote_types(output_dtype, torch.float32))
+    weights = attention.to(features.dtype)  # [B, N]
+    selected = slots[:, :width, None]  # [B, M, 1]
+    members = selected if neighbours is None else torch.cat([selected, neighbours], dim=-1)  # [B, M, 1+k]
+    bag_size = members.shape[-1]
+    member_weights = weights.gather(1, members.flatten(1)).view(members.shape)  # [B, M, 1+k]
+    if merge_weighting == "mean" and bag_size > 1:
+        member_weights = member_weights / member_weights.sum(dim=-1, keepdim=True)
+    else:
+        centre_weight = torch.ones_like(member_weights[..., :1])  # x_c counted once, unweighted
+        member_weights = torch.cat([centre_weight, member_weights[..., 1:]], dim=-1)
+
+    bags, bag_weights = members.flatten(1), member_weights.flatten(1)  # [B, M*(1+k)]
+    bag_starts = torch.arange(0, width * bag_size, bag_size, device=device)  # [M]
+    if summary_token:
+        in_summary = torch.arange(slots.shape[1], device=device) >= num_selected[:, None]  # [B, S]
+        bags = torch.cat([bags, slots], dim=1)
+        bag_weights = torch.cat([bag_weights, weights.gather(1, slots) * in_summary], dim=1)
+        bag_starts = torch.cat([bag_starts, bag_starts.new_full((1,), width * bag_size)])  # [M+1]
+    image = torch.arange(batch, device=device)[:, None]  # [B, 1]
+    tokens = F.embedding_bag(
+        (bags + image * num_patches).flatten(),  # rows of the [B*N, C] feature table
+        features.reshape(batch * num_patches, channels),
+        (bag_starts + image * bags.shape[1]).flatten(),
+        mode="sum",
+        per_sample_weights=bag_weights.flatten(),
+    ).view(batch, -1, channels)  # [B, M (+1), C]; padding rows are sums of real patches, dropped below
+    tokens = tokens.to(output_dtype)
+    # Checked here, where every patch that matters has arrived: one pass over B*M*C, not B*N*C,
+    # with the padding rows (which may read patches no real token reads) left out.
+    padding = torch.arange(tokens.shape[1], device=device) >= num_selected[:, None]  # [B, M (+1)]
+    if summary_token:
+        padding[:, -1] = False
+    _check_finite("features", tokens.masked_fill(padding[..., None], 0))
+    return [
+        image_tokens if count == width else torch.cat([image_tokens[:count], image_tokens[width:]])
+        for image_tokens, count in zip(tokens, num_selected.tolist(), strict=True)
+    ]
+
+
+def keep_all_tokens(features: torch.Tensor) -> ReducedTokens:
+    """No reduction: every patch of [B, N, C] features is a token."""
+    batch, num_patches, _ = features.shape
+    every_patch = torch.arange(num_patches, device=features.device)
+    no_neighbours = every_patch.new_empty(num_patches, 0)
+    return ReducedTokens(list(features.unbind(0)), [every_patch] * batch, [no_neighbours] * batch)
+
+
+def reduce_visual_tokens(
+    features: torch.Tensor,
+    attention: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    token_reduction: str = "prumerge",
+    adaptive: bool = True,
+    reduction_ratio: float = 1 / 8,
+    num_visual_tokens: int | None = None,
+    iqr_scale: float = 1.5,
+    merge: bool = True,
+    merge_k: int = 32,
+    merge_weighting: str = "reference",
+    summary_token: bool = True,
+    token_order: str = "attention",
+) -> ReducedTokens:
+    """Reduce patch features [B, N, C] to a per-image set of tokens.
+
+    attention [B, N] is the [CLS]-to-patch attention (see `class_attention`), keys [B, N, Dk] the
+    patch keys of the same layer (no [CLS] row). Defaults reproduce the published PruMerge.
+    "none" keeps every patch; "sequential" and "spatial" (the paper's ablation baselines) keep
+    `num_visual_tokens` patches (or N * reduction_ratio), the first ones or a uniform grid,
+    without merging or a summary token.
+    A NaN or inf raises a ValueError naming the input when it is in `attention`, in `keys` while
+    merging, or in a feature row that reaches an output token (with the summary token on, every
+    row does). Rows that no token reads are not checked: the check costs a pass over the output,
+    not over [B, N, C].
+    """
+    validate_reduction_fields(
+        token_reduction=token_reduction, adaptive=adaptive, reduction_ratio=reduction_ratio,
+        num_visual_tokens=num_visual_tokens, iqr_scale=iqr_scale, merge=merge, merge_k=merge_k,
+        merge_weighting=merge_weighting, summary_token=summary_token, token_order=token_order,
+    )  # fmt: skip
+    _check_shapes(features, attention, keys)
+    _check_finite("attention", attention)
+    batch, num_patches, _ = features.shape
+    if batch == 0:
+        return ReducedTokens([], [], [])
+    if token_reduction == "none":
+        _check_finite("features", features)
+        return keep_all_tokens(features)
+
+    pruning = token_reduction in ("prumerge", "prumerge_plus")
+    if pruning and not adaptive and num_visual_tokens is not None and num_visual_tokens < 1 + summary_token:
+        raise ValueError(
+            f"num_visual_tokens={num_visual_tokens} leaves no room for an attention centre"
+            + (" beside the summary token; use at least 2 or summary_token=False" if summary_token else "")
+        )
+    summary_token = summary_token and pruning
+    slots, num_selected = select_tokens(
+        attention, token_reduction, adaptive, reduction_ratio, num_visual_tokens, iqr_scale, summary_token
+    )
+    neighbours = plan_merge(keys, slots, num_selected, merge_k) if pruning and merge else None  # [B, M, k]
+    tokens = apply_merge(features, attention, slots, num_selected, neighbours, merge_weighting, summary_token)
+
+    out_features, out_centres, out_neighbours = [], [], []
+    for image, count in enumerate(num_selected.tolist()):
+        centres = slots[image, :count]
+        absorbed = neighbours[image, :count] if neighbours is not None else centres.new_empty(count, 0)
+        image_tokens = tokens[image]
+        if token_order == "spatial":
+            raster = centres.argsort(stable=True)
+            centres, absorbed = centres[raster], absorbed[raster]
+            image_tokens = torch.cat([image_tokens[:count][raster], image_tokens[count:]])
+        out_features.append(image_tokens)
+        out_centres.append(centres)
+        out_neighbours.append(absorbed)
+    return ReducedTokens(out_features, out_centres, out_neighbours)

@@ -1,0 +1,89 @@
+"""ReductionSettings: one frozen, validated object; defaults written once; configs build it; a call can
+use other settings without touching the model's config."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from llava_prumerge import REDUCTION_DEFAULTS, ReductionSettings, reduce_visual_tokens
+from llava_prumerge.errors import PruMergeError, ReductionSettingsError
+from llava_prumerge.modeling.reduction_settings import REDUCTION_FIELDS
+from llava_prumerge.testing.model_tester import PROMPT, prepare_inputs
+from llava_prumerge.testing.tiny import tiny_config
+
+
+def test_defaults_are_the_published_reducer_everywhere():
+    assert dataclasses.asdict(ReductionSettings()) == REDUCTION_DEFAULTS
+    assert tiny_config().reduction_settings == ReductionSettings()
+    assert ReductionSettings().to_dict() == {
+        "token_reduction": "prumerge", "adaptive": True, "reduction_ratio": 1 / 8, "num_visual_tokens": None,
+        "iqr_scale": 1.5, "merge": True, "merge_k": 32, "merge_weighting": "reference", "summary_token": True,
+        "class_attention": "reference", "reduction_layer": -1, "token_order": "attention",
+    }  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    features, keys = torch.randn(2, 2, 64, 8, generator=generator)
+    attention = torch.rand(2, 64, generator=generator).softmax(-1)
+    implicit, explicit = (
+        reduce_visual_tokens(features, attention, keys),
+        reduce_visual_tokens(features, attention, keys, ReductionSettings()),
+    )
+    assert [c.tolist() for c in implicit.centers] == [c.tolist() for c in explicit.centers]
+
+
+def test_settings_are_frozen_and_replace_returns_a_validated_copy():
+    settings = ReductionSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.merge_k = 4
+    plus = settings.replace(token_reduction="prumerge_plus")
+    assert (plus.token_reduction, settings.token_reduction) == ("prumerge_plus", "prumerge")
+    with pytest.raises(ReductionSettingsError, match=r"Unknown token-reduction field\(s\) \['merge_kk'\]"):
+        settings.replace(merge_kk=4)
+    with pytest.raises(ReductionSettingsError, match="merge_k must be an integer >= 0"):
+        settings.replace(merge_k=-1)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("token_reduction", "tome"), ("merge_weighting", "max"), ("class_attention", "cls"), ("token_order", "random"),
+     ("reduction_ratio", 0.0), ("reduction_ratio", True), ("num_visual_tokens", 0), ("iqr_scale", float("inf")),
+     ("merge_k", 2.5), ("adaptive", "yes"), ("summary_token", 1), ("reduction_layer", "last")],
+)  # fmt: skip
+def test_every_field_is_validated_by_name(field, value):
+    with pytest.raises(ReductionSettingsError, match=field) as error:
+        ReductionSettings(**{field: value})
+    assert isinstance(error.value, PruMergeError) and isinstance(error.value, ValueError)
+
+
+def test_configs_build_their_settings_from_their_fields(tmp_path):
+    config = tiny_config(token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=64, merge_k=8)
+    expected = ReductionSettings(
+        token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=64, merge_k=8
+    )
+    assert config.reduction_settings == expected
+    assert {name: getattr(config, name) for name in REDUCTION_FIELDS} == expected.to_dict()
+    config.save_pretrained(tmp_path)
+    assert type(config).from_pretrained(tmp_path).reduction_settings == expected
+
+
+def test_the_reducer_refuses_the_fields_that_choose_its_inputs():
+    features, attention, keys = torch.randn(1, 16, 4), torch.rand(1, 16).softmax(-1), torch.randn(1, 16, 4)
+    with pytest.raises(ReductionSettingsError, match="choose the attention and keys"):
+        reduce_visual_tokens(features, attention, keys, reduction_layer=-2)
+
+
+def test_a_call_can_use_other_settings_without_changing_the_config(tester, model, images):
+    inputs = prepare_inputs(tester.processor, images[:2], [PROMPT, PROMPT])
+    plus = model.config.reduction_settings.replace(token_reduction="prumerge_plus")
+    with torch.no_grad():
+        per_call = model(**inputs, reduction=plus)
+        configured = tester.get_model(token_reduction="prumerge_plus")(**inputs)
+        default = model(**inputs)
+    assert model.config.token_reduction == "prumerge"
+    assert per_call.visual_token_counts == configured.visual_token_counts != default.visual_token_counts
+    torch.testing.assert_close(per_call.logits, configured.logits)
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, reduction=plus)
+    expected = tester.get_model(token_reduction="prumerge_plus").generate(
+        **inputs, max_new_tokens=3, do_sample=False
+    )
+    assert torch.equal(generated, expected)

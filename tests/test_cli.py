@@ -1,0 +1,81 @@
+"""The command line itself: fast help and version, one-line errors with exit status 2, tracebacks on request."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llava_prumerge import __version__
+from llava_prumerge.cli import SUBCOMMANDS, main
+
+# Imports the CLI must not need to answer --help (torch and transformers take seconds to import).
+CHECK_LIGHT = """
+import sys
+from llava_prumerge.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+heavy = sorted(name for name in ("torch", "transformers", "matplotlib", "PIL") if name in sys.modules)
+print("HEAVY", heavy)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], *[[name, "--help"] for name in SUBCOMMANDS]])
+def test_help_and_version_answer_without_importing_torch_or_transformers(argv):
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_LIGHT, *argv], capture_output=True, text=True, check=True
+    )
+    assert "HEAVY []" in result.stdout, result.stdout
+    if argv == ["--version"]:
+        assert f"llava-prumerge {__version__}" in result.stdout
+
+
+def test_import_registers_the_auto_classes_once_transformers_loads():
+    script = (
+        "import sys; import llava_prumerge; assert 'transformers' not in sys.modules;"
+        "import transformers; print(type(transformers.AutoConfig.for_model('llava_prumerge')).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "LlavaPruMergeConfig"
+
+
+def test_a_user_mistake_is_one_line_on_stderr_with_exit_status_2(tmp_path, capsys):
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--tiny", "--out", str(existing)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"llava-prumerge export: error: {existing} already exists; choose another output folder or pass --overwrite\n"
+    )
+
+
+def test_traceback_on_request(tmp_path, monkeypatch):
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    from llava_prumerge.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError):
+        main(["--traceback", "export", "--tiny", "--out", str(existing)])
+    monkeypatch.setenv("LLAVA_PRUMERGE_TRACEBACK", "1")
+    with pytest.raises(FileExistsError):  # OutputExistsError is a FileExistsError too
+        main(["export", "--tiny", "--out", str(existing)])
+
+
+def test_the_console_script_prints_no_traceback_for_a_bad_folder(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "llava-prumerge")
+    result = subprocess.run(
+        [script, "upload", str(tmp_path / "missing"), "--repo-id", "org/x", "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.splitlines()[-1]
+    assert last_line.startswith("llava-prumerge upload: error: ") and last_line.endswith(
+        "is not a folder; export one with `llava-prumerge export` or `convert`"
+    )
