@@ -215,7 +215,7 @@ def _grown(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """`weight` with rows appended up to `rows`, each the mean of the existing rows.
 
     llava-hf sampled new rows from a normal distribution around that mean with a 1e-5-scaled
-    covariance; the mean is that distribution's centre, deterministic, and gives the new tokens
+    covariance; the mean is that distribution's center, deterministic, and gives the new tokens
     an average logit, so they are not generated.
     """
     extra = rows - weight.shape[0]
@@ -246,6 +246,20 @@ def _image_processor(vision_dir: Path, vision: CLIPVisionConfig, do_pad: bool):
     )
 
 
+@dataclass
+class OriginalCheckpoint:
+    """The files of an original-format checkpoint, found and checked, and what its configs say."""
+
+    base_dir: Path
+    vision_tower_dir: Path
+    lora_dir: Path
+    adapter_path: Path
+    projector_path: Path
+    vision_config: CLIPVisionConfig
+    base: dict  # the base LLM's config.json
+    settings: LlavaSettings
+
+
 def convert_llava_lora(
     base_dir: str | Path,
     vision_tower_dir: str | Path,
@@ -255,42 +269,22 @@ def convert_llava_lora(
     **reduction_fields,
 ) -> ConvertedCheckpoint:
     """Build the PruMerge model and processor from the original-format checkpoint (nothing is written)."""
-    base_dir, vision_tower_dir, lora_dir = Path(base_dir), Path(vision_tower_dir), Path(lora_dir)
-    base_config_path = _required_file(base_dir, "config.json", holds="the base LLM's config")
-    vision_config_path = _required_file(
-        vision_tower_dir, "config.json", holds="the CLIP vision tower's config"
+    checkpoint = _original_checkpoint(Path(base_dir), Path(vision_tower_dir), Path(lora_dir))
+    vision_config, settings = checkpoint.vision_config, checkpoint.settings
+    projector = _load_projector(
+        checkpoint.projector_path, checkpoint.base["hidden_size"], vision_config.hidden_size
     )
-    lora_config_path = _required_file(lora_dir, "config.json", holds="the LlavaLlamaForCausalLM config")
-    _required_file(lora_dir, "adapter_config.json", holds="the PEFT LoRA config")
-    adapter_path = _required_file(
-        lora_dir, "adapter_model.safetensors", "adapter_model.bin", holds="the LoRA weights"
-    )
-    projector_path = _required_file(
-        lora_dir, "non_lora_trainables.bin", "non_lora_trainables.safetensors", holds="the projector weights"
-    )
-
-    vision_model_type = _read_json(vision_config_path).get("model_type")
-    if vision_model_type not in ("clip", "clip_vision_model"):
-        raise ConversionError(
-            f"{vision_config_path}: model_type={vision_model_type!r}; the vision tower must be a CLIP checkpoint "
-            "(CLIPModel or CLIPVisionModel, e.g. openai/clip-vit-large-patch14-336)"
-        )
-    vision_config = CLIPVisionConfig.from_pretrained(vision_tower_dir)
-    base = _read_json(base_config_path)
-    settings = _llava_settings(lora_config_path, _read_json(lora_config_path), vision_config, base)
-    projector = _load_projector(projector_path, base["hidden_size"], vision_config.hidden_size)
-
     with _quiet_transformers():
         vision_tower, info = CLIPVisionModel.from_pretrained(
-            vision_tower_dir, dtype=dtype, output_loading_info=True
+            checkpoint.vision_tower_dir, dtype=dtype, output_loading_info=True
         )
     if info["missing_keys"]:
         raise ConversionError(
-            f"{vision_tower_dir} lacks vision-tower weights, e.g. {sorted(info['missing_keys'])[:3]}"
+            f"{checkpoint.vision_tower_dir} lacks vision-tower weights, e.g. {sorted(info['missing_keys'])[:3]}"
         )
-    llm = _merged_llm(base_dir, lora_dir, adapter_path, dtype)
+    llm = _merged_llm(checkpoint.base_dir, checkpoint.lora_dir, checkpoint.adapter_path, dtype)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.base_dir)
     image_token_id, pad_token_id = _add_llava_tokens(tokenizer)
     rows = llm.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
@@ -327,11 +321,49 @@ def convert_llava_lora(
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id
     )
+    metadata = {"license": "llama2"}
+    if settings.base_model_ids:
+        metadata["base_model"] = settings.base_model_ids
+    return ConvertedCheckpoint(model.eval(), _processor(tokenizer, checkpoint), metadata)
 
+
+def _original_checkpoint(base_dir: Path, vision_tower_dir: Path, lora_dir: Path) -> OriginalCheckpoint:
+    """Every file `convert` needs, present and of the kinds it can convert, before anything heavy loads."""
+    base_config_path = _required_file(base_dir, "config.json", holds="the base LLM's config")
+    vision_config_path = _required_file(
+        vision_tower_dir, "config.json", holds="the CLIP vision tower's config"
+    )
+    lora_config_path = _required_file(lora_dir, "config.json", holds="the LlavaLlamaForCausalLM config")
+    _required_file(lora_dir, "adapter_config.json", holds="the PEFT LoRA config")
+    adapter_path = _required_file(
+        lora_dir, "adapter_model.safetensors", "adapter_model.bin", holds="the LoRA weights"
+    )
+    projector_path = _required_file(
+        lora_dir, "non_lora_trainables.bin", "non_lora_trainables.safetensors", holds="the projector weights"
+    )
+    vision_model_type = _read_json(vision_config_path).get("model_type")
+    if vision_model_type not in ("clip", "clip_vision_model"):
+        raise ConversionError(
+            f"{vision_config_path}: model_type={vision_model_type!r}; the vision tower must be a CLIP checkpoint "
+            "(CLIPModel or CLIPVisionModel, e.g. openai/clip-vit-large-patch14-336)"
+        )
+    vision_config = CLIPVisionConfig.from_pretrained(vision_tower_dir)
+    base = _read_json(base_config_path)
+    settings = _llava_settings(lora_config_path, _read_json(lora_config_path), vision_config, base)
+    return OriginalCheckpoint(
+        base_dir, vision_tower_dir, lora_dir, adapter_path, projector_path, vision_config, base, settings
+    )
+
+
+def _processor(tokenizer, checkpoint: OriginalCheckpoint) -> LlavaProcessor:
+    """LLaVA-1.5's processor: the vicuna_v1 template, left padding, CLIP's image settings (padded to square)."""
+    vision_config = checkpoint.vision_config
     tokenizer.chat_template = VICUNA_CHAT_TEMPLATE
     tokenizer.padding_side = "left"
-    processor = LlavaProcessor(
-        image_processor=_image_processor(vision_tower_dir, vision_config, settings.do_pad),
+    return LlavaProcessor(
+        image_processor=_image_processor(
+            checkpoint.vision_tower_dir, vision_config, checkpoint.settings.do_pad
+        ),
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy="default",
@@ -339,7 +371,3 @@ def convert_llava_lora(
         num_additional_image_tokens=1,  # CLIP's [CLS]
         chat_template=VICUNA_CHAT_TEMPLATE,
     )
-    metadata = {"license": "llama2"}
-    if settings.base_model_ids:
-        metadata["base_model"] = settings.base_model_ids
-    return ConvertedCheckpoint(model.eval(), processor, metadata)

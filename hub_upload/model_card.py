@@ -87,7 +87,7 @@ so prefill is shorter and the KV cache smaller. The model code ships in this rep
 
 {USAGE.format(model_id=model_id)}
 
-Images are {"padded to a square with the mean colour, as in LLaVA-1.5 training, then resized" if do_pad else "resized and centre-cropped"}
+Images are {"padded to a square with the mean color, as in LLaVA-1.5 training, then resized" if do_pad else "resized and center-cropped"}
 ({vision.image_size}x{vision.image_size}); vision features come from layer {config.vision_feature_layer}.
 
 ## Token-reduction settings

@@ -173,67 +173,83 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple
     a PruMerge+ sampling stride of at least one.
     """
     batch, num_patches = attention.shape
-    device = attention.device
-    positions = torch.arange(num_patches, device=device)  # [N]
-    token_reduction, num_visual_tokens = settings.token_reduction, settings.num_visual_tokens
-    reduction_ratio = settings.reduction_ratio
-    if token_reduction in ("sequential", "spatial"):
-        count = num_visual_tokens or max(1, int(num_patches * reduction_ratio))
-        chosen = (
-            list(range(min(count, num_patches)))
-            if token_reduction == "sequential"
-            else _spatial_grid(num_patches, count)
-        )
-        selected = torch.zeros(num_patches, dtype=torch.bool, device=device)
-        selected[chosen] = True
-        key = torch.where(
-            selected, positions, positions + num_patches
-        )  # selected first, each group ascending
-        slots = key.argsort().expand(batch, num_patches)
-        return slots, torch.full((batch,), len(chosen), device=device)
+    positions = torch.arange(num_patches, device=attention.device)  # [N]
+    if settings.token_reduction in ("sequential", "spatial"):
+        return _baseline_slots(batch, num_patches, settings, attention.device)
 
     # Descending attention; ties go to the lower patch index.
     ranked = attention.detach().to(torch.promote_types(attention.dtype, torch.float32))
     ranked = ranked.sort(dim=1, descending=True, stable=True)
     order = ranked.indices  # [B, N]
     rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, -1))  # [B, N]: place in `order`
-    plus = token_reduction == "prumerge_plus"
-    extra = int(settings.summary_token)
+    centers = _center_counts(ranked.values, settings)  # per image
+    is_center = rank < torch.tensor(centers, device=attention.device)[:, None]  # [B, N]
 
-    if settings.adaptive:
-        centers = _outlier_counts_of_sorted(ranked.values.flip(1), settings.iqr_scale).clamp(min=1).tolist()
-    elif num_visual_tokens is not None:
-        kept = max(1, num_visual_tokens - extra)
-        centers = [max(1, math.ceil(kept / 4)) if plus else kept] * batch
-    else:
-        centers = [max(1, int(num_patches * reduction_ratio))] * batch
-    centers = [min(m, num_patches) for m in centers]
-    is_center = rank < torch.tensor(centers, device=device)[:, None]  # [B, N]
-
-    if not plus:
+    if settings.token_reduction != "prumerge_plus":
         sampled = torch.zeros_like(is_center)
     elif settings.adaptive:
         # The published stride: s = int(int(1 / r) / 3) with r = m / N, samples 0, s, 2s, ... < N - 1.
-        strides = torch.tensor([max(1, int(int(1 / (m / num_patches)) / 3)) for m in centers], device=device)
+        strides = torch.tensor(
+            [max(1, int(int(1 / (m / num_patches)) / 3)) for m in centers], device=attention.device
+        )
         sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_center
-    elif num_visual_tokens is not None:
-        # Fixed budget: the rest spread evenly over the non-center patches, so the count is exact.
-        wanted = min(max(0, num_visual_tokens - extra) - centers[0], num_patches - centers[0])
-        free = (
-            torch.where(is_center, positions + num_patches, positions).sort(dim=1).values
-        )  # non-centers first
-        picks = (
-            (torch.arange(wanted, device=device) + 0.5) * (num_patches - centers[0]) / max(wanted, 1)
-        ).long()
-        sampled = torch.zeros_like(is_center).scatter_(1, free[:, picks], True)
+    elif settings.num_visual_tokens is not None:
+        sampled = _budget_samples(is_center, centers[0], settings)
     else:
-        return _fixed_ratio_plus_slots(order, is_center, centers[0], reduction_ratio)
+        return _fixed_ratio_plus_slots(order, is_center, centers[0], settings.reduction_ratio)
 
     key = torch.where(
         is_center, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
     )
     slots = key.argsort(dim=1)  # [B, N]
     return slots, is_center.sum(dim=1) + sampled.sum(dim=1)
+
+
+def _baseline_slots(
+    batch: int, num_patches: int, settings: ReductionSettings, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ablation baselines: the first n patches ("sequential") or a uniform grid of n ("spatial")."""
+    count = settings.num_visual_tokens or max(1, int(num_patches * settings.reduction_ratio))
+    if settings.token_reduction == "sequential":
+        chosen = list(range(min(count, num_patches)))
+    else:
+        chosen = _spatial_grid(num_patches, count)
+    positions = torch.arange(num_patches, device=device)
+    selected = torch.zeros(num_patches, dtype=torch.bool, device=device)
+    selected[chosen] = True
+    key = torch.where(selected, positions, positions + num_patches)  # selected first, each group ascending
+    return key.argsort().expand(batch, num_patches), torch.full((batch,), len(chosen), device=device)
+
+
+def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> list[int]:
+    """How many attention centers each image keeps, from its attention sorted descending [B, N]."""
+    batch, num_patches = descending.shape
+    if settings.adaptive:
+        centers = _outlier_counts_of_sorted(descending.flip(1), settings.iqr_scale).clamp(min=1).tolist()
+    elif settings.num_visual_tokens is not None:
+        kept = max(1, settings.num_visual_tokens - int(settings.summary_token))
+        centers = [
+            max(1, math.ceil(kept / 4)) if settings.token_reduction == "prumerge_plus" else kept
+        ] * batch
+    else:
+        centers = [max(1, int(num_patches * settings.reduction_ratio))] * batch
+    return [min(m, num_patches) for m in centers]
+
+
+def _budget_samples(is_center: torch.Tensor, num_centers: int, settings: ReductionSettings) -> torch.Tensor:
+    """PruMerge+ with a fixed budget: the rest spread evenly over the non-center patches, so the count
+    is exact. is_center [B, N] -> sampled [B, N]."""
+    num_patches = is_center.shape[1]
+    positions = torch.arange(num_patches, device=is_center.device)
+    wanted = min(
+        max(0, settings.num_visual_tokens - int(settings.summary_token)) - num_centers,
+        num_patches - num_centers,
+    )
+    free = torch.where(is_center, positions + num_patches, positions).sort(dim=1).values  # non-centers first
+    picks = (
+        (torch.arange(wanted, device=is_center.device) + 0.5) * (num_patches - num_centers) / max(wanted, 1)
+    ).long()
+    return torch.zeros_like(is_center).scatter_(1, free[:, picks], True)
 
 
 def _fixed_ratio_plus_slots(
@@ -301,7 +317,7 @@ def apply_merge(
 ) -> list[torch.Tensor]:
     """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token.
 
-    "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalised, as published);
+    "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalized, as published);
     "mean": the attention-weighted mean of the center and its absorbed patches.
     The summary token is sum_j a_j x_j over all unselected slots.
     Every token is a weighted bag of patch rows, so one `embedding_bag` over the flattened batch
@@ -420,12 +436,17 @@ def reduce_visual_tokens(
         features, attention, slots, num_selected, neighbors, settings.merge_weighting, summary_token
     )
 
+    return _per_image(tokens, slots, num_selected, neighbors, settings.token_order)
+
+
+def _per_image(tokens, slots, num_selected, neighbors, token_order: str) -> ReducedTokens:
+    """Each image's tokens, kept patches and absorbed patches, in attention or raster order."""
     out_features, out_centers, out_neighbors = [], [], []
     for image, count in enumerate(num_selected.tolist()):
         centers = slots[image, :count]
         absorbed = neighbors[image, :count] if neighbors is not None else centers.new_empty(count, 0)
         image_tokens = tokens[image]
-        if settings.token_order == "spatial":
+        if token_order == "spatial":
             raster = centers.argsort(stable=True)
             centers, absorbed = centers[raster], absorbed[raster]
             image_tokens = torch.cat([image_tokens[:count][raster], image_tokens[count:]])

@@ -347,6 +347,10 @@ def analyze(
         )
 
     baseline = totals("none")
+    setting = {
+        "arch": arch.name, "hardware": hardware.name, "compute_dtype": compute_dtype, "peak_tflops": peak,
+        "bandwidth_gbps": bandwidth, "batch_size": batch_size, "w_bits": w_bits, "a_bits": a_bits, "kv_bits": kv_bits,
+    }  # fmt: skip
     rows = []
     for method in methods:
         visual = method_visual_tokens(method, visual_tokens, prumerge_tokens, prumerge_plus_tokens)
@@ -354,15 +358,7 @@ def analyze(
         rows.append(
             {
                 "method": method,
-                "arch": arch.name,
-                "hardware": hardware.name,
-                "compute_dtype": compute_dtype,
-                "peak_tflops": peak,
-                "bandwidth_gbps": bandwidth,
-                "batch_size": batch_size,
-                "w_bits": w_bits,
-                "a_bits": a_bits,
-                "kv_bits": kv_bits,
+                **setting,
                 "visual_tokens": visual,
                 "text_tokens": text_tokens,
                 "sequence_length": visual + text_tokens,

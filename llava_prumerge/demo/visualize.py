@@ -241,7 +241,7 @@ def pixel_values_of(model, processor, image: Image.Image) -> torch.Tensor:
 
 
 def vision_tower_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
-    """The preprocessed image [H, W, 3] uint8 (padded, resized, de-normalised): what the patches cover."""
+    """The preprocessed image [H, W, 3] uint8 (padded, resized, de-normalized): what the patches cover."""
     image_processor = processor.image_processor
     mean = torch.tensor(image_processor.image_mean if image_processor.do_normalize else [0.0] * 3)
     std = torch.tensor(image_processor.image_std if image_processor.do_normalize else [1.0] * 3)

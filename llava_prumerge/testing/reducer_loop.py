@@ -4,7 +4,7 @@ It follows the structure of the published reducer (numpy quartiles, a Python loo
 kept token, candidates rebuilt by concatenation for each one) and is deliberately written
 independently of `llava_prumerge.modeling.token_reduction`: the tests use it as the oracle for
 the vectorised reducer, and `llava-prumerge bench --reducer-only` times the two against each other.
-Only the reducer's reference behaviour is covered (summary token on, attention order).
+Only the reducer's reference behavior is covered (summary token on, attention order).
 """
 
 from __future__ import annotations

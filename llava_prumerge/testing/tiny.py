@@ -61,7 +61,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaProcessor:
-    """`LlavaProcessor` + `LlavaImageProcessor` padding images to a square with the mean colour, as LLaVA-1.5."""
+    """`LlavaProcessor` + `LlavaImageProcessor` padding images to a square with the mean color, as LLaVA-1.5."""
     from transformers import LlavaImageProcessor
 
     image_processor = LlavaImageProcessor(

@@ -5,7 +5,7 @@ Each sample is rendered as LLaVA-1.5 trained it (vicuna_v1, whatever the process
 answers and their `</s>` carry labels; the tokens are matched to the answers by character offsets,
 so the mask is exact for any fast tokenizer. Each image stays one `<image>` token: the model replaces
 it with that image's reduced tokens. Images are padded to a square with the image processor's mean
-colour before processing, as LLaVA-1.5's "pad" aspect ratio does.
+color before processing, as LLaVA-1.5's "pad" aspect ratio does.
 
 The whole file is validated up front (structure, image files, token counts), before any model is
 loaded: bad samples are listed with their id and the problem, in the console and in a JSON report.

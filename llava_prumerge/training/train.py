@@ -184,72 +184,18 @@ def add_lora(model: torch.nn.Module, args: argparse.Namespace) -> PeftModel:
 
 
 def train(args: argparse.Namespace) -> dict:
-    required = {
-        "--model": args.model,
-        "--data": args.data,
-        "--image-folder": args.image_folder,
-        "--output-dir": args.output_dir,
-    }
-    missing = [flag for flag, value in required.items() if value is None]
-    if missing:
-        raise UsageError(
-            f"{', '.join(missing)} required to train (or --export-from CHECKPOINT to export one)"
-        )
+    """Check the run's folders and data, then train, save and (unless --no-export) merge and export."""
     precision = resolve_precision(args.precision)
-    output_dir = Path(args.output_dir)
-    resume = args.resume_from_checkpoint
-    if resume == "latest":
-        if not output_dir.is_dir() or get_last_checkpoint(str(output_dir)) is None:
-            raise UsageError(f"--resume-from-checkpoint latest: no checkpoint-N folder in {output_dir}")
-        resume = True
-    elif resume is not None and not Path(resume).is_dir():
-        raise UsageError(f"--resume-from-checkpoint {resume}: no such folder")
-    elif resume is None and output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None:
-        raise UsageError(
-            f"{output_dir} already holds checkpoints of a run; pass --resume-from-checkpoint latest to "
-            "continue it, or choose another --output-dir"
-        )
-    export = None if args.no_export else Path(args.export or output_dir / "merged")
-    if export is not None and export.exists():
-        raise OutputExistsError(
-            f"the export folder {export} already exists; remove it, pass another --export, or --no-export"
-        )
+    output_dir, resume, export = _run_folders(args)
     training_args = training_arguments(args, precision)  # before loading: DeepSpeed ZeRO-3 loads sharded
     main_process = training_args.process_index == 0
 
     processor = AutoProcessor.from_pretrained(args.model)
     config = prumerge_config(args.model, **reduction_fields_from_args(args))
-    tokenizer = processor.tokenizer
-    if tokenizer(IMAGE_PLACEHOLDER, add_special_tokens=False)["input_ids"] != [config.image_token_id]:
-        raise UsageError(
-            f"the tokenizer of {args.model} does not map {IMAGE_PLACEHOLDER} to the model's image token"
-        )
     budget = LengthBudget(args.max_length, config.image_token_id, config.image_seq_length)
-    try:
-        conversations, report = prepare_conversations(
-            Path(args.data), Path(args.image_folder), tokenizer, budget
-        )
-    except OSError as error:
-        raise DataError(f"cannot read the training data: {error}") from error
-    report_path = output_dir / "data_report.json"
-    if main_process:
-        report.write(report_path)
-        print(report.summary())
-        if report.truncated:
-            ids = ", ".join(repr(entry["id"]) for entry in report.truncated[:5])
-            print(f"warning: {len(report.truncated)} sample(s) over --max-length lose their last text: {ids}")
-    if report.bad and not args.skip_bad_samples:
-        raise UsageError(
-            f"{len(report.bad)} bad sample(s) in {args.data}:\n{describe_problems(report)}\n"
-            f"All are listed in {report_path}. Fix them, or pass --skip-bad-samples to train on the "
-            f"{report.used} others."
-        )
-    if report.bad and main_process:
-        print(
-            f"warning: skipping {len(report.bad)} bad sample(s) (--skip-bad-samples):\n{describe_problems(report)}"
-        )
-    if not conversations:
-        raise UsageError(f"no usable sample in {args.data}")
+    conversations, report_path = _checked_conversations(
+        args, processor.tokenizer, config, budget, main_process
+    )
 
     head = architecture_for(config.model_type).load("head_class")
     model = head.from_pretrained(args.model, config=config, dtype=PRECISION_DTYPES[precision])
@@ -270,8 +216,10 @@ def train(args: argparse.Namespace) -> dict:
     trainer = PruMergeTrainer(
         model=peft_model,
         args=training_args,
-        train_dataset=ConversationDataset(conversations, tokenizer, processor.image_processor, budget),
-        data_collator=ConversationCollator(pad_token_id=tokenizer.pad_token_id or 0),
+        train_dataset=ConversationDataset(
+            conversations, processor.tokenizer, processor.image_processor, budget
+        ),
+        data_collator=ConversationCollator(pad_token_id=processor.tokenizer.pad_token_id or 0),
         processing_class=processor,
         callbacks=[RecordTrainingBase(record)],
         projector_lr=args.projector_lr,
@@ -292,6 +240,74 @@ def train(args: argparse.Namespace) -> dict:
     if export is not None:
         summary["export"] = str(export_checkpoint(output_dir, export))
     return summary
+
+
+def _run_folders(args: argparse.Namespace) -> tuple[Path, bool | str | None, Path | None]:
+    """(output folder, what to resume from, export folder), refusing what would clash, before any work."""
+    required = {
+        "--model": args.model,
+        "--data": args.data,
+        "--image-folder": args.image_folder,
+        "--output-dir": args.output_dir,
+    }
+    missing = [flag for flag, value in required.items() if value is None]
+    if missing:
+        raise UsageError(
+            f"{', '.join(missing)} required to train (or --export-from CHECKPOINT to export one)"
+        )
+    output_dir = Path(args.output_dir)
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        if not output_dir.is_dir() or get_last_checkpoint(str(output_dir)) is None:
+            raise UsageError(f"--resume-from-checkpoint latest: no checkpoint-N folder in {output_dir}")
+        resume = True
+    elif resume is not None and not Path(resume).is_dir():
+        raise UsageError(f"--resume-from-checkpoint {resume}: no such folder")
+    elif resume is None and output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None:
+        raise UsageError(
+            f"{output_dir} already holds checkpoints of a run; pass --resume-from-checkpoint latest to "
+            "continue it, or choose another --output-dir"
+        )
+    export = None if args.no_export else Path(args.export or output_dir / "merged")
+    if export is not None and export.exists():
+        raise OutputExistsError(
+            f"the export folder {export} already exists; remove it, pass another --export, or --no-export"
+        )
+    return output_dir, resume, export
+
+
+def _checked_conversations(args, tokenizer, config, budget: LengthBudget, main_process: bool):
+    """The usable conversations and the report's path; bad samples stop the run unless --skip-bad-samples."""
+    if tokenizer(IMAGE_PLACEHOLDER, add_special_tokens=False)["input_ids"] != [config.image_token_id]:
+        raise UsageError(
+            f"the tokenizer of {args.model} does not map {IMAGE_PLACEHOLDER} to the model's image token"
+        )
+    try:
+        conversations, report = prepare_conversations(
+            Path(args.data), Path(args.image_folder), tokenizer, budget
+        )
+    except OSError as error:
+        raise DataError(f"cannot read the training data: {error}") from error
+    report_path = Path(args.output_dir) / "data_report.json"
+    if main_process:
+        report.write(report_path)
+        print(report.summary())
+        if report.truncated:
+            ids = ", ".join(repr(entry["id"]) for entry in report.truncated[:5])
+            print(f"warning: {len(report.truncated)} sample(s) over --max-length lose their last text: {ids}")
+    if report.bad and not args.skip_bad_samples:
+        raise DataError(
+            f"{len(report.bad)} bad sample(s) in {args.data}:\n{describe_problems(report)}\n"
+            f"All are listed in {report_path}. Fix them, or pass --skip-bad-samples to train on the "
+            f"{report.used} others."
+        )
+    if report.bad and main_process:
+        print(
+            f"warning: skipping {len(report.bad)} bad sample(s) (--skip-bad-samples):\n{describe_problems(report)}"
+        )
+    if not conversations:
+        raise DataError(f"no usable sample in {args.data}")
+    return conversations, report_path
 
 
 def export_checkpoint(

@@ -223,7 +223,7 @@ def test_lora_recipe_trains_in_mixed_precision_and_exports(tmp_path, saved_model
     samples = []
     for index, (answer, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (30, 30, 220))] * 4):
         Image.new("RGB", (64, 48), rgb).save(images / f"{index}.png")
-        question = {"from": "human", "value": "<image>\nWhat colour is this?"}
+        question = {"from": "human", "value": "<image>\nWhat color is this?"}
         samples.append(
             {
                 "id": f"c{index}",

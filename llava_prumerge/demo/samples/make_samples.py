@@ -3,7 +3,7 @@
 python llava_prumerge/samples/make_samples.py   # rewrites the PNGs next to this file
 
 Drawn procedurally (no photographs, nothing to license) at LLaVA-1.5's 336x336 input size, with
-flat colours so that each PNG stays a few KB.
+flat colors so that each PNG stays a few KB.
 """
 
 from __future__ import annotations
@@ -50,21 +50,21 @@ def page_of_text() -> Image.Image:
 
 
 def cluttered_scene() -> Image.Image:
-    """Many overlapping objects of many colours."""
+    """Many overlapping objects of many colors."""
     rng = random.Random(2)
     image = Image.new("RGB", (SIZE, SIZE), (70, 60, 55))
     draw = ImageDraw.Draw(image)
     for _ in range(90):
         x, y = rng.randrange(-20, SIZE), rng.randrange(-20, SIZE)
         w, h = rng.randrange(12, 70), rng.randrange(12, 70)
-        colour = tuple(rng.randrange(256) for _ in range(3))
+        color = tuple(rng.randrange(256) for _ in range(3))
         shape = rng.choice(("rectangle", "ellipse", "triangle"))
         if shape == "rectangle":
-            draw.rectangle((x, y, x + w, y + h), fill=colour, outline=(0, 0, 0))
+            draw.rectangle((x, y, x + w, y + h), fill=color, outline=(0, 0, 0))
         elif shape == "ellipse":
-            draw.ellipse((x, y, x + w, y + h), fill=colour, outline=(0, 0, 0))
+            draw.ellipse((x, y, x + w, y + h), fill=color, outline=(0, 0, 0))
         else:
-            draw.polygon([(x, y + h), (x + w // 2, y), (x + w, y + h)], fill=colour, outline=(0, 0, 0))
+            draw.polygon([(x, y + h), (x + w // 2, y), (x + w, y + h)], fill=color, outline=(0, 0, 0))
     return image
 
 
@@ -75,5 +75,5 @@ if __name__ == "__main__":
     folder = Path(__file__).parent
     for name, make in SAMPLES.items():
         path = folder / f"{name}.png"
-        make().quantize(256).save(path, optimize=True)  # a palette PNG: these scenes have few colours
+        make().quantize(256).save(path, optimize=True)  # a palette PNG: these scenes have few colors
         print(f"{path}: {path.stat().st_size / 1024:.1f} KB")
