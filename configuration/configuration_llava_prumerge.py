@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """Configuration of LLaVA-1.5 models whose LLM sees only the PruMerge-reduced visual tokens."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """What every PruMerge config adds to its stock LLaVA-family config: the reducer fields.
 
 The fields are plain attributes (so they serialize to config.json as before) whose values are those

@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """Sequence compaction: each visual item's placeholder run replaced by that item's reduced tokens.
 
 The stock processors expand every `<image>` (or `<video>`) into as many placeholders as the stock
@@ -115,8 +116,8 @@ def compact_batch(
     """Replace each item's placeholder run in `text_embeds` [B, L, hidden] by its tokens and re-pad.
 
     placeholders: per modality, the [B, L] mask of its placeholder positions (padding excluded).
-    `padding_side` defaults to the side the input was padded on, and to the right when the input
-    had no padding.
+    `padding_side` defaults to the right when the input was right-padded, else to the left (so that
+    position -1 is every sample's last token).
     """
     keep = attention_mask.bool()
     spans = [[] for _ in range(text_embeds.shape[0])]  # per sample: (start, length, tokens, token_id)
@@ -126,8 +127,8 @@ def compact_batch(
         items = iter(tokens.features)
         for sample, sample_spans in enumerate(assigned):
             spans[sample] += [(start, length, next(items), tokens.token_id) for start, length in sample_spans]
-    if padding_side is None:
-        padding_side = "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
+    if padding_side is None:  # right only where the input was right-padded: position -1 is the last token
+        padding_side = "right" if bool((attention_mask[:, -1] == 0).any()) else "left"
 
     rows = [_compact_row(sample, sorted(sample_spans, key=lambda span: span[0]), text_embeds, keep, input_ids, labels)
             for sample, sample_spans in enumerate(spans)]  # fmt: skip

@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """The package's exceptions: one base class, a `ValueError`, so `except ValueError` keeps working.
 
 Library code raises these; only the command line turns them into a one-line message and exit

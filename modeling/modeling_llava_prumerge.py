@@ -1,22 +1,22 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """LLaVA-1.5 whose language model sees only the PruMerge-reduced visual tokens.
 
-The shared parts do the work (`modeling_prumerge`: compaction and the language model, `generate`;
+The shared parts do the work (`modeling_prumerge`: compaction, the language model, `generate`;
 `vision_encoding`: the partial CLIP encoder; `token_reduction`: the reducer). Modifications to the
 stock classes:
 - `LlavaPruMergeModel.visual_tokens`: images -> partial CLIP -> reducer -> projector, one
   [n_i, hidden] tensor per image (the one architecture-specific step).
-- `LlavaPruMergeModel.get_image_features`: returns those projected reduced tokens.
+- `LlavaPruMergeModel.get_image_features`: as stock, with the projected reduced tokens as `pooler_output`.
 - `forward` (both classes): the stock signature, delegating to the shared compaction path; its
   outputs report the compacted attention mask and, per image, the visual-token count and kept patches.
 - `generate`: compacts the prompt once, then decodes from its embeddings (shared).
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.generation import GenerationMixin
 from transformers.models.llava.modeling_llava import (
     LlavaCausalLMOutputWithPast,
     LlavaForConditionalGeneration,
@@ -24,6 +24,9 @@ from transformers.models.llava.modeling_llava import (
     LlavaModelOutputWithPast,
     LlavaPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
 from .compaction import VisualTokens
@@ -33,11 +36,13 @@ from .modeling_prumerge import (
     CompactionOutputFields,
     PruMergeForConditionalGenerationMixin,
     PruMergeModelMixin,
+    image_features_output,
+    visual_tokens_of_encoder_outputs,
 )
 from .reduction_settings import ReductionSettings
-from .runtime_compat import image_features_output, pop_cache, share_checkpoint_layout
+from .runtime_compat import declare_cache_argument, pop_cache, share_checkpoint_layout
 from .token_reduction import ReducedTokens
-from .vision_encoding import EncodedPatches, check_pixel_values, encode_patches
+from .vision_encoding import EncodedPatches, check_pixel_values, encode_patches, patches_from_hidden_states
 
 # llava-hf checkpoints load unchanged: their weight names map as for stock LLaVA.
 share_checkpoint_layout("llava_prumerge", "llava", {"LlavaPruMergeModel": "LlavaModel"})
@@ -60,16 +65,8 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
 
     config_class = LlavaPruMergeConfig
 
-    def encode_patches(
-        self,
-        pixel_values: torch.Tensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        reduction: ReductionSettings | None = None,
-    ) -> EncodedPatches:
-        """The vision tower's part: patch features of the feature layer(s) and, for the reducer, the
-        reduction layer's [CLS] attention and keys (see `vision_encoding.encode_patches`)."""
-        check_pixel_values(pixel_values, self.config.vision_config)
+    def _feature_settings(self, vision_feature_layer, vision_feature_select_strategy, reduction):
+        """(feature layer(s), keep the [CLS] row, reducer settings) of one call, validated."""
         settings = self.reduction_settings(reduction)
         feature_layer = (
             self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
@@ -88,7 +85,22 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
                 f"token_reduction={settings.token_reduction!r} reduces patch tokens and needs "
                 "vision_feature_select_strategy='default' (the [CLS] token is not a patch)"
             )
-        return encode_patches(self.vision_tower, pixel_values, feature_layer, strategy == "full", settings)
+        return feature_layer, strategy == "full", settings
+
+    def encode_patches(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        reduction: ReductionSettings | None = None,
+    ) -> EncodedPatches:
+        """The vision tower's part: patch features of the feature layer(s) and, for the reducer, the
+        reduction layer's [CLS] attention and keys (see `vision_encoding.encode_patches`)."""
+        check_pixel_values(pixel_values, self.config.vision_config)
+        feature_layer, keep_class_token, settings = self._feature_settings(
+            vision_feature_layer, vision_feature_select_strategy, reduction
+        )
+        return encode_patches(self.vision_tower, pixel_values, feature_layer, keep_class_token, settings)
 
     def reduce_patches(
         self, encoded: EncodedPatches, reduction: ReductionSettings | None = None
@@ -112,12 +124,8 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
     def image_tokens(self, reduced: ReducedTokens) -> VisualTokens:
         """Reduced image tokens projected into the language model's space, ready for compaction."""
         projected = self.multi_modal_projector(torch.cat(reduced.features, dim=0))  # [sum n_i, hidden]
-        return VisualTokens(
-            modality="image",
-            token_id=self.config.image_token_id,
-            features=list(projected.split(reduced.num_tokens, dim=0)),
-            expanded_lengths=[self.config.image_seq_length] * len(reduced.features),
-            centers=reduced.centers,
+        return self.modality_tokens(
+            "image", list(projected.split(reduced.num_tokens, dim=0)), reduced.centers
         )
 
     def visual_tokens(
@@ -139,21 +147,44 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
         )
         return [self.image_tokens(reduced)]
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-        **kwargs,
+        reduction: ReductionSettings | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ):
-        """Overridden: the projected reduced tokens, one [n_i, hidden] tensor per image."""
-        if kwargs.get("image_sizes") is not None:
+        """Overridden: as stock (the whole vision tower runs, its outputs are returned), but `pooler_output`
+        holds the projected reduced tokens, one [n_i, hidden] tensor per image, and `visual_token_centers`
+        the patches they came from; transformers 4.x returns that list of tensors alone, as stock 4.x."""
+        if kwargs.pop("image_sizes", None) is not None:
             raise VisualInputError(
                 "image_sizes is not supported: LLaVA-1.5 images are square and of one size"
             )
-        [images] = self.visual_tokens(pixel_values, vision_feature_layer, vision_feature_select_strategy)
-        return image_features_output(images.features)
+        check_pixel_values(pixel_values, self.config.vision_config)
+        feature_layer, keep_class_token, settings = self._feature_settings(
+            vision_feature_layer, vision_feature_select_strategy, reduction
+        )
+        hidden_states_wanted = kwargs.pop("output_hidden_states", None)
+        if hidden_states_wanted is None:
+            hidden_states_wanted = self.vision_tower.config.output_hidden_states
+        tower = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+        encoded = patches_from_hidden_states(
+            self.vision_tower, tower.hidden_states, feature_layer, keep_class_token, settings
+        )
+        images = self.image_tokens(encoded.reduce(settings))
+        return image_features_output(
+            images.features,
+            last_hidden_state=tower.last_hidden_state,
+            hidden_states=tower.hidden_states if hidden_states_wanted else None,
+            attentions=tower.attentions,
+            visual_token_centers=images.centers,
+        )
 
+    @can_return_tuple
+    @declare_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -165,18 +196,25 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
         reduction: ReductionSettings | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaPruMergeModelOutputWithPast:
-        """Overridden: with `pixel_values`, the language model runs on the compacted prompt; `labels`
-        (optional) come back aligned with it."""
+        """Overridden: with `pixel_values` (or image features from `get_image_features` in
+        `mm_encoder_outputs`), the language model runs on the compacted prompt; `labels` (optional)
+        come back aligned with it."""
         cache = pop_cache(kwargs, past_key_values)
-        visual = None
+        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs)
         if pixel_values is not None:
-            self.check_prefill(inputs_embeds, cache, kwargs)
+            if visual:
+                raise VisualInputError(
+                    "Pass the images once: as pixel_values or in mm_encoder_outputs, not both"
+                )
             visual = self.visual_tokens(
                 pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
             )
+        if visual:
+            self.check_prefill(cache, kwargs)
         fields = self.language_model_outputs(
             input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, visual, **kwargs
         )
@@ -184,7 +222,7 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
 
 
 class LlavaPruMergeForConditionalGeneration(
-    PruMergeForConditionalGenerationMixin, LlavaForConditionalGeneration
+    PruMergeForConditionalGenerationMixin, LlavaForConditionalGeneration, GenerationMixin
 ):
     """[`LlavaForConditionalGeneration`] whose LLM sees only the PruMerge-reduced visual tokens."""
 
@@ -203,6 +241,12 @@ class LlavaPruMergeForConditionalGeneration(
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        """The base model's (see `LlavaPruMergeModel.get_image_features`)."""
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    @can_return_tuple
+    @declare_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -215,10 +259,11 @@ class LlavaPruMergeForConditionalGeneration(
         vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
         reduction: ReductionSettings | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaPruMergeCausalLMOutputWithPast:
-        """Overridden: with `pixel_values`, the base model compacts the sequence (and `labels`); see
+        """Overridden: with visual inputs, the base model compacts the sequence (and `labels`); see
         [`LlavaPruMergeCausalLMOutputWithPast`] for what the returned length means."""
         outputs = self.model(
             input_ids=input_ids,
@@ -230,7 +275,9 @@ class LlavaPruMergeForConditionalGeneration(
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             labels=labels,
+            mm_encoder_outputs=mm_encoder_outputs,
             reduction=reduction,
+            return_dict=True,
             **kwargs,
         )
         return LlavaPruMergeCausalLMOutputWithPast(

@@ -1,10 +1,12 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """What every PruMerge LLaVA-family model adds to its stock classes, whatever its vision inputs.
 
 Data flows one way, as in transformers' own LLaVA: the head's `forward` calls the base model once;
 the base model encodes and reduces the visual inputs (`visual_tokens`, the one method each
 architecture implements), compacts the prompt once (`compact_inputs`) and runs the language model;
 the head applies `lm_head` and the loss on the compacted labels the base model returns.
-`generate` compacts the prompt with the same `compact_inputs`, then decodes from its embeddings.
+`generate` compacts the prompt with the same `compact_inputs`, decodes from its embeddings, and
+returns the caller's prompt followed by the new tokens, as stock models do.
 """
 
 from __future__ import annotations
@@ -12,11 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.streamers import BaseStreamer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import logging
 
 from .compaction import CompactedBatch, VisualTokens, compact_batch
 from .errors import VisualInputError
 from .reduction_settings import ReductionSettings
-from .runtime_compat import CACHE_ARGUMENT, encoder_output_fields
+from .runtime_compat import (
+    CACHE_ARGUMENT,
+    CACHE_ARGUMENT_NAMES,
+    GENERATE_TAKES_ENCODER_OUTPUTS,
+    IMAGE_FEATURES_AS_OUTPUT,
+    encoder_output_fields,
+)
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -47,6 +60,39 @@ class CompactedModelOutputFields(CompactionOutputFields):
     labels: torch.LongTensor | None = None
 
 
+@dataclass
+class ReducedImageFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    `get_image_features`' output: the vision tower's outputs, with `pooler_output` the projected reduced
+    tokens (one `[n_i, hidden]` tensor per image).
+
+    visual_token_centers (`list[torch.LongTensor]`, *optional*): per image, the kept patch indices in token order.
+    """
+
+    visual_token_centers: list[torch.LongTensor] | None = None
+
+
+def image_features_output(per_image: list[torch.Tensor], **fields):
+    """What `get_image_features` returns: transformers 5 the output object, 4.x the per-image list alone."""
+    return (
+        ReducedImageFeaturesOutput(pooler_output=per_image, **fields)
+        if IMAGE_FEATURES_AS_OUTPUT
+        else per_image
+    )
+
+
+def visual_tokens_of_encoder_outputs(model, mm_encoder_outputs: dict | None) -> list[VisualTokens]:
+    """The visual tokens in transformers 5's `mm_encoder_outputs` (`get_image_features` outputs by modality)."""
+    visual = []
+    for modality in model.modality_inputs:
+        output = (mm_encoder_outputs or {}).get(modality)
+        if output is not None:
+            features = list(output.pooler_output)
+            centers = getattr(output, "visual_token_centers", None) or [None] * len(features)
+            visual.append(model.modality_tokens(modality, features, centers))
+    return visual
+
+
 class PruMergeModelMixin:
     """The base model's part: visual inputs -> reduced tokens -> compacted prompt -> language model.
 
@@ -57,6 +103,12 @@ class PruMergeModelMixin:
 
     modality_inputs: dict[str, str] = {"image": "pixel_values"}  # modality -> its forward argument
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Overridden: the weights initialize through the stock classes' `_init_weights` (transformers' own init
+        functions), so transformers initializes missing weights as it does for the stock classes."""
+        return False
+
     def reduction_settings(self, reduction: ReductionSettings | None = None) -> ReductionSettings:
         """The settings of one call: `reduction` when given, else the config's."""
         return reduction if reduction is not None else self.config.reduction_settings
@@ -65,6 +117,20 @@ class PruMergeModelMixin:
         self, reduction: ReductionSettings | None = None, **visual_inputs
     ) -> list[VisualTokens]:
         raise NotImplementedError(f"{type(self).__name__} must implement visual_tokens")
+
+    def modality_tokens(self, modality: str, features: list[torch.Tensor], centers: list) -> VisualTokens:
+        """One modality's projected tokens, per item, ready for compaction."""
+        return VisualTokens(
+            modality=modality,
+            token_id=getattr(self.config, f"{modality}_token_id"),
+            features=features,
+            expanded_lengths=[self.expanded_length(modality)] * len(features),
+            centers=centers,
+        )
+
+    def expanded_length(self, modality: str) -> int:
+        """How many placeholders the stock processor writes for one item of `modality`."""
+        return self.config.image_seq_length
 
     def placeholder_masks(
         self,
@@ -96,16 +162,17 @@ class PruMergeModelMixin:
         """The batch the language model sees: each placeholder run replaced by its item's reduced tokens.
 
         `visual` comes from `visual_tokens` (or is built from tokens already reduced, as `bench` does).
-        `padding_side` defaults to the side the input was padded on, and to the right without padding.
+        With `inputs_embeds` and no `input_ids`, placeholders are found by their embedding, and the
+        compacted batch has no `input_ids`. `padding_side` defaults to the right when the input was
+        right-padded, else to the left, so that position -1 is every sample's last token.
         """
-        if input_ids is None:
-            raise VisualInputError(
-                "visual inputs need input_ids (with their placeholders), not inputs_embeds"
-            )
-        if input_ids.shape[0] == 0:
+        prompt = input_ids if input_ids is not None else inputs_embeds
+        if prompt is None:
+            raise VisualInputError("visual inputs need the prompt: pass input_ids (or inputs_embeds)")
+        if prompt.shape[0] == 0:
             raise VisualInputError("Empty batch: input_ids has no samples")
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         pad_token_id = self.config.text_config.pad_token_id
         return compact_batch(
@@ -119,27 +186,15 @@ class PruMergeModelMixin:
             pad_token_id=0 if pad_token_id is None else pad_token_id,
         )
 
-    def check_prefill(self, inputs_embeds, cache, kwargs: dict) -> None:
-        """Compaction rewrites the whole prompt, so it needs the prompt as ids and an empty cache."""
-        if inputs_embeds is not None:
-            raise VisualInputError(
-                "Pass input_ids (with `<image>` placeholders) together with pixel_values, not inputs_embeds"
-            )
+    def check_prefill(self, cache, kwargs: dict) -> None:
+        """Compaction rewrites the whole prompt, so visual inputs need an empty KV cache."""
         if cache is not None and cache.get_seq_length() > 0:
             raise VisualInputError(
-                "pixel_values with a non-empty KV cache (past_key_values) is not supported: the prompt is "
-                "compacted as a whole; start from an empty cache"
+                "Visual inputs with a non-empty KV cache are not supported: PruMerge compacts the prompt with its "
+                "images as a whole. Start from an empty cache, or continue a conversation from text alone "
+                "(input_ids of the new turn, with the cache and no pixel_values)"
             )
         kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; the LLM recomputes them
-
-    def check_text_only(self, input_ids, cache, kwargs: dict) -> None:
-        """Placeholders without visual inputs would silently reach the LLM as ordinary tokens."""
-        starting = cache is None or cache.get_seq_length() == 0
-        if input_ids is None or not starting or kwargs.get("mm_encoder_outputs") is not None:
-            return
-        for modality, argument in self.modality_inputs.items():
-            if (input_ids == getattr(self.config, f"{modality}_token_id")).any():
-                raise VisualInputError(f"The prompt holds `<{modality}>` tokens but no {argument} were given")
 
     def language_model_outputs(
         self,
@@ -153,15 +208,16 @@ class PruMergeModelMixin:
         **kwargs,
     ) -> dict:
         """The fields of the base model's output: the language model on the compacted prompt (or on the
-        prompt as given, without visual inputs), the compacted mask, positions and labels, and per item
-        the tokens that reached the language model."""
+        prompt as given, without visual inputs: placeholders are then ordinary tokens, as in stock LLaVA),
+        the compacted mask, positions and labels, and per item the tokens that reached the language model."""
         fields = {"labels": labels}
-        if visual is None:
-            self.check_text_only(input_ids, cache, kwargs)
+        if not visual:
             if inputs_embeds is None:
                 inputs_embeds = self.get_input_embeddings()(input_ids)
         else:
-            compact = self.compact_inputs(input_ids, attention_mask, labels, visual=visual)
+            compact = self.compact_inputs(
+                input_ids, attention_mask, labels, visual=visual, inputs_embeds=inputs_embeds
+            )
             inputs_embeds, attention_mask, position_ids = (
                 compact.inputs_embeds,
                 compact.attention_mask,
@@ -181,6 +237,7 @@ class PruMergeModelMixin:
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **{CACHE_ARGUMENT: cache},
             **kwargs,
         )
@@ -195,6 +252,11 @@ class PruMergeForConditionalGenerationMixin:
     """
 
     visual_input_names: tuple[str, ...] = ("pixel_values",)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Overridden: see `PruMergeModelMixin.is_custom_code`."""
+        return False
 
     def reduce_image_tokens(self, pixel_values: torch.Tensor, **kwargs):
         """Per image, the reduced tokens (before the projector) and the patches they came from."""
@@ -219,15 +281,24 @@ class PruMergeForConditionalGenerationMixin:
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """Overridden: with visual inputs, the prompt is compacted (left-padded) once, then decoded from its
-        embeddings; the returned sequences start with the compacted prompt."""
+        """Overridden: with visual inputs, the prompt is compacted (left-padded) once and decoded from its
+        embeddings. As for stock models, the output is the prompt as passed followed by the new tokens
+        (only the new tokens for a prompt given as `inputs_embeds` alone), and `max_length` /
+        `min_length` count the prompt as passed. `reduction` (ReductionSettings) overrides the config's."""
         visual_inputs = {name: kwargs.pop(name, None) for name in self.visual_input_names}
+        visual_inputs = {name: value for name, value in visual_inputs.items() if value is not None}
         reduction = kwargs.pop("reduction", None)
-        if all(value is None for value in visual_inputs.values()):
-            return super().generate(inputs, generation_config, **kwargs)
         input_ids = kwargs.pop("input_ids", None)
         if inputs is not None and input_ids is not None:
             raise VisualInputError("Pass the prompt once: either as `inputs` or as `input_ids`")
+        input_ids = inputs if input_ids is None else input_ids
+        cache = next((kwargs[name] for name in CACHE_ARGUMENT_NAMES if kwargs.get(name) is not None), None)
+        if not visual_inputs:
+            self._warn_if_placeholders_without_visual_inputs(input_ids, cache)
+            return super().generate(input_ids, generation_config, **kwargs)
+
+        self.model.check_prefill(cache, kwargs)
+        inputs_embeds = kwargs.pop("inputs_embeds", None)
         visual = self.model.visual_tokens(
             reduction=reduction,
             vision_feature_layer=kwargs.pop("vision_feature_layer", None),
@@ -235,15 +306,108 @@ class PruMergeForConditionalGenerationMixin:
             **visual_inputs,
         )
         compact = self.model.compact_inputs(
-            input_ids if input_ids is not None else inputs,
+            input_ids,
             kwargs.pop("attention_mask", None),
             visual=visual,
+            inputs_embeds=inputs_embeds,
             padding_side="left",
         )
-        return super().generate(
-            input_ids=compact.input_ids,
-            inputs_embeds=compact.inputs_embeds,
-            attention_mask=compact.attention_mask,
-            generation_config=generation_config,
-            **kwargs,
+        prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        kwargs.update(self._lengths_from_the_callers_prompt(generation_config, kwargs, prompt_length))
+        if kwargs.get("streamer") is not None and input_ids is not None:
+            kwargs["streamer"] = CallersPromptStreamer(kwargs["streamer"], input_ids)
+        if compact.input_ids is not None and GENERATE_TAKES_ENCODER_OUTPUTS:
+            # The compacted ids with their visual tokens: every prefill (assisted decoding's too) rebuilds the
+            # embeddings, beams get copies, assistants get them, as for stock models' encoded images.
+            prompt = {"input_ids": compact.input_ids, "mm_encoder_outputs": encoder_outputs_of(visual)}
+        else:
+            _refuse_candidate_decoding(kwargs)
+            prompt = {"input_ids": compact.input_ids, "inputs_embeds": compact.inputs_embeds}
+        outputs = super().generate(
+            **prompt, attention_mask=compact.attention_mask, generation_config=generation_config, **kwargs
         )
+        if compact.input_ids is None:  # a prompt given as embeddings alone: only the new tokens, as stock
+            return outputs
+        return _with_callers_prompt(outputs, input_ids, compact.input_ids.shape[1])
+
+    def _warn_if_placeholders_without_visual_inputs(self, input_ids, cache) -> None:
+        """A prompt with placeholders but no visual inputs is usually a mistake, yet stock LLaVA embeds them as
+        ordinary tokens (assisted decoding, prompt lookup and decode steps rely on it): warn, once."""
+        if input_ids is None or (cache is not None and cache.get_seq_length() > 0):
+            return
+        for modality, argument in self.model.modality_inputs.items():
+            if (input_ids == getattr(self.config, f"{modality}_token_id")).any():
+                logger.warning_once(
+                    f"The prompt holds `<{modality}>` tokens but no {argument} were given: they are read as ordinary "
+                    f"tokens. Pass {argument} to give the model the {modality}."
+                )
+
+    def _lengths_from_the_callers_prompt(self, generation_config, kwargs: dict, prompt_length: int) -> dict:
+        """`max_length` and `min_length` count the prompt as passed, not the compacted one: expressed as
+        new-token counts, which mean the same for both."""
+        config = generation_config if generation_config is not None else self.generation_config
+
+        def setting(name: str):
+            return kwargs[name] if kwargs.get(name) is not None else getattr(config, name, None)
+
+        lengths = {}
+        if setting("max_new_tokens") is None and setting("max_length") is not None:
+            if prompt_length >= setting("max_length"):
+                logger.warning(
+                    f"Input length of input_ids is {prompt_length}, but `max_length` is set to "
+                    f"{setting('max_length')}; one token is generated. Set `max_new_tokens` to choose how many."
+                )
+            lengths["max_new_tokens"] = max(setting("max_length") - prompt_length, 1)
+            kwargs.pop("max_length", None)
+        if setting("min_new_tokens") is None and setting("min_length"):
+            lengths["min_new_tokens"] = max(setting("min_length") - prompt_length, 0)
+            kwargs.pop("min_length", None)
+        return lengths
+
+
+def encoder_outputs_of(visual: list[VisualTokens]) -> dict:
+    """Visual tokens as transformers 5's `mm_encoder_outputs`: `get_image_features`-style outputs by modality."""
+    return {
+        tokens.modality: ReducedImageFeaturesOutput(
+            pooler_output=tokens.features, visual_token_centers=tokens.centers
+        )
+        for tokens in visual
+    }
+
+
+def _refuse_candidate_decoding(kwargs: dict) -> None:
+    """Assisted and prompt-lookup decoding re-run the prefill on ids the model cannot rebuild images from, here
+    (transformers 4.x, or a prompt given as embeddings): refuse rather than decode from the wrong prompt."""
+    if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
+        raise VisualInputError(
+            "Assisted and prompt-lookup decoding with images need transformers >= 5 and the prompt as input_ids "
+            "(stock LLaVA refuses them as well on transformers 4.x); decode without them, or continue from text"
+        )
+
+
+class CallersPromptStreamer(BaseStreamer):
+    """Gives a streamer the caller's prompt where `generate` would hand it the compacted one."""
+
+    def __init__(self, streamer: BaseStreamer, prompt: torch.Tensor):
+        self.streamer, self.prompt = streamer, prompt
+
+    def put(self, value):
+        if self.prompt is not None:  # the first call carries the prompt
+            value, self.prompt = self.prompt.cpu(), None
+        self.streamer.put(value)
+
+    def end(self):
+        self.streamer.end()
+
+
+def _with_callers_prompt(outputs, input_ids: torch.Tensor, compacted_length: int):
+    """`generate`'s output with the compacted prompt replaced by the caller's (one copy per returned row)."""
+    sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
+    prompts = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0).to(
+        sequences.device
+    )
+    sequences = torch.cat([prompts, sequences[:, compacted_length:]], dim=1)
+    if isinstance(outputs, torch.Tensor):
+        return sequences
+    outputs.sequences = sequences
+    return outputs

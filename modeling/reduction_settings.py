@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """The PruMerge reducer's settings: one frozen, validated dataclass whose defaults are the published reducer.
 
 Configs build it from their fields, the reducer and the partial vision encoder read it, and tools

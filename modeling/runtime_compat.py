@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """Every transformers 4.57 / 5.x difference the package depends on, each as one named probe.
 
 Probes read the installed classes (their signatures and fields) rather than version numbers where
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 
 import transformers
 from torch import nn
@@ -35,6 +37,12 @@ CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")
 ENCODER_OUTPUTS_IN_OUTPUTS = "image_outputs" in {
     field.name for field in dataclasses.fields(LlavaCausalLMOutputWithPast)
 }
+
+# transformers 5's `generate` takes visual tokens encoded before the prefill as `mm_encoder_outputs` (by
+# modality), hands them to the prefill forward only, expands them for beams and gives them to assistants.
+GENERATE_TAKES_ENCODER_OUTPUTS = (
+    "mm_encoder_outputs" in inspect.signature(LlavaForConditionalGeneration.forward).parameters
+)
 
 # transformers 5 returns a ModelOutput from `get_image_features` (the per-image list in `pooler_output`);
 # 4.x returns the list itself.
@@ -80,11 +88,29 @@ def share_checkpoint_layout(model_type: str, stock_model_type: str, class_pairs:
         register_checkpoint_conversion_mapping(ours, get_checkpoint_conversion_mapping(stock), overwrite=True)
 
 
+def declare_cache_argument(forward):
+    """Show `forward`'s KV-cache parameter under the installed name: its code takes `past_key_values`, and
+    `pop_cache` finds the cache under either name, but transformers reads the name off the signature."""
+    if CACHE_ARGUMENT != "past_key_values":
+        signature = inspect.signature(forward)
+        parameters = [
+            parameter.replace(name=CACHE_ARGUMENT) if parameter.name == "past_key_values" else parameter
+            for parameter in signature.parameters.values()
+        ]
+        forward.__signature__ = signature.replace(parameters=parameters)
+    return forward
+
+
 def pop_cache(kwargs: dict, past_key_values=None):
-    """The KV cache, whichever name it was passed under; both at once is an error."""
+    """The KV cache, whichever name it was passed under (the old one with the deprecation warning stock
+    models give); both at once is an error."""
     cache = kwargs.pop("cache", None)
     if cache is not None and past_key_values is not None:
         raise PruMergeError("Pass the KV cache once: as `cache` or as `past_key_values`, not both")
+    if past_key_values is not None and CACHE_ARGUMENT == "cache":
+        warnings.warn(
+            "`past_key_values` is deprecated: pass the KV cache as `cache`", FutureWarning, stacklevel=3
+        )
     return cache if cache is not None else past_key_values
 
 
@@ -106,15 +132,6 @@ def extra_special_tokens(tokenizer) -> list[str]:
     if listed is None:
         listed = getattr(tokenizer, "extra_special_tokens", None) or []
     return [str(token) for token in listed]
-
-
-def image_features_output(per_image: list, **fields):
-    """What `get_image_features` returns: 5.x a BaseModelOutputWithPooling, 4.x the per-image list."""
-    if IMAGE_FEATURES_AS_OUTPUT:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        return BaseModelOutputWithPooling(pooler_output=per_image, **fields)
-    return per_image
 
 
 def encoder_output_fields(modality: str, per_item: list) -> dict:

@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """PruMerge visual-token reduction as pure tensor functions.
 
 LLaVA-PruMerge (Shang et al., arXiv 2403.15388) keeps the patches whose [CLS] attention is an

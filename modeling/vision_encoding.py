@@ -1,3 +1,4 @@
+# Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """The vision tower's part of PruMerge, for any CLIP-style tower: patch features plus [CLS] attention and keys.
 
 A LLaVA-family model reads the hidden state of one (or a few) encoder layers, -2 by default, so the
@@ -104,6 +105,16 @@ def to_device_of(tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return tensor if weight.device.type == "meta" else tensor.to(weight.device)
 
 
+def _layer_indices(num_layers: int, feature_layers: int | list[int], settings: ReductionSettings):
+    """Indices into the hidden states (0: embeddings, i: the input of layer i) of the feature layer(s), and the
+    index of the reduction layer."""
+    features = [
+        i % (num_layers + 1)
+        for i in ([feature_layers] if isinstance(feature_layers, int) else feature_layers)
+    ]
+    return features, settings.reduction_layer % num_layers
+
+
 def encode_patches(
     tower: nn.Module,
     pixel_values: torch.Tensor,
@@ -116,18 +127,13 @@ def encode_patches(
     feature_layers: the hidden state(s) the model reads (index into the tower's hidden states, as
     `vision_feature_layer`: -2 is the input of the last layer); several are concatenated on channels.
     keep_class_token: whether the model reads the [CLS] row too (LLaVA's "full" strategy).
+    Only the layers up to the deepest one needed run.
     """
     transformer = clip_transformer(tower)
     layers = transformer.encoder.layers
-    num_layers = len(layers)
-    feature_indices = [
-        i % (num_layers + 1)
-        for i in ([feature_layers] if isinstance(feature_layers, int) else feature_layers)
-    ]
-    reduction_index = settings.reduction_layer % num_layers
+    feature_indices, reduction_index = _layer_indices(len(layers), feature_layers, settings)
     # hidden_states[i] is the input of layer i; nothing past the deepest needed one is computed.
     deepest = max(feature_indices + ([reduction_index] if settings.reduces else []))
-
     with weights_in_place([tower, transformer, transformer.encoder]):
         pixel_values = to_device_of(pixel_values, transformer.embeddings.patch_embedding.weight)
         hidden = transformer.pre_layrnorm(transformer.embeddings(pixel_values))  # [n, 1+N, D]
@@ -137,16 +143,29 @@ def encode_patches(
             output = layer(hidden, **masks)
             hidden = output[0] if isinstance(output, tuple) else output
             hidden_states.append(hidden)
-        selected = torch.cat([hidden_states[i] for i in feature_indices], dim=-1)  # [n, 1+N, C]
-        encoded = EncodedPatches(selected[:, 1:], selected[:, :1] if keep_class_token else None)
-        if not settings.reduces:
-            return encoded
+    return patches_from_hidden_states(tower, hidden_states, feature_layers, keep_class_token, settings)
 
-        layer = layers[reduction_index]
-        with weights_in_place([layer]):
-            normed = layer.layer_norm1(to_device_of(hidden_states[reduction_index], layer.layer_norm1.weight))
-            queries = layer.self_attn.q_proj(normed)  # [n, 1+N, D]
-            keys = layer.self_attn.k_proj(normed)  # [n, 1+N, D]
+
+def patches_from_hidden_states(
+    tower: nn.Module,
+    hidden_states,
+    feature_layers: int | list[int],
+    keep_class_token: bool,
+    settings: ReductionSettings,
+) -> EncodedPatches:
+    """`encode_patches` from hidden states already computed (those of the partial run, or all of a full
+    `output_hidden_states=True` run): the feature layer(s), and the reduction layer's q/k on its input."""
+    layers = clip_transformer(tower).encoder.layers
+    feature_indices, reduction_index = _layer_indices(len(layers), feature_layers, settings)
+    selected = torch.cat([hidden_states[i] for i in feature_indices], dim=-1)  # [n, 1+N, C]
+    encoded = EncodedPatches(selected[:, 1:], selected[:, :1] if keep_class_token else None)
+    if not settings.reduces:
+        return encoded
+    layer = layers[reduction_index]
+    with weights_in_place([layer]):
+        normed = layer.layer_norm1(to_device_of(hidden_states[reduction_index], layer.layer_norm1.weight))
+        queries = layer.self_attn.q_proj(normed)  # [n, 1+N, D]
+        keys = layer.self_attn.k_proj(normed)  # [n, 1+N, D]
     num_heads = getattr(layer.self_attn, "num_heads", None)
     attention = class_attention(queries, keys, settings.class_attention, num_heads=num_heads)  # [n, N]
     encoded.attention = attention.to(encoded.features.device)
