@@ -41,8 +41,7 @@ chat = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "te
 prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
 inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
 output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
-# The output starts with the compacted prompt (the reduced visual tokens), so decode the whole of it.
-print(processor.decode(output[0], skip_special_tokens=True))
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 
 # Pipelines: "image-text-to-text" (both majors), "image-to-text" (4.57 only)
 pipe = transformers.pipeline("image-text-to-text", model=model_id, trust_remote_code=True)

@@ -175,9 +175,10 @@ def test_get_image_features_is_stocks_with_the_reduced_tokens(tester, batch, var
     assert len(full.attentions) == vision.num_hidden_layers
 
 
-def test_decode_steps_compile_without_graph_breaks(models, batch):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_decode_steps_compile_without_graph_breaks(models, batch, variant):
     """After the (compacting) prefill, a decode step is the language model alone: fullgraph compiles."""
-    model = models["prumerge"]
+    model = models[variant]
     one = {key: value[:1] for key, value in batch.items()}
     expected = model.generate(**one, max_new_tokens=NEW_TOKENS, do_sample=False)[0, -NEW_TOKENS:].tolist()
     torch._dynamo.reset()
