@@ -64,21 +64,25 @@ def placeholder_runs(placeholders: torch.Tensor) -> list[list[tuple[int, int]]]:
 
 
 def assign_runs(
-    runs: list[list[tuple[int, int]]], expanded_lengths: list[int], modality: str
+    runs: list[list[tuple[int, int]]],
+    expanded_lengths: list[int],
+    modality: str,
+    counts: list[int] | None = None,
 ) -> list[list[tuple[int, int]]]:
     """Per sample, one (start, length) span per item, items in prompt order.
 
     A run is one item whatever its length (one placeholder, the processor's expansion, or an
-    already reduced run) when there are as many runs as items; otherwise a run must be exactly
-    the processor's expansions of consecutive items (adjacent `<image><image>` expanded), and is
-    split at their boundaries.
+    already reduced run) when there are as many runs as items; otherwise a run must be exactly the
+    processor's expansions of consecutive items (adjacent `<image><image>` expanded), or their
+    reduced `counts` (a prompt compacted already), and is split at their boundaries.
     """
     lengths = [length for sample_runs in runs for _, length in sample_runs]
     if len(lengths) == len(expanded_lengths):
         return runs
-    spans = _split_runs(runs, expanded_lengths)
-    if spans is not None:
-        return spans
+    for item_lengths in (expanded_lengths, counts):
+        spans = _split_runs(runs, item_lengths) if item_lengths is not None else None
+        if spans is not None:
+            return spans
     expansions = sorted(set(expanded_lengths))
     raise VisualInputError(
         f"The prompts hold {len(lengths)} run(s) of {modality} tokens (lengths {lengths}) but "
@@ -123,7 +127,7 @@ def compact_batch(
     spans = [[] for _ in range(text_embeds.shape[0])]  # per sample: (start, length, tokens, token_id)
     for tokens in visual:
         runs = placeholder_runs(placeholders[tokens.modality] & keep)
-        assigned = assign_runs(runs, tokens.expanded_lengths, tokens.modality)
+        assigned = assign_runs(runs, tokens.expanded_lengths, tokens.modality, tokens.counts)
         items = iter(tokens.features)
         for sample, sample_spans in enumerate(assigned):
             spans[sample] += [(start, length, next(items), tokens.token_id) for start, length in sample_spans]

@@ -36,7 +36,7 @@ from .modeling_prumerge import (
     CompactionOutputFields,
     PruMergeForConditionalGenerationMixin,
     PruMergeModelMixin,
-    image_features_output,
+    visual_features_output,
     visual_tokens_of_encoder_outputs,
 )
 from .reduction_settings import ReductionSettings
@@ -174,13 +174,11 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
         encoded = patches_from_hidden_states(
             self.vision_tower, tower.hidden_states, feature_layer, keep_class_token, settings
         )
-        images = self.image_tokens(encoded.reduce(settings))
-        return image_features_output(
-            images.features,
+        return visual_features_output(
+            self.image_tokens(encoded.reduce(settings)),
             last_hidden_state=tower.last_hidden_state,
             hidden_states=tower.hidden_states if hidden_states_wanted else None,
             attentions=tower.attentions,
-            visual_token_centers=images.centers,
         )
 
     @can_return_tuple

@@ -61,23 +61,28 @@ class CompactedModelOutputFields(CompactionOutputFields):
 
 
 @dataclass
-class ReducedImageFeaturesOutput(BaseModelOutputWithPooling):
+class ReducedVisualFeaturesOutput(BaseModelOutputWithPooling):
     r"""
-    `get_image_features`' output: the vision tower's outputs, with `pooler_output` the projected reduced
-    tokens (one `[n_i, hidden]` tensor per image).
+    `get_image_features`' (`get_video_features`') output: the vision tower's outputs, with `pooler_output`
+    the projected reduced tokens (one `[n_i, hidden]` tensor per image or video).
 
-    visual_token_centers (`list[torch.LongTensor]`, *optional*): per image, the kept patch indices in token order.
+    visual_token_centers (`list[torch.LongTensor]`, *optional*): per item, the kept patches in token order.
+    placeholder_lengths (`list[int]`, *optional*): per item, the placeholders the stock processor writes for it.
     """
 
     visual_token_centers: list[torch.LongTensor] | None = None
+    placeholder_lengths: list[int] | None = None
 
 
-def image_features_output(per_image: list[torch.Tensor], **fields):
-    """What `get_image_features` returns: transformers 5 the output object, 4.x the per-image list alone."""
-    return (
-        ReducedImageFeaturesOutput(pooler_output=per_image, **fields)
-        if IMAGE_FEATURES_AS_OUTPUT
-        else per_image
+def visual_features_output(tokens: VisualTokens, **fields):
+    """What `get_image_features` returns: transformers 5 the output object, 4.x the per-item list alone."""
+    if not IMAGE_FEATURES_AS_OUTPUT:
+        return tokens.features
+    return ReducedVisualFeaturesOutput(
+        pooler_output=tokens.features,
+        visual_token_centers=tokens.centers,
+        placeholder_lengths=tokens.expanded_lengths,
+        **fields,
     )
 
 
@@ -86,10 +91,17 @@ def visual_tokens_of_encoder_outputs(model, mm_encoder_outputs: dict | None) -> 
     visual = []
     for modality in model.modality_inputs:
         output = (mm_encoder_outputs or {}).get(modality)
-        if output is not None:
-            features = list(output.pooler_output)
-            centers = getattr(output, "visual_token_centers", None) or [None] * len(features)
-            visual.append(model.modality_tokens(modality, features, centers))
+        if output is None:
+            continue
+        features = list(output.pooler_output)
+        lengths = getattr(output, "placeholder_lengths", None) or [model.expanded_length(modality)] * len(
+            features
+        )
+        centers = getattr(output, "visual_token_centers", None) or [None] * len(features)
+        if len(lengths) != len(features):  # `generate` copied the features for beams: the prompt is compacted
+            lengths, centers = [len(tokens) for tokens in features], [None] * len(features)
+        token_id = getattr(model.config, f"{modality}_token_id")
+        visual.append(VisualTokens(modality, token_id, features, lengths, centers))
     return visual
 
 
@@ -368,8 +380,10 @@ class PruMergeForConditionalGenerationMixin:
 def encoder_outputs_of(visual: list[VisualTokens]) -> dict:
     """Visual tokens as transformers 5's `mm_encoder_outputs`: `get_image_features`-style outputs by modality."""
     return {
-        tokens.modality: ReducedImageFeaturesOutput(
-            pooler_output=tokens.features, visual_token_centers=tokens.centers
+        tokens.modality: ReducedVisualFeaturesOutput(
+            pooler_output=tokens.features,
+            visual_token_centers=tokens.centers,
+            placeholder_lengths=tokens.expanded_lengths,
         )
         for tokens in visual
     }

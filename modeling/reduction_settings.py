@@ -46,8 +46,10 @@ class ReductionSettings:
     adaptive: keep the per-image IQR outliers of the [CLS] attention; False uses `reduction_ratio`
         or `num_visual_tokens`.
     reduction_ratio: the kept fraction when not adaptive.
-    num_visual_tokens: with adaptive=False, the exact number of tokens per image, summary token
-        included; the count for the baselines.
+    num_visual_tokens: with adaptive=False, the exact number of tokens per image (per video frame,
+        the frame's [CLS] token included), summary token included; the count for the baselines.
+    num_video_tokens: with adaptive=False, the exact number of tokens per video, split evenly over its
+        frames (each frame's [CLS] token included); overrides num_visual_tokens for videos.
     iqr_scale: outliers lie above Q3 + iqr_scale * (Q3 - Q1).
     merge: token supplement (TS); False keeps the selected patches as they are (AITS only).
     merge_k: patches each kept token absorbs.
@@ -65,6 +67,7 @@ class ReductionSettings:
     adaptive: bool = True
     reduction_ratio: float = 1 / 8
     num_visual_tokens: int | None = None
+    num_video_tokens: int | None = None
     iqr_scale: float = 1.5
     merge: bool = True
     merge_k: int = 32
@@ -87,11 +90,10 @@ class ReductionSettings:
             raise ReductionSettingsError(
                 f"reduction_ratio must be a number in (0, 1], got {self.reduction_ratio!r}"
             )
-        count = self.num_visual_tokens
-        if count is not None and (not _is_integer(count) or count < 1):
-            raise ReductionSettingsError(
-                f"num_visual_tokens must be a positive integer or None, got {count!r}"
-            )
+        for name in ("num_visual_tokens", "num_video_tokens"):
+            count = getattr(self, name)
+            if count is not None and (not _is_integer(count) or count < 1):
+                raise ReductionSettingsError(f"{name} must be a positive integer or None, got {count!r}")
         if not _is_number(self.iqr_scale) or not math.isfinite(self.iqr_scale) or self.iqr_scale < 0:
             raise ReductionSettingsError(f"iqr_scale must be a finite number >= 0, got {self.iqr_scale!r}")
         if not _is_integer(self.merge_k) or self.merge_k < 0:

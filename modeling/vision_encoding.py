@@ -34,6 +34,16 @@ class EncodedPatches:
     attention: torch.Tensor | None = None  # [n, N] [CLS]-to-patch attention; None without reduction
     keys: torch.Tensor | None = None  # [n, N, Dk] patch keys of the reduction layer
 
+    def select(self, indices: torch.Tensor) -> EncodedPatches:
+        """The same for a subset of the images (frames, views), by index."""
+
+        def pick(tensor):
+            return None if tensor is None else tensor[indices]
+
+        return EncodedPatches(
+            pick(self.features), pick(self.class_features), pick(self.attention), pick(self.keys)
+        )
+
     def reduce(self, settings: ReductionSettings) -> ReducedTokens:
         """The reducer on these patches; a kept [CLS] row comes first in every image's tokens."""
         if self.attention is None or not settings.reduces:

@@ -36,6 +36,7 @@ def test_a_run_is_one_item_or_is_split_into_adjacent_expansions():
     assert assign_runs(runs, [4, 4, 4], "image") == runs  # one run per item, whatever its length
     assert assign_runs([[(2, 8)]], [4, 4], "image") == [[(2, 4), (6, 4)]]  # <image><image> expanded
     assert assign_runs([[(0, 7)]], [3, 4], "image") == [[(0, 3), (3, 4)]]  # items of different expansions
+    assert assign_runs([[(0, 5)]], [4, 4], "image", counts=[2, 3]) == [[(0, 2), (2, 3)]]  # compacted already
     with pytest.raises(
         VisualInputError, match=r"1 run\(s\) of image tokens \(lengths \[6\]\) but 2 image\(s\)"
     ):

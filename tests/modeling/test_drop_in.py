@@ -314,3 +314,17 @@ def test_images_encoded_beforehand_go_in_as_mm_encoder_outputs(models, batch):
         expected = model(**batch)
     assert out.visual_token_counts == expected.visual_token_counts
     torch.testing.assert_close(out.logits, expected.logits)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_adjacent_images_decode_with_beams(models, tester, variant):
+    """Adjacent images share one placeholder run, which compaction splits (again when generate re-runs it)."""
+    model = models[variant]
+    inputs = tester.prepare_inputs(
+        tester.images(2, first_seed=2), ["USER: <image><image>\nCompare them. ASSISTANT:"]
+    )
+    with torch.no_grad():
+        counts = model(**inputs).visual_token_counts
+    assert len(counts) == 2
+    beams = model.generate(**inputs, max_new_tokens=3, num_beams=2, do_sample=False)
+    assert torch.equal(beams[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
