@@ -19,6 +19,9 @@ _PUBLIC = {
     "LlavaPruMergeConfig": ".configuration.configuration_llava_prumerge",
     "LlavaPruMergeModel": ".modeling.modeling_llava_prumerge",
     "LlavaPruMergeForConditionalGeneration": ".modeling.modeling_llava_prumerge",
+    "VideoLlavaPruMergeConfig": ".configuration.configuration_video_llava_prumerge",
+    "VideoLlavaPruMergeModel": ".modeling.modeling_video_llava_prumerge",
+    "VideoLlavaPruMergeForConditionalGeneration": ".modeling.modeling_video_llava_prumerge",
     "ReductionSettings": ".modeling.reduction_settings",
     "REDUCTION_DEFAULTS": ".modeling.reduction_settings",
     "ReducedTokens": ".modeling.token_reduction",
@@ -54,22 +57,37 @@ def register_auto_classes() -> None:
 
 
 class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
-    """Calls `register_auto_classes` right after the first `import transformers` has run."""
+    """Calls `register_auto_classes` once transformers is imported and none of this package's modules is
+    still running (registering imports them: inside one's own import, that would be circular)."""
+
+    def __init__(self):
+        self.finding = False  # True while asking the other finders
+        self.running = 0  # this package's modules being executed
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "transformers":
+        if self.finding or not (fullname == "transformers" or fullname.startswith(f"{__name__}.")):
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self.finding = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.finding = False
         if spec is not None and spec.loader is not None:
-            load = spec.loader.exec_module
+            spec.loader.exec_module = self.registering_after(spec.loader.exec_module, ours=fullname != "transformers")
+        return spec
 
-            def load_then_register(module):
-                load(module)
+    def registering_after(self, exec_module, ours: bool):
+        def exec_then_register(module):
+            self.running += ours
+            try:
+                exec_module(module)
+            finally:
+                self.running -= ours
+            if not self.running and "transformers" in sys.modules and self in sys.meta_path:
+                sys.meta_path.remove(self)
                 register_auto_classes()
 
-            spec.loader.exec_module = load_then_register
-        return spec
+        return exec_then_register
 
 
 if "transformers" in sys.modules:

@@ -27,7 +27,13 @@ from .runtime_compat import (
     GENERATE_TAKES_ENCODER_OUTPUTS,
     IMAGE_FEATURES_AS_OUTPUT,
     encoder_output_fields,
+    pop_cache,
 )
+from .token_reduction import ReducedTokens
+from .vision_encoding import EncodedPatches, check_pixel_values, encode_patches, patches_from_hidden_states
+
+# Keyword arguments of `visual_tokens` that choose how visual inputs are read, not visual inputs themselves.
+VISUAL_OPTIONS = ("vision_feature_layer", "vision_feature_select_strategy", "reduction")
 
 logger = logging.get_logger(__name__)
 
@@ -45,6 +51,25 @@ class CompactionOutputFields:
     attention_mask: torch.LongTensor | None = None
     visual_token_counts: list[int] | None = None
     visual_token_centers: list[torch.LongTensor] | None = None
+
+
+@dataclass
+class VideoCompactionOutputFields:
+    r"""
+    video_token_counts (`list[int]`, *optional*): per video, how many tokens reached the language model.
+    video_token_centers (`list[torch.LongTensor]`, *optional*): per video, `(frame, patch)` of each kept patch in
+        token order (`[m, 2]`; the frames' [CLS] and summary tokens are not patches).
+    """
+
+    video_token_counts: list[int] | None = None
+    video_token_centers: list[torch.LongTensor] | None = None
+
+
+# Per modality, the output fields that report how many tokens of each item reached the language model.
+COUNT_FIELDS = {
+    "image": ("visual_token_counts", "visual_token_centers"),
+    "video": ("video_token_counts", "video_token_centers"),
+}
 
 
 @dataclass
@@ -130,6 +155,104 @@ class PruMergeModelMixin:
     ) -> list[VisualTokens]:
         raise NotImplementedError(f"{type(self).__name__} must implement visual_tokens")
 
+    # ---- images through a CLIP-style tower (every LLaVA-family model has one)
+
+    image_tower_attribute = "vision_tower"  # where the stock model keeps its image tower
+
+    def image_feature_settings(self, vision_feature_layer, vision_feature_select_strategy, reduction):
+        """(feature layer(s), keep the [CLS] row, reducer settings) of one call, validated."""
+        settings = self.reduction_settings(reduction)
+        feature_layer = (
+            self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        )
+        strategy = (
+            self.config.vision_feature_select_strategy
+            if vision_feature_select_strategy is None
+            else vision_feature_select_strategy
+        )
+        if strategy not in ("default", "full"):
+            raise VisualInputError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}"
+            )
+        if strategy == "full" and settings.reduces:
+            raise VisualInputError(
+                f"token_reduction={settings.token_reduction!r} reduces patch tokens and needs "
+                "vision_feature_select_strategy='default' (the [CLS] token is not a patch)"
+            )
+        return feature_layer, strategy == "full", settings
+
+    def encode_patches(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        reduction: ReductionSettings | None = None,
+    ) -> EncodedPatches:
+        """The image tower's part: patch features of the feature layer(s) and, for the reducer, the
+        reduction layer's [CLS] attention and keys (see `vision_encoding.encode_patches`)."""
+        check_pixel_values(pixel_values, self.config.vision_config)
+        feature_layer, keep_class_token, settings = self.image_feature_settings(
+            vision_feature_layer, vision_feature_select_strategy, reduction
+        )
+        tower = getattr(self, self.image_tower_attribute)
+        return encode_patches(tower, pixel_values, feature_layer, keep_class_token, settings)
+
+    def reduce_patches(
+        self, encoded: EncodedPatches, reduction: ReductionSettings | None = None
+    ) -> ReducedTokens:
+        """The reducer's part, with this call's settings (default: the config's)."""
+        return encoded.reduce(self.reduction_settings(reduction))
+
+    def reduce_image_tokens(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        reduction: ReductionSettings | None = None,
+    ) -> ReducedTokens:
+        """Image tower and reducer: per image, the reduced tokens before the projector."""
+        encoded = self.encode_patches(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
+        )
+        return self.reduce_patches(encoded, reduction)
+
+    def image_tokens(self, reduced: ReducedTokens) -> VisualTokens:
+        """Reduced image tokens projected into the language model's space, ready for compaction."""
+        projected = self.multi_modal_projector(torch.cat(reduced.features, dim=0))  # [sum n_i, hidden]
+        return self.modality_tokens(
+            "image", list(projected.split(reduced.num_tokens, dim=0)), reduced.centers
+        )
+
+    def image_features(
+        self, pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction, kwargs: dict
+    ):
+        """`get_image_features` as stock (the whole tower runs, its outputs are returned), with the projected
+        reduced tokens as `pooler_output`; transformers 4.x: that list alone."""
+        check_pixel_values(pixel_values, self.config.vision_config)
+        feature_layer, keep_class_token, settings = self.image_feature_settings(
+            vision_feature_layer, vision_feature_select_strategy, reduction
+        )
+        tower = getattr(self, self.image_tower_attribute)
+        outputs, hidden_states = self.run_whole_tower(tower, pixel_values, kwargs)
+        encoded = patches_from_hidden_states(tower, hidden_states, feature_layer, keep_class_token, settings)
+        return visual_features_output(self.image_tokens(encoded.reduce(settings)), **outputs)
+
+    @staticmethod
+    def run_whole_tower(tower, pixel_values: torch.Tensor, kwargs: dict) -> tuple[dict, tuple]:
+        """A stock tower's outputs (hidden states only if asked for, as stock) and all its hidden states."""
+        hidden_states_wanted = kwargs.pop("output_hidden_states", None)
+        if hidden_states_wanted is None:
+            hidden_states_wanted = tower.config.output_hidden_states
+        outputs = tower(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+        reported = {
+            "last_hidden_state": outputs.last_hidden_state,
+            "hidden_states": outputs.hidden_states if hidden_states_wanted else None,
+            "attentions": outputs.attentions,
+        }
+        return reported, outputs.hidden_states
+
+    # ---- the forward every architecture shares
+
     def modality_tokens(self, modality: str, features: list[torch.Tensor], centers: list) -> VisualTokens:
         """One modality's projected tokens, per item, ready for compaction."""
         return VisualTokens(
@@ -183,6 +306,12 @@ class PruMergeModelMixin:
             raise VisualInputError("visual inputs need the prompt: pass input_ids (or inputs_embeds)")
         if prompt.shape[0] == 0:
             raise VisualInputError("Empty batch: input_ids has no samples")
+        if attention_mask is not None and attention_mask.shape != prompt.shape[:2]:
+            raise VisualInputError(
+                f"With visual inputs, attention_mask must be the [batch, length] padding mask of the prompt "
+                f"{tuple(prompt.shape[:2])}, got {tuple(attention_mask.shape)}: compaction rewrites the prompt, so "
+                "the language model's 4-D mask is built afterwards"
+            )
         if attention_mask is None:
             attention_mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
@@ -203,10 +332,40 @@ class PruMergeModelMixin:
         if cache is not None and cache.get_seq_length() > 0:
             raise VisualInputError(
                 "Visual inputs with a non-empty KV cache are not supported: PruMerge compacts the prompt with its "
-                "images as a whole. Start from an empty cache, or continue a conversation from text alone "
-                "(input_ids of the new turn, with the cache and no pixel_values)"
+                "images as a whole. Start from an empty cache, or continue from text alone: the sequences `generate` "
+                "returned (plus any new tokens) as input_ids, with its cache and no visual inputs"
             )
         kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; the LLM recomputes them
+
+    def compacted_forward(
+        self,
+        output_class,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        past_key_values,
+        inputs_embeds: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        mm_encoder_outputs: dict | None,
+        visual_inputs: dict,
+        kwargs: dict,
+    ):
+        """The base model's forward: visual inputs (raw, or encoded beforehand in `mm_encoder_outputs`) ->
+        reduced tokens -> the language model on the compacted prompt -> `output_class`."""
+        cache = pop_cache(kwargs, past_key_values)
+        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs)
+        if any(value is not None for key, value in visual_inputs.items() if key not in VISUAL_OPTIONS):
+            if visual:
+                raise VisualInputError(
+                    "Pass the visual inputs once: as pixel values or in mm_encoder_outputs"
+                )
+            visual = self.visual_tokens(**visual_inputs)
+        if visual:
+            self.check_prefill(cache, kwargs)
+        fields = self.language_model_outputs(
+            input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, visual, **kwargs
+        )
+        return output_class(**fields)
 
     def language_model_outputs(
         self,
@@ -242,9 +401,8 @@ class PruMergeModelMixin:
             }
             for tokens in visual:
                 fields.update(encoder_output_fields(tokens.modality, tokens.features))
-            images = next((tokens for tokens in visual if tokens.modality == "image"), None)
-            if images is not None:
-                fields.update(visual_token_counts=images.counts, visual_token_centers=images.centers)
+                counts, centers = COUNT_FIELDS[tokens.modality]
+                fields.update({counts: tokens.counts, centers: tokens.centers})
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -274,6 +432,12 @@ class PruMergeForConditionalGenerationMixin:
         """Per image, the reduced tokens (before the projector) and the patches they came from."""
         return self.model.reduce_image_tokens(pixel_values, **kwargs)
 
+    def head_forward(self, output_class, labels, logits_to_keep, model_inputs: dict, kwargs: dict):
+        """The head's forward: the base model once (it compacts the prompt and `labels`), then `lm_head` and
+        the loss -> `output_class`."""
+        outputs = self.model(labels=labels, return_dict=True, **model_inputs, **kwargs)
+        return output_class(**self.language_modeling_outputs(outputs, labels, logits_to_keep, kwargs))
+
     def language_modeling_outputs(self, outputs, labels, logits_to_keep, kwargs: dict) -> dict:
         """The head's output fields from the base model's `outputs` (a compacted batch when visual inputs were given)."""
         hidden_states = outputs.last_hidden_state
@@ -291,12 +455,24 @@ class PruMergeForConditionalGenerationMixin:
         }
         return {"loss": loss, "logits": logits, **passed_on}
 
+    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, inputs_embeds=None, **kwargs):
+        """Overridden: a prefill with visual inputs keeps its [B, L] padding mask, which compaction needs
+        (for compilable caches, transformers would pass a 4-D mask of the uncompacted prompt)."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
+        visual_names = ("mm_encoder_outputs", *self.visual_input_names)
+        if any(model_inputs.get(name) is not None for name in visual_names):
+            model_inputs["attention_mask"] = attention_mask
+        return model_inputs
+
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """Overridden: with visual inputs, the prompt is compacted (left-padded) once and decoded from its
         embeddings. As for stock models, the output is the prompt as passed followed by the new tokens
-        (only the new tokens for a prompt given as `inputs_embeds` alone), and `max_length` /
-        `min_length` count the prompt as passed. `reduction` (ReductionSettings) overrides the config's."""
+        (only the new tokens for a prompt given as `inputs_embeds` alone), `max_length` / `min_length`
+        count the prompt as passed, and a cache filled here continues from the returned sequences.
+        `reduction` (ReductionSettings) overrides the config's."""
         visual_inputs = {name: kwargs.pop(name, None) for name in self.visual_input_names}
         visual_inputs = {name: value for name, value in visual_inputs.items() if value is not None}
         reduction = kwargs.pop("reduction", None)
@@ -305,42 +481,54 @@ class PruMergeForConditionalGenerationMixin:
             raise VisualInputError("Pass the prompt once: either as `inputs` or as `input_ids`")
         input_ids = inputs if input_ids is None else input_ids
         cache = next((kwargs[name] for name in CACHE_ARGUMENT_NAMES if kwargs.get(name) is not None), None)
-        if not visual_inputs:
+        cached_prompt = getattr(cache, CachedPrompt.attribute, None)
+        if visual_inputs:
+            prompt_length = (input_ids if input_ids is not None else kwargs.get("inputs_embeds")).shape[1]
+            compact = self._compacted_prompt(input_ids, visual_inputs, reduction, cache, kwargs)
+            ids, mask = compact.input_ids, compact.attention_mask
+            if ids is not None and GENERATE_TAKES_ENCODER_OUTPUTS:
+                # The compacted ids with their visual tokens: every prefill (assisted decoding's too) rebuilds the
+                # embeddings, beams get copies, assistants get them, as for stock models' encoded images.
+                prompt = {"input_ids": ids, "mm_encoder_outputs": encoder_outputs_of(compact.visual)}
+            else:
+                _refuse_candidate_decoding(kwargs)
+                prompt = {"input_ids": ids, "inputs_embeds": compact.inputs_embeds}
+        elif cached_prompt is not None and cache.get_seq_length() > 0:
+            prompt_length = input_ids.shape[1] if input_ids is not None else 0
+            ids, mask = cached_prompt.continuation(input_ids, kwargs.pop("attention_mask", None))
+            prompt = {"input_ids": ids}
+        else:
             self._warn_if_placeholders_without_visual_inputs(input_ids, cache)
             return super().generate(input_ids, generation_config, **kwargs)
 
+        kwargs.update(self._lengths_from_the_callers_prompt(generation_config, kwargs, prompt_length))
+        if kwargs.get("streamer") is not None and input_ids is not None:
+            kwargs["streamer"] = CallersPromptStreamer(kwargs["streamer"], input_ids)
+        outputs = super().generate(**prompt, attention_mask=mask, generation_config=generation_config, **kwargs)
+        if ids is None:  # a prompt given as embeddings alone: only the new tokens, as stock
+            return outputs
+        filled_cache = getattr(outputs, CACHE_ARGUMENT, None)  # the output field is named as the argument
+        filled_cache = cache if filled_cache is None else filled_cache
+        if hasattr(filled_cache, "get_seq_length"):  # a Cache object (not a legacy tuple)
+            CachedPrompt(input_ids, ids, mask).record(filled_cache)
+        return _with_callers_prompt(outputs, input_ids, ids.shape[1])
+
+    def _compacted_prompt(self, input_ids, visual_inputs: dict, reduction, cache, kwargs: dict) -> CompactedBatch:
+        """The prompt with its visual inputs reduced and compacted, left-padded for decoding."""
         self.model.check_prefill(cache, kwargs)
-        inputs_embeds = kwargs.pop("inputs_embeds", None)
         visual = self.model.visual_tokens(
             reduction=reduction,
             vision_feature_layer=kwargs.pop("vision_feature_layer", None),
             vision_feature_select_strategy=kwargs.pop("vision_feature_select_strategy", None),
             **visual_inputs,
         )
-        compact = self.model.compact_inputs(
+        return self.model.compact_inputs(
             input_ids,
             kwargs.pop("attention_mask", None),
             visual=visual,
-            inputs_embeds=inputs_embeds,
+            inputs_embeds=kwargs.pop("inputs_embeds", None),
             padding_side="left",
         )
-        prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        kwargs.update(self._lengths_from_the_callers_prompt(generation_config, kwargs, prompt_length))
-        if kwargs.get("streamer") is not None and input_ids is not None:
-            kwargs["streamer"] = CallersPromptStreamer(kwargs["streamer"], input_ids)
-        if compact.input_ids is not None and GENERATE_TAKES_ENCODER_OUTPUTS:
-            # The compacted ids with their visual tokens: every prefill (assisted decoding's too) rebuilds the
-            # embeddings, beams get copies, assistants get them, as for stock models' encoded images.
-            prompt = {"input_ids": compact.input_ids, "mm_encoder_outputs": encoder_outputs_of(visual)}
-        else:
-            _refuse_candidate_decoding(kwargs)
-            prompt = {"input_ids": compact.input_ids, "inputs_embeds": compact.inputs_embeds}
-        outputs = super().generate(
-            **prompt, attention_mask=compact.attention_mask, generation_config=generation_config, **kwargs
-        )
-        if compact.input_ids is None:  # a prompt given as embeddings alone: only the new tokens, as stock
-            return outputs
-        return _with_callers_prompt(outputs, input_ids, compact.input_ids.shape[1])
 
     def _warn_if_placeholders_without_visual_inputs(self, input_ids, cache) -> None:
         """A prompt with placeholders but no visual inputs is usually a mistake, yet stock LLaVA embeds them as
@@ -375,6 +563,51 @@ class PruMergeForConditionalGenerationMixin:
             lengths["min_new_tokens"] = max(setting("min_length") - prompt_length, 0)
             kwargs.pop("min_length", None)
         return lengths
+
+
+@dataclass(frozen=True)
+class CachedPrompt:
+    """The prompt behind a KV cache that `generate` filled from a compacted prompt.
+
+    The cache holds the compacted prompt, so continuing from the caller's ids (the returned sequences,
+    plus any new tokens, as for stock models) needs the compacted ids they stand for.
+    """
+
+    callers_ids: torch.LongTensor  # [B, L] the prompt as passed to `generate`
+    compacted_ids: torch.LongTensor  # [B, L'] the prompt the language model saw
+    compacted_mask: torch.Tensor  # [B, L']
+
+    attribute = "prumerge_prompt"  # where it is kept on the cache object
+
+    def record(self, cache) -> None:
+        setattr(cache, self.attribute, self)
+
+    def continuation(self, input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None):
+        """`input_ids` [B, L + new] (the caller's prompt, then tokens not yet in the cache) as the compacted
+        (ids, mask) [B, L' + new] that the cache continues."""
+        if input_ids is None:
+            raise VisualInputError(
+                "This KV cache holds a compacted prompt with visual tokens: continue with input_ids (the sequences "
+                "`generate` returned, plus any new tokens), not inputs_embeds"
+            )
+        length = self.callers_ids.shape[1]
+        copies = max(input_ids.shape[0] // self.callers_ids.shape[0], 1)
+        callers, compacted, mask = (
+            tensor.repeat_interleave(copies, dim=0).to(input_ids.device)
+            for tensor in (self.callers_ids, self.compacted_ids, self.compacted_mask)
+        )
+        if (
+            input_ids.shape[0] != callers.shape[0]
+            or input_ids.shape[1] <= length
+            or not torch.equal(input_ids[:, :length], callers)
+        ):
+            raise VisualInputError(
+                "The KV cache was filled from another prompt: to continue from it, pass the sequences `generate` "
+                "returned with this cache (plus any new tokens) as input_ids, or start from an empty cache"
+            )
+        new_mask = torch.ones_like(input_ids[:, length:]) if attention_mask is None else attention_mask[:, length:]
+        ids = torch.cat([compacted, input_ids[:, length:]], dim=1)
+        return ids, torch.cat([mask, new_mask.to(mask.dtype)], dim=1)
 
 
 def encoder_outputs_of(visual: list[VisualTokens]) -> dict:

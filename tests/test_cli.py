@@ -41,6 +41,25 @@ def test_import_registers_the_auto_classes_once_transformers_loads():
     assert result.stdout.strip() == "LlavaPruMergeConfig"
 
 
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "llava_prumerge.modeling.modeling_llava_prumerge",
+        "llava_prumerge.configuration.configuration_video_llava_prumerge",
+        "llava_prumerge.modeling.modeling_video_llava_prumerge",
+    ],
+)
+def test_importing_a_module_of_the_package_first_registers_every_architecture(first_import):
+    """The registration imports the package's modules, so it must wait until the one being imported has run."""
+    script = (
+        f"import {first_import}, transformers;"
+        "print([type(transformers.AutoConfig.for_model(name)).__name__"
+        " for name in ('llava_prumerge', 'video_llava_prumerge')])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "['LlavaPruMergeConfig', 'VideoLlavaPruMergeConfig']"
+
+
 def test_a_user_mistake_is_one_line_on_stderr_with_exit_status_2(tmp_path, capsys):
     existing = tmp_path / "exists"
     existing.mkdir()

@@ -301,6 +301,69 @@ def test_images_with_a_filled_cache_are_refused_and_text_continues(models, batch
     assert sequences.shape[1] == follow_up["input_ids"].shape[1] + 2
 
 
+def cache_of(output):
+    """The cache `generate` returned (the field is `cache` from transformers 5.24, `past_key_values` before)."""
+    return getattr(output, CACHE_ARGUMENT)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generation_continues_from_the_returned_cache_as_for_stock(models, stock, batch, tester, variant):
+    """transformers' recipe: pass the returned sequences (plus any new tokens) with the returned cache."""
+    model = models[variant]
+    kwargs = {"do_sample": False, "return_dict_in_generate": True, "output_scores": True}
+    whole = model.generate(**batch, max_new_tokens=4, **kwargs)
+    first = model.generate(**batch, max_new_tokens=3, **kwargs)
+    mask = torch.nn.functional.pad(batch["attention_mask"], (0, 3), value=1)
+    rest = model.generate(
+        input_ids=first.sequences, attention_mask=mask, **{CACHE_ARGUMENT: cache_of(first)}, max_new_tokens=1, **kwargs
+    )
+    assert torch.equal(rest.sequences, whole.sequences)
+    torch.testing.assert_close(rest.scores[0], whole.scores[-1], rtol=1e-4, atol=1e-4)
+
+    # A new turn of text continues the cache as the whole conversation with its images would.
+    turn = tester.tokenizer([" USER: And then? ASSISTANT:"] * 2, add_special_tokens=False, return_tensors="pt")
+    conversation = torch.cat([rest.sequences, turn.input_ids], dim=1)
+    mask = torch.nn.functional.pad(mask, (0, conversation.shape[1] - mask.shape[1]), value=1)
+    continued = model.generate(
+        input_ids=conversation, attention_mask=mask, **{CACHE_ARGUMENT: cache_of(rest)}, max_new_tokens=3,
+        do_sample=False,
+    )  # fmt: skip
+    anew = model.generate(
+        input_ids=conversation, attention_mask=mask, pixel_values=batch["pixel_values"], max_new_tokens=3,
+        do_sample=False,
+    )  # fmt: skip
+    assert torch.equal(continued, anew)
+    if variant == "none":
+        assert torch.equal(continued, stock.generate(input_ids=conversation, attention_mask=mask, pixel_values=batch["pixel_values"], max_new_tokens=3, do_sample=False))  # fmt: skip
+
+
+def test_a_cache_continues_only_the_conversation_it_holds(models, batch):
+    model = models["prumerge"]
+    first = model.generate(**batch, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    other = first.sequences.flip(0)  # the two conversations swapped
+    with pytest.raises(VisualInputError, match="filled from another prompt"):
+        model.generate(input_ids=other, **{CACHE_ARGUMENT: cache_of(first)}, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_static_cache_decodes_as_a_dynamic_one(tester, batch, variant, attention):
+    """A compilable cache gets a 4-D mask from `generate`: the prefill keeps the padding mask compaction needs."""
+    model = tester.get_model(seed=3, token_reduction=variant)
+    model.set_attn_implementation(attention)
+    for inputs in ({key: value[:1] for key, value in batch.items()}, batch):  # unpadded, then left-padded
+        dynamic = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        static = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, cache_implementation="static")
+        assert torch.equal(static, dynamic)
+
+
+def test_visual_inputs_need_the_padding_mask_not_a_4d_one(models, batch):
+    length = batch["input_ids"].shape[1]
+    mask = torch.ones(2, 1, length, length)
+    with pytest.raises(VisualInputError, match=r"\[batch, length\] padding mask"):
+        models["prumerge"](**{**batch, "attention_mask": mask})
+
+
 @pytest.mark.skipif(TRANSFORMERS_MAJOR < 5, reason="mm_encoder_outputs is transformers 5's")
 def test_images_encoded_beforehand_go_in_as_mm_encoder_outputs(models, batch):
     model = models["prumerge"]
