@@ -71,6 +71,16 @@ ARCHITECTURES = (
         model_class="LlavaPruMergeModel",
         head_class="LlavaPruMergeForConditionalGeneration",
     ),
+    Architecture(
+        name="video-llava",
+        stock_model_type="video_llava",
+        model_type="video_llava_prumerge",
+        config_module="configuration.configuration_video_llava_prumerge",
+        config_class="VideoLlavaPruMergeConfig",
+        modeling_module="modeling.modeling_video_llava_prumerge",
+        model_class="VideoLlavaPruMergeModel",
+        head_class="VideoLlavaPruMergeForConditionalGeneration",
+    ),
 )
 
 

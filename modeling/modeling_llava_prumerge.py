@@ -1,15 +1,15 @@
 # Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """LLaVA-1.5 whose language model sees only the PruMerge-reduced visual tokens.
 
-The shared parts do the work (`modeling_prumerge`: compaction, the language model, `generate`;
-`vision_encoding`: the partial CLIP encoder; `token_reduction`: the reducer). Modifications to the
-stock classes:
+The shared parts do the work (`modeling_prumerge`: the image path, compaction, the language model,
+`generate`; `vision_encoding`: the partial CLIP encoder; `token_reduction`: the reducer).
+Modifications to the stock classes:
 - `LlavaPruMergeModel.visual_tokens`: images -> partial CLIP -> reducer -> projector, one
   [n_i, hidden] tensor per image (the one architecture-specific step).
-- `LlavaPruMergeModel.get_image_features`: as stock, with the projected reduced tokens as `pooler_output`.
-- `forward` (both classes): the stock signature, delegating to the shared compaction path; its
-  outputs report the compacted attention mask and, per image, the visual-token count and kept patches.
-- `generate`: compacts the prompt once, then decodes from its embeddings (shared).
+- `get_image_features`: as stock, with the projected reduced tokens as `pooler_output`.
+- `forward` (both classes): the stock signature, delegating to the shared forward; its outputs
+  report the compacted attention mask and, per image, the visual-token count and kept patches.
+- `generate`: compacts the prompt once, then decodes from it (shared).
 """
 
 from dataclasses import dataclass
@@ -36,13 +36,9 @@ from .modeling_prumerge import (
     CompactionOutputFields,
     PruMergeForConditionalGenerationMixin,
     PruMergeModelMixin,
-    visual_features_output,
-    visual_tokens_of_encoder_outputs,
 )
 from .reduction_settings import ReductionSettings
-from .runtime_compat import declare_cache_argument, pop_cache, share_checkpoint_layout
-from .token_reduction import ReducedTokens
-from .vision_encoding import EncodedPatches, check_pixel_values, encode_patches, patches_from_hidden_states
+from .runtime_compat import declare_cache_argument, share_checkpoint_layout
 
 # llava-hf checkpoints load unchanged: their weight names map as for stock LLaVA.
 share_checkpoint_layout("llava_prumerge", "llava", {"LlavaPruMergeModel": "LlavaModel"})
@@ -64,69 +60,6 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
     """[`LlavaModel`] that feeds the language model the PruMerge-reduced visual tokens."""
 
     config_class = LlavaPruMergeConfig
-
-    def _feature_settings(self, vision_feature_layer, vision_feature_select_strategy, reduction):
-        """(feature layer(s), keep the [CLS] row, reducer settings) of one call, validated."""
-        settings = self.reduction_settings(reduction)
-        feature_layer = (
-            self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        )
-        strategy = (
-            self.config.vision_feature_select_strategy
-            if vision_feature_select_strategy is None
-            else vision_feature_select_strategy
-        )
-        if strategy not in ("default", "full"):
-            raise VisualInputError(
-                f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}"
-            )
-        if strategy == "full" and settings.reduces:
-            raise VisualInputError(
-                f"token_reduction={settings.token_reduction!r} reduces patch tokens and needs "
-                "vision_feature_select_strategy='default' (the [CLS] token is not a patch)"
-            )
-        return feature_layer, strategy == "full", settings
-
-    def encode_patches(
-        self,
-        pixel_values: torch.Tensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        reduction: ReductionSettings | None = None,
-    ) -> EncodedPatches:
-        """The vision tower's part: patch features of the feature layer(s) and, for the reducer, the
-        reduction layer's [CLS] attention and keys (see `vision_encoding.encode_patches`)."""
-        check_pixel_values(pixel_values, self.config.vision_config)
-        feature_layer, keep_class_token, settings = self._feature_settings(
-            vision_feature_layer, vision_feature_select_strategy, reduction
-        )
-        return encode_patches(self.vision_tower, pixel_values, feature_layer, keep_class_token, settings)
-
-    def reduce_patches(
-        self, encoded: EncodedPatches, reduction: ReductionSettings | None = None
-    ) -> ReducedTokens:
-        """The reducer's part, with this call's settings (default: the config's)."""
-        return encoded.reduce(self.reduction_settings(reduction))
-
-    def reduce_image_tokens(
-        self,
-        pixel_values: torch.Tensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        reduction: ReductionSettings | None = None,
-    ) -> ReducedTokens:
-        """Vision tower and reducer: per image, the reduced tokens before the projector."""
-        encoded = self.encode_patches(
-            pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
-        )
-        return self.reduce_patches(encoded, reduction)
-
-    def image_tokens(self, reduced: ReducedTokens) -> VisualTokens:
-        """Reduced image tokens projected into the language model's space, ready for compaction."""
-        projected = self.multi_modal_projector(torch.cat(reduced.features, dim=0))  # [sum n_i, hidden]
-        return self.modality_tokens(
-            "image", list(projected.split(reduced.num_tokens, dim=0)), reduced.centers
-        )
 
     def visual_tokens(
         self,
@@ -163,22 +96,8 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
             raise VisualInputError(
                 "image_sizes is not supported: LLaVA-1.5 images are square and of one size"
             )
-        check_pixel_values(pixel_values, self.config.vision_config)
-        feature_layer, keep_class_token, settings = self._feature_settings(
-            vision_feature_layer, vision_feature_select_strategy, reduction
-        )
-        hidden_states_wanted = kwargs.pop("output_hidden_states", None)
-        if hidden_states_wanted is None:
-            hidden_states_wanted = self.vision_tower.config.output_hidden_states
-        tower = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
-        encoded = patches_from_hidden_states(
-            self.vision_tower, tower.hidden_states, feature_layer, keep_class_token, settings
-        )
-        return visual_features_output(
-            self.image_tokens(encoded.reduce(settings)),
-            last_hidden_state=tower.last_hidden_state,
-            hidden_states=tower.hidden_states if hidden_states_wanted else None,
-            attentions=tower.attentions,
+        return self.image_features(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction, kwargs
         )
 
     @can_return_tuple
@@ -201,22 +120,16 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
         """Overridden: with `pixel_values` (or image features from `get_image_features` in
         `mm_encoder_outputs`), the language model runs on the compacted prompt; `labels` (optional)
         come back aligned with it."""
-        cache = pop_cache(kwargs, past_key_values)
-        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs)
-        if pixel_values is not None:
-            if visual:
-                raise VisualInputError(
-                    "Pass the images once: as pixel_values or in mm_encoder_outputs, not both"
-                )
-            visual = self.visual_tokens(
-                pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
-            )
-        if visual:
-            self.check_prefill(cache, kwargs)
-        fields = self.language_model_outputs(
-            input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, visual, **kwargs
-        )
-        return LlavaPruMergeModelOutputWithPast(**fields)
+        visual_inputs = {
+            "pixel_values": pixel_values,
+            "vision_feature_layer": vision_feature_layer,
+            "vision_feature_select_strategy": vision_feature_select_strategy,
+            "reduction": reduction,
+        }
+        return self.compacted_forward(
+            LlavaPruMergeModelOutputWithPast, input_ids, attention_mask, position_ids, past_key_values,
+            inputs_embeds, labels, mm_encoder_outputs, visual_inputs, kwargs,
+        )  # fmt: skip
 
 
 class LlavaPruMergeForConditionalGeneration(
@@ -263,23 +176,14 @@ class LlavaPruMergeForConditionalGeneration(
     ) -> LlavaPruMergeCausalLMOutputWithPast:
         """Overridden: with visual inputs, the base model compacts the sequence (and `labels`); see
         [`LlavaPruMergeCausalLMOutputWithPast`] for what the returned length means."""
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            labels=labels,
-            mm_encoder_outputs=mm_encoder_outputs,
-            reduction=reduction,
-            return_dict=True,
-            **kwargs,
-        )
-        return LlavaPruMergeCausalLMOutputWithPast(
-            **self.language_modeling_outputs(outputs, labels, logits_to_keep, kwargs)
+        model_inputs = {
+            "input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": attention_mask,
+            "position_ids": position_ids, "past_key_values": past_key_values, "inputs_embeds": inputs_embeds,
+            "vision_feature_layer": vision_feature_layer, "vision_feature_select_strategy": vision_feature_select_strategy,
+            "mm_encoder_outputs": mm_encoder_outputs, "reduction": reduction,
+        }  # fmt: skip
+        return self.head_forward(
+            LlavaPruMergeCausalLMOutputWithPast, labels, logits_to_keep, model_inputs, kwargs
         )
 
 
