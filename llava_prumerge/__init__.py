@@ -73,7 +73,9 @@ class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
         finally:
             self.finding = False
         if spec is not None and spec.loader is not None:
-            spec.loader.exec_module = self.registering_after(spec.loader.exec_module, ours=fullname != "transformers")
+            spec.loader.exec_module = self.registering_after(
+                spec.loader.exec_module, ours=fullname != "transformers"
+            )
         return spec
 
     def registering_after(self, exec_module, ours: bool):

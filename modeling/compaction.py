@@ -71,13 +71,14 @@ def assign_runs(
 ) -> list[list[tuple[int, int]]]:
     """Per sample, one (start, length) span per item, items in prompt order.
 
-    A run is one item whatever its length (one placeholder, the processor's expansion, or an
-    already reduced run) when there are as many runs as items; otherwise a run must be exactly the
-    processor's expansions of consecutive items (adjacent `<image><image>` expanded), or their
-    reduced `counts` (a prompt compacted already), and is split at their boundaries.
+    A run is one item when there are as many runs as items: one placeholder, the processor's
+    expansion, or the item's reduced `counts` (a prompt compacted already); otherwise a run must be
+    exactly the processor's expansions of consecutive items (adjacent `<image><image>` expanded), or
+    their reduced `counts`, and is split at their boundaries.
     """
     lengths = [length for sample_runs in runs for _, length in sample_runs]
     if len(lengths) == len(expanded_lengths):
+        _check_run_lengths(lengths, expanded_lengths, modality, counts)
         return runs
     for item_lengths in (expanded_lengths, counts):
         spans = _split_runs(runs, item_lengths) if item_lengths is not None else None
@@ -89,6 +90,19 @@ def assign_runs(
         f"{len(expanded_lengths)} {modality}(s) were given: each {modality} needs its own `<{modality}>` in the "
         f"text (one token, or the processor's {' or '.join(map(str, expansions))}), and each `<{modality}>` a {modality}."
     )
+
+
+def _check_run_lengths(lengths: list[int], expanded_lengths: list[int], modality: str, counts) -> None:
+    """Each item's run is one placeholder, its processor expansion, or its reduced count."""
+    for index, (length, expanded) in enumerate(zip(lengths, expanded_lengths, strict=True)):
+        allowed = {1, expanded} | ({counts[index]} if counts is not None else set())
+        if length not in allowed:
+            raise VisualInputError(
+                f"The prompt's {modality} number {index + 1} has {length} `<{modality}>` tokens, but the {modality} "
+                f"given expands to {expanded} (the processor's count for its size"
+                + (" and number of frames" if modality == "video" else "")
+                + f"): build the prompt with the processor from this {modality}, or write a single `<{modality}>`"
+            )
 
 
 def _split_runs(runs: list[list[tuple[int, int]]], expanded_lengths: list[int]) -> list | None:

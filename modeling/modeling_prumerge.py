@@ -314,6 +314,7 @@ class PruMergeModelMixin:
             )
         if attention_mask is None:
             attention_mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
+        self.check_every_modality_given(input_ids, attention_mask, visual)
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         pad_token_id = self.config.text_config.pad_token_id
         return compact_batch(
@@ -326,6 +327,19 @@ class PruMergeModelMixin:
             padding_side=padding_side,
             pad_token_id=0 if pad_token_id is None else pad_token_id,
         )
+
+    def check_every_modality_given(self, input_ids, attention_mask, visual: list[VisualTokens]) -> None:
+        """With visual inputs, placeholders of a modality whose inputs are missing would be read as text."""
+        given = {tokens.modality for tokens in visual}
+        for modality, argument in self.modality_inputs.items():
+            if modality in given or input_ids is None:
+                continue
+            token_id = getattr(self.config, f"{modality}_token_id")
+            if (input_ids[attention_mask.bool()] == token_id).any():
+                raise VisualInputError(
+                    f"The prompt holds `<{modality}>` tokens but no {argument} were given: pass the "
+                    f"{modality}(s) as {argument}, or remove `<{modality}>` from the text"
+                )
 
     def check_prefill(self, cache, kwargs: dict) -> None:
         """Compaction rewrites the whole prompt, so visual inputs need an empty KV cache."""
@@ -455,7 +469,9 @@ class PruMergeForConditionalGenerationMixin:
         }
         return {"loss": loss, "logits": logits, **passed_on}
 
-    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, inputs_embeds=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, *args, attention_mask=None, inputs_embeds=None, **kwargs
+    ):
         """Overridden: a prefill with visual inputs keeps its [B, L] padding mask, which compaction needs
         (for compilable caches, transformers would pass a 4-D mask of the uncompacted prompt)."""
         model_inputs = super().prepare_inputs_for_generation(
@@ -504,7 +520,9 @@ class PruMergeForConditionalGenerationMixin:
         kwargs.update(self._lengths_from_the_callers_prompt(generation_config, kwargs, prompt_length))
         if kwargs.get("streamer") is not None and input_ids is not None:
             kwargs["streamer"] = CallersPromptStreamer(kwargs["streamer"], input_ids)
-        outputs = super().generate(**prompt, attention_mask=mask, generation_config=generation_config, **kwargs)
+        outputs = super().generate(
+            **prompt, attention_mask=mask, generation_config=generation_config, **kwargs
+        )
         if ids is None:  # a prompt given as embeddings alone: only the new tokens, as stock
             return outputs
         filled_cache = getattr(outputs, CACHE_ARGUMENT, None)  # the output field is named as the argument
@@ -513,7 +531,9 @@ class PruMergeForConditionalGenerationMixin:
             CachedPrompt(input_ids, ids, mask).record(filled_cache)
         return _with_callers_prompt(outputs, input_ids, ids.shape[1])
 
-    def _compacted_prompt(self, input_ids, visual_inputs: dict, reduction, cache, kwargs: dict) -> CompactedBatch:
+    def _compacted_prompt(
+        self, input_ids, visual_inputs: dict, reduction, cache, kwargs: dict
+    ) -> CompactedBatch:
         """The prompt with its visual inputs reduced and compacted, left-padded for decoding."""
         self.model.check_prefill(cache, kwargs)
         visual = self.model.visual_tokens(
@@ -605,7 +625,9 @@ class CachedPrompt:
                 "The KV cache was filled from another prompt: to continue from it, pass the sequences `generate` "
                 "returned with this cache (plus any new tokens) as input_ids, or start from an empty cache"
             )
-        new_mask = torch.ones_like(input_ids[:, length:]) if attention_mask is None else attention_mask[:, length:]
+        new_mask = (
+            torch.ones_like(input_ids[:, length:]) if attention_mask is None else attention_mask[:, length:]
+        )
         ids = torch.cat([compacted, input_ids[:, length:]], dim=1)
         return ids, torch.cat([mask, new_mask.to(mask.dtype)], dim=1)
 

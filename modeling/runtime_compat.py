@@ -19,6 +19,7 @@ from transformers.models.llava.modeling_llava import (
     LlavaCausalLMOutputWithPast,
     LlavaForConditionalGeneration,
 )
+from transformers.models.video_llava.modeling_video_llava import VideoLlavaForConditionalGeneration
 
 from .errors import PruMergeError
 
@@ -47,6 +48,13 @@ GENERATE_TAKES_ENCODER_OUTPUTS = (
 # transformers 5 returns a ModelOutput from `get_image_features` (the per-image list in `pooler_output`);
 # 4.x returns the list itself.
 IMAGE_FEATURES_AS_OUTPUT = TRANSFORMERS_MAJOR >= 5
+
+# transformers 5.23 renamed Video-LLaVA's image input `pixel_values_images` to `pixel_values`.
+VIDEO_LLAVA_IMAGES_ARGUMENT = (
+    "pixel_values"
+    if "pixel_values" in inspect.signature(VideoLlavaForConditionalGeneration.forward).parameters
+    else "pixel_values_images"
+)
 
 # transformers 4.x has AutoModelForVision2Seq and pipeline("image-to-text") for LLaVA; 5.x has neither.
 HAS_VISION2SEQ = hasattr(transformers, "AutoModelForVision2Seq")

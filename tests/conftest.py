@@ -4,7 +4,7 @@ model and images (all built in code; nothing is downloaded). Helpers live in
 
 import pytest
 
-from llava_prumerge.testing.model_tester import LlavaPruMergeModelTester
+from llava_prumerge.testing.model_tester import LlavaPruMergeModelTester, VideoLlavaPruMergeModelTester
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,8 @@ def model(tester):
 @pytest.fixture(scope="session")
 def images(tester):
     return tester.images(4)
+
+
+@pytest.fixture(scope="session")
+def video_tester():
+    return VideoLlavaPruMergeModelTester()

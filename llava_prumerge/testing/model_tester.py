@@ -10,10 +10,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import AutoConfig, BatchFeature, LlavaForConditionalGeneration
 
 from ..modeling.reduction_settings import REDUCTION_FIELDS
+from ..modeling.runtime_compat import VIDEO_LLAVA_IMAGES_ARGUMENT, image_text_auto_classes
 from .tiny import TINY_IMAGE_SIZE, tiny_config, tiny_model, tiny_processor, tiny_tokenizer
+from .tiny_video import (
+    TINY_PATCHES,
+    make_clip,
+    tiny_video_config,
+    tiny_video_image_processor,
+    tiny_video_model,
+    tiny_video_tokenizer,
+)
 
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 LONG_PROMPT = "USER: <image>\nDescribe the picture in detail, with the colors. ASSISTANT:"
@@ -73,7 +82,65 @@ def prepare_inputs(processor, images, texts):
 
 def stock_llava(config, seed: int = 0) -> LlavaForConditionalGeneration:
     """The stock LLaVA twin of a PruMerge `config` (its reducer fields dropped), random weights from `seed`."""
+    return stock_twin(config, seed)
+
+
+def stock_twin(config, seed: int = 0):
+    """The stock model of a PruMerge `config` (its reducer fields dropped), random weights from `seed`."""
     values = {key: value for key, value in config.to_dict().items() if key not in REDUCTION_FIELDS}
     values.pop("model_type")
+    stock_config = AutoConfig.for_model(config.stock_model_type, **values)
+    # transformers 4.57 maps Video-LLaVA in AutoModelForVision2Seq only
+    auto_class = next(auto for auto in image_text_auto_classes() if type(stock_config) in auto._model_mapping)
     torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(LlavaConfig(**values)).eval()
+    return auto_class.from_config(stock_config).eval()
+
+
+class VideoLlavaPruMergeModelTester:
+    """The tiny Video-LLaVA-shaped PruMerge model (CLIP towers, 8-frame videos, 2-layer Llama) and its inputs.
+
+    Inputs are built as `VideoLlavaProcessor` builds them (each `<image>` expanded to the image's patch
+    tokens, each `<video>` to its frames' [CLS] and patch tokens), with the image processor for
+    frames too: the video processor needs torchvision, which the main test environments lack.
+    """
+
+    def __init__(self):
+        self.tokenizer = tiny_video_tokenizer()
+        self.image_processor = tiny_video_image_processor()
+
+    def get_config(self, **reduction_fields):
+        return tiny_video_config(self.tokenizer, **reduction_fields)
+
+    def get_model(self, seed: int = 0, **reduction_fields):
+        """The PruMerge model, random weights from `seed`, eval mode."""
+        return tiny_video_model(seed, self.tokenizer, **reduction_fields)
+
+    def get_stock_model(self, seed: int = 0):
+        """Stock Video-LLaVA with the same shapes and, for the same seed, the same weights as `get_model`."""
+        return stock_twin(self.get_config(), seed)
+
+    def images(self, count: int, first_seed: int = 0) -> list[Image.Image]:
+        return [make_image(seed) for seed in range(first_seed, first_seed + count)]
+
+    def clips(self, count: int, first_seed: int = 0, frames: int | None = None) -> list[list[Image.Image]]:
+        return [
+            make_clip(seed, **({"frames": frames} if frames else {}))
+            for seed in range(first_seed, first_seed + count)
+        ]
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values_images"]
+
+    def prepare_inputs(self, texts: list[str], images=None, videos=None) -> BatchFeature:
+        """Tokenized `texts` (left-padded) with their placeholders expanded, and the pixel values."""
+        frames = len(videos[0]) if videos else 0
+        expanded = [
+            text.replace("<image>", "<image>" * TINY_PATCHES).replace("<video>", "<video>" * (frames * (TINY_PATCHES + 1)))
+            for text in texts
+        ]  # fmt: skip
+        inputs = dict(self.tokenizer(expanded, return_tensors="pt", padding=True))
+        if images:
+            inputs[VIDEO_LLAVA_IMAGES_ARGUMENT] = self.pixels(images)
+        if videos:
+            inputs["pixel_values_videos"] = torch.stack([self.pixels(clip) for clip in videos])
+        return BatchFeature(inputs)

@@ -315,13 +315,19 @@ def test_generation_continues_from_the_returned_cache_as_for_stock(models, stock
     first = model.generate(**batch, max_new_tokens=3, **kwargs)
     mask = torch.nn.functional.pad(batch["attention_mask"], (0, 3), value=1)
     rest = model.generate(
-        input_ids=first.sequences, attention_mask=mask, **{CACHE_ARGUMENT: cache_of(first)}, max_new_tokens=1, **kwargs
+        input_ids=first.sequences,
+        attention_mask=mask,
+        **{CACHE_ARGUMENT: cache_of(first)},
+        max_new_tokens=1,
+        **kwargs,
     )
     assert torch.equal(rest.sequences, whole.sequences)
     torch.testing.assert_close(rest.scores[0], whole.scores[-1], rtol=1e-4, atol=1e-4)
 
     # A new turn of text continues the cache as the whole conversation with its images would.
-    turn = tester.tokenizer([" USER: And then? ASSISTANT:"] * 2, add_special_tokens=False, return_tensors="pt")
+    turn = tester.tokenizer(
+        [" USER: And then? ASSISTANT:"] * 2, add_special_tokens=False, return_tensors="pt"
+    )
     conversation = torch.cat([rest.sequences, turn.input_ids], dim=1)
     mask = torch.nn.functional.pad(mask, (0, conversation.shape[1] - mask.shape[1]), value=1)
     continued = model.generate(
@@ -353,7 +359,9 @@ def test_a_static_cache_decodes_as_a_dynamic_one(tester, batch, variant, attenti
     model.set_attn_implementation(attention)
     for inputs in ({key: value[:1] for key, value in batch.items()}, batch):  # unpadded, then left-padded
         dynamic = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
-        static = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, cache_implementation="static")
+        static = model.generate(
+            **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, cache_implementation="static"
+        )
         assert torch.equal(static, dynamic)
 
 
