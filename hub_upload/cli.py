@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..architectures import ARCHITECTURES
 from ..common.cli_args import DTYPE_NAMES, add_reduction_arguments, reduction_fields_from_args
+from ..errors import UsageError
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser, *, dtype_default: str) -> None:
@@ -75,40 +77,64 @@ def run_convert(args: argparse.Namespace) -> Path:
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--from-hf", type=Path, metavar="LLAVA_HF_DIR", help="a local stock llava-hf checkpoint folder"
+        "--from-hf",
+        type=Path,
+        metavar="STOCK_DIR",
+        help="a local stock checkpoint folder (llava-hf LLaVA-1.5, or Video-LLaVA-hf)",
     )
     source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests and demos")
+    parser.add_argument(
+        "--arch",
+        choices=[arch.name for arch in ARCHITECTURES],
+        default="llava",
+        help="with --tiny: the architecture (default llava; --from-hf reads it from the checkpoint)",
+    )
     _add_output_arguments(parser, dtype_default="auto")
 
 
 def run_export(args: argparse.Namespace) -> Path:
-    """Write a PruMerge Hub folder: from a stock llava-hf checkpoint (PruMerge applied training-free) or
-    tiny random weights.
+    """Write a PruMerge Hub folder: from a stock checkpoint (PruMerge applied training-free: llava-hf
+    LLaVA-1.5 or Video-LLaVA, recognized from its config) or tiny random weights (--tiny, --arch).
 
     The folder loads with `trust_remote_code=True` under transformers 4.57 and 5.x without this
     package: sharded safetensors with an index, config.json with `auto_map`, the model code, the
     tokenizer and processor files in the layout both majors read, and a model card.
     """
     from ..common.loading import DTYPES
-    from .export import refuse_existing, wrap_llava_hf
+    from .export import refuse_existing, wrap_stock_checkpoint
 
     refuse_existing(args.out, args.overwrite)
     dtype = DTYPES.get(args.dtype, "auto")
     fields = reduction_fields_from_args(args)
     if args.tiny:
-        from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
-
-        tokenizer = tiny_tokenizer()
-        model = tiny_model(tokenizer=tokenizer, **fields)
+        model, processor = _tiny_model_and_processor(args.arch, fields)
         model = model if dtype == "auto" else model.to(dtype)
-        return _save(
-            args,
-            model,
-            tiny_processor(tokenizer),
-            {"license": "apache-2.0", "tags": ["tiny", "random-weights"]},
-        )
-    model, processor = wrap_llava_hf(args.from_hf, dtype=dtype, **fields)
+        return _save(args, model, processor, {"license": "apache-2.0", "tags": ["tiny", "random-weights"]})
+    if args.arch != "llava":
+        raise UsageError("--arch applies to --tiny; --from-hf reads the architecture from the checkpoint")
+    model, processor = wrap_stock_checkpoint(args.from_hf, dtype=dtype, **fields)
     return _save(args, model, processor, {})
+
+
+def _tiny_model_and_processor(arch_name: str, fields: dict):
+    """The tiny random-weight model of an architecture and its processor (or, for Video-LLaVA, its parts)."""
+    if arch_name == "video-llava":
+        from ..common.conversation import VICUNA_CHAT_TEMPLATE
+        from ..testing.tiny import TINY_PATCH_SIZE
+        from ..testing.tiny_video import tiny_video_image_processor, tiny_video_model, tiny_video_tokenizer
+        from .compat import ProcessorParts
+
+        tokenizer = tiny_video_tokenizer()
+        tokenizer.chat_template = VICUNA_CHAT_TEMPLATE
+        processor = ProcessorParts(
+            tokenizer=tokenizer, image_processor=tiny_video_image_processor(), patch_size=TINY_PATCH_SIZE,
+            video_token="<video>", chat_template=VICUNA_CHAT_TEMPLATE,
+        )  # fmt: skip
+        return tiny_video_model(tokenizer=tokenizer, **fields), processor
+    from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    return tiny_model(tokenizer=tokenizer, **fields), tiny_processor(tokenizer)
 
 
 def add_upload_arguments(parser: argparse.ArgumentParser) -> None:

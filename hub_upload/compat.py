@@ -9,22 +9,25 @@ layout. So these files are written here, in the 4.x layout, whatever major runs 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import LlavaImageProcessor
 
+from ..architectures import Architecture
 from ..errors import UsageError
 from ..modeling.runtime_compat import extra_special_tokens
 
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # see write_tokenizer_files
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
-PROCESSOR_CLASS = "LlavaProcessor"
-IMAGE_PROCESSOR_TYPE = "LlavaImageProcessor"
-# The LlavaImageProcessor settings that 4.57 and 5.x share (5.x adds backend-specific ones).
+# The image processor settings that 4.57 and 5.x share (5.x adds backend-specific ones).
 IMAGE_PROCESSOR_KEYS = (
     "do_pad", "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
     "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
 )  # fmt: skip
+# The video processor settings both majors read; Video-LLaVA's frames take its image processor's transforms.
+VIDEO_PROCESSOR_KEYS = tuple(key for key in IMAGE_PROCESSOR_KEYS if key != "do_pad")
+VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -92,15 +95,38 @@ def write_tokenizer_files(tokenizer, folder: Path) -> None:
     )
 
 
-def write_processor_files(processor, folder: Path) -> None:
-    """Tokenizer files, `preprocessor_config.json` (the image processor), `processor_config.json`
-    (only the processor's own settings) and `chat_template.jinja` (read by both majors' tokenizer and processor)."""
+@dataclass
+class ProcessorParts:
+    """A stock processor described by its parts, for writing its files where it cannot be built (Video-LLaVA's
+    video processor needs torchvision): the video processor's settings then follow the image processor's."""
+
+    tokenizer: object
+    image_processor: object
+    patch_size: int
+    vision_feature_select_strategy: str = "default"
+    num_additional_image_tokens: int = 1
+    image_token: str = "<image>"
+    video_token: str | None = None
+    chat_template: str | None = None
+    video_processor: object = None
+
+
+def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
+    """Tokenizer files, `preprocessor_config.json` (the image processor), `video_preprocessor_config.json`
+    (the video processor, for video models), `processor_config.json` (only the processor's own settings)
+    and `chat_template.jinja` (read by both majors' tokenizer and processor). `processor` is the stock
+    processor of `arch` or its `ProcessorParts`."""
     image_processor = processor.image_processor
-    if not type(image_processor).__name__.startswith(IMAGE_PROCESSOR_TYPE):
+    if not type(image_processor).__name__.startswith(arch.image_processor_type):
         raise UsageError(
-            f"The processor's image processor is {type(image_processor).__name__}; a PruMerge Hub folder uses "
-            "LlavaImageProcessor (do_pad=True pads images to a square as LLaVA-1.5 training did). "
-            "Build one with llava_prumerge.hub_upload.compat.llava_image_processor(...)"
+            f"The processor's image processor is {type(image_processor).__name__}; a PruMerge {arch.name} Hub folder "
+            f"uses {arch.image_processor_type}"
+            + (
+                " (do_pad=True pads images to a square as LLaVA-1.5 training did). Build one with "
+                "llava_prumerge.hub_upload.compat.llava_image_processor(...)"
+                if arch.image_processor_type == "LlavaImageProcessor"
+                else ""
+            )
         )
     write_tokenizer_files(processor.tokenizer, folder)
     settings = image_processor.to_dict()
@@ -108,15 +134,28 @@ def write_processor_files(processor, folder: Path) -> None:
         folder / "preprocessor_config.json",
         {
             **{key: settings[key] for key in IMAGE_PROCESSOR_KEYS if key in settings},
-            "image_processor_type": IMAGE_PROCESSOR_TYPE,
-            "processor_class": PROCESSOR_CLASS,
+            "image_processor_type": arch.image_processor_type,
+            "processor_class": arch.processor_class,
         },
     )
+    token_settings = {"image_token": processor.image_token}
+    if arch.video_processor_type:
+        video_processor = getattr(processor, "video_processor", None)
+        video_settings = (video_processor or image_processor).to_dict()
+        write_json(
+            folder / VIDEO_PROCESSOR_FILE,
+            {
+                **{key: video_settings[key] for key in VIDEO_PROCESSOR_KEYS if key in video_settings},
+                "video_processor_type": arch.video_processor_type,
+                "processor_class": arch.processor_class,
+            },
+        )
+        token_settings["video_token"] = processor.video_token
     write_json(
         folder / "processor_config.json",
         {
-            "processor_class": PROCESSOR_CLASS,
-            "image_token": processor.image_token,
+            "processor_class": arch.processor_class,
+            **token_settings,
             "num_additional_image_tokens": processor.num_additional_image_tokens,
             "patch_size": processor.patch_size,
             "vision_feature_select_strategy": processor.vision_feature_select_strategy,

@@ -1,4 +1,4 @@
-"""Write a PruMerge Hub folder: from a stock llava-hf checkpoint (PruMerge applied training-free) or tiny random weights.
+"""Write a PruMerge Hub folder: from a stock LLaVA-family checkpoint (PruMerge applied training-free) or tiny random weights.
 
 The folder loads with `trust_remote_code=True` under transformers 4.57 and 5.x without this
 package: sharded safetensors with an index, config.json with `auto_map`, the model code, the
@@ -14,14 +14,19 @@ import uuid
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, LlavaConfig, LlavaProcessor
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, LlavaProcessor, VideoLlavaImageProcessor
 
-from ..architectures import architecture_for
+from ..architectures import ARCHITECTURES, architecture_for
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
-from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
 from ..errors import MissingInputError, OutputExistsError, UsageError
 from ..modeling.modeling_prumerge import PruMergeForConditionalGenerationMixin
-from .compat import config_for_both_majors, llava_image_processor, write_json, write_processor_files
+from .compat import (
+    ProcessorParts,
+    config_for_both_majors,
+    llava_image_processor,
+    write_json,
+    write_processor_files,
+)
 from .model_card import render_model_card
 from .remote_code import remote_code_files
 from .upload import human_size
@@ -97,38 +102,51 @@ def _write_folder(model, processor, folder: Path, max_shard_size, model_card_ext
     write_json(folder / "config.json", config_for_both_majors(config))
     for name, text in remote_code_files(arch).items():
         (folder / name).write_text(text, encoding="utf-8")
-    write_processor_files(processor, folder)
+    write_processor_files(processor, folder, arch)
     card = render_model_card(model.config, processor, model_id=model_id, metadata=model_card_extra)
     (folder / "README.md").write_text(card, encoding="utf-8")
 
 
-def wrap_llava_hf(folder: str | os.PathLike, *, dtype: torch.dtype | str = "auto", **reduction_fields):
-    """A stock llava-hf checkpoint (e.g. llava-hf/llava-1.5-7b-hf) as a PruMerge model, training-free."""
+def wrap_stock_checkpoint(
+    folder: str | os.PathLike, *, dtype: torch.dtype | str = "auto", **reduction_fields
+):
+    """A stock checkpoint (llava-hf/llava-1.5-7b-hf, LanguageBind/Video-LLaVA-7B-hf, ...) as a PruMerge model
+    and its processor, training-free."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise MissingInputError(
-            f"{config_path} is missing; --from-hf takes a local llava-hf checkpoint folder "
-            "(e.g. a download of llava-hf/llava-1.5-7b-hf)"
+            f"{config_path} is missing; --from-hf takes a local stock checkpoint folder "
+            "(e.g. a download of llava-hf/llava-1.5-7b-hf or LanguageBind/Video-LLaVA-7B-hf)"
         )
     model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    if model_type not in ("llava", LlavaPruMergeConfig.model_type):
+    arch = architecture_for(model_type)
+    if arch is None:
+        known = [name for arch in ARCHITECTURES for name in (arch.stock_model_type, arch.model_type)]
         raise UsageError(
-            f"{config_path} has model_type {model_type!r}, not 'llava'; for an original LLaVA training "
+            f"{config_path} has model_type {model_type!r}, not one of {known}; for an original LLaVA training "
             "checkpoint (LlavaLlamaForCausalLM + LoRA) use `llava-prumerge convert`"
         )
-    config = LlavaPruMergeConfig.from_stock_config(LlavaConfig.from_pretrained(folder), **reduction_fields)
-    head = architecture_for(config.model_type).load("head_class")
-    model, info = head.from_pretrained(folder, config=config, dtype=dtype, output_loading_info=True)
+    config_class = arch.load("config_class")
+    config = config_class.from_stock_config(AutoConfig.from_pretrained(folder), **reduction_fields)
+    model, info = arch.load("head_class").from_pretrained(
+        folder, config=config, dtype=dtype, output_loading_info=True
+    )
     if info["missing_keys"] or info["unexpected_keys"]:
         raise UsageError(
-            f"{folder} does not hold a LLaVA model's weights: missing {sorted(info['missing_keys'])[:3]}, "
+            f"{folder} does not hold a {model_type} model's weights: missing {sorted(info['missing_keys'])[:3]}, "
             f"unexpected {sorted(info['unexpected_keys'])[:3]}"
         )
+    processor = (_video_llava_processor if arch.video_processor_type else _llava_processor)(folder, config)
+    return model.eval(), processor
+
+
+def _llava_processor(folder: Path, config) -> LlavaProcessor:
+    """llava-hf's processor with images padded to a square (as LLaVA-1.5 trained) and the vicuna template."""
     stock = AutoProcessor.from_pretrained(folder)
     template = stock.chat_template or VICUNA_CHAT_TEMPLATE
     stock.tokenizer.chat_template = template
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=llava_image_processor(stock.image_processor, do_pad=True),
         tokenizer=stock.tokenizer,
         patch_size=config.vision_config.patch_size,
@@ -137,7 +155,24 @@ def wrap_llava_hf(folder: str | os.PathLike, *, dtype: torch.dtype | str = "auto
         num_additional_image_tokens=1,  # CLIP's [CLS]
         chat_template=template,
     )
-    return model.eval(), processor
+
+
+def _video_llava_processor(folder: Path, config) -> ProcessorParts:
+    """Video-LLaVA's processor as its parts: building `VideoLlavaProcessor` needs torchvision (for the video
+    processor), which exporting does not; the video processor's settings follow the image processor's."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
+    tokenizer.chat_template = template
+    return ProcessorParts(
+        tokenizer=tokenizer,
+        image_processor=VideoLlavaImageProcessor.from_pretrained(folder),
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,  # CLIP's [CLS]
+        image_token=tokenizer.convert_ids_to_tokens(config.image_token_id),
+        video_token=tokenizer.convert_ids_to_tokens(config.video_token_id),
+        chat_template=template,
+    )
 
 
 def report_written(folder: Path) -> None:

@@ -1,4 +1,7 @@
-"""The model card (README.md) of a Hub folder: Hub metadata, usage for both transformers majors, reducer settings."""
+"""The model card (README.md) of a Hub folder: Hub metadata, usage for both transformers majors, reducer settings.
+
+LLaVA-1.5 and Video-LLaVA folders get their own description and usage; Video-LLaVA's states its video budgets.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ METHOD_SUMMARIES = {
     "sequential": "the first patches (the paper's sequential baseline)",
 }
 
-USAGE = """\
+IMAGE_USAGE = """\
 ```python
 import transformers
 from PIL import Image
@@ -47,6 +50,31 @@ print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 pipe = transformers.pipeline("image-text-to-text", model=model_id, trust_remote_code=True)
 print(pipe(images=image, text=prompt, max_new_tokens=64, return_full_text=False)[0]["generated_text"])
 ```"""
+
+VIDEO_USAGE = """\
+```python
+import av  # or decord / torchvision: any decoder giving 8 frames as uint8 [frames, height, width, 3]
+import numpy as np
+import transformers
+
+model_id = "{model_id}"
+# transformers 5.x: AutoModelForImageTextToText; transformers 4.57: AutoModelForVision2Seq
+auto_class = getattr(transformers, "AutoModelForVision2Seq", transformers.AutoModelForImageTextToText)
+model = auto_class.from_pretrained(model_id, trust_remote_code=True, device_map="auto")
+processor = transformers.AutoProcessor.from_pretrained(model_id, trust_remote_code=True)  # needs torchvision
+
+with av.open("clip.mp4") as container:
+    frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+clip = np.stack([frames[i] for i in np.linspace(0, len(frames) - 1, 8).astype(int)])  # 8 frames, as trained
+chat = [{{"role": "user", "content": [{{"type": "video"}}, {{"type": "text", "text": "What happens?"}}]}}]
+prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+inputs = processor(videos=clip, text=prompt, return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+Images work as for LLaVA (`processor(images=image, text=prompt)` with an `{{"type": "image"}}` item), alone
+or with a video in the same prompt."""
 
 CITATION = """\
 ```bibtex
@@ -72,19 +100,31 @@ def render_model_card(config, processor, *, model_id: str, metadata: dict | None
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
     settings = "\n".join(f"| `{name}` | `{getattr(config, name)!r}` |" for name in REDUCTION_FIELDS)
+    is_video = config.model_type == "video_llava_prumerge"
+    usage = (VIDEO_USAGE if is_video else IMAGE_USAGE).format(model_id=model_id)
+    summary = METHOD_SUMMARIES[config.token_reduction]
+    if is_video:
+        frames = config.video_seq_length // (patches + 1)
+        what = f"""Video-LLaVA with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})), applied
+training-free as the paper applied it to Video-LLaVA. Each of a video's {frames} frames is reduced like an
+image: of its {patches} CLIP patch tokens the language model sees {summary}, after the frame's [CLS]
+token, which stock Video-LLaVA keeps ({frames} x {patches + 1} = {config.video_seq_length} tokens per video unreduced).
+{_video_budget(config, frames)}"""
+    else:
+        what = f"""LLaVA-1.5 with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})): of the
+{patches} CLIP patch tokens per image, the language model sees {summary}."""
     do_pad = getattr(processor.image_processor, "do_pad", False)
     body = f"""
 # {model_id}
 
-LLaVA-1.5 with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})): of the
-{patches} CLIP patch tokens per image, the language model sees {METHOD_SUMMARIES[config.token_reduction]},
-so prefill is shorter and the KV cache smaller. The model code ships in this repository
+{what}
+So prefill is shorter and the KV cache smaller. The model code ships in this repository
 (`trust_remote_code=True`); nothing beyond `transformers` (4.57 or 5.x), `torch` and, for
 `device_map`, `accelerate` needs installing. The weights use the llava-hf layout.
 
 ## Usage
 
-{USAGE.format(model_id=model_id)}
+{usage}
 
 Images are {"padded to a square with the mean color, as in LLaVA-1.5 training, then resized" if do_pad else "resized and center-cropped"}
 ({vision.image_size}x{vision.image_size}); vision features come from layer {config.vision_feature_layer}.
@@ -103,3 +143,17 @@ Stored in `config.json`; override any of them at load time, e.g.
 {CITATION}
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _video_budget(config, frames: int) -> str:
+    """What fixes the number of tokens per video, in this config and in the paper's comparison."""
+    paper = (
+        f"For the paper's like-for-like comparison, `adaptive=False` with `num_video_tokens=256` (PruMerge) or "
+        f"`512` (PruMerge+) gives exactly that many tokens per {frames}-frame video (12.5% / 25% of its 2048 patch "
+        "tokens), split evenly over the frames, each frame's [CLS] included."
+    )
+    if config.num_video_tokens is not None:
+        return f"This model's videos each reach the language model as exactly {config.num_video_tokens} tokens. {paper}"
+    if not config.adaptive and config.num_visual_tokens is not None:
+        return f"This model gives every frame {config.num_visual_tokens} tokens, its [CLS] included. {paper}"
+    return f"How many tokens each frame keeps adapts to its content. {paper}"

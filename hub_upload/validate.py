@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from ..architectures import ARCHITECTURES, Architecture, architecture_for
 from ..errors import InvalidHubFolder
-from .compat import CHAT_TEMPLATE_FILE, IMAGE_PROCESSOR_TYPE, MODEL_INPUT_NAMES, PROCESSOR_CLASS
+from .compat import CHAT_TEMPLATE_FILE, MODEL_INPUT_NAMES, VIDEO_PROCESSOR_FILE
 from .remote_code import defined_classes, remote_code_problems
 from .weights import weight_problems
 
@@ -69,7 +69,7 @@ def _config_problems(folder: Path) -> tuple[list[str], Architecture | None, obje
     return problems, arch, config
 
 
-def _processor_problems(folder: Path) -> list[str]:
+def _processor_problems(folder: Path, arch: Architecture) -> list[str]:
     problems = []
     tokenizer_config = _load_json(folder, "tokenizer_config.json", problems) or {}
     _load_json(folder, "tokenizer.json", problems)
@@ -88,15 +88,21 @@ def _processor_problems(folder: Path) -> list[str]:
         )
     image_settings = _load_json(folder, "preprocessor_config.json", problems) or {}
     if image_settings and not str(image_settings.get("image_processor_type", "")).startswith(
-        IMAGE_PROCESSOR_TYPE
+        arch.image_processor_type
     ):
         problems.append(
             f"preprocessor_config.json has image_processor_type {image_settings.get('image_processor_type')!r}, "
-            f"not {IMAGE_PROCESSOR_TYPE}"
+            f"not {arch.image_processor_type}"
         )
+    if arch.video_processor_type:
+        video_settings = _load_json(folder, VIDEO_PROCESSOR_FILE, problems) or {}
+        if video_settings and video_settings.get("video_processor_type") != arch.video_processor_type:
+            problems.append(
+                f"{VIDEO_PROCESSOR_FILE} video_processor_type must be {arch.video_processor_type}"
+            )
     processor_settings = _load_json(folder, "processor_config.json", problems) or {}
-    if processor_settings and processor_settings.get("processor_class") != PROCESSOR_CLASS:
-        problems.append(f"processor_config.json processor_class must be {PROCESSOR_CLASS}")
+    if processor_settings and processor_settings.get("processor_class") != arch.processor_class:
+        problems.append(f"processor_config.json processor_class must be {arch.processor_class}")
     if "image_processor" in processor_settings:
         problems.append(
             "processor_config.json nests the image processor (transformers 5 layout); 4.57 reads it only "
@@ -145,8 +151,9 @@ def validate_hub_folder(folder: Path | str) -> list[Path]:
     config_problems, arch, config = _config_problems(folder)
     problems += config_problems
     problems += weight_problems(folder, config)
-    problems += remote_code_problems(folder, arch) if arch is not None else []
-    problems += _processor_problems(folder)
+    problems += (
+        remote_code_problems(folder, arch) + _processor_problems(folder, arch) if arch is not None else []
+    )
     problems += _model_card_problems(folder)
     if problems:
         raise InvalidHubFolder(

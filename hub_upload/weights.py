@@ -30,6 +30,11 @@ CHECKPOINT_PREFIXES = (
     ("model.vision_tower.vision_model.", "vision_tower.vision_model."),  # 4.57's CLIPVisionModel
     ("model.vision_tower.", "vision_tower.vision_model."),  # 5.x's CLIPVisionModel
     ("model.multi_modal_projector.", "multi_modal_projector."),
+    # Video-LLaVA's towers, in the layout of LanguageBind/Video-LLaVA-7B-hf
+    ("model.image_tower.vision_model.", "image_tower.vision_model."),
+    ("model.image_tower.", "image_tower.vision_model."),
+    ("model.video_tower.vision_model.", "video_tower.vision_model."),
+    ("model.video_tower.", "video_tower.vision_model."),
 )
 TIED_HEAD = "language_model.lm_head.weight"
 
@@ -39,7 +44,9 @@ def checkpoint_key(module_key: str) -> str:
     for module_prefix, checkpoint_prefix in CHECKPOINT_PREFIXES:
         if module_key.startswith(module_prefix):
             return checkpoint_prefix + module_key[len(module_prefix) :]
-    raise UsageError(f"{module_key} is not a LLaVA parameter name (no llava-hf checkpoint name for it)")
+    raise UsageError(
+        f"{module_key} is not a LLaVA-family parameter name (no llava-hf checkpoint name for it)"
+    )
 
 
 def _head_is_tied(model: torch.nn.Module) -> bool:

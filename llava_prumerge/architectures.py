@@ -35,6 +35,9 @@ class Architecture:
     modeling_module: str
     model_class: str  # the base model (AutoModel)
     head_class: str  # the generative model (AutoModelForImageTextToText)
+    processor_class: str  # the stock processor its Hub folders name (processor_config.json)
+    image_processor_type: str  # the stock image processor (preprocessor_config.json)
+    video_processor_type: str | None = None  # the stock video processor (video_preprocessor_config.json)
 
     @property
     def remote_modules(self) -> tuple[str, ...]:
@@ -70,6 +73,8 @@ ARCHITECTURES = (
         modeling_module="modeling.modeling_llava_prumerge",
         model_class="LlavaPruMergeModel",
         head_class="LlavaPruMergeForConditionalGeneration",
+        processor_class="LlavaProcessor",
+        image_processor_type="LlavaImageProcessor",  # do_pad: images padded to a square, as LLaVA-1.5 trained
     ),
     Architecture(
         name="video-llava",
@@ -80,8 +85,19 @@ ARCHITECTURES = (
         modeling_module="modeling.modeling_video_llava_prumerge",
         model_class="VideoLlavaPruMergeModel",
         head_class="VideoLlavaPruMergeForConditionalGeneration",
+        processor_class="VideoLlavaProcessor",
+        image_processor_type="VideoLlavaImageProcessor",
+        video_processor_type="VideoLlavaVideoProcessor",
     ),
 )
+
+
+def architecture_named(name: str) -> Architecture:
+    """The architecture users call `name` (e.g. `--arch video-llava`)."""
+    for arch in ARCHITECTURES:
+        if arch.name == name:
+            return arch
+    raise KeyError(f"no architecture {name!r}; choose one of {[arch.name for arch in ARCHITECTURES]}")
 
 
 def architecture_for(model_type: str) -> Architecture | None:

@@ -11,6 +11,11 @@ for name in tf4 tf5; do
     bash scripts/setup_env.sh ".venvs/$name" "${specs[$name]}"
 done
 export PRUMERGE_TEST_PYTHONS="$root/.venvs/tf4/bin/python:$root/.venvs/tf5/bin/python"
+# torchvision only where video processors are tested (why an overlay: scripts/setup_vision_overlay.sh)
+for name in tf4 tf5; do
+    bash scripts/setup_vision_overlay.sh ".venvs/$name" ".venvs/$name-vision"
+done
+export PRUMERGE_TEST_VISION_PYTHONS="$root/.venvs/tf4-vision/bin/python:$root/.venvs/tf5-vision/bin/python"
 status=0
 .venvs/tf5/bin/ruff check . && .venvs/tf5/bin/ruff format --check . || status=1
 for name in tf4 tf5; do

@@ -10,6 +10,10 @@ Conventions, so that the blocks run inside the test suite:
 - The Hub id `org/llava-prumerge-7b` becomes the folder `llava-prumerge export --tiny` writes,
   `llava-hf/llava-1.5-7b-hf` the stock LLaVA folder `llava-prumerge tiny-inputs` writes, and the Hub
   is offline (HF_HUB_OFFLINE=1).
+- `org/video-llava-prumerge-7b` becomes the folder `llava-prumerge export --tiny --arch video-llava` writes.
+- A python block whose first line is `# needs torchvision ...` runs with the torchvision overlay of this
+  interpreter's environment (`<venv>-vision`, see scripts/setup_vision_overlay.sh), which scripts/test.sh
+  builds; the test fails if it is missing.
 - Only ```bash and ```python blocks run; ```text marks output. Any other fence fails the test.
 """
 
@@ -27,6 +31,7 @@ from llava_prumerge.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "org/llava-prumerge-7b"
+VIDEO_HUB_ID = "org/video-llava-prumerge-7b"
 STOCK_HUB_ID = "llava-hf/llava-1.5-7b-hf"
 RUN = ("bash", "python")
 NOT_RUN = ("text",)
@@ -53,8 +58,22 @@ def tiny_checkpoints(tmp_path_factory):
     """Local stand-ins for the README's Hub ids: a PruMerge Hub folder and a stock LLaVA folder."""
     folder = tmp_path_factory.mktemp("hub")
     main(["export", "--tiny", "--out", str(folder / "tiny-llava-prumerge")])
+    main(["export", "--tiny", "--arch", "video-llava", "--out", str(folder / "tiny-video-llava-prumerge")])
     main(["tiny-inputs", str(folder / "inputs")])
-    return {HUB_ID: folder / "tiny-llava-prumerge", STOCK_HUB_ID: folder / "inputs" / "llava-hf"}
+    return {
+        HUB_ID: folder / "tiny-llava-prumerge",
+        VIDEO_HUB_ID: folder / "tiny-video-llava-prumerge",
+        STOCK_HUB_ID: folder / "inputs" / "llava-hf",
+    }
+
+
+def python_for(code: str) -> str:
+    """This interpreter, or its environment's torchvision overlay for blocks that say they need torchvision."""
+    if not code.startswith("# needs torchvision"):
+        return sys.executable
+    overlay = Path(sys.prefix).with_name(Path(sys.prefix).name + "-vision") / "bin" / "python"
+    assert overlay.is_file(), f"{overlay} is missing: build it with scripts/setup_vision_overlay.sh"
+    return str(overlay)
 
 
 @pytest.fixture
@@ -83,7 +102,7 @@ def test_every_readme_block_runs(scratch_repo, tiny_checkpoints):
     for line, language, code in blocks:
         code = adapted(code, tiny_checkpoints)
         command = (
-            ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [sys.executable, "-c", code]
+            ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [python_for(code), "-c", code]
         )
         started = time.perf_counter()
         result = subprocess.run(

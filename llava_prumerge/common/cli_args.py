@@ -75,9 +75,14 @@ def add_reduction_arguments(parser: argparse.ArgumentParser, default_help: str) 
     )
     group.add_argument("--num-visual-tokens", type=positive_int, help="with --no-adaptive: tokens per image")
     group.add_argument("--reduction-ratio", type=positive_float, help="with --no-adaptive: kept fraction")
+    group.add_argument(
+        "--num-video-tokens",
+        type=positive_int,
+        help="with --no-adaptive: tokens per video, split over its frames (Video-LLaVA; 256 / 512 for 8 frames)",
+    )
 
 
 def reduction_fields_from_args(args: argparse.Namespace) -> dict:
     """The reducer fields set on the command line (see `add_reduction_arguments`)."""
-    names = ("token_reduction", "adaptive", "num_visual_tokens", "reduction_ratio")
+    names = ("token_reduction", "adaptive", "num_visual_tokens", "reduction_ratio", "num_video_tokens")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

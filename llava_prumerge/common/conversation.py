@@ -3,8 +3,8 @@ renderer training uses, which produce the same text (a test holds them to it).
 
     SYSTEM USER: <image>\\nquestion ASSISTANT: answer</s>USER: ... ASSISTANT: answer</s>
 
-A user turn puts its images first, one `<image>\\n` each, then its text; only the answers and their
-`</s>` carry labels in training.
+A user turn puts its images and videos first, one `<image>\\n` or `<video>\\n` each (Video-LLaVA's
+format), then its text; only the answers and their `</s>` carry labels in training.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 IMAGE_PLACEHOLDER = "<image>"
+# The placeholder a user turn writes for each visual item, by content type.
+VISUAL_PLACEHOLDERS = {"image": IMAGE_PLACEHOLDER, "video": "<video>"}
 END_OF_TURN = "</s>"
 # LLaVA's conv_vicuna_v1 system prompt, which LLaVA-1.5's instruction tuning used.
 VICUNA_V1_SYSTEM = (
@@ -25,7 +27,8 @@ VICUNA_CHAT_TEMPLATE = (
     "else message['content'][0]['text'] }} "
     "{% elif message['role'] == 'user' %}USER: "
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'video' %}<video>\n{% endif %}"
     "{% endfor %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
     "{% endif %}{% endfor %}{% endif %} "
     "{% elif message['role'] == 'assistant' %}ASSISTANT: "
@@ -46,13 +49,15 @@ class RenderedConversation:
 
 
 def _content_text(content, role: str) -> str:
-    """The text of a message as VICUNA_CHAT_TEMPLATE writes it (images first in user turns)."""
+    """The text of a message as VICUNA_CHAT_TEMPLATE writes it (images and videos first in user turns)."""
     if isinstance(content, str):
         return content
     if role == "system":
         return content[0]["text"]
-    images = IMAGE_PLACEHOLDER + "\n" if role == "user" else ""
-    return images * sum(item["type"] == "image" for item in content) + "".join(
+    visual = [
+        VISUAL_PLACEHOLDERS[item["type"]] + "\n" for item in content if item["type"] in VISUAL_PLACEHOLDERS
+    ]
+    return "".join(visual if role == "user" else []) + "".join(
         item["text"] for item in content if item["type"] == "text"
     )
 

@@ -9,6 +9,9 @@ from llava_prumerge.training.data import build_conversation
 CONVERSATIONS = {
     "one image": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
     "text only": [{"role": "user", "content": "Hello there."}],
+    "an image and a video (Video-LLaVA)": [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Then"}, {"type": "image"}]}
+    ],
     "system, two turns, two images": [
         {"role": "system", "content": VICUNA_V1_SYSTEM},
         {

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from llava_prumerge.cli import main
 from llava_prumerge.errors import RemoteCodeError
 from llava_prumerge.hub_upload.remote_code import REMOTE_CODE_SOURCES, flatten_imports
 
@@ -13,9 +14,20 @@ NETWORK_OR_CODE_MODULES = {"socket", "ssl", "http", "urllib", "requests", "huggi
 DANGEROUS_CALLS = {"eval", "exec", "compile", "__import__", "torch.load", "os.system", "os.popen"}
 
 
-def test_remote_code_is_self_contained_and_does_no_io_pickling_or_code_execution(hub_folder):
-    siblings = {name.removesuffix(".py") for name in REMOTE_CODE_SOURCES}
-    for name in REMOTE_CODE_SOURCES:
+@pytest.fixture(scope="module")
+def video_hub_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("video") / "tiny-video"
+    main(["export", "--tiny", "--arch", "video-llava", "--out", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("folder_fixture", ["hub_folder", "video_hub_folder"])
+def test_remote_code_is_self_contained_and_does_no_io_pickling_or_code_execution(request, folder_fixture):
+    hub_folder = request.getfixturevalue(folder_fixture)
+    names = sorted(path.name for path in hub_folder.glob("*.py"))
+    assert set(names) <= set(REMOTE_CODE_SOURCES)
+    siblings = {name.removesuffix(".py") for name in names}
+    for name in names:
         tree = ast.parse((hub_folder / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
@@ -34,12 +46,14 @@ def test_remote_code_is_self_contained_and_does_no_io_pickling_or_code_execution
                     assert top not in NETWORK_OR_CODE_MODULES, f"{name}: {module}"
             elif isinstance(node, ast.Call):
                 assert ast.unparse(node.func) not in DANGEROUS_CALLS, f"{name}: {ast.unparse(node.func)}()"
-    for name in REMOTE_CODE_SOURCES:
+    for name in names:
         assert "from .." not in (hub_folder / name).read_text(), name
-    configuration = (hub_folder / "configuration_llava_prumerge.py").read_text()
+    model = "llava" if folder_fixture == "hub_folder" else "video_llava"
+    config_class = "LlavaPruMergeConfig" if model == "llava" else "VideoLlavaPruMergeConfig"
+    configuration = (hub_folder / f"configuration_{model}_prumerge.py").read_text()
     assert "from .configuration_prumerge import PruMergeConfigMixin" in configuration
-    modeling = (hub_folder / "modeling_llava_prumerge.py").read_text()
-    assert "from .configuration_llava_prumerge import LlavaPruMergeConfig" in modeling
+    modeling = (hub_folder / f"modeling_{model}_prumerge.py").read_text()
+    assert f"from .configuration_{model}_prumerge import {config_class}" in modeling
     assert "from .vision_encoding import" in modeling and "from .modeling_prumerge import (" in modeling
 
 
