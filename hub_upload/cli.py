@@ -80,7 +80,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--from-hf",
         type=Path,
         metavar="STOCK_DIR",
-        help="a local stock checkpoint folder (llava-hf LLaVA-1.5, or Video-LLaVA-hf)",
+        help="a local stock checkpoint folder (llava-hf LLaVA-1.5 or LLaVA-NeXT, or Video-LLaVA-hf)",
     )
     source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests and demos")
     parser.add_argument(
@@ -94,7 +94,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> Path:
     """Write a PruMerge Hub folder: from a stock checkpoint (PruMerge applied training-free: llava-hf
-    LLaVA-1.5 or Video-LLaVA, recognized from its config) or tiny random weights (--tiny, --arch).
+    LLaVA-1.5 or LLaVA-NeXT, or Video-LLaVA, recognized from its config) or tiny random weights (--tiny, --arch).
 
     The folder loads with `trust_remote_code=True` under transformers 4.57 and 5.x without this
     package: sharded safetensors with an index, config.json with `auto_map`, the model code, the
@@ -118,6 +118,12 @@ def run_export(args: argparse.Namespace) -> Path:
 
 def _tiny_model_and_processor(arch_name: str, fields: dict):
     """The tiny random-weight model of an architecture and its processor (or, for Video-LLaVA, its parts)."""
+    if arch_name == "llava-next":
+        from ..testing.tiny import tiny_tokenizer
+        from ..testing.tiny_next import tiny_next_model, tiny_next_processor
+
+        tokenizer = tiny_tokenizer()
+        return tiny_next_model(tokenizer=tokenizer, **fields), tiny_next_processor(tokenizer)
     if arch_name == "video-llava":
         from ..common.conversation import VICUNA_CHAT_TEMPLATE
         from ..testing.tiny import TINY_PATCH_SIZE

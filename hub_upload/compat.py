@@ -24,9 +24,12 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 IMAGE_PROCESSOR_KEYS = (
     "do_pad", "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
     "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+    "image_grid_pinpoints",  # LLaVA-NeXT's AnyRes grids
 )  # fmt: skip
 # The video processor settings both majors read; Video-LLaVA's frames take its image processor's transforms.
-VIDEO_PROCESSOR_KEYS = tuple(key for key in IMAGE_PROCESSOR_KEYS if key != "do_pad")
+VIDEO_PROCESSOR_KEYS = tuple(
+    key for key in IMAGE_PROCESSOR_KEYS if key not in ("do_pad", "image_grid_pinpoints")
+)
 VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

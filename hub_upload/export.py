@@ -14,7 +14,14 @@ import uuid
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoProcessor, AutoTokenizer, LlavaProcessor, VideoLlavaImageProcessor
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    AutoTokenizer,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    VideoLlavaImageProcessor,
+)
 
 from ..architectures import ARCHITECTURES, architecture_for
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
@@ -137,8 +144,12 @@ def wrap_stock_checkpoint(
             f"{folder} does not hold a {model_type} model's weights: missing {sorted(info['missing_keys'])[:3]}, "
             f"unexpected {sorted(info['unexpected_keys'])[:3]}"
         )
-    processor = (_video_llava_processor if arch.video_processor_type else _llava_processor)(folder, config)
-    return model.eval(), processor
+    stock_processors = {
+        "llava": _llava_processor,
+        "llava-next": _llava_next_processor,
+        "video-llava": _video_llava_processor,
+    }
+    return model.eval(), stock_processors[arch.name](folder, config)
 
 
 def _llava_processor(folder: Path, config) -> LlavaProcessor:
@@ -148,6 +159,23 @@ def _llava_processor(folder: Path, config) -> LlavaProcessor:
     stock.tokenizer.chat_template = template
     return LlavaProcessor(
         image_processor=llava_image_processor(stock.image_processor, do_pad=True),
+        tokenizer=stock.tokenizer,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token=stock.image_token,
+        num_additional_image_tokens=1,  # CLIP's [CLS]
+        chat_template=template,
+    )
+
+
+def _llava_next_processor(folder: Path, config) -> LlavaNextProcessor:
+    """llava-hf's LLaVA-NeXT processor, counting CLIP's [CLS] (without it the processor writes one placeholder
+    fewer than the model's features) and with a chat template."""
+    stock = AutoProcessor.from_pretrained(folder)
+    template = stock.chat_template or stock.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
+    stock.tokenizer.chat_template = template
+    return LlavaNextProcessor(
+        image_processor=stock.image_processor,
         tokenizer=stock.tokenizer,
         patch_size=config.vision_config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,

@@ -110,6 +110,13 @@ training-free as the paper applied it to Video-LLaVA. Each of a video's {frames}
 image: of its {patches} CLIP patch tokens the language model sees {summary}, after the frame's [CLS]
 token, which stock Video-LLaVA keeps ({frames} x {patches + 1} = {config.video_seq_length} tokens per video unreduced).
 {_video_budget(config, frames)}"""
+    elif config.model_type == "llava_next_prumerge":
+        crops = max(height * width for height, width in config.image_grid_pinpoints) // vision.image_size**2
+        what = f"""LLaVA-NeXT (AnyRes) with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})):
+each view of an image (the base view and up to {crops} high-resolution crops) is reduced with its own [CLS]
+attention; of its {patches} CLIP patch tokens the language model sees {summary}. The crops' tokens keep
+stock LLaVA-NeXT's order (the raster order of the unpadded crop map), one `image_newline` closing each row of
+crops. {"With `adaptive=False`, `num_visual_tokens` fixes each image's tokens, newlines included, shared by its views in proportion to their patches." if config.num_visual_tokens is None else f"Each image reaches the language model as exactly {config.num_visual_tokens} tokens, newlines included."}"""
     else:
         what = f"""LLaVA-1.5 with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})): of the
 {patches} CLIP patch tokens per image, the language model sees {summary}."""

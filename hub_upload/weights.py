@@ -30,6 +30,7 @@ CHECKPOINT_PREFIXES = (
     ("model.vision_tower.vision_model.", "vision_tower.vision_model."),  # 4.57's CLIPVisionModel
     ("model.vision_tower.", "vision_tower.vision_model."),  # 5.x's CLIPVisionModel
     ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.image_newline", "image_newline"),  # LLaVA-NeXT's row separator
     # Video-LLaVA's towers, in the layout of LanguageBind/Video-LLaVA-7B-hf
     ("model.image_tower.vision_model.", "image_tower.vision_model."),
     ("model.image_tower.", "image_tower.vision_model."),

@@ -77,6 +77,18 @@ ARCHITECTURES = (
         image_processor_type="LlavaImageProcessor",  # do_pad: images padded to a square, as LLaVA-1.5 trained
     ),
     Architecture(
+        name="llava-next",
+        stock_model_type="llava_next",
+        model_type="llava_next_prumerge",
+        config_module="configuration.configuration_llava_next_prumerge",
+        config_class="LlavaNextPruMergeConfig",
+        modeling_module="modeling.modeling_llava_next_prumerge",
+        model_class="LlavaNextPruMergeModel",
+        head_class="LlavaNextPruMergeForConditionalGeneration",
+        processor_class="LlavaNextProcessor",
+        image_processor_type="LlavaNextImageProcessor",
+    ),
+    Architecture(
         name="video-llava",
         stock_model_type="video_llava",
         model_type="video_llava_prumerge",

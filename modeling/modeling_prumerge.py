@@ -33,7 +33,7 @@ from .token_reduction import ReducedTokens
 from .vision_encoding import EncodedPatches, check_pixel_values, encode_patches, patches_from_hidden_states
 
 # Keyword arguments of `visual_tokens` that choose how visual inputs are read, not visual inputs themselves.
-VISUAL_OPTIONS = ("vision_feature_layer", "vision_feature_select_strategy", "reduction")
+VISUAL_OPTIONS = ("vision_feature_layer", "vision_feature_select_strategy", "reduction", "image_sizes")
 
 logger = logging.get_logger(__name__)
 

@@ -44,6 +44,15 @@ class EncodedPatches:
             pick(self.features), pick(self.class_features), pick(self.attention), pick(self.keys)
         )
 
+    def subset(self, item: int, patches: torch.Tensor) -> EncodedPatches:
+        """One image (frame, view) restricted to some of its patches (an AnyRes crop without its padding)."""
+
+        def pick(tensor):
+            return None if tensor is None else tensor[item][patches][None]
+
+        class_features = None if self.class_features is None else self.class_features[item][None]
+        return EncodedPatches(pick(self.features), class_features, pick(self.attention), pick(self.keys))
+
     def reduce(self, settings: ReductionSettings) -> ReducedTokens:
         """The reducer on these patches; a kept [CLS] row comes first in every image's tokens."""
         if self.attention is None or not settings.reduces:

@@ -6,6 +6,7 @@ OUT/lora      an original LLaVA LoRA training output: config.json (LlavaLlamaFor
               adapter_model.safetensors and non_lora_trainables.safetensors (LLaVA writes the last two as
               .bin pickles; this package writes safetensors only, and `convert` reads either)
 OUT/llava-hf  a stock LlavaForConditionalGeneration and its processor, as llava-hf/llava-1.5-7b-hf
+OUT/llava-next-hf  a stock LlavaNextForConditionalGeneration and its processor, as llava-hf/llava-v1.6-vicuna-7b-hf
 OUT/video-llava-hf  a stock VideoLlavaForConditionalGeneration, its tokenizer and image processor, as
               LanguageBind/Video-LLaVA-7B-hf (whose frames take the image processor's transforms)
 
@@ -38,6 +39,7 @@ from ..common.conversation import VICUNA_CHAT_TEMPLATE
 from ..modeling.reduction_settings import REDUCTION_FIELDS
 from .model_tester import stock_twin
 from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, byte_level_bpe, tiny_config, tiny_tokenizer
+from .tiny_next import tiny_next_config, tiny_next_processor
 from .tiny_video import tiny_video_config, tiny_video_image_processor, tiny_video_tokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -54,6 +56,7 @@ class TinyInputs:
     clip: Path
     lora: Path
     llava_hf: Path
+    llava_next_hf: Path
     video_llava_hf: Path
 
 
@@ -159,6 +162,12 @@ def _write_llava_hf(folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
+def _write_llava_next_hf(folder: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    stock_twin(tiny_next_config(tokenizer)).save_pretrained(folder)
+    tiny_next_processor(tokenizer).save_pretrained(folder)
+
+
 def _write_video_llava_hf(folder: Path) -> None:
     tokenizer = tiny_video_tokenizer()
     stock_twin(tiny_video_config(tokenizer)).save_pretrained(folder)
@@ -169,12 +178,18 @@ def _write_video_llava_hf(folder: Path) -> None:
 def write_tiny_inputs(root: str | Path, *, seed: int = 0) -> TinyInputs:
     root = Path(root)
     inputs = TinyInputs(
-        root / "vicuna", root / "clip", root / "lora", root / "llava-hf", root / "video-llava-hf"
+        root / "vicuna",
+        root / "clip",
+        root / "lora",
+        root / "llava-hf",
+        root / "llava-next-hf",
+        root / "video-llava-hf",
     )
     torch.manual_seed(seed)
     llama = _write_vicuna(inputs.vicuna)
     vision_config = _write_clip(inputs.clip)
     _write_lora(inputs.lora, llama, vision_config["hidden_size"], inputs.vicuna, inputs.clip)
     _write_llava_hf(inputs.llava_hf)
+    _write_llava_next_hf(inputs.llava_next_hf)
     _write_video_llava_hf(inputs.video_llava_hf)
     return inputs
