@@ -199,12 +199,8 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
     def view_settings(self, settings: ReductionSettings, layout: AnyresLayout, crop_sizes: list[int]):
         """Per view (base, then crops), the settings: a whole-image `num_visual_tokens` becomes per-view budgets."""
         views = 1 + len(crop_sizes)
-        if (
-            not settings.reduces
-            or settings.adaptive
-            and settings.prunes
-            or settings.num_visual_tokens is None
-        ):
+        adaptive_pruning = settings.adaptive and settings.prunes  # counts come from each view's attention
+        if not settings.reduces or adaptive_pruning or settings.num_visual_tokens is None:
             return [settings] * views
         smallest = 1 + (settings.summary_token and settings.prunes)
         newlines = layout.grid_rows
