@@ -9,7 +9,7 @@ gives them back as one object.
 from __future__ import annotations
 
 from ..modeling.errors import ReductionSettingsError
-from ..modeling.reduction_settings import ReductionSettings
+from ..modeling.reduction_settings import REDUCTION_FIELDS, ReductionSettings
 
 
 class PruMergeConfigMixin:
@@ -37,12 +37,20 @@ class PruMergeConfigMixin:
         super().__init__(**kwargs)
         for name, value in settings.to_dict().items():
             setattr(self, name, value)
-        layers = self.vision_config.num_hidden_layers
-        if not -layers <= settings.reduction_layer < layers:
-            raise ReductionSettingsError(
-                f"reduction_layer={settings.reduction_layer} is outside the vision tower's {layers} layers; "
-                f"use an index in [{-layers}, {layers - 1}]"
-            )
+
+    def __setattr__(self, name, value):
+        """Overridden: a reducer field is validated whenever it is set, as `from_pretrained(..., field=value)`
+        sets its overrides after `__init__`."""
+        if name in REDUCTION_FIELDS:
+            ReductionSettings.from_fields({name: value})
+            vision_config = getattr(self, "vision_config", None)
+            layers = getattr(vision_config, "num_hidden_layers", None)
+            if name == "reduction_layer" and layers is not None and not -layers <= value < layers:
+                raise ReductionSettingsError(
+                    f"reduction_layer={value} is outside the vision tower's {layers} layers; "
+                    f"use an index in [{-layers}, {layers - 1}]"
+                )
+        super().__setattr__(name, value)
 
     @property
     def reduction_settings(self) -> ReductionSettings:

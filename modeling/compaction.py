@@ -73,14 +73,14 @@ def assign_runs(
 
     A run is one item when there are as many runs as items: one placeholder, the processor's
     expansion, or the item's reduced `counts` (a prompt compacted already); otherwise a run must be
-    exactly the processor's expansions of consecutive items (adjacent `<image><image>` expanded), or
-    their reduced `counts`, and is split at their boundaries.
+    exactly the processor's expansions of consecutive items (adjacent `<image><image>` expanded), their
+    reduced `counts`, or one placeholder each (`<image><image>` as written), and is split at their boundaries.
     """
     lengths = [length for sample_runs in runs for _, length in sample_runs]
     if len(lengths) == len(expanded_lengths):
         _check_run_lengths(lengths, expanded_lengths, modality, counts)
         return runs
-    for item_lengths in (expanded_lengths, counts):
+    for item_lengths in (expanded_lengths, counts, [1] * len(expanded_lengths)):  # the last: `<image><image>`
         spans = _split_runs(runs, item_lengths) if item_lengths is not None else None
         if spans is not None:
             return spans

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import NonFiniteError, VisualInputError
+from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
 from .runtime_compat import encoder_layer_mask_kwargs
 from .token_reduction import ReducedTokens, class_attention, keep_all_tokens, reduce_visual_tokens
@@ -127,11 +127,19 @@ def to_device_of(tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _layer_indices(num_layers: int, feature_layers: int | list[int], settings: ReductionSettings):
     """Indices into the hidden states (0: embeddings, i: the input of layer i) of the feature layer(s), and the
     index of the reduction layer."""
-    features = [
-        i % (num_layers + 1)
-        for i in ([feature_layers] if isinstance(feature_layers, int) else feature_layers)
-    ]
-    return features, settings.reduction_layer % num_layers
+    requested = [feature_layers] if isinstance(feature_layers, int) else list(feature_layers)
+    outside = [i for i in requested if not -(num_layers + 1) <= i <= num_layers]
+    if outside:
+        raise VisualInputError(
+            f"vision_feature_layer {outside} is outside the vision tower's hidden states: use an index in "
+            f"[{-(num_layers + 1)}, {num_layers}] (0 the embeddings, -1 the last layer's output)"
+        )
+    if not -num_layers <= settings.reduction_layer < num_layers:
+        raise ReductionSettingsError(
+            f"reduction_layer={settings.reduction_layer} is outside the vision tower's {num_layers} layers; "
+            f"use an index in [{-num_layers}, {num_layers - 1}]"
+        )
+    return [i % (num_layers + 1) for i in requested], settings.reduction_layer % num_layers
 
 
 def encode_patches(

@@ -33,7 +33,10 @@ def test_placeholder_runs_are_maximal_runs_per_sample():
 
 def test_a_run_is_one_item_or_is_split_into_adjacent_expansions():
     runs = [[(1, 4)], [(0, 4), (6, 1)]]
-    assert assign_runs(runs, [4, 4, 4], "image") == runs  # one run per item, whatever its length
+    assert assign_runs(runs, [4, 4, 4], "image") == runs  # one run per item: expanded, or one placeholder
+    assert assign_runs([[(3, 2)]], [4, 4], "image") == [[(3, 1), (4, 1)]]  # <image><image> as written
+    with pytest.raises(VisualInputError, match="has 2 `<image>` tokens, but the image given expands to 4"):
+        assign_runs([[(3, 2)]], [4], "image")  # two placeholders for one image: not silently one
     assert assign_runs([[(2, 8)]], [4, 4], "image") == [[(2, 4), (6, 4)]]  # <image><image> expanded
     assert assign_runs([[(0, 7)]], [3, 4], "image") == [[(0, 3), (3, 4)]]  # items of different expansions
     assert assign_runs([[(0, 5)]], [4, 4], "image", counts=[2, 3]) == [[(0, 2), (2, 3)]]  # compacted already

@@ -29,6 +29,25 @@ def test_config_carries_and_validates_reducer_fields():
         tiny_config(reduction_layer=7)
 
 
+def test_overrides_at_load_time_are_validated_too(tmp_path):
+    """from_pretrained sets keyword overrides after __init__; a bad one must not load (nor be saved back)."""
+    tiny_config().save_pretrained(tmp_path)
+    for field, value in [("token_reduction", "tome"), ("reduction_layer", 7), ("num_visual_tokens", 0)]:
+        with pytest.raises(ValueError, match=field):
+            LlavaPruMergeConfig.from_pretrained(tmp_path, **{field: value})
+    config = LlavaPruMergeConfig.from_pretrained(tmp_path, token_reduction="prumerge_plus", reduction_layer=-2)
+    assert (config.token_reduction, config.reduction_layer) == ("prumerge_plus", -2)
+
+
+def test_layers_outside_the_vision_tower_are_errors_not_wrapped(model, processor, images):
+    inputs = batch(processor, images[:1], [PROMPT])
+    with pytest.raises(ValueError, match=r"vision_feature_layer \[4\] is outside"):
+        model(**inputs, vision_feature_layer=4)  # the tiny tower has 3 layers: hidden states -4..3
+    settings = model.config.reduction_settings.replace(reduction_layer=-4)
+    with pytest.raises(ValueError, match="reduction_layer=-4 is outside the vision tower's 3 layers"):
+        model(**inputs, reduction=settings)
+
+
 def test_config_round_trips_through_json(tmp_path):
     config = tiny_config(token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=64)
     config.save_pretrained(tmp_path)
