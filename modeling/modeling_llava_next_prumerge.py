@@ -205,7 +205,7 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
         smallest = 1 + (settings.summary_token and settings.prunes)
         newlines = layout.grid_rows
         patches = [layout.side * layout.side, *crop_sizes]
-        largest = sum(patches) + newlines + (views if smallest == 2 else 0)
+        largest = sum(patches) + newlines  # every patch kept: no summary token is left to add
         if not smallest * views + newlines <= settings.num_visual_tokens <= largest:
             raise ReductionSettingsError(
                 f"num_visual_tokens={settings.num_visual_tokens} does not fit an image of {views} views "

@@ -257,7 +257,9 @@ def _fixed_ratio_plus_slots(
     order: torch.Tensor, is_center: torch.Tensor, num_centers: int, reduction_ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PruMerge+ with a fixed ratio, as its checkpoint was trained: samples s/2, s/2 + s, ... < N - 1
-    (s = int(1 / ratio)) are appended without removing those that are already centers.
+    (s = int(1 / ratio)) are appended without removing those that are already centers; where centers
+    and samples together would outnumber the patches (ratios near 1) the samples are cut, so that no
+    image gets more tokens than patches.
 
     The published complement of such a selection leaves out as many of the lowest-index
     unselected patches as there are duplicates; that is reproduced, so every image still has N slots.
@@ -266,7 +268,9 @@ def _fixed_ratio_plus_slots(
     device = order.device
     positions = torch.arange(num_patches, device=device)
     step = int(1 / reduction_ratio)
-    samples = torch.arange(int(step / 2), num_patches - 1, max(1, step), device=device)  # [L]
+    first = int(step / 2)
+    samples = torch.arange(first, max(first, num_patches - 1), max(1, step), device=device)  # [L]
+    samples = samples[: num_patches - num_centers]  # never more slots than patches (ratios near 1)
     is_selected = is_center.clone()
     is_selected[:, samples] = True
     duplicates = num_centers + samples.numel() - is_selected.sum(dim=1)  # [B]
@@ -410,6 +414,12 @@ def reduce_visual_tokens(
     batch, num_patches, _ = features.shape
     if batch == 0:
         return ReducedTokens([], [], [])
+    if num_patches == 0:
+        raise VisualInputError("features have no patches ([batch, 0, channels]); nothing to reduce")
+    if not features.is_floating_point():
+        raise VisualInputError(
+            f"features must be floating point, got {features.dtype}: tokens are weighted sums of patch rows"
+        )
     if not settings.reduces:
         _check_finite("features", features)
         return keep_all_tokens(features)
@@ -436,6 +446,11 @@ def reduce_visual_tokens(
     tokens = apply_merge(
         features, attention, slots, num_selected, neighbors, settings.merge_weighting, summary_token
     )
+    if summary_token:  # an image whose patches were all kept has nothing to summarize: no summary token
+        tokens = [
+            t[:-1] if count >= num_patches else t
+            for t, count in zip(tokens, num_selected.tolist(), strict=True)
+        ]
 
     return _per_image(tokens, slots, num_selected, neighbors, settings.token_order)
 

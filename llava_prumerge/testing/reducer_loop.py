@@ -82,7 +82,7 @@ def reduce_visual_tokens_loop(
                 tokens.append((kept_a[i] * kept_x[i] + absorbed) / (kept_a[i] + weights.sum()))
             else:
                 tokens.append(kept_x[i] + absorbed)
-        summary = (other_x * other_a[:, None]).sum(dim=0)
-        out_tokens.append(torch.stack(tokens + [summary]))
+        summary = [(other_x * other_a[:, None]).sum(dim=0)] if len(others) else []  # none when all are kept
+        out_tokens.append(torch.stack(tokens + summary))
         out_centers.append(centers)
     return out_tokens, out_centers

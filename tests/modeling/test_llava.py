@@ -35,7 +35,9 @@ def test_overrides_at_load_time_are_validated_too(tmp_path):
     for field, value in [("token_reduction", "tome"), ("reduction_layer", 7), ("num_visual_tokens", 0)]:
         with pytest.raises(ValueError, match=field):
             LlavaPruMergeConfig.from_pretrained(tmp_path, **{field: value})
-    config = LlavaPruMergeConfig.from_pretrained(tmp_path, token_reduction="prumerge_plus", reduction_layer=-2)
+    config = LlavaPruMergeConfig.from_pretrained(
+        tmp_path, token_reduction="prumerge_plus", reduction_layer=-2
+    )
     assert (config.token_reduction, config.reduction_layer) == ("prumerge_plus", -2)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llava_prumerge import REDUCTION_DEFAULTS, class_attention, reduce_visual_tokens
+from llava_prumerge.errors import VisualInputError
 from llava_prumerge.modeling.token_reduction import iqr_outlier_counts
 from llava_prumerge.testing.reducer_loop import reduce_visual_tokens_loop
 
@@ -138,7 +139,7 @@ def test_prumerge_plus_stride_floor_when_the_ratio_is_above_one_third():
     attention = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
     reduced = reduce_visual_tokens(features, attention, keys, token_reduction="prumerge_plus")
     assert reduced.centers[0].tolist() == [1, 0]  # the center, then patch 0 sampled with stride 1
-    assert torch.equal(reduced.features[0][-1], torch.zeros(48, dtype=torch.float64))  # nothing left over
+    assert reduced.num_tokens == [2]  # nothing left over: no (all-zero) summary token
     tokens, centers = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
     assert reduced.centers[0].tolist() == centers[0]
     torch.testing.assert_close(reduced.features[0], tokens[0], rtol=0, atol=1e-10)
@@ -338,3 +339,32 @@ def test_defaults_are_the_published_reducer():
     assert REDUCTION_DEFAULTS["merge_k"] == 32
     assert REDUCTION_DEFAULTS["iqr_scale"] == 1.5
     assert REDUCTION_DEFAULTS["summary_token"] is True
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"adaptive": False, "reduction_ratio": 1.0},
+        {"adaptive": False, "num_visual_tokens": 40},
+        {"token_reduction": "prumerge_plus", "adaptive": False, "reduction_ratio": 1.0},
+        {"token_reduction": "prumerge_plus", "iqr_scale": 0.0},
+    ],
+)
+def test_never_more_tokens_than_patches_and_no_empty_summary_token(fields):
+    """Keeping every patch leaves nothing to summarize; PruMerge+'s samples never outnumber the patches."""
+    features, attention, keys = make_inputs(batch=2, patches=16, outliers=2)
+    reduced = reduce_visual_tokens(features, attention, keys, **fields)
+    assert all(count <= 16 for count in reduced.num_tokens), reduced.num_tokens
+    assert not any(bool((tokens == 0).all(-1).any()) for tokens in reduced.features)
+
+
+def test_tiny_ratios_degenerate_inputs_and_integer_features_are_clear():
+    features, attention, keys = make_inputs(batch=1, patches=16, outliers=2)
+    tiny = reduce_visual_tokens(
+        features, attention, keys, token_reduction="prumerge_plus", adaptive=False, reduction_ratio=1e-6
+    )
+    assert tiny.num_tokens == [2]  # one center and the summary token
+    with pytest.raises(VisualInputError, match="no patches"):
+        reduce_visual_tokens(features[:, :0], attention[:, :0], keys[:, :0])
+    with pytest.raises(VisualInputError, match="must be floating point, got torch.int64"):
+        reduce_visual_tokens(features.long(), attention, keys)
