@@ -308,9 +308,14 @@ class PruMergeModelMixin:
             raise VisualInputError("Empty batch: input_ids has no samples")
         if attention_mask is not None and attention_mask.shape != prompt.shape[:2]:
             raise VisualInputError(
-                f"With visual inputs, attention_mask must be the [batch, length] padding mask of the prompt "
-                f"{tuple(prompt.shape[:2])}, got {tuple(attention_mask.shape)}: compaction rewrites the prompt, so "
-                "the language model's 4-D mask is built afterwards"
+                f"With visual inputs, attention_mask must be the [batch, length] padding mask of the prompt, "
+                f"{tuple(prompt.shape[:2])}, got {tuple(attention_mask.shape)} (a 4-D mask cannot be compacted: "
+                "the language model builds its own from the compacted prompt)"
+            )
+        if labels is not None and labels.shape != prompt.shape[:2]:
+            raise VisualInputError(
+                f"labels must have the prompt's shape [batch, length] = {tuple(prompt.shape[:2])}, got "
+                f"{tuple(labels.shape)}; use -100 where no loss is wanted"
             )
         if attention_mask is None:
             attention_mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)

@@ -365,11 +365,17 @@ def test_a_static_cache_decodes_as_a_dynamic_one(tester, batch, variant, attenti
         assert torch.equal(static, dynamic)
 
 
-def test_visual_inputs_need_the_padding_mask_not_a_4d_one(models, batch):
+def test_masks_and_labels_must_have_the_prompts_shape(models, batch):
     length = batch["input_ids"].shape[1]
     mask = torch.ones(2, 1, length, length)
     with pytest.raises(VisualInputError, match=r"\[batch, length\] padding mask"):
         models["prumerge"](**{**batch, "attention_mask": mask})
+    with pytest.raises(
+        VisualInputError, match=r"\[batch, length\] padding mask of the prompt, \(2, \d+\), got \(2, \d+\)"
+    ):
+        models["prumerge"](**{**batch, "attention_mask": batch["attention_mask"][:, :-3]})
+    with pytest.raises(VisualInputError, match=r"labels must have the prompt's shape"):
+        models["prumerge"](**batch, labels=batch["input_ids"][:, :-3])
 
 
 @pytest.mark.skipif(TRANSFORMERS_MAJOR < 5, reason="mm_encoder_outputs is transformers 5's")
