@@ -95,7 +95,8 @@ def card_metadata(extra: dict | None) -> dict:
 
 
 def render_model_card(config, processor, *, model_id: str, metadata: dict | None = None) -> str:
-    """README.md text: metadata front matter, what the model is, usage, reducer settings, citation."""
+    """README.md text: metadata front matter, what the model is, usage, reducer settings, citation. The title
+    is the model's name: the last part of `model_id` (a Hub id or the folder written)."""
     data = ModelCardData(**card_metadata(metadata))
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
@@ -122,7 +123,7 @@ crops. {"With `adaptive=False`, `num_visual_tokens` fixes each image's tokens, n
 {patches} CLIP patch tokens per image, the language model sees {summary}."""
     do_pad = getattr(processor.image_processor, "do_pad", False)
     body = f"""
-# {model_id}
+# {model_id.rstrip("/").rpartition("/")[2]}
 
 {what}
 So prefill is shorter and the KV cache smaller. The model code ships in this repository

@@ -3,6 +3,7 @@
 #   bash scripts/setup_env.sh VENV_DIR [TRANSFORMERS_REQUIREMENT]
 # torch is installed first as TORCH_SPEC (default torch==2.13.0: on the project's machines a CPU
 # wheel on local disk; elsewhere the normal PyPI build). Set TORCH_SPEC="" to keep a torch you have.
+# EXTRAS names the package's extras to install too (scripts/test.sh sets EXTRAS=test); default none.
 set -euo pipefail
 venv=${1:?usage: setup_env.sh VENV_DIR [TRANSFORMERS_REQUIREMENT]}
 transformers_spec=${2:-"transformers>=4.57,<6"}
@@ -13,5 +14,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 if [ -n "$torch_spec" ]; then pip install "$torch_spec" 2>&1 | grep -v "^WARNING: Location" || true; fi
-pip install -e "$root[test]" "$transformers_spec" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -e "$root${EXTRAS:+[$EXTRAS]}" "$transformers_spec" 2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -c "import torch, transformers, llava_prumerge; print('ready:', '$venv', 'torch', torch.__version__, 'transformers', transformers.__version__)"

@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from llava_prumerge import __version__
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,6 +46,11 @@ def test_wheel_holds_only_the_llava_prumerge_package(tmp_path):
     assert sorted(samples) == [
         f"llava_prumerge/demo/samples/{n}" for n in ("1_sky_sign.png", "2_text_page.png", "3_cluttered.png")
     ]
+    metadata = (
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    )
+    assert f"Version: {__version__}\n" in metadata and "License-Expression: Apache-2.0" in metadata
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "llava-prumerge = llava_prumerge.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -53,3 +60,10 @@ def test_console_script_and_module_entry_point():
     for command in ([str(script), "--help"], [sys.executable, "-m", "llava_prumerge", "--help"]):
         out = subprocess.run(command, check=True, capture_output=True, text=True)
         assert "demo" in out.stdout
+
+
+def test_license_and_citation_files_agree_with_the_package():
+    assert (REPO / "LICENSE").read_text().splitlines()[2].strip() == "Apache License"
+    citation = (REPO / "CITATION.cff").read_text()
+    assert f"\nversion: {__version__}\n" in citation and "arXiv:2403.15388" in citation
+    assert "license: Apache-2.0" in citation

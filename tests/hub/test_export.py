@@ -188,6 +188,7 @@ def test_export_tiny_command_shards_by_size_and_records_the_settings(tmp_path, c
     assert loaded.config.token_reduction == "prumerge_plus" and loaded.dtype == torch.bfloat16
     card = (out / "README.md").read_text()
     assert 'model_id = "org/tiny"' in card and "| `token_reduction` | `'prumerge_plus'` |" in card
+    assert "\n# tiny\n" in card  # the title is the model's name
     with pytest.raises(SystemExit) as exit_info:
         run_cli("export", *argv, "--out", out)
     assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
