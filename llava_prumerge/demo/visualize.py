@@ -20,8 +20,9 @@ from matplotlib.patches import Circle, Patch, Rectangle
 from PIL import Image
 from transformers import AutoProcessor
 
+from ..common.images import open_image
 from ..common.loading import load_prumerge_model
-from ..errors import MissingInputError, UsageError
+from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
 from ..testing.tiny import tiny_model, tiny_processor
@@ -224,10 +225,8 @@ def load_model(name_or_path: str | None = None):
 
 
 def load_image(path: str | Path) -> Image.Image:
-    try:
-        return Image.open(path).convert("RGB")
-    except (FileNotFoundError, IsADirectoryError) as error:
-        raise MissingInputError(f"No image at {path}; pass the path of a PNG or JPEG file") from error
+    """The image file as 8-bit RGB, its size and aspect ratio checked first (see `common.images`)."""
+    return open_image(path)
 
 
 def drawn_settings(model, token_reduction: str) -> ReductionSettings:

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from ..common.conversation import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM, render_vicuna_v1
-from ..errors import BadSample, DataError
+from ..common.images import check_image_size, open_image
+from ..errors import BadSample, DataError, VisualInputError
 from ..modeling.compaction import IGNORE_INDEX
 
 ROLES = ("human", "gpt")
@@ -160,10 +161,12 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
         if not path.is_file():
             raise BadSample(f"image not found: {path}")
         try:
-            with Image.open(path):  # reads the header only
-                pass
+            with Image.open(path) as image:  # reads the header only
+                check_image_size(*image.size, name=f"image {path}")
         except (OSError, SyntaxError) as error:
             raise BadSample(f"image {path} is not readable as an image ({error})") from error
+        except VisualInputError as error:
+            raise BadSample(str(error)) from error
     rendered = render_vicuna_v1(messages)
     return Conversation(sample_id(record, index), index, rendered.text, rendered.answer_spans, image_paths)
 
@@ -308,9 +311,8 @@ class ConversationDataset(torch.utils.data.Dataset):
             images = []
             for path in conversation.image_paths:
                 try:
-                    with Image.open(path) as image:
-                        images.append(pad_to_square(image.convert("RGB"), self.fill))
-                except OSError as error:
+                    images.append(pad_to_square(open_image(path), self.fill))
+                except (OSError, VisualInputError) as error:
                     raise DataError(
                         f"{sample_label(conversation.id, conversation.index)}: cannot decode image {path} "
                         f"({error}); replace the file or remove the sample from the data"
