@@ -9,6 +9,7 @@ import sys
 from ..common.cli_args import (
     COMPARED_METHODS,
     DTYPE_NAMES,
+    compared_method_labels,
     compared_methods,
     int_at_least,
     positive_float,
@@ -17,6 +18,8 @@ from ..common.cli_args import (
 )
 from ..errors import UsageError
 from . import roofline
+
+METHODS_HELP = "comma-separated; METHOD@TOKENS: a fixed budget per image or video (adaptive=False)"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,14 +158,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--visual-tokens",
         type=positive_int,
-        default=roofline.DEFAULT_VISUAL_TOKENS,
-        help="visual tokens per image without reduction (default 576)",
+        help="visual tokens per image or video without reduction (default: the architecture's, 576 for LLaVA-1.5, "
+        "2056 for Video-LLaVA's 8 frames)",
     )
     parser.add_argument(
         "--text-tokens",
         type=positive_int,
         default=roofline.DEFAULT_TEXT_TOKENS,
-        help=f"prompt tokens besides the image (default {roofline.DEFAULT_TEXT_TOKENS}: the paper's calibration)",
+        help=f"prompt tokens besides the image or video (default {roofline.DEFAULT_TEXT_TOKENS}: the paper's "
+        "calibration)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=1)
     for name, what in (("w", "weights"), ("a", "activations"), ("kv", "the KV cache")):
@@ -171,21 +175,21 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--methods",
-        type=compared_methods,
-        default=list(COMPARED_METHODS),
-        help="default: " + ",".join(COMPARED_METHODS),
+        type=compared_method_labels,
+        help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA also "
+        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets),
     )
     parser.add_argument(
         "--prumerge-tokens",
         type=positive_int,
-        default=roofline.PRUMERGE_TOKENS,
-        help="(default 33: the paper's mean)",
+        help=f"adaptive PruMerge's tokens (default {roofline.PRUMERGE_TOKENS}: the paper's mean; Video-LLaVA: "
+        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_tokens}, the same share of each frame's patches)",
     )
     parser.add_argument(
         "--prumerge-plus-tokens",
         type=positive_int,
-        default=roofline.PRUMERGE_PLUS_TOKENS,
-        help="(default 144: 25%%)",
+        help=f"adaptive PruMerge+'s tokens (default {roofline.PRUMERGE_PLUS_TOKENS}: 25%%; Video-LLaVA: "
+        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_plus_tokens}, the same share of each frame's patches)",
     )
     parser.add_argument(
         "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"
