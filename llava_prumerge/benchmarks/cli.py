@@ -9,7 +9,7 @@ import sys
 from ..common.cli_args import (
     COMPARED_METHODS,
     DTYPE_NAMES,
-    compared_methods,
+    compared_method_labels,
     int_at_least,
     positive_float,
     positive_int,
@@ -18,14 +18,19 @@ from ..common.cli_args import (
 from ..errors import UsageError
 from . import roofline
 
+METHODS_HELP = "comma-separated; METHOD@TOKENS: a fixed budget per image or video (adaptive=False)"
+
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a LLaVA or LLaVA-PruMerge checkpoint")
+    source.add_argument(
+        "--model", metavar="PATH_OR_HUB_ID", help="a LLaVA or Video-LLaVA checkpoint, stock or PruMerge"
+    )
     source.add_argument(
         "--arch",
         choices=list(roofline.ARCHITECTURES),
-        help="random weights: LLaVA-1.5 shapes (CLIP ViT-L/14-336 + Vicuna), or the tiny test model",
+        help="random weights: LLaVA-1.5 shapes (CLIP ViT-L/14-336 + Vicuna), Video-LLaVA-7B's (8 frames through "
+        "CLIP ViT-L/14 at 224 px + Vicuna-7B), or the tiny test models",
     )
     parser.add_argument(
         "--layers", type=positive_int, help="with --arch: build only this many LLM layers (real width)"
@@ -37,12 +42,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--methods",
-        type=compared_methods,
-        default=list(COMPARED_METHODS),
-        help="default: " + ",".join(COMPARED_METHODS),
+        type=compared_method_labels,
+        help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA's 8-frame videos also "
+        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets),
     )
     parser.add_argument(
-        "--text-tokens", type=positive_int, default=40, help="prompt tokens besides the image (default 40)"
+        "--text-tokens",
+        type=positive_int,
+        default=40,
+        help="prompt tokens besides the image or video (default 40)",
     )
     parser.add_argument("--new-tokens", type=int_at_least(0), default=8, help="decode steps (default 8)")
     parser.add_argument("--repeats", type=positive_int, default=3)
@@ -80,15 +88,23 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     passes (after --warmup passes; methods interleaved, so load drifts hit all of them alike) of:
     vision tower (encode_patches), reducer (reduce_patches), projector + compaction, LLM prefill
     (decoder layers with use_cache=True, then lm_head on the last position), time to first token
-    (their sum), decode (--new-tokens greedy steps from the prefilled cache), visual tokens per image,
-    KV-cache bytes (from the cache tensors after prefill), peak memory, and their ratios to "none".
-    The q/k work the reducer adds in the vision tower is timed on its own, and the stock LLaVA vision
-    path (all layers with output_hidden_states, as LlavaModel.get_image_features) is timed alongside.
+    (their sum), decode (--new-tokens greedy steps from the prefilled cache), visual tokens per image
+    (and their share of the stock count), KV-cache bytes (from the cache tensors after prefill), peak
+    memory, and their ratios to "none". The q/k work the reducer adds in the vision tower is timed on
+    its own, and the stock vision path (all layers with output_hidden_states, as
+    LlavaModel.get_image_features) is timed alongside.
 
-    Inputs are made in code: synthetic images through the image processor, and the prompt a stock
-    processor would produce (`<image>` expanded to image_seq_length placeholders) with --text-tokens
-    random text ids. Image preprocessing is not timed. Fields named estimated_* are not measured:
-    they scale the measured per-layer prefill time (and KV cache) to the architecture's full depth.
+    A Video-LLaVA (--arch video-llava-7b or tiny-video, or such a checkpoint) is measured on 8-frame
+    videos instead: the frames go through the video tower as a batch (encode_video_frames) and are
+    reduced like images, each keeping its [CLS] token, so tokens are counted per video; the paper's
+    fixed video budgets (prumerge@256 and prumerge_plus@512 for 224 px frames) are compared too.
+    METHOD@TOKENS in --methods fixes a budget (adaptive=False) per image or per video.
+
+    Inputs are made in code: synthetic images (or clips of moving shapes) through the image
+    processor, and the prompt a stock processor would produce (`<image>` expanded to image_seq_length
+    placeholders, `<video>` to video_seq_length) with --text-tokens random text ids. Preprocessing is
+    not timed. Fields named estimated_* are not measured: they scale the measured per-layer prefill
+    time (and KV cache) to the architecture's full depth.
 
     --reducer-only times the vectorised reducer against a per-token loop with the published
     reducer's structure.
@@ -121,7 +137,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     rows = run_benchmark(
         subject,
         args.batch_size,
-        args.methods,
+        args.methods or list(subject.visual.prompt.methods),
         text_tokens=args.text_tokens,
         new_tokens=args.new_tokens,
         repeats=args.repeats,
@@ -155,14 +171,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--visual-tokens",
         type=positive_int,
-        default=roofline.DEFAULT_VISUAL_TOKENS,
-        help="visual tokens per image without reduction (default 576)",
+        help="visual tokens per image or video without reduction (default: the architecture's, 576 for LLaVA-1.5, "
+        "2056 for Video-LLaVA's 8 frames)",
     )
     parser.add_argument(
         "--text-tokens",
         type=positive_int,
         default=roofline.DEFAULT_TEXT_TOKENS,
-        help=f"prompt tokens besides the image (default {roofline.DEFAULT_TEXT_TOKENS}: the paper's calibration)",
+        help=f"prompt tokens besides the image or video (default {roofline.DEFAULT_TEXT_TOKENS}: the paper's "
+        "calibration)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=1)
     for name, what in (("w", "weights"), ("a", "activations"), ("kv", "the KV cache")):
@@ -171,21 +188,21 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--methods",
-        type=compared_methods,
-        default=list(COMPARED_METHODS),
-        help="default: " + ",".join(COMPARED_METHODS),
+        type=compared_method_labels,
+        help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA also "
+        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets),
     )
     parser.add_argument(
         "--prumerge-tokens",
         type=positive_int,
-        default=roofline.PRUMERGE_TOKENS,
-        help="(default 33: the paper's mean)",
+        help=f"adaptive PruMerge's tokens (default {roofline.PRUMERGE_TOKENS}: the paper's mean; Video-LLaVA: "
+        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_tokens}, the same share of each frame's patches)",
     )
     parser.add_argument(
         "--prumerge-plus-tokens",
         type=positive_int,
-        default=roofline.PRUMERGE_PLUS_TOKENS,
-        help="(default 144: 25%%)",
+        help=f"adaptive PruMerge+'s tokens (default {roofline.PRUMERGE_PLUS_TOKENS}: 25%%; Video-LLaVA: "
+        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_plus_tokens}, the same share of each frame's patches)",
     )
     parser.add_argument(
         "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"

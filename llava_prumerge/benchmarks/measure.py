@@ -10,7 +10,10 @@ from pathlib import Path
 
 import torch
 
+from ..common.cli_args import split_method_label
 from ..common.timing import PhaseTimer
+from ..errors import UsageError
+from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.runtime_compat import CACHE_ARGUMENT
 from ..modeling.token_reduction import class_attention
 from ..modeling.vision_encoding import clip_transformer
@@ -89,23 +92,47 @@ def kv_cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
-def measure_pass(
-    subject: BenchSubject, inputs: BenchInputs, method: str, new_tokens: int, vision_only: bool
-) -> dict:
-    """One pass, image to last decoded token, each phase timed; plus token counts and cache size."""
-    model, inner = subject.model, subject.model.model
+def method_settings(subject: BenchSubject, label: str) -> ReductionSettings:
+    """The reducer settings of a method label: the model's with its method, and with "@TOKENS" a fixed
+    budget per image (num_visual_tokens) or per video (num_video_tokens); checked before any pass."""
+    method, fixed_tokens = split_method_label(label)
     settings = subject.model.config.reduction_settings.replace(token_reduction=method)
+    if fixed_tokens is None:
+        return settings
+    visual = subject.visual
+    stock_tokens = visual.expanded_length(subject.model.config)
+    if fixed_tokens > stock_tokens:
+        raise UsageError(
+            f"--methods {label}: more than the {stock_tokens} tokens of an unreduced {visual.name}"
+        )
+    settings = settings.replace(adaptive=False, **{visual.budget_field: fixed_tokens})
+    visual.check_settings(settings)
+    return settings
+
+
+def measure_pass(
+    subject: BenchSubject,
+    inputs: BenchInputs,
+    settings: ReductionSettings,
+    new_tokens: int,
+    vision_only: bool,
+) -> dict:
+    """One pass, image (video) to last decoded token, each phase timed; plus token counts and cache size."""
+    model, inner, visual = subject.model, subject.model.model, subject.visual
     timer = PhaseTimer(model.device)
     with timer("vision"):
-        encoded = inner.encode_patches(inputs.pixel_values, reduction=settings)
+        encoded = visual.encode(inner, inputs.pixel_values, settings)
     with timer("reducer"):
-        reduced = inner.reduce_patches(encoded, reduction=settings)
-    result = {"seconds": timer.seconds, "visual_tokens": reduced.num_tokens}
+        reduced = visual.reduce(inner, encoded, settings)
+    result = {"seconds": timer.seconds, "tokens": visual.item_counts(reduced.num_tokens)}
     if vision_only:
         return result
     with timer("projector_compaction"):  # the reduced tokens this pass has already computed and timed
         compact = inner.compact_inputs(
-            inputs.input_ids, inputs.attention_mask, visual=[inner.image_tokens(reduced)], padding_side="left"
+            inputs.input_ids,
+            inputs.attention_mask,
+            visual=[visual.tokens(inner, reduced)],
+            padding_side="left",
         )
     language_model, embed = inner.language_model, inner.get_input_embeddings()
     with timer("llm_decoder"):
@@ -137,23 +164,30 @@ def measure_pass(
 
 
 def time_stock_vision(subject: BenchSubject, pixel_values: torch.Tensor) -> float:
-    """Stock LLaVA's vision path (LlavaModel.get_image_features before its projector): every
-    layer runs and every hidden state is kept (picking the feature layer's is a view, not timed)."""
+    """The stock model's vision path (LlavaModel.get_image_features, VideoLlavaModel.get_video_features before
+    the projector): every layer runs and every hidden state is kept (picking the feature layer's is a view,
+    not timed)."""
+    visual = subject.visual
+    tower = visual.tower(subject.model.model)
     timer = PhaseTimer(subject.model.device)
     with timer("stock_vision"):
-        subject.model.model.vision_tower(pixel_values, output_hidden_states=True)
+        tower(visual.tower_inputs(pixel_values), output_hidden_states=True)
     return timer.seconds["stock_vision"]
 
 
 def time_reduction_layer_qk(subject: BenchSubject, batch_size: int) -> float:
     """The vision-tower work PruMerge adds: the reduction layer's norm and q/k projections, and the
-    [CLS] attention (as in encode_patches), on a hidden state of the real shape."""
-    config = subject.model.config
+    [CLS] attention (as in encode_patches), on a hidden state of the real shape (every frame of a video)."""
+    config, visual = subject.model.config, subject.visual
     vision = config.vision_config
-    layer = clip_transformer(subject.model.model.vision_tower).encoder.layers[config.reduction_layer]
+    layer = clip_transformer(visual.tower(subject.model.model)).encoder.layers[config.reduction_layer]
     tokens = 1 + (vision.image_size // vision.patch_size) ** 2
     hidden = torch.randn(
-        batch_size, tokens, vision.hidden_size, device=subject.model.device, dtype=subject.model.dtype
+        batch_size * visual.frames,
+        tokens,
+        vision.hidden_size,
+        device=subject.model.device,
+        dtype=subject.model.dtype,
     )
     timer = PhaseTimer(subject.model.device)
     with timer("qk"):
@@ -167,6 +201,11 @@ def _median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
+def _range_ms(seconds: list[float], per: int = 1) -> list[float]:
+    """[fastest, slowest] of the passes in ms (divided by `per`): how far they spread around the median."""
+    return [min(seconds) * 1e3 / per, max(seconds) * 1e3 / per]
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
@@ -178,8 +217,10 @@ LLM_FIELDS = (
     "projector_compaction_ms",
     "llm_prefill_ms",
     "llm_prefill_ms_per_layer",
+    "llm_prefill_ms_per_layer_range",
     "lm_head_ms",
     "ttft_ms",
+    "ttft_ms_range",
     "decode_ms",
     "decode_tokens_per_s",
     "kv_cache_bytes_per_sample",
@@ -193,7 +234,7 @@ def summarize(
     subject: BenchSubject,
     settings: dict,
     batch_size: int,
-    method: str,
+    label: str,
     passes: list[dict],
     peaks: list[int | None],
     stock_vision_s: list[float],
@@ -201,7 +242,9 @@ def summarize(
 ) -> dict:
     """One result row: medians over the passes; ratios to "none" are filled in by add_ratios."""
     seconds = {phase: [p["seconds"][phase] for p in passes] for phase in passes[0]["seconds"]}
-    counts = passes[0]["visual_tokens"]
+    counts, visual = passes[0]["tokens"], subject.visual
+    method, fixed_tokens = split_method_label(label)
+    per_item, fewest, most = visual.count_fields
     row = {
         "arch": subject.arch,
         "checkpoint": subject.checkpoint,
@@ -209,10 +252,13 @@ def summarize(
         "full_depth_layers": subject.full_depth_layers,
         **settings,
         "batch_size": batch_size,
-        "method": method,
-        "visual_tokens_per_image": sum(counts) / len(counts),
-        "visual_tokens_min": min(counts),
-        "visual_tokens_max": max(counts),
+        "method": label,
+        "token_reduction": method,
+        "fixed_tokens": fixed_tokens,
+        per_item: sum(counts) / len(counts),
+        fewest: min(counts),
+        most: max(counts),
+        "tokens_vs_stock": sum(counts) / len(counts) / visual.expanded_length(subject.model.config),
         "vision_ms": _median_ms(seconds["vision"]),
         "stock_vision_ms": _median_ms(stock_vision_s),
         "reduction_layer_qk_ms": 0.0 if method == "none" else _median_ms(qk_s),
@@ -223,7 +269,8 @@ def summarize(
     if "llm_decoder" not in seconds:  # --vision-only
         return {**row, **dict.fromkeys(LLM_FIELDS)}
     phases = ("vision", "reducer", "projector_compaction", "llm_decoder", "lm_head")
-    ttft_ms = _median_ms([sum(p["seconds"][phase] for phase in phases) for p in passes])
+    ttft_s = [sum(p["seconds"][phase] for phase in phases) for p in passes]
+    ttft_ms = _median_ms(ttft_s)
     decoder_ms, head_ms = _median_ms(seconds["llm_decoder"]), _median_ms(seconds["lm_head"])
     per_layer_ms = decoder_ms / subject.llm_layers
     kv_per_sample = passes[0]["kv_cache_bytes"] / batch_size
@@ -234,8 +281,10 @@ def summarize(
         "projector_compaction_ms": _median_ms(seconds["projector_compaction"]),
         "llm_prefill_ms": _median_ms([p["seconds"]["llm_decoder"] + p["seconds"]["lm_head"] for p in passes]),
         "llm_prefill_ms_per_layer": per_layer_ms,
+        "llm_prefill_ms_per_layer_range": _range_ms(seconds["llm_decoder"], subject.llm_layers),
         "lm_head_ms": head_ms,
         "ttft_ms": ttft_ms,
+        "ttft_ms_range": _range_ms(ttft_s),
         "decode_ms": decode_ms,
         "decode_tokens_per_s": batch_size * settings["new_tokens"] / decode_ms * 1e3 if decode_ms else None,
         "kv_cache_bytes_per_sample": kv_per_sample,
@@ -279,11 +328,15 @@ def run_benchmark(
     vision_only: bool = False,
     seed: int = 0,
 ) -> list[dict]:
-    """Result rows for every batch size and method ("none", the baseline of the ratios, always included)."""
+    """Result rows for every batch size and method label ("none", the baseline of the ratios, always
+    included; "prumerge@256": a fixed budget per image or video)."""
     methods = ["none", *[m for m in methods if m != "none"]]
+    reductions = {label: method_settings(subject, label) for label in methods}
     device = subject.model.device
     memory = PeakMemory(device)
     settings = {
+        "modality": subject.visual.name,
+        "frames": subject.visual.frames,
         "device": device.type,
         "dtype": str(subject.model.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
@@ -304,7 +357,7 @@ def run_benchmark(
                 measured = repeat >= warmup
                 for method in methods:
                     with memory:
-                        result = measure_pass(subject, inputs, method, new_tokens, vision_only)
+                        result = measure_pass(subject, inputs, reductions[method], new_tokens, vision_only)
                     if measured:
                         passes[method].append(result)
                         peaks[method].append(memory.increase_bytes)

@@ -1,23 +1,24 @@
 """The models and inputs `llava-prumerge bench` measures: random-weight architectures or a checkpoint,
-synthetic images and the prompt a stock processor would produce."""
+synthetic images or videos and the prompt a stock processor would produce."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaImageProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaImageProcessor, PretrainedConfig
 
 from ..common.loading import load_prumerge_model
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..configuration.configuration_video_llava_prumerge import VideoLlavaPruMergeConfig
 from ..errors import UsageError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 from ..testing.tiny import SPECIAL_TOKENS as TINY_SPECIAL_TOKENS
 from ..testing.tiny import tiny_config
-from .roofline import ARCHITECTURES
+from ..testing.tiny_video import tiny_video_config
+from .modalities import VisualPath, visual_path
+from .roofline import ARCHITECTURES, Architecture
 
 # A random CLIP has a near-uniform [CLS] attention. A wider initialization makes it peaked, as a
 # trained CLIP's is; 13 was tuned on this benchmark's synthetic images so that PruMerge keeps about
@@ -35,6 +36,7 @@ CLIP_VIT_L_14_336 = {
     "hidden_act": "quick_gelu",
     "initializer_factor": PEAKED_ATTENTION_INIT,
 }
+CLIP_VIT_L_14_224 = {**CLIP_VIT_L_14_336, "image_size": 224}  # Video-LLaVA's image and video towers
 # llava-hf's LLaVA-1.5 adds <image> (id 32000) and <pad> (32001) to Llama's 32000 ids and pads to 32064.
 LLAVA_HF_VOCAB_PADDING = 64
 LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
@@ -46,8 +48,9 @@ WEIGHT_MEMORY_BUDGET = 0.8
 class BenchSubject:
     """A model to benchmark with what is needed to make its inputs."""
 
-    model: LlavaPruMergeForConditionalGeneration
-    image_processor: object
+    model: LlavaPruMergeForConditionalGeneration  # or a VideoLlavaPruMergeForConditionalGeneration
+    image_processor: object  # for images, or for the frames of videos
+    visual: VisualPath  # images (ImagePath) or videos (VideoPath)
     arch: str | None  # a RANDOM_ARCHITECTURES name (random weights), or None
     checkpoint: str | None  # the --model folder or Hub id, or None
     llm_layers: int  # LLM layers built and timed
@@ -58,9 +61,9 @@ class BenchSubject:
 
 @dataclass
 class BenchInputs:
-    input_ids: torch.Tensor  # [B, L] bos, image_seq_length image placeholders, text
+    input_ids: torch.Tensor  # [B, L] bos, the image's (video's) expanded placeholders, text
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor  # [B, 3, H, W]
+    pixel_values: torch.Tensor  # images [B, 3, H, W] or videos [B, F, 3, H, W]
 
 
 @dataclass
@@ -70,39 +73,75 @@ class RandomArchitecture:
     text_token_ids: torch.Tensor  # ordinary text ids: no special, image or vocabulary-padding ids
 
 
+def llama_text_config(shape: Architecture, pad_token_id: int) -> dict:
+    """Vicuna's LLM config at the shape's dimensions; the vocabulary padded as llava-hf pads it."""
+    return {
+        "model_type": "llama",
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_kv_heads,
+        "vocab_size": shape.vocab_size + LLAVA_HF_VOCAB_PADDING,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "pad_token_id": pad_token_id,
+    }
+
+
+def llava_config(shape: Architecture) -> LlavaPruMergeConfig:
+    """LLaVA-1.5: CLIP ViT-L/14-336, layer -2 features without [CLS], `<image>` (32000) and `<pad>` after
+    Llama's ids."""
+    return LlavaPruMergeConfig(
+        vision_config=CLIP_VIT_L_14_336,
+        text_config=llama_text_config(shape, shape.vocab_size + 1),
+        image_token_index=shape.vocab_size,
+        image_seq_length=(336 // 14) ** 2,
+        pad_token_id=shape.vocab_size + 1,
+    )
+
+
+def video_llava_config(shape: Architecture) -> VideoLlavaPruMergeConfig:
+    """Video-LLaVA: image and video towers CLIP ViT-L/14 at 224 px, layer -2 features (a frame's with its
+    [CLS] row), a 2-layer GELU projector (VideoLlavaConfig's defaults), `<image>`, `<video>` and `<pad>`
+    after Llama's ids; the video placeholders of `shape.prompt` (8 frames x 257)."""
+    return VideoLlavaPruMergeConfig(
+        vision_config=CLIP_VIT_L_14_224,
+        text_config=llama_text_config(shape, shape.vocab_size + 2),
+        image_token_index=shape.vocab_size,
+        video_token_index=shape.vocab_size + 1,
+        image_seq_length=(224 // 14) ** 2,
+        video_seq_length=shape.prompt.stock_tokens,
+        pad_token_id=shape.vocab_size + 2,
+    )
+
+
+TINY_CONFIGS = {"tiny": tiny_config, "tiny-video": tiny_video_config}  # the tests' models
+FULL_SIZE_CONFIGS = {"image": llava_config, "video": video_llava_config}  # by the shape's prompt modality
+
+
+def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.Tensor:
+    """The ids in [first, end) the random text is drawn from: no image or video placeholder among them."""
+    placeholders = {getattr(config, f"{modality}_token_id", None) for modality in ("image", "video")}
+    return torch.tensor([i for i in range(first, end) if i not in placeholders])
+
+
 def random_architecture(arch: str, layers: int | None = None) -> RandomArchitecture:
-    """LLaVA-1.5's config (CLIP ViT-L/14-336, layer -2 features, Llama LLM), or the tiny model's,
-    with `layers` LLM layers (default: all)."""
-    if arch == "tiny":
-        config = tiny_config()
+    """The config of LLaVA-1.5 (CLIP ViT-L/14-336, layer -2 features, Llama LLM), of Video-LLaVA, or of a
+    tiny test model, with `layers` LLM layers (default: all)."""
+    shape = ARCHITECTURES[arch]
+    if arch in TINY_CONFIGS:
+        config = TINY_CONFIGS[arch]()
         first_text_id, end_text_id = len(TINY_SPECIAL_TOKENS), config.text_config.vocab_size
     else:
-        shape = ARCHITECTURES[arch]
-        config = LlavaPruMergeConfig(
-            vision_config=CLIP_VIT_L_14_336,
-            text_config={
-                "model_type": "llama",
-                "hidden_size": shape.hidden_size,
-                "intermediate_size": shape.intermediate_size,
-                "num_hidden_layers": shape.num_layers,
-                "num_attention_heads": shape.num_heads,
-                "num_key_value_heads": shape.num_kv_heads,
-                "vocab_size": shape.vocab_size + LLAVA_HF_VOCAB_PADDING,
-                "max_position_embeddings": 4096,
-                "rms_norm_eps": 1e-5,
-                "pad_token_id": shape.vocab_size + 1,
-            },
-            image_token_index=shape.vocab_size,
-            image_seq_length=(336 // 14) ** 2,
-            pad_token_id=shape.vocab_size + 1,
-        )
+        config = FULL_SIZE_CONFIGS[shape.prompt.modality](shape)
         first_text_id, end_text_id = len(LLAMA_SPECIAL_TOKENS), shape.vocab_size
     full_depth = config.text_config.num_hidden_layers
     if layers is not None:
         if layers > full_depth:
             raise UsageError(f"--layers {layers} exceeds {arch}'s {full_depth} LLM layers")
         config.text_config.num_hidden_layers = layers
-    return RandomArchitecture(config, full_depth, torch.arange(first_text_id, end_text_id))
+    return RandomArchitecture(config, full_depth, ordinary_text_ids(config, first_text_id, end_text_id))
 
 
 def _available_memory_bytes(device: torch.device) -> int | None:
@@ -140,15 +179,17 @@ def build_random_subject(
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    visual = visual_path(model)
     image_size = config.vision_config.image_size
-    image_processor = LlavaImageProcessor(  # CLIP's mean and std; pads to a square as LLaVA-1.5
-        do_pad=True,
+    image_processor = LlavaImageProcessor(  # CLIP's mean and std; pads images to a square as LLaVA-1.5
+        do_pad=visual.pad_to_square,
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
     )
     return BenchSubject(
         model=model.eval(),
         image_processor=image_processor,
+        visual=visual,
         arch=arch,
         checkpoint=None,
         llm_layers=config.text_config.num_hidden_layers,
@@ -163,11 +204,12 @@ def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device)
     config = model.config
     processor = AutoProcessor.from_pretrained(spec)
     tokenizer = processor.tokenizer
-    excluded = {*tokenizer.all_special_ids, config.image_token_id}
+    excluded = {*tokenizer.all_special_ids, config.image_token_id, getattr(config, "video_token_id", None)}
     layers = config.text_config.num_hidden_layers
     return BenchSubject(
         model=model.to(device).eval(),
         image_processor=processor.image_processor,
+        visual=visual_path(model),
         arch=None,
         checkpoint=spec,
         llm_layers=layers,
@@ -177,35 +219,19 @@ def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device)
     )
 
 
-def synthetic_images(count: int, size: int, seed: int) -> list[Image.Image]:
-    """Dark noise with 1 to 4 bright squares, placed differently in each image, so that the [CLS]
-    attention, and so the number of tokens PruMerge keeps, differs between images."""
-    images = []
-    for index in range(count):
-        rng = np.random.default_rng(seed + index)
-        pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-        square = max(1, size // 7)
-        for _ in range(1 + (seed + index) % 4):
-            y, x = rng.integers(0, size - square, 2)
-            pixels[y : y + square, x : x + square] = rng.integers(150, 255, 3, dtype=np.uint8)
-        images.append(Image.fromarray(pixels))
-    return images
-
-
 def make_inputs(subject: BenchSubject, batch_size: int, text_tokens: int, seed: int) -> BenchInputs:
-    """The expanded prompt a stock LLaVA processor produces: bos, the image placeholders, the text."""
-    config = subject.model.config
+    """The expanded prompt a stock processor produces: bos, the image's (video's) placeholders, the text."""
+    config, visual = subject.model.config, subject.visual
     generator = torch.Generator().manual_seed(seed)
     bos = [] if subject.bos_token_id is None else [subject.bos_token_id]
+    placeholders = [visual.token_id(config)] * visual.expanded_length(config)
     pool = subject.text_token_ids
     rows = []
     for _ in range(batch_size):
         text = pool[torch.randint(len(pool), (text_tokens - len(bos),), generator=generator)].tolist()
-        rows.append(bos + [config.image_token_id] * config.image_seq_length + text)
+        rows.append(bos + placeholders + text)
     size = config.vision_config.image_size
-    pixel_values = subject.image_processor(
-        images=synthetic_images(batch_size, size, seed), return_tensors="pt"
-    )["pixel_values"]
+    pixel_values = visual.synthetic_pixels(subject.image_processor, batch_size, size, seed)
     device = subject.model.device
     input_ids = torch.tensor(rows, device=device)
     return BenchInputs(

@@ -9,6 +9,7 @@ from functools import partial
 
 import torch
 
+from ..common.cli_args import COMPARED_METHODS, split_method_label
 from ..common.loading import DTYPES, prumerge_config
 from ..common.timing import clock
 from ..errors import UsageError
@@ -114,7 +115,11 @@ def format_table(rows) -> str:
 
 def run_from_args(args: argparse.Namespace) -> list[dict]:
     """The vectorised reducer against the per-token loop, at the vision tower's patch and feature shape."""
-    methods = [m for m in args.methods if m != "none"]
+    labels = args.methods or list(COMPARED_METHODS)
+    fixed = [label for label in labels if split_method_label(label)[1] is not None]
+    if fixed:
+        raise UsageError(f"--reducer-only times the adaptive methods; drop {','.join(fixed)} from --methods")
+    methods = [m for m in labels if m != "none"]
     if not methods:
         raise UsageError("--reducer-only needs prumerge and/or prumerge_plus in --methods")
     # Shapes of the given checkpoint or architecture; LLaVA-1.5's (576 patches x 1024) by default.

@@ -5,58 +5,72 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .modalities import VisualPath
 from .models import BenchSubject
+
+
+def _method_width(rows: list[dict]) -> int:
+    """Characters for the method labels: 14, or more for fixed budgets ("prumerge_plus@512")."""
+    return max(14, *(len(row["method"]) for row in rows))
 
 
 def _megabytes(value: float | None) -> float | None:
     return None if value is None else value / 1e6
 
 
-# (header, width, a row's field or a function of the row, format spec, suffix); "-" where there is no value
-TIME_COLUMNS = (
-    ("method", 14, "method", "s", ""),
-    ("batch", 5, "batch_size", "d", ""),
-    ("tokens/img", 10, "visual_tokens_per_image", ".1f", ""),
-    ("vision ms", 10, "vision_ms", ".1f", ""),
-    ("qk+reducer ms", 13, lambda row: row["reduction_layer_qk_ms"] + row["reducer_ms"], ".2f", ""),
-    ("of vision", 9, lambda row: 100 * row["reduction_overhead_vs_vision"], ".2f", "%"),
-    ("proj+compact", 12, "projector_compaction_ms", ".1f", ""),
-    ("prefill ms", 10, "llm_prefill_ms", ".1f", ""),
-    ("/layer", 8, "llm_prefill_ms_per_layer", ".1f", ""),
-    ("x none", 7, "prefill_per_layer_speedup_vs_none", ".2f", "x"),
-    ("TTFT ms", 9, "ttft_ms", ".1f", ""),
-    ("x none", 7, "ttft_speedup_vs_none", ".2f", "x"),
-    ("decode tok/s", 12, "decode_tokens_per_s", ".2f", ""),
-)
-MEMORY_COLUMNS = (
-    ("method", 14, "method", "s", ""),
-    ("batch", 5, "batch_size", "d", ""),
-    ("tokens min-max", 14, lambda row: f"{row['visual_tokens_min']}-{row['visual_tokens_max']}", "s", ""),
-    ("seq len", 7, "sequence_length", "d", ""),
-    ("KV MB/sample", 12, lambda row: _megabytes(row["kv_cache_bytes_per_sample"]), ".2f", ""),
-    ("x none", 7, "kv_cache_vs_none", ".3f", "x"),
-    ("peak mem MB", 11, lambda row: _megabytes(row["peak_memory_increase_bytes"]), ".1f", ""),
-    ("x none", 7, "peak_memory_vs_none", ".3f", "x"),
-)
+# A column: (header, width, a row's field or a function of the row, format spec, suffix); "-" where
+# there is no value. The token counts are the modality's: per image, or per video.
+def time_columns(visual: VisualPath) -> tuple:
+    return (
+        ("method", 14, "method", "s", ""),
+        ("batch", 5, "batch_size", "d", ""),
+        (visual.count_header, 10, visual.count_fields[0], ".1f", ""),
+        ("vision ms", 10, "vision_ms", ".1f", ""),
+        ("qk+reducer ms", 13, lambda row: row["reduction_layer_qk_ms"] + row["reducer_ms"], ".2f", ""),
+        ("of vision", 9, lambda row: 100 * row["reduction_overhead_vs_vision"], ".2f", "%"),
+        ("proj+compact", 12, "projector_compaction_ms", ".1f", ""),
+        ("prefill ms", 10, "llm_prefill_ms", ".1f", ""),
+        ("/layer", 8, "llm_prefill_ms_per_layer", ".1f", ""),
+        ("x none", 7, "prefill_per_layer_speedup_vs_none", ".2f", "x"),
+        ("TTFT ms", 9, "ttft_ms", ".1f", ""),
+        ("x none", 7, "ttft_speedup_vs_none", ".2f", "x"),
+        ("decode tok/s", 12, "decode_tokens_per_s", ".2f", ""),
+    )
+
+
+def memory_columns(visual: VisualPath) -> tuple:
+    _, fewest, most = visual.count_fields
+    return (
+        ("method", 14, "method", "s", ""),
+        ("batch", 5, "batch_size", "d", ""),
+        ("tokens min-max", 14, lambda row: f"{row[fewest]}-{row[most]}", "s", ""),
+        ("of stock", 8, lambda row: 100 * row["tokens_vs_stock"], ".1f", "%"),
+        ("seq len", 7, "sequence_length", "d", ""),
+        ("KV MB/sample", 12, lambda row: _megabytes(row["kv_cache_bytes_per_sample"]), ".2f", ""),
+        ("x none", 7, "kv_cache_vs_none", ".3f", "x"),
+        ("peak mem MB", 11, lambda row: _megabytes(row["peak_memory_increase_bytes"]), ".1f", ""),
+        ("x none", 7, "peak_memory_vs_none", ".3f", "x"),
+    )
 
 
 def format_table(rows: list[dict], columns) -> list[str]:
-    """Left-aligned first column, right-aligned others."""
-
-    def line(cells: list[str]) -> str:
-        return " ".join(
-            cell.ljust(width) if index == 0 else cell.rjust(width)
-            for index, (cell, (_, width, *_)) in enumerate(zip(cells, columns, strict=True))
-        )
-
-    lines = [line([header for header, *_ in columns])]
+    """Left-aligned first column, right-aligned others; a column widens to its longest cell."""
+    cells = [[header for header, *_ in columns]]
     for row in rows:
-        cells = []
+        cells.append([])
         for _, _, value, spec, suffix in columns:
             value = value(row) if callable(value) else row[value]
-            cells.append("-" if value is None else format(value, spec) + suffix)
-        lines.append(line(cells))
-    return lines
+            cells[-1].append("-" if value is None else format(value, spec) + suffix)
+    widths = [
+        max(width, *(len(line[index]) for line in cells)) for index, (_, width, *_) in enumerate(columns)
+    ]
+    return [
+        " ".join(
+            cell.ljust(width) if index == 0 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in cells
+    ]
 
 
 def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
@@ -71,7 +85,7 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
         f"vision: {vision.num_hidden_layers} layers x {vision.hidden_size}, "
         f"{(vision.image_size // vision.patch_size) ** 2} patches; "
         f"LLM: {subject.llm_layers} layers x {text.hidden_size}; "
-        f"prompt: {config.image_seq_length} image placeholders + {first['text_tokens']} text tokens",
+        f"prompt: {subject.visual.describe_placeholders(config)} + {first['text_tokens']} text tokens",
     ]
     if subject.llm_layers < subject.full_depth_layers:
         lines.append(
@@ -82,19 +96,30 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
 
 
 def format_report(subject: BenchSubject, rows: list[dict]) -> str:
+    visual = subject.visual
     lines = describe_subject(subject, rows)
-    lines += ["", *format_table(rows, TIME_COLUMNS), "", *format_table(rows, MEMORY_COLUMNS)]
+    for columns in (time_columns(visual), memory_columns(visual)):
+        lines += ["", *format_table(rows, columns)]
     lines.append("")
     for row in rows:
         if row["method"] == "none":
             lines.append(
-                f"stock LLaVA vision path (all {subject.model.config.vision_config.num_hidden_layers} layers, "
+                f"{visual.stock_path} (all {subject.model.config.vision_config.num_hidden_layers} layers, "
                 f"output_hidden_states) at batch {row['batch_size']}: {row['stock_vision_ms']:.1f} ms"
             )
         else:
             lines.append(
-                f"  {row['method']} vision path (encode_patches: layers up to -2, reduction-layer q/k): "
+                f"  {row['method']} vision path ({visual.encoder_step}: layers up to -2, reduction-layer q/k): "
                 f"{row['vision_ms']:.1f} ms = {row['vision_vs_stock']:.3f} x stock"
+            )
+    if rows[0]["ttft_ms_range"] is not None:
+        lines += ["", f"spread over the {rows[0]['repeats']} passes (fastest-slowest):"]
+        width = _method_width(rows)
+        for row in rows:
+            prefill, ttft = row["llm_prefill_ms_per_layer_range"], row["ttft_ms_range"]
+            lines.append(
+                f"  {row['method']:<{width}} batch {row['batch_size']:>3}: prefill/layer "
+                f"{prefill[0]:.1f}-{prefill[1]:.1f} ms, TTFT {ttft[0]:.1f}-{ttft[1]:.1f} ms"
             )
     if subject.llm_layers < subject.full_depth_layers and rows[0]["estimated_full_depth_ttft_ms"] is not None:
         lines.append("")
@@ -102,9 +127,10 @@ def format_report(subject: BenchSubject, rows: list[dict]) -> str:
             f"ESTIMATED full-depth ({subject.full_depth_layers} LLM layers) time to first token, from the measured "
             "per-layer prefill and vision times (not measured end to end):"
         )
+        width = _method_width(rows)
         for row in rows:
             lines.append(
-                f"  {row['method']:<14} batch {row['batch_size']:>3}: {row['estimated_full_depth_ttft_ms']:>10.1f} ms "
+                f"  {row['method']:<{width}} batch {row['batch_size']:>3}: {row['estimated_full_depth_ttft_ms']:>10.1f} ms "
                 f"({row['estimated_full_depth_ttft_speedup_vs_none']:.2f}x none), KV cache "
                 f"{row['estimated_full_depth_kv_cache_bytes_per_sample'] / 1e6:.1f} MB/sample"
             )

@@ -26,6 +26,13 @@ gives 9.3 TFLOPs and 88.6 ms. 576 + 123 text tokens (699 in all, the default) gi
 88.63 ms here: both match to the paper's precision. 700 tokens give 9.328 TOPs and 88.76 ms here
 and 88.61 ms under LLM-Viewer's own lm_head accounting, so the paper likely used 700.
 PruMerge and PruMerge+ keep the paper's average 33 (32 + summary) and 144 visual tokens.
+
+Video-LLaVA (`--arch video-llava-7b`, the same Vicuna-7B LLM) sees one 8-frame video: each frame's
+[CLS] token and its 256 patches (CLIP ViT-L/14 at 224 px), 2056 tokens. Reduced, each frame keeps
+its [CLS] token and its patches at the paper's image rates (an estimate: 1 + 15 = 16 a frame with
+PruMerge, 1 + 64 = 65 with PruMerge+; 128 and 520 a video). `METHOD@TOKENS` in --methods fixes a
+budget per image or video instead (adaptive=False): Video-LLaVA also compares prumerge@256 and
+prumerge_plus@512, the paper's 12.5% and 25% of the 2048 patches.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.cli_args import COMPARED_METHODS
+from ..common.cli_args import COMPARED_METHODS, is_method_label, split_method_label
 
 BIT_WIDTHS = (4, 8, 16)
 DEFAULT_VISUAL_TOKENS = 576  # CLIP-L/336: 24 x 24 patches
@@ -43,11 +50,49 @@ PRUMERGE_TOKENS = 33  # paper: 32 kept on average (5.5%) + 1 summary token
 PRUMERGE_PLUS_TOKENS = 144  # paper: 25% of 576
 NORM_OPS_PER_ELEMENT = 7  # LLM-Viewer: mean, subtract, square, sum, divide, scale, shift
 SOFTMAX_OPS_PER_SCORE = 5  # max, subtract, exp, sum, divide
+VIDEO_FRAMES = 8  # Video-LLaVA samples 8 frames a video
+FRAME_PATCHES = 256  # CLIP ViT-L/14 at 224 px: 16 x 16
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """The visual tokens one image or video puts in the LLM's prompt, per method: the defaults of
+    `analyze` and of what `bench` compares."""
+
+    modality: str  # "image" or "video"
+    stock_tokens: int  # "none": every token the stock processor expands the placeholder to
+    prumerge_tokens: int  # adaptive PruMerge: the paper's average (an estimate for videos)
+    prumerge_plus_tokens: int  # adaptive PruMerge+
+    fixed_budgets: tuple[str, ...] = ()  # METHOD@TOKENS labels compared by default besides the methods
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return (*COMPARED_METHODS, *self.fixed_budgets)
+
+
+def video_prompt(frames: int, patches: int) -> PromptShape:
+    """Video-LLaVA's prompt: per frame its [CLS] token then its patches, those reduced at the paper's image
+    rates; fixed budgets of 12.5% and 25% of the patches (with the [CLS] tokens)."""
+
+    def reduced(image_tokens: int) -> int:  # a video's tokens when each frame keeps this share of patches
+        return frames * (1 + round(patches * image_tokens / DEFAULT_VISUAL_TOKENS))
+
+    return PromptShape(
+        "video",
+        frames * (1 + patches),
+        reduced(PRUMERGE_TOKENS),
+        reduced(PRUMERGE_PLUS_TOKENS),
+        (f"prumerge@{frames * patches // 8}", f"prumerge_plus@{frames * patches // 4}"),
+    )
+
+
+IMAGE_PROMPT = PromptShape("image", DEFAULT_VISUAL_TOKENS, PRUMERGE_TOKENS, PRUMERGE_PLUS_TOKENS)
+VIDEO_LLAVA_PROMPT = video_prompt(VIDEO_FRAMES, FRAME_PATCHES)
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """The Llama decoder dimensions that set its cost."""
+    """The Llama decoder dimensions that set its cost, and the visual prompt it is costed with."""
 
     name: str
     hidden_size: int
@@ -56,6 +101,7 @@ class Architecture:
     num_kv_heads: int
     intermediate_size: int
     vocab_size: int
+    prompt: PromptShape = IMAGE_PROMPT
 
     @property
     def head_dim(self) -> int:
@@ -71,7 +117,10 @@ ARCHITECTURES = {
     for arch in (
         Architecture("llava-1.5-7b", 4096, 32, 32, 32, 11008, 32000),  # Vicuna-7B v1.5
         Architecture("llava-1.5-13b", 5120, 40, 40, 40, 13824, 32000),  # Vicuna-13B v1.5
+        Architecture("video-llava-7b", 4096, 32, 32, 32, 11008, 32000, VIDEO_LLAVA_PROMPT),  # Vicuna-7B v1.5
         Architecture("tiny", 64, 2, 4, 2, 160, 100),  # for tests: 2 KV heads exercise GQA
+        # for tests: the tiny Video-LLaVA's 8 frames of 14 x 14 patches
+        Architecture("tiny-video", 64, 2, 4, 2, 160, 100, video_prompt(VIDEO_FRAMES, 14 * 14)),
     )
 }
 
@@ -242,13 +291,28 @@ def prefill_totals(
 
 
 def method_visual_tokens(
-    method: str, visual_tokens: int, prumerge_tokens: int, prumerge_plus_tokens: int
+    label: str, visual_tokens: int, prumerge_tokens: int, prumerge_plus_tokens: int
 ) -> int:
+    """Visual tokens of a method label: its fixed budget ("prumerge@256"), else the method's count."""
+    method, fixed_tokens = split_method_label(label)
+    if fixed_tokens is not None:
+        return fixed_tokens
     return {"none": visual_tokens, "prumerge": prumerge_tokens, "prumerge_plus": prumerge_plus_tokens}[method]
 
 
+def prompt_of_config(config: dict) -> PromptShape:
+    """A LLaVA config's prompt shape: a Video-LLaVA's (stock or PruMerge) is its videos', from its frames and
+    patches (VideoLlavaConfig's defaults where the file leaves them out); other configs' is LLaVA-1.5's."""
+    if config.get("model_type") not in ("video_llava", "video_llava_prumerge"):
+        return IMAGE_PROMPT
+    vision = config.get("vision_config") or {}
+    patches = (vision.get("image_size", 224) // vision.get("patch_size", 14)) ** 2
+    frames = config.get("video_seq_length", VIDEO_FRAMES * (1 + FRAME_PATCHES)) // (1 + patches)
+    return video_prompt(frames, patches)
+
+
 def load_architecture(spec: str | Path) -> Architecture:
-    """A name from ARCHITECTURES, or a folder whose config.json is a LLaVA (or Llama) config."""
+    """A name from ARCHITECTURES, or a folder whose config.json is a LLaVA, Video-LLaVA (or Llama) config."""
     if str(spec) in ARCHITECTURES:
         return ARCHITECTURES[str(spec)]
     config_path = Path(spec) / "config.json"
@@ -272,6 +336,7 @@ def load_architecture(spec: str | Path) -> Architecture:
         num_kv_heads=fields.get("num_key_value_heads") or heads,
         intermediate_size=fields["intermediate_size"],
         vocab_size=fields["vocab_size"],
+        prompt=prompt_of_config(config),
     )
 
 
@@ -291,32 +356,48 @@ def validate_inputs(
     for flag, value in bits.items():
         if value not in BIT_WIDTHS:
             raise ValueError(f"{flag} must be one of {BIT_WIDTHS}, got {value!r}")
-    unknown = [m for m in methods if m not in COMPARED_METHODS]
+    unknown = [m for m in methods if not is_method_label(m)]
     if unknown or not methods:
         raise ValueError(
-            f"--methods: use a comma-separated subset of {', '.join(COMPARED_METHODS)}, got {methods!r}"
+            f"--methods: use a comma-separated subset of {', '.join(COMPARED_METHODS)}, each of the last two "
+            f"optionally with @TOKENS (a fixed budget), got {methods!r}"
         )
     for flag in ("--prumerge-tokens", "--prumerge-plus-tokens"):
         if counts[flag] > visual_tokens:
             raise ValueError(f"{flag} ({counts[flag]}) exceeds --visual-tokens ({visual_tokens})")
+    for label in methods:
+        fixed_tokens = split_method_label(label)[1]
+        if fixed_tokens is not None and fixed_tokens > visual_tokens:
+            raise ValueError(f"--methods: {label} keeps more than --visual-tokens ({visual_tokens})")
 
 
 def analyze(
     arch: str | Architecture = "llava-1.5-7b",
     hardware: str | Hardware = "v100",
-    visual_tokens: int = DEFAULT_VISUAL_TOKENS,
+    visual_tokens: int | None = None,
     text_tokens: int = DEFAULT_TEXT_TOKENS,
     batch_size: int = 1,
     w_bits: int = 16,
     a_bits: int = 16,
     kv_bits: int = 16,
-    methods: tuple[str, ...] | list[str] = COMPARED_METHODS,
-    prumerge_tokens: int = PRUMERGE_TOKENS,
-    prumerge_plus_tokens: int = PRUMERGE_PLUS_TOKENS,
+    methods: tuple[str, ...] | list[str] | None = None,
+    prumerge_tokens: int | None = None,
+    prumerge_plus_tokens: int | None = None,
     peak_tflops: float | None = None,
     bandwidth_gbps: float | None = None,
 ) -> list[dict]:
-    """One row per method: prefill totals, and their ratios to keeping all visual tokens ("none")."""
+    """One row per method: prefill totals, and their ratios to keeping all visual tokens ("none").
+
+    Token counts and methods left as None are the architecture's (`Architecture.prompt`).
+    """
+    arch = load_architecture(arch) if isinstance(arch, str) else arch
+    prompt = arch.prompt
+    visual_tokens = prompt.stock_tokens if visual_tokens is None else visual_tokens
+    prumerge_tokens = prompt.prumerge_tokens if prumerge_tokens is None else prumerge_tokens
+    prumerge_plus_tokens = (
+        prompt.prumerge_plus_tokens if prumerge_plus_tokens is None else prumerge_plus_tokens
+    )
+    methods = prompt.methods if methods is None else methods
     counts = {
         "--visual-tokens": visual_tokens,
         "--text-tokens": text_tokens,
@@ -334,7 +415,6 @@ def analyze(
     for flag, value in (("--peak", peak_tflops), ("--bandwidth", bandwidth_gbps)):
         if value is not None and value <= 0:
             raise ValueError(f"{flag} must be positive, got {value!r}")
-    arch = load_architecture(arch) if isinstance(arch, str) else arch
     hardware = HARDWARE[hardware] if isinstance(hardware, str) else hardware
     compute_dtype, table_peak = compute_peak(hardware, w_bits, a_bits, kv_bits)
     peak = peak_tflops or table_peak
@@ -371,17 +451,18 @@ def analyze(
 
 def format_table(rows: list[dict]) -> str:
     first = rows[0]
+    width = max(14, *(len(row["method"]) for row in rows))  # fixed budgets make longer labels
     lines = [
         f"{first['arch']} LLM prefill on {first['hardware']} ({first['compute_dtype']} peak "
         f"{first['peak_tflops']:g} TOPS, {first['bandwidth_gbps']:g} GB/s), batch {first['batch_size']}, "
         f"W{first['w_bits']}A{first['a_bits']}KV{first['kv_bits']}, {first['text_tokens']} text tokens",
-        f"{'method':<14} {'visual':>6} {'seq':>5} {'TOPs':>7} {'x none':>7} {'prefill ms':>10} {'x none':>7} "
+        f"{'method':<{width}} {'visual':>6} {'seq':>5} {'TOPs':>7} {'x none':>7} {'prefill ms':>10} {'x none':>7} "
         f"{'weights GB':>10} {'KV MB':>8} {'x none':>7} {'act GB':>7} {'traffic GB':>10}",
     ]
     for row in rows:
         ratio = row["vs_none"]
         lines.append(
-            f"{row['method']:<14} {row['visual_tokens']:>6} {row['sequence_length']:>5} "
+            f"{row['method']:<{width}} {row['visual_tokens']:>6} {row['sequence_length']:>5} "
             f"{row['flops'] / 1e12:>7.3f} {ratio['flops']:>7.3f} "
             f"{row['prefill_seconds'] * 1e3:>10.2f} {ratio['prefill_seconds']:>7.3f} "
             f"{row['weight_bytes'] / 1e9:>10.2f} "

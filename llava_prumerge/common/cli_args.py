@@ -61,6 +61,39 @@ def subset_of(choices: tuple[str, ...], noun: str):
 compared_methods = subset_of(COMPARED_METHODS, "method")
 
 
+def split_method_label(label: str) -> tuple[str, int | None]:
+    """("prumerge", 256) from "prumerge@256", ("prumerge", None) from "prumerge": a compared method and,
+    after "@", a fixed budget (adaptive=False) of tokens per image or video. ValueError if neither fits."""
+    method, at, budget = label.partition("@")
+    if method not in COMPARED_METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    if not at:
+        return method, None
+    if method == "none" or not budget.isdigit() or int(budget) < 1:
+        raise ValueError(f"{label!r}: only prumerge and prumerge_plus take a budget, a positive integer")
+    return method, int(budget)
+
+
+def is_method_label(label: str) -> bool:
+    try:
+        split_method_label(label)
+    except ValueError:
+        return False
+    return True
+
+
+def compared_method_labels(text: str) -> list[str]:
+    """An argparse type: comma-separated methods, each optionally with a fixed budget ("none,prumerge@256")."""
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    unknown = [label for label in labels if not is_method_label(label)]
+    if unknown or not labels:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {unknown or text!r}; use a comma-separated subset of {','.join(COMPARED_METHODS)}, "
+            "each of the last two optionally with @TOKENS, a fixed budget per image or video (e.g. prumerge@256)"
+        )
+    return labels
+
+
 def add_reduction_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
     """Flags for the reducer fields people set most; unset flags keep `default_help`'s values."""
     from ..modeling.reduction_settings import TOKEN_REDUCTION_METHODS

@@ -1,16 +1,27 @@
-"""`llava-prumerge bench`: runs end to end on the tiny architecture and on a checkpoint folder, every
-JSON field, exact KV-cache sizes, the plot, --reducer-only, and clear errors. No timing thresholds:
+"""`llava-prumerge bench`: runs end to end on the tiny architectures (images and videos) and on checkpoint
+folders, every JSON field, exact token counts and KV-cache sizes, the plot, --reducer-only, and clear errors. No timing thresholds:
 this machine is shared and timings are noise here."""
 
+import contextlib
+import io
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
 from llava_prumerge.benchmarks import measure, models, reducer
+from llava_prumerge.benchmarks.modalities import visual_path
+from llava_prumerge.benchmarks.roofline import ARCHITECTURES
 from llava_prumerge.cli import main as cli_main
 from llava_prumerge.testing.tiny import tiny_config, tiny_model, tiny_processor
+from llava_prumerge.testing.tiny_video import (
+    TINY_VIDEO_FRAMES,
+    tiny_video_image_processor,
+    tiny_video_model,
+    tiny_video_tokenizer,
+)
 
 QUICK = ["--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--text-tokens", "8"]
 FIELDS = {
@@ -21,7 +32,7 @@ FIELDS = {
     "visual_tokens_per_image", "visual_tokens_min", "visual_tokens_max", "sequence_length",
     "vision_ms", "stock_vision_ms", "vision_vs_stock", "reduction_layer_qk_ms", "reducer_ms",
     "reduction_overhead_vs_vision", "projector_compaction_ms", "llm_prefill_ms", "llm_prefill_ms_per_layer",
-    "lm_head_ms", "ttft_ms", "decode_ms", "decode_tokens_per_s", "kv_cache_bytes_per_sample",
+    "llm_prefill_ms_per_layer_range", "lm_head_ms", "ttft_ms", "ttft_ms_range", "decode_ms", "decode_tokens_per_s", "kv_cache_bytes_per_sample",
     "peak_memory_increase_bytes", "peak_memory_measure",
     # against "none", same run and batch size
     "prefill_per_layer_speedup_vs_none", "prefill_speedup_vs_none", "ttft_speedup_vs_none",
@@ -62,7 +73,8 @@ def test_tiny_run_has_every_field_for_every_method_and_batch_size(tiny_run):
     ]
     for row in rows:
         assert set(row) >= FIELDS, FIELDS - set(row)
-        may_be_empty = {"checkpoint", "peak_memory_increase_bytes", "peak_memory_vs_none"}  # not on every OS
+        # no checkpoint; peak memory is not measurable on every OS; adaptive methods have no fixed budget
+        may_be_empty = {"checkpoint", "peak_memory_increase_bytes", "peak_memory_vs_none", "fixed_tokens"}
         assert [k for k, v in row.items() if v is None and k not in may_be_empty] == []
     assert all(r["arch"] == "tiny" and r["checkpoint"] is None and r["layers"] == 2 for r in rows)
 
@@ -79,6 +91,9 @@ def test_tiny_run_counts_tokens_and_ratios_against_none(tiny_run):
             assert row["kv_cache_vs_none"] < 1
         assert row["ttft_ms"] >= row["vision_ms"] + row["llm_prefill_ms"]
         assert row["estimated_full_depth_ttft_ms"] == pytest.approx(row["ttft_ms"])  # tiny is full depth
+        for field in ("llm_prefill_ms_per_layer", "ttft_ms"):  # the median lies within the passes' spread
+            fastest, slowest = row[f"{field}_range"]
+            assert fastest <= row[field] <= slowest
 
 
 def test_kv_cache_bytes_are_those_of_the_cache_tensors(tiny_run):
@@ -115,6 +130,7 @@ def test_table_output_names_what_is_estimated(capsys):
     assert "only 1 of the 2 LLM layers are built" in out
     assert "ESTIMATED full-depth (2 LLM layers)" in out
     assert "stock LLaVA vision path" in out
+    assert "spread over the 1 passes (fastest-slowest):" in out
 
 
 def test_vision_only_leaves_the_llm_fields_empty(capsys):
@@ -227,3 +243,190 @@ def test_a_model_too_big_for_memory_is_refused_before_it_is_built(monkeypatch):
         match=r"7\.06B parameters need 28\.3 GB in float32 but cpu has 8\.0 GB available; .*--layers",
     ):
         models.build_random_subject("llava-1.5-7b", None, torch.float32, torch.device("cpu"), seed=0)
+
+
+# Video-LLaVA: the tiny model's 8 frames of [CLS] + 196 patches reach the LLM as 1576 tokens without reduction.
+VIDEO_FIELDS = (FIELDS - {"visual_tokens_per_image", "visual_tokens_min", "visual_tokens_max"}) | {
+    "video_tokens_per_video", "video_tokens_min", "video_tokens_max", "tokens_vs_stock", "modality", "frames",
+    "token_reduction", "fixed_tokens",
+}  # fmt: skip
+TINY_VIDEO_TOKENS = TINY_VIDEO_FRAMES * (1 + TINY_PATCHES)
+VIDEO_METHODS = ("none", "prumerge", "prumerge_plus", "prumerge@256", "prumerge_plus@512")
+
+
+@pytest.fixture(scope="module")
+def tiny_video_run(tmp_path_factory):
+    """One tiny Video-LLaVA run at batch sizes 1 and 2 with the paper's fixed video budgets, and its table."""
+    json_path = tmp_path_factory.mktemp("bench") / "rows.json"
+    methods = ",".join(VIDEO_METHODS)
+    arguments = ["bench", "--arch", "tiny-video", "--batch-size", "1,2", "--methods", methods, *QUICK]
+    with contextlib.redirect_stdout(io.StringIO()) as table:
+        cli_main([*arguments, "--json", str(json_path)])
+    return json.loads(json_path.read_text()), table.getvalue()
+
+
+def test_tiny_video_run_has_every_field_for_every_method_and_batch_size(tiny_video_run):
+    rows, _ = tiny_video_run
+    assert [(r["batch_size"], r["method"]) for r in rows] == [(b, m) for b in (1, 2) for m in VIDEO_METHODS]
+    for row in rows:
+        assert set(row) >= VIDEO_FIELDS, VIDEO_FIELDS - set(row)
+        assert "visual_tokens_per_image" not in row
+        may_be_empty = {"checkpoint", "peak_memory_increase_bytes", "peak_memory_vs_none", "fixed_tokens"}
+        assert [k for k, v in row.items() if v is None and k not in may_be_empty] == []
+        assert (row["arch"], row["modality"], row["frames"], row["layers"]) == ("tiny-video", "video", 8, 2)
+
+
+def test_tiny_video_run_counts_video_tokens_and_keeps_fixed_budgets_exactly(tiny_video_run):
+    rows, _ = tiny_video_run
+    for row in rows:
+        fewest, most = row["video_tokens_min"], row["video_tokens_max"]
+        if row["method"] == "none":
+            assert fewest == most == row["video_tokens_per_video"] == TINY_VIDEO_TOKENS
+            assert (
+                row["tokens_vs_stock"]
+                == row["kv_cache_vs_none"]
+                == row["prefill_per_layer_speedup_vs_none"]
+                == 1
+            )
+            assert row["reduction_layer_qk_ms"] == 0.0
+        elif row["fixed_tokens"] is not None:  # adaptive=False, num_video_tokens: exactly, every video
+            assert fewest == most == row["fixed_tokens"] == int(row["method"].split("@")[1])
+            assert row["token_reduction"] == row["method"].split("@")[0]
+        else:
+            assert most < TINY_VIDEO_TOKENS and row["token_reduction"] == row["method"]
+        assert row["tokens_vs_stock"] == pytest.approx(row["video_tokens_per_video"] / TINY_VIDEO_TOKENS)
+        assert row["ttft_ms"] >= row["vision_ms"] + row["llm_prefill_ms"]
+
+
+def test_tiny_video_kv_cache_bytes_are_those_of_the_compacted_prompt(tiny_video_run):
+    rows, _ = tiny_video_run
+    text = tiny_config().text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    for row in rows:
+        if row["batch_size"] == 1:  # no padding: the video's tokens, then the text (bos included)
+            assert row["sequence_length"] == row["video_tokens_max"] + row["text_tokens"]
+        expected = row["layers"] * 2 * text.num_key_value_heads * row["sequence_length"] * head_dim * 4
+        assert row["kv_cache_bytes_per_sample"] == expected
+    fixed = next(r for r in rows if r["method"] == "prumerge@256" and r["batch_size"] == 1)
+    assert fixed["kv_cache_vs_none"] == pytest.approx((256 + 8) / (TINY_VIDEO_TOKENS + 8))
+
+
+def test_tiny_video_table_names_videos(tiny_video_run):
+    _, table = tiny_video_run
+    assert f"prompt: {TINY_VIDEO_TOKENS} video placeholders (8 frames x ([CLS] + 196 patches))" in table
+    assert "tokens/video" in table and "prumerge_plus@512" in table
+    assert "stock Video-LLaVA video path (all 3 layers" in table and "encode_video_frames" in table
+
+
+def test_video_architectures_compare_the_papers_budgets_by_default():
+    """12.5% and 25% of the patches, as METHOD@TOKENS labels, for the random architectures and for a model."""
+    assert ARCHITECTURES["video-llava-7b"].prompt.methods == (
+        "none", "prumerge", "prumerge_plus", "prumerge@256", "prumerge_plus@512",
+    )  # fmt: skip
+    path = visual_path(tiny_video_model())
+    assert (path.name, path.frames, path.patches) == ("video", 8, TINY_PATCHES)
+    assert path.prompt == ARCHITECTURES["tiny-video"].prompt
+    assert path.prompt.fixed_budgets == ("prumerge@196", "prumerge_plus@392")
+    assert visual_path(tiny_model()).prompt.methods == ("none", "prumerge", "prumerge_plus")
+
+
+def test_video_llava_7b_config_has_the_published_shapes():
+    architecture = models.random_architecture("video-llava-7b", layers=2)
+    config = architecture.config
+    vision, text = config.vision_config, config.text_config
+    assert (vision.image_size, vision.patch_size, vision.hidden_size, vision.num_hidden_layers) == (
+        224,
+        14,
+        1024,
+        24,
+    )
+    assert vision.num_attention_heads == 16 and config.vision_feature_layer == -2
+    assert (text.hidden_size, text.intermediate_size, text.num_attention_heads) == (4096, 11008, 32)
+    assert (text.num_hidden_layers, architecture.full_depth_layers) == (2, 32)
+    assert (config.image_seq_length, config.video_seq_length, config.projector_hidden_act) == (
+        256,
+        2056,
+        "gelu",
+    )
+    ids = architecture.text_token_ids
+    assert ids.min() == 3 and ids.max() == 31999  # no special, placeholder or padding ids
+
+
+def test_a_video_llava_checkpoint_is_benchmarked_on_videos(tmp_path, monkeypatch, capsys):
+    tiny_video_model().save_pretrained(tmp_path)
+    # the stock processor's video part needs torchvision: the bench reads only its tokenizer and image processor
+    processor = SimpleNamespace(
+        tokenizer=tiny_video_tokenizer(), image_processor=tiny_video_image_processor()
+    )
+    monkeypatch.setattr(models.AutoProcessor, "from_pretrained", lambda spec: processor)
+    cli_main(["bench", "--model", str(tmp_path), *QUICK, "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == [
+        "none",
+        "prumerge",
+        "prumerge_plus",
+        "prumerge@196",
+        "prumerge_plus@392",
+    ]
+    assert all(r["modality"] == "video" and r["checkpoint"] == str(tmp_path) for r in rows)
+    assert [r["video_tokens_max"] for r in rows if r["fixed_tokens"]] == [196, 392]
+
+
+def test_fixed_budgets_work_for_images_too(capsys):
+    cli_main(["bench", "--arch", "tiny", "--methods", "prumerge_plus@16", "--vision-only", *QUICK, "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["visual_tokens_min"], r["visual_tokens_max"]) for r in rows] == [
+        ("none", TINY_PATCHES, TINY_PATCHES),
+        ("prumerge_plus@16", 16, 16),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--arch", "video-llava"], "invalid choice: 'video-llava'"),
+        (["--arch", "tiny-video", "--methods", "none@8"], "unknown method(s) ['none@8']"),
+        (["--arch", "tiny-video", "--methods", "prumerge@0"], "unknown method(s) ['prumerge@0']"),
+    ],
+)
+def test_bad_video_arguments_are_named(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--arch", "video-llava-7b", "--layers", "33"],
+            "--layers 33 exceeds video-llava-7b's 32 LLM layers",
+        ),
+        (["--arch", "tiny-video", "--layers", "3"], "--layers 3 exceeds tiny-video's 2 LLM layers"),
+        (
+            ["--arch", "tiny-video", "--methods", "prumerge@2000"],
+            "--methods prumerge@2000: more than the 1576 tokens of an unreduced video",
+        ),
+        (
+            ["--arch", "tiny-video", "--methods", "prumerge@16"],
+            "num_video_tokens=16 leaves 2 token(s) for a frame of a 8-frame video, which needs at least 3",
+        ),
+        (["--arch", "tiny-video", "--reducer-only", "--methods", "prumerge@256"], "drop prumerge@256"),
+    ],
+)
+def test_inconsistent_video_arguments_are_explained_in_one_line(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", *arguments, *QUICK])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llava-prumerge bench: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_video_model_too_big_for_memory_is_refused_before_it_is_built(monkeypatch):
+    monkeypatch.setattr(models, "_available_memory_bytes", lambda device: 8 * 10**9)
+    with pytest.raises(
+        ValueError,
+        match=r"7\.37B parameters need 29\.5 GB in float32 but cpu has 8\.0 GB available; .*--layers",
+    ):
+        models.build_random_subject("video-llava-7b", None, torch.float32, torch.device("cpu"), seed=0)

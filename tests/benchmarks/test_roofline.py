@@ -2,6 +2,7 @@
 point, the CLI end to end and its input errors."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -264,3 +265,96 @@ def test_cli_rejects_a_reduction_larger_than_the_image(capsys):
 def test_api_rejects_bad_input_naming_the_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         analyze(**kwargs)
+
+
+VIDEO_LLAVA_METHODS = ["none", "prumerge", "prumerge_plus", "prumerge@256", "prumerge_plus@512"]
+
+
+def test_video_llava_7b_is_vicuna_7b_with_an_8_frame_video_prompt():
+    video, image = ARCHITECTURES["video-llava-7b"], ARCHITECTURES["llava-1.5-7b"]
+    assert replace(video, name=image.name, prompt=image.prompt) == image  # the same LLM
+    prompt = video.prompt
+    assert (prompt.modality, prompt.stock_tokens) == (
+        "video",
+        8 * (1 + 16 * 16),
+    )  # [CLS] + 256 patches a frame
+    # each frame: [CLS] + the paper's image rates of its 256 patches (33 / 576 -> 15, 144 / 576 -> 64)
+    assert (prompt.prumerge_tokens, prompt.prumerge_plus_tokens) == (8 * 16, 8 * 65)
+    assert prompt.fixed_budgets == ("prumerge@256", "prumerge_plus@512")  # 12.5% and 25% of 2048 patches
+    assert 256 / 2056 <= 0.125
+
+
+def test_video_llava_rows_cost_each_methods_tokens():
+    rows = analyze(arch="video-llava-7b", hardware="a100")
+    assert [row["method"] for row in rows] == VIDEO_LLAVA_METHODS
+    assert [row["visual_tokens"] for row in rows] == [2056, 128, 520, 256, 512]
+    assert all(row["sequence_length"] == row["visual_tokens"] + 123 for row in rows)
+    by_method = {row["method"]: row for row in rows}
+    none, fixed = by_method["none"], by_method["prumerge@256"]
+    assert fixed["kv_cache_bytes"] / none["kv_cache_bytes"] == pytest.approx((256 + 123) / (2056 + 123))
+    for row in rows[1:]:
+        assert row["vs_none"]["flops"] < 0.3 and row["vs_none"]["prefill_seconds"] < 0.3
+    # a fixed budget costs what the same number of adaptive tokens costs
+    same = analyze(arch="video-llava-7b", hardware="a100", methods=["prumerge"], prumerge_tokens=256)[0]
+    assert same["flops"] == fixed["flops"]
+
+
+def test_fixed_budgets_work_for_images_too():
+    rows = analyze(methods=["none", "prumerge_plus@144"])
+    assert [(row["method"], row["visual_tokens"]) for row in rows] == [
+        ("none", 576),
+        ("prumerge_plus@144", 144),
+    ]
+    assert rows[1]["flops"] == analyze(methods=["prumerge_plus"])[0]["flops"]  # 144: the paper's PruMerge+
+
+
+def test_cli_video_llava_table_and_json(capsys):
+    cli_main(["analyze", "--arch", "video-llava-7b"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("video-llava-7b LLM prefill on v100")
+    assert [line.split()[:2] for line in lines[2:]] == [
+        [method, str(tokens)]
+        for method, tokens in zip(VIDEO_LLAVA_METHODS, [2056, 128, 520, 256, 512], strict=True)
+    ]
+    cli_main(["analyze", "--arch", "video-llava-7b", "--methods", "none,prumerge@300", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["method"], row["visual_tokens"]) for row in rows] == [("none", 2056), ("prumerge@300", 300)]
+
+
+def test_arch_from_a_video_llava_config_folder(tmp_path):
+    # a stock Video-LLaVA config; the vision tower's size and the frames are read when given
+    config = {"model_type": "video_llava", "text_config": {"model_type": "llama", "vocab_size": 32064}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_architecture(tmp_path).prompt == ARCHITECTURES["video-llava-7b"].prompt
+    config["video_seq_length"] = 4 * (1 + 14 * 14)
+    config["vision_config"] = {"image_size": 56, "patch_size": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    prompt = load_architecture(tmp_path).prompt
+    assert (prompt.stock_tokens, prompt.fixed_budgets) == (788, ("prumerge@98", "prumerge_plus@196"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "none@5"], "unknown method(s) ['none@5']"),
+        (["--methods", "prumerge@0"], "unknown method(s) ['prumerge@0']"),
+        (["--methods", "prumerge@many"], "unknown method(s) ['prumerge@many']"),
+        (["--methods", "tome@8"], "unknown method(s) ['tome@8']"),
+        (["--arch", "video-llava"], "unknown architecture 'video-llava'"),
+    ],
+)
+def test_cli_rejects_bad_method_labels_and_architectures(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["analyze", *argv])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the usage, the one-line error
+    assert last_line.startswith("llava-prumerge analyze: error: argument") and message in last_line
+
+
+def test_cli_rejects_a_fixed_budget_larger_than_the_video(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            ["analyze", "--arch", "video-llava-7b", "--visual-tokens", "300", "--prumerge-plus-tokens", "100"]
+        )
+    assert exit_info.value.code == 2
+    assert "--methods: prumerge_plus@512 keeps more than --visual-tokens (300)" in capsys.readouterr().err

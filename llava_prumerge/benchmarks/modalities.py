@@ -1,0 +1,154 @@
+"""What differs between benchmarking images and videos: the model's steps, the tower, the synthetic
+inputs and the names in the results. `bench` measures one modality per model: a Video-LLaVA its
+videos, a LLaVA its images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..modeling.modeling_video_llava_prumerge import frame_settings
+from ..modeling.reduction_settings import ReductionSettings
+from ..testing.tiny_video import make_clip
+from .roofline import IMAGE_PROMPT, PromptShape, video_prompt
+
+
+def synthetic_images(count: int, size: int, seed: int) -> list[Image.Image]:
+    """Dark noise with 1 to 4 bright squares, placed differently in each image, so that the [CLS]
+    attention, and so the number of tokens PruMerge keeps, differs between images."""
+    images = []
+    for index in range(count):
+        rng = np.random.default_rng(seed + index)
+        pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        square = max(1, size // 7)
+        for _ in range(1 + (seed + index) % 4):
+            y, x = rng.integers(0, size - square, 2)
+            pixels[y : y + square, x : x + square] = rng.integers(150, 255, 3, dtype=np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def processed(image_processor, images: list[Image.Image]) -> torch.Tensor:
+    """[n, 3, H, W] from an image processor, under either name it gives them (Video-LLaVA's image
+    processor says `pixel_values_images`)."""
+    outputs = image_processor(images=images, return_tensors="pt")
+    return outputs["pixel_values"] if "pixel_values" in outputs else outputs["pixel_values_images"]
+
+
+class ImagePath:
+    """One image a prompt, through the image tower (LLaVA-1.5's)."""
+
+    name = "image"
+    frames = 1  # tower inputs per item
+    pad_to_square = True  # LLaVA-1.5 pads images to a square
+    budget_field = "num_visual_tokens"  # what METHOD@TOKENS fixes
+    count_fields = ("visual_tokens_per_image", "visual_tokens_min", "visual_tokens_max")
+    count_header = "tokens/img"
+    stock_path = "stock LLaVA vision path"
+    encoder_step = "encode_patches"
+    prompt: PromptShape = IMAGE_PROMPT
+
+    def token_id(self, config) -> int:
+        return config.image_token_id
+
+    def expanded_length(self, config) -> int:
+        """Placeholders the stock processor writes for one item."""
+        return config.image_seq_length
+
+    def tower(self, inner):
+        return getattr(inner, inner.image_tower_attribute)
+
+    def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
+        return inner.encode_patches(pixel_values, reduction=settings)
+
+    def reduce(self, inner, encoded, settings: ReductionSettings):
+        return inner.reduce_patches(encoded, reduction=settings)
+
+    def tokens(self, inner, reduced):
+        return inner.image_tokens(reduced)
+
+    def tower_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pixel_values  # [B, 3, H, W]
+
+    def item_counts(self, counts: list[int]) -> list[int]:
+        """Tokens per item from the reducer's counts per tower input."""
+        return counts
+
+    def check_settings(self, settings: ReductionSettings) -> None:
+        """Nothing to check beyond what the reducer checks per image."""
+
+    def synthetic_pixels(self, image_processor, count: int, size: int, seed: int) -> torch.Tensor:
+        return processed(image_processor, synthetic_images(count, size, seed))  # [B, 3, H, W]
+
+    def describe_placeholders(self, config) -> str:
+        return f"{config.image_seq_length} image placeholders"
+
+
+class VideoPath:
+    """One video a prompt, its frames through the video tower as a batch (Video-LLaVA's); each frame's
+    [CLS] token reaches the LLM, first among its tokens. The same members as ImagePath."""
+
+    name = "video"
+    pad_to_square = False  # Video-LLaVA resizes and center-crops frames
+    budget_field = "num_video_tokens"
+    count_fields = ("video_tokens_per_video", "video_tokens_min", "video_tokens_max")
+    count_header = "tokens/video"
+    stock_path = "stock Video-LLaVA video path"
+    encoder_step = "encode_video_frames"
+
+    def __init__(self, frames: int, patches: int):
+        self.frames = frames
+        self.patches = patches  # per frame
+        self.prompt = video_prompt(frames, patches)
+
+    def token_id(self, config) -> int:
+        return config.video_token_id
+
+    def expanded_length(self, config) -> int:
+        return config.video_seq_length
+
+    def tower(self, inner):
+        return inner.video_tower
+
+    def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
+        return inner.encode_video_frames(pixel_values, reduction=settings)
+
+    def reduce(self, inner, encoded, settings: ReductionSettings):
+        return inner.reduce_video_frames(encoded, self.frames, settings)
+
+    def tokens(self, inner, reduced):
+        return inner.video_tokens(reduced, self.frames)
+
+    def tower_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pixel_values.flatten(0, 1)  # [B, F, 3, H, W] -> [B * F, 3, H, W], as stock Video-LLaVA
+
+    def item_counts(self, counts: list[int]) -> list[int]:
+        return [sum(counts[start : start + self.frames]) for start in range(0, len(counts), self.frames)]
+
+    def check_settings(self, settings: ReductionSettings) -> None:
+        """A per-video budget too small for the frames fails here, before any pass."""
+        frame_settings(settings, self.frames)
+
+    def synthetic_pixels(self, image_processor, count: int, size: int, seed: int) -> torch.Tensor:
+        """Clips of bright shapes moving over dark noise, a different clip per video: [B, F, 3, H, W]."""
+        clips = [make_clip(seed + index, self.frames, size, size) for index in range(count)]
+        return torch.stack([processed(image_processor, clip) for clip in clips])
+
+    def describe_placeholders(self, config) -> str:
+        return (
+            f"{config.video_seq_length} video placeholders ({self.frames} frames x "
+            f"([CLS] + {self.patches} patches))"
+        )
+
+
+VisualPath = ImagePath | VideoPath
+
+
+def visual_path(model) -> VisualPath:
+    """The modality `bench` measures for a PruMerge model: videos for a Video-LLaVA, else images."""
+    if "video" not in model.model.modality_inputs:
+        return ImagePath()
+    vision = model.config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    return VideoPath(model.config.video_seq_length // (patches + 1), patches)
