@@ -42,7 +42,8 @@ def test_wheel_holds_only_the_llava_prumerge_package(tmp_path):
         )
     samples = [name for name in names if name.startswith("llava_prumerge/demo/samples/")]
     assert sorted(samples) == [
-        f"llava_prumerge/demo/samples/{n}" for n in ("1_sky_sign.png", "2_text_page.png", "3_cluttered.png")
+        f"llava_prumerge/demo/samples/{n}"
+        for n in ("1_sky_sign.png", "2_text_page.png", "3_cluttered.png", "4_moving_shapes.gif")
     ]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "llava-prumerge = llava_prumerge.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
