@@ -70,7 +70,8 @@ def run_visualize(args: argparse.Namespace) -> Path:
 
     llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
     """
-    from .visualize import draw, load_image, load_model, picture_title, reduce_image
+    from .media import load_image
+    from .visualize import draw, load_model, picture_title, reduce_image
 
     image_path = Path(args.image)
     image = load_image(image_path)

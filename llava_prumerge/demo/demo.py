@@ -15,15 +15,8 @@ from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import timed, torch_threads
 from ..errors import MissingInputError, UsageError
 from .cli import DRAWN_METHODS
-from .visualize import (
-    TINY_MODEL_NOTE,
-    draw,
-    drawn_settings,
-    load_image,
-    load_model,
-    patch_reduction,
-    picture_title,
-)
+from .media import load_image
+from .visualize import TINY_MODEL_NOTE, draw, drawn_settings, load_model, patch_reduction, picture_title
 
 SAMPLES = Path(__file__).parent / "samples"
 RANDOM_WEIGHTS_NOTICE = (
