@@ -8,6 +8,7 @@ from pathlib import Path
 from ..common.cli_args import positive_int
 
 DRAWN_METHODS = ("prumerge", "prumerge_plus")  # "none" keeps every patch: nothing to draw
+SAMPLES = Path(__file__).parent / "samples"
 MODEL_HELP = (
     "a PruMerge or stock LLaVA-1.5 checkpoint (folder or Hub id); default: the tiny random-weight model"
 )

@@ -238,12 +238,20 @@ def load_model(name_or_path: str | None = None):
     (e.g. llava-hf/llava-1.5-7b-hf), which is turned into a PruMerge model on load. On a GPU when
     there is one, in float16 there.
     """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     if name_or_path is None:
-        return tiny_model().to(device), tiny_processor()
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    model = load_prumerge_model(name_or_path, dtype=dtype)
-    return model.to(device), AutoProcessor.from_pretrained(name_or_path)
+        return tiny_model().to(demo_device()), tiny_processor()
+    return load_checkpoint(name_or_path), AutoProcessor.from_pretrained(name_or_path)
+
+
+def demo_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_checkpoint(name_or_path: str):
+    """A checkpoint as its PruMerge model on the demo's device: float16 on a GPU, float32 on a CPU."""
+    device = demo_device()
+    model = load_prumerge_model(name_or_path, dtype=torch.float16 if device == "cuda" else torch.float32)
+    return model.to(device)
 
 
 def drawn_settings(model, token_reduction: str) -> ReductionSettings:
