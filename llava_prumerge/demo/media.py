@@ -103,7 +103,7 @@ def _open_with_pil(path: Path, expected: str) -> Image.Image:
     except FileNotFoundError as error:
         raise MissingInputError(f"No file at {path}; pass {expected}") from error
     except UnidentifiedImageError as error:
-        raise UsageError(f"Cannot read {path}: it is not {expected} that PIL can open") from error
+        raise UsageError(f"Cannot read {path}: PIL does not recognize it as {expected}") from error
 
 
 def _folder_frames(folder: Path, count: int) -> SampledVideo:
@@ -126,7 +126,7 @@ def _folder_frames(folder: Path, count: int) -> SampledVideo:
 
 
 def _animated_frames(path: Path, count: int) -> SampledVideo:
-    with _open_with_pil(path, f"a video ({VIDEO_KINDS})") as animation:
+    with _open_with_pil(path, f"an image or an animation; pass {VIDEO_KINDS}") as animation:
         total = getattr(animation, "n_frames", 1)
         if total == 1:
             raise _still_image_error(path)

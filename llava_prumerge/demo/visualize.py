@@ -204,8 +204,11 @@ def _draw_histogram(axes, reduction: PatchReduction) -> None:
     axes.set_title(f"[CLS] attention of the {len(reduction.attention)} patches", fontsize=10)
 
 
-def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float) -> None:
-    """The [CLS] attention histogram (log counts), its IQR outliers in the center color, the fence dashed."""
+def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, histtype: str = "bar") -> None:
+    """The [CLS] attention histogram (log counts), its IQR outliers in the center color, the fence dashed.
+
+    histtype="stepfilled" draws one outline per series instead of a bar per bin: as exact, and much
+    faster where a picture holds many histograms."""
     attention = reduction.attention.astype(np.float64)
     fence = iqr_fence(attention, reduction.iqr_scale)
     outliers = attention > fence
@@ -214,6 +217,7 @@ def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float) -
         [attention[~outliers], attention[outliers]],
         bins=bins,
         stacked=True,
+        histtype=histtype,
         color=["#8a8a8a", CENTER_COLOR],
         label=["inside the fence", f"outliers ({int(outliers.sum())})"],
     )
