@@ -44,7 +44,8 @@ def test_wheel_holds_only_the_llava_prumerge_package(tmp_path):
         )
     samples = [name for name in names if name.startswith("llava_prumerge/demo/samples/")]
     assert sorted(samples) == [
-        f"llava_prumerge/demo/samples/{n}" for n in ("1_sky_sign.png", "2_text_page.png", "3_cluttered.png")
+        f"llava_prumerge/demo/samples/{n}"
+        for n in ("1_sky_sign.png", "2_text_page.png", "3_cluttered.png", "4_moving_shapes.gif")
     ]
     metadata = (
         zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

@@ -1,2 +1,2 @@
-"""See it work: `demo` (every method on sample images, end to end) and `visualize` (one image's kept
-and merged patches beside its [CLS] attention histogram)."""
+"""See it work: `demo` (every method on sample images, or on videos with Video-LLaVA, end to end) and
+`visualize` (one image's or one video's frames' kept and merged patches beside the [CLS] attention histogram)."""

@@ -6,11 +6,21 @@ import argparse
 from pathlib import Path
 
 from ..common.cli_args import positive_int
+from ..errors import UsageError
 
 DRAWN_METHODS = ("prumerge", "prumerge_plus")  # "none" keeps every patch: nothing to draw
+SAMPLES = Path(__file__).parent / "samples"
+SAMPLE_CLIP = SAMPLES / "4_moving_shapes.gif"
 MODEL_HELP = (
-    "a PruMerge or stock LLaVA-1.5 checkpoint (folder or Hub id); default: the tiny random-weight model"
+    "a PruMerge or stock LLaVA-1.5 checkpoint (with --video: Video-LLaVA), folder or Hub id; default: the "
+    "tiny random-weight model"
 )
+VIDEO_HELP = (
+    "a video: a folder of frames, an animated GIF, or an MP4 (needs PyAV: pip install av); 8 frames are "
+    f"sampled, as Video-LLaVA does. --video alone: the shipped {SAMPLE_CLIP.name}"
+)
+DEFAULT_IMAGE_QUESTION = "What is shown in this image?"
+DEFAULT_VIDEO_QUESTION = "What is happening in this video?"
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +36,21 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="an image of yours (repeat for several); default: the shipped samples",
     )
-    parser.add_argument("--prompt", default="What is shown in this image?")
+    parser.add_argument(
+        "--video",
+        action="append",
+        nargs="?",
+        const=SAMPLE_CLIP,
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"{VIDEO_HELP} (repeat for several; runs Video-LLaVA instead of the image demo)",
+    )
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help=f"default: {DEFAULT_IMAGE_QUESTION!r} ({DEFAULT_VIDEO_QUESTION!r} for videos)",
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=20)
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs per stage, after one warm-up run"
@@ -43,20 +67,39 @@ def run_demo(args: argparse.Namespace):
     reducer and the LLM prefill, and the answer generated through the image-text-to-text pipeline; it
     draws what the reducer did to each image (see `llava-prumerge visualize`) and writes a summary table.
 
+    With --video it does the same for videos on a tiny Video-LLaVA-shaped model (or a Video-LLaVA
+    checkpoint): 8 frames each, every frame reduced like an image; the table compares the video tokens
+    reaching the LLM with stock Video-LLaVA's 8 x (patches + [CLS]), and each picture shows the frames.
+
     llava-prumerge demo --out prumerge-demo
     llava-prumerge demo --model llava-hf/llava-1.5-7b-hf --image photo.jpg   # a real checkpoint
+    llava-prumerge demo --video --out prumerge-demo-video                    # the shipped clip
+    llava-prumerge demo --video clip.mp4 --video frames/                     # videos of yours
     """
-    from .demo import run
+    if args.image and args.video:
+        raise UsageError(
+            "Pass --image or --video, not both: the image demo runs LLaVA-1.5, the video demo Video-LLaVA"
+        )
+    args.prompt = args.prompt or (DEFAULT_VIDEO_QUESTION if args.video else DEFAULT_IMAGE_QUESTION)
+    if args.video:
+        from .demo_video import run
+    else:
+        from .demo import run
 
     return run(args)
 
 
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="the image to reduce (PNG, JPEG, ...)")
+    parser.add_argument("image", nargs="?", help="the image to reduce (PNG, JPEG, ...)")
+    parser.add_argument("--video", nargs="?", const=SAMPLE_CLIP, type=Path, metavar="PATH", help=VIDEO_HELP)
     parser.add_argument("--model", default=None, metavar="DIR_OR_REPO", help=MODEL_HELP)
     parser.add_argument("--token-reduction", choices=DRAWN_METHODS, default="prumerge")
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="PNG", help="default: IMAGE-METHOD.png here"
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="default: IMAGE-METHOD.png (VIDEO-METHOD.png) here",
     )
 
 
@@ -68,17 +111,57 @@ def run_visualize(args: argparse.Namespace) -> Path:
     the kept token it was merged into. Right: the histogram of the [CLS] attention with the IQR fence
     above which patches become centers (the paper's sparsity figure).
 
-    llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
-    """
-    from .visualize import draw, load_image, load_model, picture_title, reduce_image
+    With --video PATH (a Video-LLaVA model): the same for each of the video's 8 sampled frames, each
+    frame's patch picture above its histogram, and the video tokens reaching the LLM against stock's.
 
-    image_path = Path(args.image)
-    image = load_image(image_path)
+    llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
+    llava-prumerge visualize --video clip.gif --out clip-prumerge.png
+    """
+    if (args.image is None) == (args.video is None):
+        raise UsageError("Pass one IMAGE or one --video PATH to visualize")
+    source = Path(args.image or args.video)
+    out = args.out or Path(f"{source.stem}-{args.token_reduction}.png")
+    draw_input = _visualize_video if args.video else _visualize_image
     print(f"Loading {args.model or 'the tiny random-weight model (nothing is downloaded)'} ...", flush=True)
+    figure, summary = draw_input(source, args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    print(f"{summary}; picture: {out}")
+    return out
+
+
+def _visualize_image(path: Path, args: argparse.Namespace):
+    """(picture, summary line) of one image."""
+    from .media import load_image
+    from .visualize import draw, load_model, picture_title, reduce_image
+
+    image = load_image(path)
     model, processor = load_model(args.model)
     reduction = reduce_image(model, processor, image, args.token_reduction)
-    out = args.out or Path(f"{image_path.stem}-{args.token_reduction}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    draw(reduction, picture_title(image_path.name, args.token_reduction, args.model)).savefig(out)
-    print(f"{reduction.num_tokens} visual tokens from {len(reduction.roles)} patches; picture: {out}")
-    return out
+    figure = draw(reduction, picture_title(path.name, args.token_reduction, args.model))
+    return figure, f"{reduction.num_tokens} visual tokens from {len(reduction.roles)} patches"
+
+
+def _visualize_video(path: Path, args: argparse.Namespace):
+    """(picture, summary line) of one video's sampled frames."""
+    from .media import load_video
+    from .visualize import picture_title
+    from .visualize_video import (
+        TINY_VIDEO_MODEL_NOTE,
+        draw_video,
+        load_video_model,
+        preprocessing_note,
+        reduce_video,
+    )
+
+    video = load_video(path)
+    model, processor = load_video_model(args.model)
+    if note := preprocessing_note(processor):
+        print(note)
+    reduction = reduce_video(model, processor, video, args.token_reduction)
+    title = picture_title(path.name, args.token_reduction, args.model or TINY_VIDEO_MODEL_NOTE)
+    summary = (
+        f"{reduction.num_tokens} video tokens from {len(reduction.frames)} frames; stock Video-LLaVA: "
+        f"{reduction.stock_tokens}"
+    )
+    return draw_video(reduction, title), summary

@@ -14,18 +14,13 @@ import transformers
 from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import timed, torch_threads
 from ..errors import MissingInputError, UsageError
-from .cli import DRAWN_METHODS
-from .visualize import (
-    TINY_MODEL_NOTE,
-    draw,
-    drawn_settings,
-    load_image,
-    load_model,
-    patch_reduction,
-    picture_title,
-)
+from ..modeling.compaction import CompactedBatch
+from ..modeling.token_reduction import ReducedTokens
+from ..modeling.vision_encoding import EncodedPatches
+from .cli import DRAWN_METHODS, SAMPLES
+from .media import load_image
+from .visualize import TINY_MODEL_NOTE, draw, drawn_settings, load_model, patch_reduction, picture_title
 
-SAMPLES = Path(__file__).parent / "samples"
 RANDOM_WEIGHTS_NOTICE = (
     "NOTE: no checkpoint given (--model), so this runs a tiny LLaVA-shaped model built on this machine with\n"
     "RANDOM weights and 14x14 patches: its token selections show how PruMerge works, its answers are\n"
@@ -52,6 +47,22 @@ class DemoRow:
     def compression(self) -> float:
         return self.num_patches / self.visual_tokens
 
+    @property
+    def progress(self) -> str:
+        return f"{self.visual_tokens} visual tokens"
+
+
+@dataclass
+class TimedStages:
+    """The three stages of one input with one method, their outputs and their median times."""
+
+    encoded: EncodedPatches  # the vision tower's
+    reduced: ReducedTokens  # the reducer's
+    compact: CompactedBatch  # the prompt the LLM prefills
+    vision_ms: float
+    reducer_ms: float
+    prefill_ms: float
+
 
 def run(args: argparse.Namespace) -> list[DemoRow]:
     image_paths = args.image or sorted(SAMPLES.glob("*.png"))
@@ -59,11 +70,7 @@ def run(args: argparse.Namespace) -> list[DemoRow]:
         raise MissingInputError(
             f"No sample images in {SAMPLES}; reinstall llava-prumerge or pass --image PATH"
         )
-    names = [path.name for path in image_paths]
-    if len(set(names)) < len(names):
-        raise UsageError(
-            f"Images share a file name ({names}); their pictures would overwrite each other: rename one"
-        )
+    check_distinct_names(image_paths, "Images")
     images = {path: load_image(path) for path in image_paths}
     if args.model is None:
         print(RANDOM_WEIGHTS_NOTICE)
@@ -71,26 +78,62 @@ def run(args: argparse.Namespace) -> list[DemoRow]:
     model, processor = load_model(args.model)
     pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
     args.out.mkdir(parents=True, exist_ok=True)
+    rows = run_every_method(
+        images, lambda image, path, method: run_one(model, processor, pipe, image, path, method, args), args
+    )
+    write_summary(summary_table(rows, args, model.device), rows, args.out)
+    return rows
 
+
+def check_distinct_names(paths: list[Path], noun: str) -> None:
+    """Pictures are named after their inputs' file names, so two inputs may not share one."""
+    names = [path.name for path in paths]
+    if len(set(names)) < len(names):
+        raise UsageError(
+            f"{noun} share a file name ({names}); their pictures would overwrite each other: rename one"
+        )
+
+
+def run_every_method(inputs: dict[Path, object], run_one, args: argparse.Namespace) -> list:
+    """`run_one(input, path, method)` for every input and method in order, one progress line each."""
     rows = []
-    steps = [(path, method) for path in image_paths for method in COMPARED_METHODS]
+    steps = [(path, method) for path in inputs for method in COMPARED_METHODS]
     # The tiny model's operations are too small to share out between CPU threads: on a busy machine
     # the hand-offs cost a hundred times the work and would make its timings noise.
     with torch_threads(1) if args.model is None else contextlib.nullcontext():
         for step, (path, method) in enumerate(steps, 1):
             print(f"[{step}/{len(steps)}] {path.name} · {method} ...", end=" ", flush=True)
             start = time.perf_counter()
-            row = run_one(model, processor, pipe, images[path], path, method, args)
+            row = run_one(inputs[path], path, method)
             rows.append(row)
-            print(f"{row.visual_tokens} visual tokens ({time.perf_counter() - start:.1f} s)", flush=True)
+            print(f"{row.progress} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return rows
 
-    summary = summary_table(rows, args, model.device)
-    (args.out / "summary.md").write_text(summary)
+
+def write_summary(summary: str, rows: list, out: Path) -> None:
+    (out / "summary.md").write_text(summary)
     print()
     print(summary)
     print(f"Pictures: {', '.join(str(row.picture) for row in rows if row.picture)}")
-    print(f"Summary:  {args.out / 'summary.md'}")
-    return rows
+    print(f"Summary:  {out / 'summary.md'}")
+
+
+def time_stages(inner, encode, reduce, visual_tokens, inputs, repeats: int) -> TimedStages:
+    """Time `encode()`, `reduce(encoded)` and the LLM prefill over the prompt compacted with
+    `visual_tokens(reduced)`, each the median of `repeats` runs after a warm-up."""
+    encoded, vision_ms = timed(encode, repeats)
+    reduced, reducer_ms = timed(lambda: reduce(encoded), repeats)
+    visual = [visual_tokens(reduced)]
+    compact = inner.compact_inputs(inputs["input_ids"], inputs["attention_mask"], visual=visual)
+    _, prefill_ms = timed(
+        lambda: inner.language_model(
+            inputs_embeds=compact.inputs_embeds,
+            attention_mask=compact.attention_mask,
+            position_ids=compact.position_ids,
+        ),
+        repeats,
+    )
+    return TimedStages(encoded, reduced, compact, vision_ms, reducer_ms, prefill_ms)
 
 
 def run_one(model, processor, pipe, image, path: Path, method: str, args: argparse.Namespace) -> DemoRow:
@@ -101,23 +144,19 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
     inner = model.model
     settings = drawn_settings(model, method)
     with torch.inference_mode():
-        encoded, vision_ms = timed(
-            lambda: inner.encode_patches(pixel_values, reduction=settings), args.repeats
-        )
-        reduced, reducer_ms = timed(lambda: inner.reduce_patches(encoded, reduction=settings), args.repeats)
-        visual = [inner.image_tokens(reduced)]
-        compact = inner.compact_inputs(inputs["input_ids"], inputs["attention_mask"], visual=visual)
-        _, prefill_ms = timed(
-            lambda: inner.language_model(
-                inputs_embeds=compact.inputs_embeds,
-                attention_mask=compact.attention_mask,
-                position_ids=compact.position_ids,
-            ),
+        stages = time_stages(
+            inner,
+            lambda: inner.encode_patches(pixel_values, reduction=settings),
+            lambda encoded: inner.reduce_patches(encoded, reduction=settings),
+            inner.image_tokens,
+            inputs,
             args.repeats,
         )
         picture = None
         if method in DRAWN_METHODS:
-            reduction = patch_reduction(settings, processor, pixel_values, encoded.attention[0], reduced)
+            reduction = patch_reduction(
+                settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced
+            )
             picture = args.out / f"{path.stem}-{method}.png"
             draw(reduction, picture_title(path.name, method, args.model)).savefig(picture)
         messages = chat_messages(args.prompt, image)
@@ -133,12 +172,12 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
     return DemoRow(
         image=path.name,
         method=method,
-        visual_tokens=reduced.num_tokens[0],
-        num_patches=encoded.features.shape[1],
-        prompt_length=compact.inputs_embeds.shape[1],
-        vision_ms=vision_ms,
-        reducer_ms=reducer_ms,
-        prefill_ms=prefill_ms,
+        visual_tokens=stages.reduced.num_tokens[0],
+        num_patches=stages.encoded.features.shape[1],
+        prompt_length=stages.compact.inputs_embeds.shape[1],
+        vision_ms=stages.vision_ms,
+        reducer_ms=stages.reducer_ms,
+        prefill_ms=stages.prefill_ms,
         answer=generated[0]["generated_text"],
         picture=picture,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,6 @@ from matplotlib.patches import Circle, Patch, Rectangle
 from PIL import Image
 from transformers import AutoProcessor
 
-from ..common.images import open_image
 from ..common.loading import load_prumerge_model
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
@@ -135,7 +133,21 @@ def draw(reduction: PatchReduction, title: str) -> Figure:
 
 
 def _draw_patches(axes, reduction: PatchReduction, grid: int) -> None:
-    extent = (0, grid, grid, 0)  # one data unit per patch
+    draw_patch_marks(axes, reduction, grid)
+    axes.legend(
+        handles=patch_legend_handles(patch_counts(reduction)),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
+    axes.set_title(f"{grid}x{grid} patches -> {reduction.num_tokens} visual tokens", fontsize=10)
+
+
+def draw_patch_marks(axes, reduction: PatchReduction, grid: int) -> None:
+    """The image with its patch grid, cluster tints and center / sample marks, one data unit per patch."""
+    extent = (0, grid, grid, 0)
     axes.imshow(reduction.view, extent=extent, interpolation="bilinear")
     axes.imshow(overlay_rgba(reduction.clusters), extent=extent, interpolation="nearest")
     lines = {"colors": "white", "linewidth": 0.4, "alpha": 0.5}
@@ -151,13 +163,21 @@ def _draw_patches(axes, reduction: PatchReduction, grid: int) -> None:
     axes.set_ylim(grid, 0)
     axes.set_xticks([])
     axes.set_yticks([])
+
+
+def patch_counts(reduction: PatchReduction) -> dict[str, int]:
+    """How many patches the legend lists per kind: center, sample, merged (pruned, in a cluster), alone."""
     pruned = reduction.roles == PRUNED
-    counts = {
+    return {
         "center": int((reduction.roles == CENTER).sum()),
         "sample": int((reduction.roles == SAMPLE).sum()),
         "merged": int((pruned & (reduction.clusters >= 0)).sum()),
         "alone": int((pruned & (reduction.clusters < 0)).sum()),
     }
+
+
+def patch_legend_handles(counts: dict[str, int]) -> list[Patch]:
+    """The legend of the patch marks, with `counts` (see `patch_counts`); samples only when there are some."""
     handles = [
         Patch(facecolor=CENTER_COLOR, edgecolor="black", label=f"attention center ({counts['center']})"),
         Patch(
@@ -174,13 +194,21 @@ def _draw_patches(axes, reduction: PatchReduction, grid: int) -> None:
     if counts["sample"]:
         label = f"PruMerge+ spatial sample ({counts['sample']})"
         handles.insert(1, Patch(facecolor=SAMPLE_COLOR, edgecolor="black", label=label))
-    axes.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False
-    )
-    axes.set_title(f"{grid}x{grid} patches -> {reduction.num_tokens} visual tokens", fontsize=10)
+    return handles
 
 
 def _draw_histogram(axes, reduction: PatchReduction) -> None:
+    draw_attention_histogram(axes, reduction, fontsize=8)
+    axes.set_xlabel("[CLS] attention to the patch")
+    axes.set_ylabel("patches")
+    axes.set_title(f"[CLS] attention of the {len(reduction.attention)} patches", fontsize=10)
+
+
+def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, histtype: str = "bar") -> None:
+    """The [CLS] attention histogram (log counts), its IQR outliers in the center color, the fence dashed.
+
+    histtype="stepfilled" draws one outline per series instead of a bar per bin: as exact, and much
+    faster where a picture holds many histograms."""
     attention = reduction.attention.astype(np.float64)
     fence = iqr_fence(attention, reduction.iqr_scale)
     outliers = attention > fence
@@ -189,6 +217,7 @@ def _draw_histogram(axes, reduction: PatchReduction) -> None:
         [attention[~outliers], attention[outliers]],
         bins=bins,
         stacked=True,
+        histtype=histtype,
         color=["#8a8a8a", CENTER_COLOR],
         label=["inside the fence", f"outliers ({int(outliers.sum())})"],
     )
@@ -200,10 +229,7 @@ def _draw_histogram(axes, reduction: PatchReduction) -> None:
         label=f"Q3 + {reduction.iqr_scale:g} IQR = {fence:.3g}",
     )
     axes.set_yscale("log")
-    axes.set_xlabel("[CLS] attention to the patch")
-    axes.set_ylabel("patches")
-    axes.set_title(f"[CLS] attention of the {len(attention)} patches", fontsize=10)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=fontsize)
 
 
 # ---------------------------------------------------------------- from a model (shared with the demo)
@@ -216,17 +242,20 @@ def load_model(name_or_path: str | None = None):
     (e.g. llava-hf/llava-1.5-7b-hf), which is turned into a PruMerge model on load. On a GPU when
     there is one, in float16 there.
     """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     if name_or_path is None:
-        return tiny_model().to(device), tiny_processor()
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    model = load_prumerge_model(name_or_path, dtype=dtype)
-    return model.to(device), AutoProcessor.from_pretrained(name_or_path)
+        return tiny_model().to(demo_device()), tiny_processor()
+    return load_checkpoint(name_or_path), AutoProcessor.from_pretrained(name_or_path)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """The image file as 8-bit RGB, its size and aspect ratio checked first (see `common.images`)."""
-    return open_image(path)
+def demo_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_checkpoint(name_or_path: str):
+    """A checkpoint as its PruMerge model on the demo's device: float16 on a GPU, float32 on a CPU."""
+    device = demo_device()
+    model = load_prumerge_model(name_or_path, dtype=torch.float16 if device == "cuda" else torch.float32)
+    return model.to(device)
 
 
 def drawn_settings(model, token_reduction: str) -> ReductionSettings:

@@ -1,4 +1,7 @@
-"""The PruMerge picture: patch roles and clusters from a known selection, the rendered marks, the CLI."""
+"""The PruMerge picture: patch roles and clusters from a known selection, the rendered marks, the CLI;
+for videos, each frame's picture, what reaches the LLM, the frame processing without torchvision."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from llava_prumerge.cli import main
 from llava_prumerge.demo.demo import SAMPLES
+from llava_prumerge.demo.media import SampledVideo
 from llava_prumerge.demo.visualize import (
     CENTER,
     CENTER_COLOR,
@@ -28,6 +32,20 @@ from llava_prumerge.demo.visualize import (
     reduce_image,
     square_grid,
 )
+from llava_prumerge.demo.visualize_video import (
+    VIDEO_PROMPT_FORMAT,
+    FramesAsImagesProcessor,
+    VideoReduction,
+    draw_video,
+    load_video_model,
+    loaded_or_reason,
+    placeholders_per_frame,
+    preprocessing_note,
+    processor_for_videos,
+    reduce_video,
+    video_figure_inches,
+)
+from llava_prumerge.errors import UsageError
 from llava_prumerge.modeling.token_reduction import iqr_outlier_counts
 from llava_prumerge.testing.tiny import tiny_config
 
@@ -95,14 +113,21 @@ def known_reduction(grid: int) -> PatchReduction:
 
 def marked_patches(reduction: PatchReduction, color: str) -> set[int]:
     """The patches whose center pixel, in the rendered picture, has the given mark color."""
-    grid = square_grid(len(reduction.roles))
     figure = draw(reduction, "test")
+    return marked_patches_in(rendered(figure), figure.axes[0], square_grid(len(reduction.roles)), color)
+
+
+def rendered(figure) -> np.ndarray:
+    """The figure's pixels [H, W, 3]."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def marked_patches_in(pixels: np.ndarray, axes, grid: int, color: str) -> set[int]:
+    """The patches of a patch picture drawn on `axes` whose center pixel has the given mark color."""
     height = pixels.shape[0]
     target = np.array(to_rgb(color)) * 255
-    axes = figure.axes[0]
     marked = set()
     for patch in range(grid * grid):
         row, col = divmod(patch, grid)
@@ -158,3 +183,122 @@ def test_a_stock_llava_checkpoint_is_turned_into_prumerge(tmp_path, processor):
     model, _ = load_model(str(tmp_path))
     assert type(model).__name__ == "LlavaPruMergeForConditionalGeneration"
     assert model.config.token_reduction == "prumerge"
+
+
+# ---------------------------------------------------------------- videos
+
+
+def frames_through_image_processor(video_tester) -> FramesAsImagesProcessor:
+    vision_config = video_tester.get_config().vision_config
+    return FramesAsImagesProcessor(
+        video_tester.image_processor, video_tester.tokenizer, placeholders_per_frame(vision_config), "test"
+    )
+
+
+def known_video(num_frames: int = 8) -> VideoReduction:
+    """Frames whose marks differ: the known 5x5 selection shifted by one patch per frame."""
+    frames = []
+    for shift in range(num_frames):
+        frame = known_reduction(5)
+        frame.roles, frame.clusters = np.roll(frame.roles, shift), np.roll(frame.clusters, shift)
+        frames.append(frame)
+    return VideoReduction(
+        frames, frame_numbers=list(range(0, 2 * num_frames, 2)), total_frames=2 * num_frames
+    )
+
+
+def test_video_picture_marks_each_frames_centers_and_samples():
+    video = known_video()
+    figure = draw_video(video, "test")
+    pixels = rendered(figure)
+    width, height = video_figure_inches(8)
+    assert pixels.shape[:2] == (round(height * DPI), round(width * DPI))
+    patch_axes = figure.axes[0::2]  # each frame's patch picture, then its histogram
+    assert len(figure.axes) == 16
+    for number, (frame, axes) in enumerate(zip(video.frames, patch_axes, strict=True)):
+        for role, color in ((CENTER, CENTER_COLOR), (SAMPLE, SAMPLE_COLOR)):
+            assert marked_patches_in(pixels, axes, 5, color) == set(
+                np.flatnonzero(frame.roles == role).tolist()
+            )
+        assert axes.get_title() == f"frame {2 * number + 1} of 16: {frame.num_tokens} tokens"
+
+
+def test_video_token_counts_include_each_frames_class_token():
+    video = known_video(3)
+    assert video.num_tokens == 3 * video.frames[0].num_tokens
+    assert video.stock_tokens == 3 * (25 + 1)
+
+
+@pytest.mark.parametrize("method", ["prumerge", "prumerge_plus"])
+def test_video_pictures_show_what_reaches_the_language_model(video_tester, method):
+    model = video_tester.get_model()
+    frames = video_tester.clips(1)[0]
+    reduction = reduce_video(
+        model, frames_through_image_processor(video_tester), SampledVideo(frames, list(range(8)), 8), method
+    )
+    inputs = video_tester.prepare_inputs([VIDEO_PROMPT_FORMAT.format(prompt="What?")], videos=[frames])
+    with torch.inference_mode():
+        outputs = model(**inputs, reduction=model.config.reduction_settings.replace(token_reduction=method))
+    assert outputs.video_token_counts == [reduction.num_tokens]
+    assert [frame.num_tokens for frame in reduction.frames] == [
+        int((frame.roles != PRUNED).sum()) + 2
+        for frame in reduction.frames  # + [CLS] and the summary token
+    ]
+    kept = {
+        (index, int(patch))
+        for index, frame in enumerate(reduction.frames)
+        for patch in np.flatnonzero(frame.roles != PRUNED)
+    }
+    assert {tuple(pair) for pair in outputs.video_token_centers[0].tolist()} == kept
+    assert any((frame.roles == SAMPLE).any() for frame in reduction.frames) == (method == "prumerge_plus")
+    assert reduction.stock_tokens == 8 * (14 * 14 + 1) > reduction.num_tokens
+
+
+def test_frames_through_the_image_processor_are_the_stock_processors_inputs(video_tester):
+    """Checked against `VideoLlavaProcessor` itself where torchvision works (max pixel difference 2e-7)."""
+    frames = video_tester.clips(1)[0]
+    text = VIDEO_PROMPT_FORMAT.format(prompt="What is happening?")
+    inputs = frames_through_image_processor(video_tester)(text=text, videos=[frames])
+    expected = video_tester.prepare_inputs([text], videos=[frames])
+    assert torch.equal(inputs["input_ids"], expected["input_ids"])
+    assert torch.equal(inputs["pixel_values_videos"], expected["pixel_values_videos"])
+
+
+def test_a_working_video_processor_is_used_else_the_note_says_why(video_tester):
+    parts = (video_tester.image_processor, video_tester.tokenizer, video_tester.get_config().vision_config)
+    working = SimpleNamespace(video_processor=object())
+    assert processor_for_videos(working, "", *parts) is working and preprocessing_note(working) is None
+
+    def needs_torchvision():
+        raise ImportError("\nVideoLlavaVideoProcessor requires the Torchvision library. Check out the page.")
+
+    processor, reason = loaded_or_reason(needs_torchvision)
+    assert processor is None and reason == "VideoLlavaVideoProcessor requires the Torchvision library"
+    assert reason in preprocessing_note(processor_for_videos(None, reason, *parts))
+    tokenizer_only = processor_for_videos(
+        video_tester.tokenizer, "", *parts
+    )  # a folder without processor files
+    assert "has no video processor" in preprocessing_note(tokenizer_only)
+
+
+def test_visualize_video_command_writes_a_picture_named_after_the_video(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["visualize", "--video", "--token-reduction", "prumerge_plus"])  # --video alone: the shipped clip
+    width, height = video_figure_inches(8)
+    with Image.open(tmp_path / "4_moving_shapes-prumerge_plus.png") as picture:
+        assert picture.format == "PNG" and picture.size == (round(width * DPI), round(height * DPI))
+
+
+@pytest.mark.parametrize("kind", ["stock", "prumerge"])
+def test_video_llava_checkpoints_load_as_prumerge(video_checkpoints, kind):
+    model, processor = load_video_model(str(video_checkpoints[kind]))
+    assert type(model).__name__ == "VideoLlavaPruMergeForConditionalGeneration"
+    assert model.config.token_reduction == "prumerge"
+    assert processor.image_processor is not None and processor.tokenizer is not None
+
+
+def test_an_image_checkpoint_cannot_take_videos(tmp_path, model, processor):
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="not Video-LLaVA; for videos pass a Video-LLaVA checkpoint"):
+        load_video_model(str(tmp_path))

@@ -1,9 +1,10 @@
-"""Draw the demo's sample images: three scenes of increasing visual complexity, made in code.
+"""Draw the demo's samples, made in code: three scenes of increasing visual complexity and one short clip.
 
-python llava_prumerge/samples/make_samples.py   # rewrites the PNGs next to this file
+python llava_prumerge/demo/samples/make_samples.py   # rewrites the PNGs and the GIF next to this file
 
-Drawn procedurally (no photographs, nothing to license) at LLaVA-1.5's 336x336 input size, with
-flat colors so that each PNG stays a few KB.
+Drawn procedurally (no photographs, nothing to license) with flat colors, so that each file stays a
+few KB: the scenes at LLaVA-1.5's 336x336 input size, the clip at Video-LLaVA's 224x224 with the 8
+frames Video-LLaVA samples from a video.
 """
 
 from __future__ import annotations
@@ -68,12 +69,44 @@ def cluttered_scene() -> Image.Image:
     return image
 
 
-# Numbered from plain to busy, so that the demo shows them in that order.
+def moving_shapes(frames: int = 8, size: int = 224) -> list[Image.Image]:
+    """A clip where only a few things move: three bright shapes crossing a dark, still room in straight lines."""
+    # (shape, color, first top-left corner, step per frame): they cross paths midway
+    movers = [
+        ("ellipse", (235, 60, 50), (14, 150), (22, -12)),
+        ("rectangle", (250, 210, 40), (170, 24), (-18, 16)),
+        ("triangle", (60, 200, 240), (90, 176), (4, -20)),
+    ]
+    clip = []
+    for frame in range(frames):
+        image = Image.new("RGB", (size, size), (28, 30, 42))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, size - 30, size, size), fill=(48, 44, 40))  # the floor
+        for shape, color, (x, y), (dx, dy) in movers:
+            left, top = x + dx * frame, y + dy * frame
+            if shape == "triangle":
+                draw.polygon([(left, top + 36), (left + 18, top), (left + 36, top + 36)], fill=color)
+            else:
+                getattr(draw, shape)((left, top, left + 36, top + 36), fill=color)
+        clip.append(image)
+    return clip
+
+
+# Numbered from plain to busy, so that the demo shows them in that order; the clip last.
 SAMPLES = {"1_sky_sign": sky_with_a_sign, "2_text_page": page_of_text, "3_cluttered": cluttered_scene}
+CLIPS = {"4_moving_shapes": moving_shapes}
+FRAME_MILLISECONDS = 120  # about 8 frames a second (GIF delays count hundredths of a second)
 
 if __name__ == "__main__":
     folder = Path(__file__).parent
     for name, make in SAMPLES.items():
         path = folder / f"{name}.png"
         make().quantize(256).save(path, optimize=True)  # a palette PNG: these scenes have few colors
+        print(f"{path}: {path.stat().st_size / 1024:.1f} KB")
+    for name, make in CLIPS.items():
+        path = folder / f"{name}.gif"
+        first, *rest = make()
+        first.save(
+            path, save_all=True, append_images=rest, duration=FRAME_MILLISECONDS, loop=0, optimize=True
+        )
         print(f"{path}: {path.stat().st_size / 1024:.1f} KB")

@@ -1,0 +1,256 @@
+"""What PruMerge did to a video's frames, as data and as a picture (see `llava-prumerge visualize --video`).
+
+Video-LLaVA reduces every sampled frame like an image, with its own [CLS] attention, and feeds the
+LLM each frame's [CLS] token then its reduced tokens. The picture puts each frame's patch picture
+(as `visualize` draws an image) above its [CLS] attention histogram, four frames a row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, BatchFeature
+
+from ..common.loading import prumerge_config
+from ..errors import UsageError
+from ..modeling.modeling_video_llava_prumerge import frame_settings
+from ..modeling.reduction_settings import ReductionSettings
+from ..modeling.token_reduction import ReducedTokens
+from ..modeling.vision_encoding import EncodedPatches
+from ..testing.tiny_video import (
+    tiny_video_image_processor,
+    tiny_video_model,
+    tiny_video_processor,
+    tiny_video_tokenizer,
+)
+from .media import SampledVideo
+from .visualize import (
+    DPI,
+    PatchReduction,
+    demo_device,
+    draw_attention_histogram,
+    draw_patch_marks,
+    drawn_settings,
+    load_checkpoint,
+    patch_counts,
+    patch_legend_handles,
+    patch_reduction,
+    square_grid,
+)
+
+VIDEO_PLACEHOLDER = "<video>"
+# Video-LLaVA's conversation format, as its model card prompts it
+VIDEO_PROMPT_FORMAT = "USER: <video>\n{prompt} ASSISTANT:"
+FRAME_COLUMNS = 4
+FRAME_INCHES = (4.0, 5.0)  # one frame's patch picture and histogram
+TITLE_INCHES = 1.4  # the title above the frames and the legend below them
+TINY_VIDEO_MODEL_NOTE = (
+    "tiny random-weight Video-LLaVA: the selection shows the mechanics, not a trained CLIP's choices"
+)
+
+
+# ---------------------------------------------------------------- the model and its frame processing
+
+
+@dataclass
+class FramesAsImagesProcessor:
+    """Video-LLaVA's processor for videos where its video processor cannot load (transformers' video
+    processors need torchvision): frames go through the image processor, which resizes, crops and
+    normalizes as the video processor does, and each `<video>` expands to its frames' [CLS] and patch
+    placeholders, as `VideoLlavaProcessor` writes them."""
+
+    image_processor: object
+    tokenizer: object
+    placeholders_per_frame: int  # the frame's patches and its [CLS] token
+    reason: str  # why the video processor is not used
+
+    def __call__(self, *, text: str, videos: list[list[Image.Image]], return_tensors="pt") -> BatchFeature:
+        pixel_values = torch.stack([frame_pixel_values(self.image_processor, frames) for frames in videos])
+        placeholders = VIDEO_PLACEHOLDER * (pixel_values.shape[1] * self.placeholders_per_frame)
+        inputs = self.tokenizer(text.replace(VIDEO_PLACEHOLDER, placeholders), return_tensors="pt")
+        return BatchFeature({**inputs, "pixel_values_videos": pixel_values}, tensor_type=return_tensors)
+
+
+def frame_pixel_values(image_processor, frames: list[Image.Image]) -> torch.Tensor:
+    """[frames, 3, H, W] from an image processor, whatever it names them (Video-LLaVA's image processor
+    pixel_values_images, CLIP's pixel_values)."""
+    outputs = image_processor(images=frames, return_tensors="pt")
+    (pixel_values,) = [value for name, value in outputs.items() if name.startswith("pixel_values")]
+    return pixel_values
+
+
+def placeholders_per_frame(vision_config) -> int:
+    """What stock Video-LLaVA feeds the LLM per frame: its patches and its [CLS] token."""
+    return (vision_config.image_size // vision_config.patch_size) ** 2 + 1
+
+
+def loaded_or_reason(load) -> tuple[object | None, str]:
+    """(`load()`, "") or (None, why it failed) where it needs a library this Python lacks (torchvision)."""
+    try:
+        return load(), ""
+    except ImportError as error:
+        return None, " ".join(str(error).split()).split(". ")[0]  # its first sentence
+
+
+def processor_for_videos(processor, reason: str, image_processor, tokenizer, vision_config):
+    """`processor` when it has a video processor; else frames through `image_processor` (see
+    `FramesAsImagesProcessor`), the reason kept for the note the commands print."""
+    if getattr(processor, "video_processor", None) is not None:
+        return processor
+    return FramesAsImagesProcessor(
+        image_processor,
+        tokenizer,
+        placeholders_per_frame(vision_config),
+        reason or "the checkpoint has no video processor",
+    )
+
+
+def load_video_model(name_or_path: str | None = None):
+    """(model, processor) for videos: the tiny random-weight Video-LLaVA when `name_or_path` is None, else a
+    Video-LLaVA checkpoint (PruMerge, or stock and turned into PruMerge on load); see `processor_for_videos`."""
+    if name_or_path is None:
+        tokenizer = tiny_video_tokenizer()
+        model = tiny_video_model(tokenizer=tokenizer).to(demo_device())
+        processor, reason = loaded_or_reason(lambda: tiny_video_processor(tokenizer))
+        image_processor = tiny_video_image_processor()
+    else:
+        model_type = prumerge_config(name_or_path).model_type
+        if model_type != "video_llava_prumerge":
+            raise UsageError(
+                f"{name_or_path} holds a {model_type!r} model, not Video-LLaVA; for videos pass a Video-LLaVA "
+                "checkpoint (stock or PruMerge), or pass images instead"
+            )
+        model = load_checkpoint(name_or_path)
+        processor, reason = loaded_or_reason(lambda: AutoProcessor.from_pretrained(name_or_path))
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    vision_config = model.config.vision_config
+    return model, processor_for_videos(processor, reason, image_processor, tokenizer, vision_config)
+
+
+def preprocessing_note(processor) -> str | None:
+    """The line the commands print when frames go through the image processor, saying why."""
+    if not isinstance(processor, FramesAsImagesProcessor):
+        return None
+    return (
+        "NOTE: frames go through the image processor (the same resize, crop and normalization as the "
+        f"video processor), because the video processor is not available: {processor.reason}"
+    )
+
+
+# ---------------------------------------------------------------- what happened to each frame
+
+
+@dataclass
+class VideoReduction:
+    """What the video picture shows: each sampled frame's reduction, and where the frames come from."""
+
+    frames: list[PatchReduction]  # num_tokens counts the frame's [CLS] token
+    frame_numbers: list[int]  # each frame's index in the source
+    total_frames: int  # frames in the source
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens reaching the LLM: every frame's [CLS] token, kept tokens and summary token."""
+        return sum(frame.num_tokens for frame in self.frames)
+
+    @property
+    def stock_tokens(self) -> int:
+        """What stock Video-LLaVA feeds the LLM: frames x (patches + [CLS])."""
+        return len(self.frames) * (len(self.frames[0].roles) + 1)
+
+
+def frame_tokens(reduced: ReducedTokens, frame: int) -> ReducedTokens:
+    """One frame's part of the reducer's output (the frames of a video are its items)."""
+    window = slice(frame, frame + 1)
+    return ReducedTokens(reduced.features[window], reduced.centers[window], reduced.neighbors[window])
+
+
+def video_reduction(
+    settings: ReductionSettings,
+    processor,
+    pixel_values_videos: torch.Tensor,
+    encoded: EncodedPatches,
+    reduced: ReducedTokens,
+    video: SampledVideo,
+) -> VideoReduction:
+    """The picture's data from one video's reducer inputs and output, under the reducer `settings` used
+    (each frame with its frame position's settings, as the model reduces it)."""
+    per_frame = frame_settings(settings, len(video.frames))
+    frames = [
+        patch_reduction(
+            per_frame[frame],
+            processor,
+            pixel_values_videos[0, frame : frame + 1],
+            encoded.attention[frame],
+            frame_tokens(reduced, frame),
+        )
+        for frame in range(len(video.frames))
+    ]
+    return VideoReduction(frames, video.frame_numbers, video.total_frames)
+
+
+def video_inputs(model, processor, video: SampledVideo, prompt: str) -> BatchFeature:
+    """The processor's inputs for one video and prompt, on the model's device, pixels in its dtype."""
+    text = VIDEO_PROMPT_FORMAT.format(prompt=prompt)
+    inputs = processor(text=text, videos=[video.frames], return_tensors="pt").to(model.device)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+    return inputs
+
+
+@torch.inference_mode()
+def reduce_video(model, processor, video: SampledVideo, token_reduction: str) -> VideoReduction:
+    """Run the video tower and the reducer on one video's frames and collect what the picture shows."""
+    # transformers 4.57's VideoLlavaProcessor takes no videos without a text
+    pixel_values_videos = video_inputs(model, processor, video, prompt="")["pixel_values_videos"]
+    settings = drawn_settings(model, token_reduction)
+    encoded = model.model.encode_video_frames(pixel_values_videos, reduction=settings)
+    reduced = model.model.reduce_video_frames(encoded, len(video.frames), reduction=settings)
+    return video_reduction(settings, processor, pixel_values_videos, encoded, reduced, video)
+
+
+# ---------------------------------------------------------------- the picture (pure)
+
+
+def video_figure_inches(num_frames: int) -> tuple[float, float]:
+    columns = min(FRAME_COLUMNS, num_frames)
+    rows = math.ceil(num_frames / columns)
+    return FRAME_INCHES[0] * columns, FRAME_INCHES[1] * rows + TITLE_INCHES
+
+
+def draw_video(reduction: VideoReduction, title: str) -> Figure:
+    """Each frame's patch picture above its attention histogram, one legend for all (no pyplot state)."""
+    num_frames = len(reduction.frames)
+    columns = min(FRAME_COLUMNS, num_frames)
+    rows = math.ceil(num_frames / columns)
+    width, height = video_figure_inches(num_frames)
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    layout = figure.add_gridspec(
+        2 * rows, columns, height_ratios=[1, 0.32] * rows, hspace=0.22, wspace=0.25,
+        top=1 - 0.8 / height, bottom=0.6 / height, left=0.03, right=0.98,
+    )  # fmt: skip
+    for index, frame in enumerate(reduction.frames):
+        row, column = divmod(index, columns)
+        patches_axes = figure.add_subplot(layout[2 * row, column])
+        draw_patch_marks(patches_axes, frame, square_grid(len(frame.roles)))
+        number = reduction.frame_numbers[index] + 1
+        patches_axes.set_title(
+            f"frame {number} of {reduction.total_frames}: {frame.num_tokens} tokens", fontsize=9
+        )
+        histogram_axes = figure.add_subplot(layout[2 * row + 1, column])
+        draw_attention_histogram(histogram_axes, frame, fontsize=6, histtype="stepfilled")
+        histogram_axes.tick_params(labelsize=6)
+    counts = [patch_counts(frame) for frame in reduction.frames]
+    totals = {kind: sum(frame_counts[kind] for frame_counts in counts) for kind in counts[0]}
+    figure.legend(handles=patch_legend_handles(totals), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.suptitle(
+        f"{title}\n{reduction.num_tokens} video tokens reach the LLM (each frame's [CLS] token, kept tokens and "
+        f"summary token); stock Video-LLaVA: {num_frames} x ({len(reduction.frames[0].roles)} patches + [CLS]) "
+        f"= {reduction.stock_tokens}",
+        fontsize=10,
+    )
+    return figure
