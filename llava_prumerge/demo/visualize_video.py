@@ -31,13 +31,13 @@ from .media import SampledVideo
 from .visualize import (
     DPI,
     PatchReduction,
+    add_patch_legend,
     demo_device,
     draw_attention_histogram,
     draw_patch_marks,
     drawn_settings,
     load_checkpoint,
     patch_counts,
-    patch_legend_handles,
     patch_reduction,
     square_grid,
 )
@@ -246,7 +246,7 @@ def draw_video(reduction: VideoReduction, title: str) -> Figure:
         histogram_axes.tick_params(labelsize=6)
     counts = [patch_counts(frame) for frame in reduction.frames]
     totals = {kind: sum(frame_counts[kind] for frame_counts in counts) for kind in counts[0]}
-    figure.legend(handles=patch_legend_handles(totals), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    add_patch_legend(figure, totals, loc="lower center", ncol=3)
     figure.suptitle(
         f"{title}\n{reduction.num_tokens} video tokens reach the LLM (each frame's [CLS] token, kept tokens and "
         f"summary token); stock Video-LLaVA: {num_frames} x ({len(reduction.frames[0].roles)} patches + [CLS]) "
