@@ -2,7 +2,10 @@
 # Lint, then run the whole test suite under transformers 4.57.x and under the latest 5.x,
 # each in its own virtual environment under .venvs/ (created on first use). Both environments
 # are set up first: the cross-version tests export a checkpoint under one major and load it
-# under the other (PRUMERGE_TEST_PYTHONS names both interpreters).
+# under the other (PRUMERGE_TEST_PYTHONS names both interpreters). Then the vLLM tests (the
+# plugin, `serve`, `bench --engine vllm`, the README's `# needs vLLM` blocks) in .venvs/vllm, with
+# vLLM's CPU build, which pins its own torch and transformers (scripts/setup_vllm_env.sh).
+# Arguments go to the tf4 and tf5 pytest runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,10 +19,14 @@ for name in tf4 tf5; do
     bash scripts/setup_vision_overlay.sh ".venvs/$name" ".venvs/$name-vision"
 done
 export PRUMERGE_TEST_VISION_PYTHONS="$root/.venvs/tf4-vision/bin/python:$root/.venvs/tf5-vision/bin/python"
+bash scripts/setup_vllm_env.sh .venvs/vllm
 status=0
 .venvs/tf5/bin/ruff check . && .venvs/tf5/bin/ruff format --check . || status=1
 for name in tf4 tf5; do
     echo "=== pytest with $(".venvs/$name/bin/python" -c 'import transformers; print("transformers", transformers.__version__)')"
     ".venvs/$name/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
 done
+echo "=== pytest with $(.venvs/vllm/bin/python -c 'import vllm, transformers; print("vLLM", vllm.__version__, "(CPU), transformers", transformers.__version__)')"
+.venvs/vllm/bin/python -m pytest -q -p no:cacheprovider --durations=5 tests/serving \
+    tests/test_readme.py::test_every_vllm_readme_block_runs || status=1
 exit $status
