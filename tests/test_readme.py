@@ -157,10 +157,7 @@ def vllm_checkpoint(tmp_path_factory):
     )
 
 
-def test_every_vllm_readme_block_runs(scratch_repo, vllm_checkpoint):
-    pytest.importorskip(
-        "vllm", reason="the `# needs vLLM` blocks run in the vLLM environment (scripts/test.sh)"
-    )
+def test_every_vllm_readme_block_runs(vllm, scratch_repo, vllm_checkpoint):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])

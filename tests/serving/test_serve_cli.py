@@ -59,8 +59,7 @@ class ServerStarted(Exception):
     """Raised by the stand-in for os.execv, which would replace the test process with vLLM's server."""
 
 
-@pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM (scripts/test.sh runs this in its vLLM environment)")
-def test_it_becomes_vllms_openai_server_with_the_arguments_given(folders, monkeypatch):
+def test_it_becomes_vllms_openai_server_with_the_arguments_given(vllm, folders, monkeypatch):
     def execv(path, argv):
         raise ServerStarted(path, argv)
 

@@ -1,9 +1,13 @@
 """vLLM serving PruMerge Hub folders (run in the vLLM environment scripts/test.sh builds; skipped elsewhere).
 
 In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) for `LLM.generate`: prompt lengths, greedy tokens
-against the transformers model on the same folder, batches of one- and two-image prompts. The OpenAI
-server runs as `llava-prumerge serve`, in vLLM's default multi-process mode (server and engine core in
-separate processes).
+and log-probabilities against the transformers model on the same folder, batches of one- and two-image
+prompts. The OpenAI server runs as `llava-prumerge serve`, in vLLM's default multi-process mode (server
+and engine core in separate processes), and is checked against the transformers model the same way.
+
+Log-probabilities are compared, not only greedy tokens: on the tiny random-weight model, serving the
+reduced tokens in another order (spatial instead of the reducer's) left all greedy tokens unchanged
+but moved the log-probabilities by 3e-3 to 0.17; float32 vLLM and transformers on one CPU agree to 5e-7.
 """
 
 import base64
@@ -17,16 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoProcessor
 
-vllm = pytest.importorskip("vllm")
-
-from transformers import AutoProcessor  # noqa: E402
-
-from llava_prumerge import LlavaPruMergeForConditionalGeneration  # noqa: E402
-from llava_prumerge.errors import UnservableBudgetError  # noqa: E402
-from llava_prumerge.hub_upload.export import save_hub_folder  # noqa: E402
-from llava_prumerge.testing.model_tester import make_image  # noqa: E402
-from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer  # noqa: E402
+from llava_prumerge import LlavaPruMergeForConditionalGeneration
+from llava_prumerge.errors import UnservableBudgetError
+from llava_prumerge.hub_upload.export import save_hub_folder
+from llava_prumerge.testing.model_tester import make_image
+from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
 
 NEW_TOKENS = 6
 FOLDERS = {  # name -> reducer fields of a tiny vLLM-shaped export
@@ -43,6 +44,7 @@ PROMPTS = [  # (text, number of images): batched together in one generate call
     ("USER: <image>\nDescribe the picture in detail. ASSISTANT:", 1),
 ]
 ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 2**26}
+LOGPROB_TOLERANCE = 1e-4
 
 
 def export_tiny(folder: Path, **fields) -> Path:
@@ -61,7 +63,7 @@ def in_process_engines():
 
 
 @pytest.fixture(scope="module", params=FOLDERS.values(), ids=FOLDERS)
-def served(request, tmp_path_factory):
+def served(vllm, request, tmp_path_factory):
     """(folder, budget, in-process vLLM engine) for one fixed-budget export."""
     folder = export_tiny(tmp_path_factory.mktemp("vllm") / "tiny", **request.param)
     llm = vllm.LLM(model=str(folder), limit_mm_per_prompt={"image": 2}, **ENGINE)
@@ -73,30 +75,60 @@ def image_inputs(prompt_index: int, count: int) -> list:
     return [make_image(10 * prompt_index + i, width=60 + 8 * i, height=44) for i in range(count)]
 
 
-def test_generate_matches_the_transformers_model_on_the_same_folder(served):
+def transformers_reference(
+    model, inputs: dict, new_tokens: int
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The transformers model's greedy tokens, the log-probability of each prompt token after the first, and
+    of each greedy token."""
+    with torch.no_grad():
+        generated = model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        prompt_logprobs = model(**inputs).logits[0, :-1].log_softmax(-1)  # [L - 1, vocab]
+    tokens = generated.sequences[0, -new_tokens:]
+    token_logprobs = torch.stack([logits[0].log_softmax(-1) for logits in generated.logits])  # [new, vocab]
+    prompt = inputs["input_ids"][0, 1:]
+    return (
+        tokens.tolist(),
+        prompt_logprobs[torch.arange(len(prompt)), prompt],
+        token_logprobs[torch.arange(new_tokens), tokens],
+    )
+
+
+def test_generate_matches_the_transformers_model_on_the_same_folder(vllm, served):
     folder, budget, llm = served
     requests = [
         {"prompt": text, "multi_modal_data": {"image": image_inputs(i, count)}}
         for i, (text, count) in enumerate(PROMPTS)
     ]
-    outputs = llm.generate(
-        requests, vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0), use_tqdm=False
-    )
+    params = vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0, logprobs=0, prompt_logprobs=0)
+    outputs = llm.generate(requests, params, use_tqdm=False)
     processor = AutoProcessor.from_pretrained(folder)
     model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
     for i, ((text, count), output) in enumerate(zip(PROMPTS, outputs, strict=True)):
         inputs = processor(images=image_inputs(i, count), text=text, return_tensors="pt")
         text_tokens = len(processor.tokenizer(text.replace("<image>", "")).input_ids)
-        assert len(output.prompt_token_ids) == text_tokens + budget * count
-        assert output.prompt_token_ids == inputs["input_ids"][0].tolist(), (
-            "the folder's processor and vLLM disagree"
+        prompt = output.prompt_token_ids
+        assert len(prompt) == text_tokens + budget * count
+        assert prompt == inputs["input_ids"][0].tolist(), "the folder's processor and vLLM disagree"
+        tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, NEW_TOKENS)
+        completion = output.outputs[0]
+        assert list(completion.token_ids) == tokens, f"prompt {i}"
+        served_prompt_logprobs = [output.prompt_logprobs[k][prompt[k]].logprob for k in range(1, len(prompt))]
+        served_token_logprobs = [completion.logprobs[k][token].logprob for k, token in enumerate(tokens)]
+        torch.testing.assert_close(
+            torch.tensor(served_prompt_logprobs), prompt_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
         )
-        with torch.no_grad():
-            expected = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, -NEW_TOKENS:]
-        assert list(output.outputs[0].token_ids) == expected.tolist(), f"prompt {i}"
+        torch.testing.assert_close(
+            torch.tensor(served_token_logprobs), token_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
+        )
 
 
-def test_an_adaptive_folder_is_refused_at_load(tmp_path):
+def test_an_adaptive_folder_is_refused_at_load(vllm, tmp_path):
     folder = export_tiny(tmp_path / "adaptive", token_reduction="prumerge_plus")
     with pytest.raises(UnservableBudgetError, match=r"adaptive=True .* 64, 128, 192"):
         vllm.LLM(model=str(folder), **ENGINE)
@@ -114,7 +146,7 @@ def data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_the_openai_server_answers_an_image_chat_with_the_reduced_prompt(tmp_path):
+def test_the_openai_server_answers_an_image_chat_as_the_transformers_model_does(vllm, tmp_path):
     import openai
 
     budget = 24
@@ -128,24 +160,46 @@ def test_the_openai_server_answers_an_image_chat_with_the_reduced_prompt(tmp_pat
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    image = make_image(3, width=70, height=40)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         wait_until_up(client, server, tmp_path / "server.log")
-        image = make_image(3, width=70, height=40)
         messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
                                                  {"type": "text", "text": "What is shown?"}]}]  # fmt: skip
         reply = client.chat.completions.create(
-            model=str(folder), messages=messages, max_tokens=NEW_TOKENS, temperature=0
-        )
+            model=str(folder), messages=messages, max_tokens=NEW_TOKENS, temperature=0, logprobs=True,
+            extra_body={"return_token_ids": True, "prompt_logprobs": 0},
+        )  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=60)
     processor = AutoProcessor.from_pretrained(folder)
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
-    prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
-    text_tokens = len(processor.tokenizer(prompt.replace("<image>", ""), add_special_tokens=False).input_ids)
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)
+    text_tokens = len(processor.tokenizer(text.replace("<image>", ""), add_special_tokens=False).input_ids)
     assert reply.usage.prompt_tokens == text_tokens + budget
-    assert reply.usage.completion_tokens == NEW_TOKENS and reply.choices[0].message.content
+    inputs = processor(images=[image], text=text, add_special_tokens=False, return_tensors="pt")
+    prompt = inputs["input_ids"][0].tolist()
+    assert reply.prompt_token_ids == prompt, "the folder's processor and vLLM's chat template disagree"
+    model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
+    tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, NEW_TOKENS)
+    choice = reply.choices[0]
+    assert choice.token_ids == tokens and reply.usage.completion_tokens == NEW_TOKENS
+    # vLLM's detokenizer holds back a trailing incomplete UTF-8 character (random tokens end in one)
+    decoded = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert choice.message.content and decoded.startswith(choice.message.content)
+    served_prompt_logprobs = [
+        reply.prompt_logprobs[k][str(prompt[k])]["logprob"] for k in range(1, len(prompt))
+    ]
+    torch.testing.assert_close(
+        torch.tensor(served_prompt_logprobs), prompt_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor([entry.logprob for entry in choice.logprobs.content]),
+        token_logprobs,
+        atol=LOGPROB_TOLERANCE,
+        rtol=0,
+    )
 
 
 def wait_until_up(client, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:

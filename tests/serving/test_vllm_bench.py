@@ -1,6 +1,5 @@
 """`bench --engine vllm`: the derived fields, usage errors, and (in the vLLM environment) a run on the tiny model."""
 
-import importlib.util
 import json
 
 import pytest
@@ -62,10 +61,7 @@ def test_options_of_the_transformers_engine_are_refused(capsys):
     )
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None, reason="needs vLLM (scripts/test.sh runs it there)"
-)
-def test_the_tiny_model_prefills_the_budget_per_image(tmp_path):
+def test_the_tiny_model_prefills_the_budget_per_image(vllm, tmp_path):
     main(["bench", "--engine", "vllm", "--arch", "tiny", "--budgets", "16", "--batch-size", "2", "--repeats", "1",
           "--warmup", "0", "--new-tokens", "2", "--json", str(tmp_path / "rows.json")])  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
