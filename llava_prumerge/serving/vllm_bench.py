@@ -9,7 +9,8 @@ text tokens, given as token ids. Per method and --batch-size:
 - throughput: --batch-size requests submitted at once (continuous batching), --new-tokens each
   (ignore_eos): requests/s, generated tokens/s and all tokens (prompt + generated) per second;
 - TTFT: one request alone with max_tokens=1, from submitting it to its token (image preprocessing included);
-medians of --repeats runs after --warmup, and each method's ratios to "none" from the same run.
+medians of --repeats runs after --warmup (the JSON also has their ranges), and each method's ratios to
+"none" from the same run.
 """
 
 from __future__ import annotations
@@ -271,6 +272,7 @@ def measure(llm, prompts: PromptMaker, batch_size: int, new_tokens: int, repeats
             text_runs.append(text_seconds)
             ttfts.append(ttft)
     seconds = statistics.median(run[0] for run in image_runs)
+    fastest, slowest = min(run[0] for run in image_runs), max(run[0] for run in image_runs)
     outputs = image_runs[0][1]
     prompt_tokens = [len(output.prompt_token_ids) for output in outputs]
     generated = sum(len(output.outputs[0].token_ids) for output in outputs)
@@ -280,10 +282,12 @@ def measure(llm, prompts: PromptMaker, batch_size: int, new_tokens: int, repeats
         "prompt_tokens": prompt_tokens[0],
         "throughput_s": seconds,
         "requests_per_s": batch_size / seconds,
+        "requests_per_s_range": [batch_size / slowest, batch_size / fastest],  # the spread of the repeats
         "generated_tokens_per_s": generated / seconds,
         "total_tokens_per_s": (sum(prompt_tokens) + generated) / seconds,
         "llm_only_throughput_s": statistics.median(text_runs),
         "ttft_ms": statistics.median(ttfts) * 1e3,
+        "ttft_ms_range": [min(ttfts) * 1e3, max(ttfts) * 1e3],
         "threads": _engine_threads(),
     }
 
