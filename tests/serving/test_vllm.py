@@ -2,8 +2,11 @@
 
 In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) for `LLM.generate`: prompt lengths, greedy tokens
 and log-probabilities against the transformers model on the same folder, batches of one- and two-image
-prompts. The OpenAI server runs as `llava-prumerge serve`, in vLLM's default multi-process mode (server
-and engine core in separate processes), and is checked against the transformers model the same way.
+prompts. The OpenAI server runs as `llava-prumerge serve` in vLLM's multi-process mode with tensor
+parallelism over two CPU worker processes (server, engine core and two workers, each loading the plugin;
+vLLM splits the vision tower's heads across the ranks and the reducer gathers the q/k it needs), and is
+checked against the transformers model the same way. It runs in its own process because vLLM reads its
+environment once per process: after an in-process engine, a second engine's thread binding is fixed.
 
 Log-probabilities are compared, not only greedy tokens: on the tiny random-weight model, serving the
 reduced tokens in another order (spatial instead of the reducer's) left all greedy tokens unchanged
@@ -99,14 +102,21 @@ def transformers_reference(
     )
 
 
-def test_generate_matches_the_transformers_model_on_the_same_folder(vllm, served):
-    folder, budget, llm = served
-    requests = [
+def image_requests() -> list[dict]:
+    return [
         {"prompt": text, "multi_modal_data": {"image": image_inputs(i, count)}}
         for i, (text, count) in enumerate(PROMPTS)
     ]
-    params = vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0, logprobs=0, prompt_logprobs=0)
-    outputs = llm.generate(requests, params, use_tqdm=False)
+
+
+def sampling(vllm):
+    """Greedy, with the log-probability of every prompt token and of every generated token."""
+    return vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0, logprobs=0, prompt_logprobs=0)
+
+
+def assert_matches_the_transformers_model(folder: Path, budget: int, outputs: list) -> None:
+    """vLLM's outputs for image_requests() have the prompts of the folder's processor (text + budget per
+    image), the transformers model's greedy tokens and its log-probabilities."""
     processor = AutoProcessor.from_pretrained(folder)
     model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
     for i, ((text, count), output) in enumerate(zip(PROMPTS, outputs, strict=True)):
@@ -128,6 +138,12 @@ def test_generate_matches_the_transformers_model_on_the_same_folder(vllm, served
         )
 
 
+def test_generate_matches_the_transformers_model_on_the_same_folder(vllm, served):
+    folder, budget, llm = served
+    outputs = llm.generate(image_requests(), sampling(vllm), use_tqdm=False)
+    assert_matches_the_transformers_model(folder, budget, outputs)
+
+
 def test_an_adaptive_folder_is_refused_at_load(vllm, tmp_path):
     folder = export_tiny(tmp_path / "adaptive", token_reduction="prumerge_plus")
     with pytest.raises(UnservableBudgetError, match=r"adaptive=True .* 64, 128, 192"):
@@ -146,7 +162,9 @@ def data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_the_openai_server_answers_an_image_chat_as_the_transformers_model_does(vllm, tmp_path):
+def test_the_openai_server_on_two_tensor_parallel_ranks_answers_an_image_chat_as_transformers_does(
+    vllm, tmp_path
+):
     import openai
 
     budget = 24
@@ -156,8 +174,9 @@ def test_the_openai_server_answers_an_image_chat_as_the_transformers_model_does(
     port = free_port()
     script = Path(sys.executable).parent / "llava-prumerge"
     command = [str(script), "serve", str(folder), "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
-               "--enforce-eager", "--kv-cache-memory-bytes", str(2**26)]  # fmt: skip
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+               "--enforce-eager", "--kv-cache-memory-bytes", str(2**26), "--tensor-parallel-size", "2"]  # fmt: skip
+    # one core per rank: the CPU build's automatic binding wants a NUMA node per rank
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1", **os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     image = make_image(3, width=70, height=40)
