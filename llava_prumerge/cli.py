@@ -36,6 +36,14 @@ SUBCOMMANDS = {
         "llava_prumerge.training.cli",
         "LoRA fine-tuning with PruMerge active (the paper's recipe), then export",
     ),
+    "eval": (
+        "llava_prumerge.evaluation.cli",
+        "accuracy against visual tokens for every method and budget (Shapes-VQA, or lmms-eval's benchmarks)",
+    ),
+    "shapes-vqa": (
+        "llava_prumerge.evaluation.cli",
+        "write a split of the synthetic Shapes-VQA task to files",
+    ),
     "convert": ("llava_prumerge.hub_upload.cli", "original LLaVA LoRA checkpoint -> PruMerge Hub folder"),
     "export": ("llava_prumerge.hub_upload.cli", "stock llava-hf checkpoint or tiny weights -> Hub folder"),
     "upload": ("llava_prumerge.hub_upload.cli", "validate a Hub folder and push it to the Hugging Face Hub"),
