@@ -23,6 +23,6 @@ trap 'rm -f "$constraints"' EXIT
 [ -n "$torch_spec" ] && echo "$torch_spec" > "$constraints"
 pip install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 if [ -n "$torch_spec" ]; then pip install "$torch_spec" 2>&1 | grep -v "^WARNING: Location" || true; fi
-pip install -c "$constraints" "lmms-eval==0.7.3" "filelock<4" -e "$root" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -c "$constraints" "lmms-eval==0.7.3" "filelock<4" -e "$root[test]" 2>&1 | grep -v "^WARNING: Location" || true
 pip uninstall -y torchvision 2>&1 | grep -v "^WARNING: Skipping" || true
 "$venv/bin/python" -c "import lmms_eval, transformers, llava_prumerge; print('ready:', '$venv', 'transformers', transformers.__version__)"

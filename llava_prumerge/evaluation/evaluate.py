@@ -18,7 +18,7 @@ import torch
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from .scoring import Scores, score_answers
-from .shapes_vqa import Question, examples
+from .shapes_vqa import Question, make_example
 
 DEFAULT_TEST_IMAGES = 300  # images per split that eval draws its questions from (about 3.7 each)
 BUDGETED = ("prumerge", "prumerge_plus", "spatial", "sequential")  # methods a fixed budget applies to
@@ -76,7 +76,12 @@ def configurations(base: ReductionSettings, methods: list[str], budgets: list[in
 def shapes_vqa_questions(split: str, image_size: int, limit: int | None, num_images: int):
     """The first `limit` questions (all when None) of the first `num_images` images of `split`, with
     their images."""
-    pairs = [(q, e.image) for e in examples(split, num_images, image_size=image_size) for q in e.questions]
+    pairs = []
+    for index in range(num_images):
+        if limit is not None and len(pairs) >= limit:
+            break
+        example = make_example(split, index, image_size)
+        pairs += [(question, example.image) for question in example.questions]
     return pairs[:limit] if limit is not None else pairs
 
 
