@@ -158,17 +158,28 @@ def render(scene: Scene) -> Image.Image:
         )
         pixels += noise.astype(np.int16)
     image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for obj in scene.objects:
+    _draw_objects(ImageDraw.Draw(image), scene.objects, lambda number, obj: COLORS[obj.color])
+    return image
+
+
+def object_map(scene: Scene) -> np.ndarray:
+    """[size, size] uint8: which object covers each pixel (its index in `scene.objects` + 1; 0 for the
+    background), drawn exactly as `render` draws the objects."""
+    canvas = Image.new("L", (scene.image_size, scene.image_size), 0)
+    _draw_objects(ImageDraw.Draw(canvas), scene.objects, lambda number, obj: number + 1)
+    return np.asarray(canvas)
+
+
+def _draw_objects(draw: ImageDraw.ImageDraw, objects: list[ShapeObject], fill_of) -> None:
+    for number, obj in enumerate(objects):
         x0, y0, x1, y1 = obj.box
-        fill = COLORS[obj.color]
+        fill = fill_of(number, obj)
         if obj.shape == "circle":
             draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
         elif obj.shape == "square":
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
         else:
             draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
-    return image
 
 
 def image_bucket(image: Image.Image) -> int:

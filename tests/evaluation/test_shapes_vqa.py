@@ -17,6 +17,7 @@ from llava_prumerge.evaluation.shapes_vqa import (
     examples,
     image_bucket,
     make_example,
+    object_map,
     question_corpus,
     split_of_image,
 )
@@ -133,3 +134,12 @@ def test_other_image_sizes_scale_the_objects():
     sides = [obj.box[2] - obj.box[0] for obj in example.scene.objects]
     assert all(round(0.12 * 224) <= side <= round(0.3 * 224) for side in sides)
     assert np.asarray(example.image).min() < 100  # objects drawn
+
+
+def test_the_object_map_covers_exactly_the_drawn_pixels(splits):
+    for example in splits["validation"][:20]:
+        covered = object_map(example.scene)
+        pixels = np.asarray(example.image)
+        assert covered.max() == len(example.scene.objects)
+        for number, obj in enumerate(example.scene.objects, 1):
+            assert (pixels[covered == number] == COLORS[obj.color]).all()
