@@ -20,7 +20,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser, *, dtype_default: str
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--model-id", help="Hub id shown in the model card's usage snippet (default: --out)")
     parser.add_argument(
-        "--license", help="model card license (default: llama2, Vicuna's; apache-2.0 for --tiny)"
+        "--license", help="model card license (default: llama2, Vicuna's; apache-2.0 for --tiny and --mini)"
     )
     parser.add_argument("--base-model", action="append", help="model card base_model (repeatable; Hub ids)")
 
@@ -77,13 +77,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--from-hf", type=Path, metavar="LLAVA_HF_DIR", help="a local stock llava-hf checkpoint folder"
     )
-    source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests and demos")
+    source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests")
+    source.add_argument(
+        "--mini", action="store_true", help="the mini model trained on Shapes-VQA, shipped in the package"
+    )
     _add_output_arguments(parser, dtype_default="auto")
 
 
 def run_export(args: argparse.Namespace) -> Path:
-    """Write a PruMerge Hub folder: from a stock llava-hf checkpoint (PruMerge applied training-free) or
-    tiny random weights.
+    """Write a PruMerge Hub folder: from a stock llava-hf checkpoint (PruMerge applied training-free), the
+    mini model shipped in the package (trained here on the synthetic Shapes-VQA task), or tiny random
+    weights.
 
     The folder loads with `trust_remote_code=True` under transformers 4.57 and 5.x without this
     package: sharded safetensors with an index, config.json with `auto_map`, the model code, the
@@ -106,6 +110,14 @@ def run_export(args: argparse.Namespace) -> Path:
             model,
             tiny_processor(tokenizer),
             {"license": "apache-2.0", "tags": ["tiny", "random-weights"]},
+        )
+    if args.mini:
+        from ..mini.model import MODEL_CARD_TAGS, add_card_note, load_mini
+
+        model, processor = load_mini(**fields)
+        model = model if dtype == "auto" else model.to(dtype)
+        return add_card_note(
+            _save(args, model, processor, {"license": "apache-2.0", "tags": MODEL_CARD_TAGS})
         )
     model, processor = wrap_llava_hf(args.from_hf, dtype=dtype, **fields)
     return _save(args, model, processor, {})

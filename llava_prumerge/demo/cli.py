@@ -9,7 +9,8 @@ from ..common.cli_args import positive_int
 
 DRAWN_METHODS = ("prumerge", "prumerge_plus")  # "none" keeps every patch: nothing to draw
 MODEL_HELP = (
-    "a PruMerge or stock LLaVA-1.5 checkpoint (folder or Hub id); default: the tiny random-weight model"
+    "a PruMerge or stock LLaVA-1.5 checkpoint (folder or Hub id), or 'mini' (the default: the mini model "
+    "trained on Shapes-VQA, shipped in the package) or 'tiny' (tiny random weights)"
 )
 
 
@@ -26,7 +27,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="an image of yours (repeat for several); default: the shipped samples",
     )
-    parser.add_argument("--prompt", default="What is shown in this image?")
+    parser.add_argument(
+        "--prompt",
+        default="What is shown in this image?",
+        help="the question for --image files and checkpoints (the default demo asks Shapes-VQA's own questions)",
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=20)
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs per stage, after one warm-up run"
@@ -36,12 +41,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace):
     """See what PruMerge does, on this machine, with nothing to download.
 
-    By default the demo runs a tiny LLaVA-shaped model built here with random weights on the sample
-    images shipped in llava_prumerge/demo/samples/ (a plain sky with one sign, a page of text, a
-    cluttered scene). For each image and each method (none, prumerge, prumerge_plus) it reports the
-    visual tokens the language model gets, the compression, the time spent in the vision tower, the
-    reducer and the LLM prefill, and the answer generated through the image-text-to-text pipeline; it
-    draws what the reducer did to each image (see `llava-prumerge visualize`) and writes a summary table.
+    By default the demo runs the mini LLaVA-PruMerge model shipped in the package (trained on this
+    project's CPUs on Shapes-VQA, a synthetic task; not CLIP, not the paper's weights) on three
+    Shapes-VQA test images, asking each its first question. For each image and each method (none,
+    prumerge, prumerge_plus) it reports the visual tokens the language model gets, the compression, the
+    time spent in the vision tower, the reducer and the LLM prefill, and the answer generated through the
+    image-text-to-text pipeline (with the right answer beside it); it draws what the reducer did to each
+    image (see `llava-prumerge visualize`) and writes a summary table. With --image, your images are asked
+    --prompt; with a checkpoint and no --image, the sample images in llava_prumerge/demo/samples/ are used.
+    --model tiny runs the tiny random-weight model instead (mechanics only).
 
     llava-prumerge demo --out prumerge-demo
     llava-prumerge demo --model llava-hf/llava-1.5-7b-hf --image photo.jpg   # a real checkpoint
@@ -70,15 +78,16 @@ def run_visualize(args: argparse.Namespace) -> Path:
 
     llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
     """
-    from .visualize import draw, load_image, load_model, picture_title, reduce_image
+    from .demo import load_demo_model
+    from .visualize import draw, load_image, picture_title, reduce_image
 
     image_path = Path(args.image)
     image = load_image(image_path)
-    print(f"Loading {args.model or 'the tiny random-weight model (nothing is downloaded)'} ...", flush=True)
-    model, processor = load_model(args.model)
+    print(f"Loading {args.model or 'the mini model (nothing is downloaded)'} ...", flush=True)
+    model, processor, description = load_demo_model(args.model)
     reduction = reduce_image(model, processor, image, args.token_reduction)
     out = args.out or Path(f"{image_path.stem}-{args.token_reduction}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    draw(reduction, picture_title(image_path.name, args.token_reduction, args.model)).savefig(out)
+    draw(reduction, picture_title(image_path.name, args.token_reduction, description)).savefig(out)
     print(f"{reduction.num_tokens} visual tokens from {len(reduction.roles)} patches; picture: {out}")
     return out

@@ -14,6 +14,7 @@ import transformers
 from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import timed, torch_threads
 from ..errors import MissingInputError, UsageError
+from ..evaluation.scoring import normalize_answer
 from .cli import DRAWN_METHODS
 from .visualize import (
     TINY_MODEL_NOTE,
@@ -26,11 +27,59 @@ from .visualize import (
 )
 
 SAMPLES = Path(__file__).parent / "samples"
-RANDOM_WEIGHTS_NOTICE = (
-    "NOTE: no checkpoint given (--model), so this runs a tiny LLaVA-shaped model built on this machine with\n"
-    "RANDOM weights and 14x14 patches: its token selections show how PruMerge works, its answers are\n"
-    "gibberish and its timings are those of a toy."
+MINI, TINY = "mini", "tiny"  # --model names of the models built in the package
+MINI_MODEL_NOTE = "mini model trained here on synthetic Shapes-VQA (not CLIP, not the paper's weights)"
+MINI_NOTICE = (
+    "NOTE: no checkpoint given (--model), so this runs the mini LLaVA-PruMerge model shipped in the\n"
+    "package: trained on this project's CPUs on Shapes-VQA, a synthetic task (colored circles, squares and\n"
+    "triangles), with a small CLIP-architecture tower and a 2-layer Llama trained from scratch. Its\n"
+    "[CLS] attention is learned, so the pictures show real selections; it knows nothing but this task, and\n"
+    "these are not the paper's weights. Its timings are those of a toy."
 )
+RANDOM_WEIGHTS_NOTICE = (
+    "NOTE: --model tiny runs a tiny LLaVA-shaped model built on this machine with RANDOM weights and\n"
+    "14x14 patches: its token selections show how PruMerge works, its answers are gibberish."
+)
+DEMO_QUESTIONS = 3  # Shapes-VQA test images the default demo asks about
+
+
+@dataclass
+class DemoImage:
+    """One image of the demo and what is asked about it."""
+
+    path: Path
+    image: object  # PIL image
+    prompt: str
+    expected: str | None = None  # the right answer, when known (Shapes-VQA)
+
+
+def load_demo_model(name: str | None):
+    """(model, processor, description): the shipped mini model (None or "mini"), the tiny random-weight
+    model ("tiny"), or a checkpoint folder / Hub id."""
+    if name in (None, MINI):
+        from ..mini.model import load_mini
+
+        model, processor = load_mini()
+        return model, processor, MINI_MODEL_NOTE
+    if name == TINY:
+        model, processor = load_model(None)
+        return model, processor, TINY_MODEL_NOTE
+    model, processor = load_model(name)
+    return model, processor, name
+
+
+def shapes_vqa_images(out: Path) -> list[DemoImage]:
+    """The first Shapes-VQA test images, saved into `out`/images, each with its first question."""
+    from ..evaluation.shapes_vqa import examples
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    chosen = []
+    for example in examples("test", DEMO_QUESTIONS):
+        path = out / "images" / example.image_name
+        example.image.save(path)
+        question = example.questions[0]
+        chosen.append(DemoImage(path, example.image, question.question, question.answer))
+    return chosen
 
 
 @dataclass
@@ -47,13 +96,18 @@ class DemoRow:
     prefill_ms: float
     answer: str
     picture: Path | None
+    question: str = ""
+    expected: str | None = None  # the right answer, when known
 
     @property
     def compression(self) -> float:
         return self.num_patches / self.visual_tokens
 
 
-def run(args: argparse.Namespace) -> list[DemoRow]:
+def demo_images(args: argparse.Namespace) -> list[DemoImage]:
+    """--image files with --prompt; else Shapes-VQA test images for the mini model, the samples otherwise."""
+    if args.image is None and args.model in (None, MINI):
+        return shapes_vqa_images(args.out)
     image_paths = args.image or sorted(SAMPLES.glob("*.png"))
     if not image_paths:
         raise MissingInputError(
@@ -64,27 +118,32 @@ def run(args: argparse.Namespace) -> list[DemoRow]:
         raise UsageError(
             f"Images share a file name ({names}); their pictures would overwrite each other: rename one"
         )
-    images = {path: load_image(path) for path in image_paths}
-    if args.model is None:
-        print(RANDOM_WEIGHTS_NOTICE)
-    print(f"Loading {args.model or 'the tiny model'} ...", flush=True)
-    model, processor = load_model(args.model)
+    return [DemoImage(path, load_image(path), args.prompt) for path in image_paths]
+
+
+def run(args: argparse.Namespace) -> list[DemoRow]:
+    built_in = args.model in (None, MINI, TINY)
+    if built_in:
+        print(RANDOM_WEIGHTS_NOTICE if args.model == TINY else MINI_NOTICE)
+    print(f"Loading {args.model or 'the mini model'} ...", flush=True)
+    model, processor, description = load_demo_model(args.model)
+    images = demo_images(args)
     pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows = []
-    steps = [(path, method) for path in image_paths for method in COMPARED_METHODS]
-    # The tiny model's operations are too small to share out between CPU threads: on a busy machine
-    # the hand-offs cost a hundred times the work and would make its timings noise.
-    with torch_threads(1) if args.model is None else contextlib.nullcontext():
-        for step, (path, method) in enumerate(steps, 1):
-            print(f"[{step}/{len(steps)}] {path.name} · {method} ...", end=" ", flush=True)
+    steps = [(item, method) for item in images for method in COMPARED_METHODS]
+    # The built-in models' operations are too small to share out between CPU threads: on a busy machine
+    # the hand-offs cost a hundred times the work and would make their timings noise.
+    with torch_threads(1) if built_in else contextlib.nullcontext():
+        for step, (item, method) in enumerate(steps, 1):
+            print(f"[{step}/{len(steps)}] {item.path.name} · {method} ...", end=" ", flush=True)
             start = time.perf_counter()
-            row = run_one(model, processor, pipe, images[path], path, method, args)
+            row = run_one(model, processor, pipe, item, method, args, description)
             rows.append(row)
             print(f"{row.visual_tokens} visual tokens ({time.perf_counter() - start:.1f} s)", flush=True)
 
-    summary = summary_table(rows, args, model.device)
+    summary = summary_table(rows, args, model.device, description)
     (args.out / "summary.md").write_text(summary)
     print()
     print(summary)
@@ -93,9 +152,12 @@ def run(args: argparse.Namespace) -> list[DemoRow]:
     return rows
 
 
-def run_one(model, processor, pipe, image, path: Path, method: str, args: argparse.Namespace) -> DemoRow:
+def run_one(
+    model, processor, pipe, item: DemoImage, method: str, args: argparse.Namespace, description: str
+) -> DemoRow:
     """Time the three stages on one image with one method, draw the reduction, generate an answer."""
-    inputs = processor(images=image, text=chat_prompt(processor, args.prompt), return_tensors="pt")
+    image, path = item.image, item.path
+    inputs = processor(images=image, text=chat_prompt(processor, item.prompt), return_tensors="pt")
     inputs = inputs.to(model.device)
     pixel_values = inputs["pixel_values"].to(model.dtype)
     inner = model.model
@@ -119,8 +181,8 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
         if method in DRAWN_METHODS:
             reduction = patch_reduction(settings, processor, pixel_values, encoded.attention[0], reduced)
             picture = args.out / f"{path.stem}-{method}.png"
-            draw(reduction, picture_title(path.name, method, args.model)).savefig(picture)
-        messages = chat_messages(args.prompt, image)
+            draw(reduction, picture_title(path.name, method, description)).savefig(picture)
+        messages = chat_messages(item.prompt, image)
         generated = pipe(
             text=messages,
             return_full_text=False,
@@ -141,6 +203,8 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
         prefill_ms=prefill_ms,
         answer=generated[0]["generated_text"],
         picture=picture,
+        question=item.prompt,
+        expected=item.expected,
     )
 
 
@@ -161,12 +225,16 @@ def one_line(text: str, width: int = 48) -> str:
     return text.replace("|", "\\|")
 
 
-def summary_table(rows: list[DemoRow], args: argparse.Namespace, device: torch.device) -> str:
+def summary_table(
+    rows: list[DemoRow], args: argparse.Namespace, device: torch.device, description: str
+) -> str:
+    questions = list(dict.fromkeys(row.question for row in rows))
+    asked = f"prompt: {questions[0]!r}" if len(questions) == 1 else "prompts: each image's question (below)"
     lines = [
         "# PruMerge demo",
         "",
-        f"- model: {args.model or TINY_MODEL_NOTE}",
-        f"- prompt: {args.prompt!r}; answers: greedy, at most {args.max_new_tokens} new tokens",
+        f"- model: {description}",
+        f"- {asked}; answers: greedy, at most {args.max_new_tokens} new tokens",
         f"- times on {device}: median of {args.repeats} runs after a warm-up; LLM prefill = the language "
         "model's forward over the compacted prompt (text + visual tokens)",
         "",
@@ -175,9 +243,17 @@ def summary_table(rows: list[DemoRow], args: argparse.Namespace, device: torch.d
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
+        answer = one_line(row.answer)
+        if row.expected is not None:
+            answer += (
+                f" ({'right' if normalize_answer(row.answer) == row.expected else 'wrong'}: {row.expected})"
+            )
         lines.append(
             f"| {row.image} | {row.method} | {row.visual_tokens} / {row.num_patches} | {row.compression:.1f}x "
             f"| {row.prompt_length} | {row.vision_ms:.1f} | {row.reducer_ms:.1f} | {row.prefill_ms:.1f} "
-            f"| {one_line(row.answer)} |"
+            f"| {answer} |"
         )
+    if len(questions) > 1:
+        lines += ["", "Questions:", ""]
+        lines += [f"- {row.image}: {row.question}" for row in rows if row.method == COMPARED_METHODS[0]]
     return "\n".join(lines) + "\n"
