@@ -32,7 +32,7 @@ MINI_MODEL_NOTE = "mini model trained here on synthetic Shapes-VQA (not CLIP, no
 MINI_NOTICE = (
     "NOTE: no checkpoint given (--model), so this runs the mini LLaVA-PruMerge model shipped in the\n"
     "package: trained on this project's CPUs on Shapes-VQA, a synthetic task (colored circles, squares and\n"
-    "triangles), with a small CLIP-architecture tower and a 2-layer Llama trained from scratch. Its\n"
+    "triangles), with a small CLIP-architecture tower and a 4-layer Llama trained from scratch. Its\n"
     "[CLS] attention is learned, so the pictures show real selections; it knows nothing but this task, and\n"
     "these are not the paper's weights. Its timings are those of a toy."
 )

@@ -13,7 +13,7 @@ def add_train_mini_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="folder for model.safetensors, tokenizer.json, training.json"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -29,7 +29,7 @@ def run_train_mini(args: argparse.Namespace) -> dict:
     objective: which (color, shape) pairs the image holds, in which half, and how many objects, so that
     the [CLS] attention PruMerge reads is learned. Stage 2 trains the projector and a 2-layer Llama
     (random init) on Shapes-VQA conversations with every visual token (token_reduction "none", as
-    LLaVA-1.5 trained), tuning the tower too with its [CLS] objective kept. Seeded; the measured time
+    LLaVA-1.5 trained), the tower frozen. Seeded; the measured time
     on the project's 2-core CPU is in the README. The folder it writes (model.safetensors in float16,
     tokenizer.json, training.json with the recipe, the time and the test accuracy) is what `load_mini`
     reads and what ships in llava_prumerge/mini/weights; `llava-prumerge export --mini` turns the shipped

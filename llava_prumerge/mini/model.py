@@ -6,7 +6,7 @@ task, see `llava_prumerge.evaluation.shapes_vqa`) by `llava-prumerge train-mini`
   and a [CLS] token), trained from scratch on a [CLS] objective. It is CLIP's architecture, not
   OpenAI's CLIP weights: it has only ever seen Shapes-VQA images.
 - projector: LLaVA-1.5's 2-layer GELU MLP on the layer -2 patch features.
-- language model: a 2-layer Llama trained from scratch, with a byte-level BPE tokenizer trained in
+- language model: a 4-layer Llama trained from scratch, with a byte-level BPE tokenizer trained in
   code on the task's text; it speaks only the vicuna_v1 template and Shapes-VQA's one-word answers.
 Not the paper's weights, and no evidence about real images: it exists so that PruMerge's premise
 (a sparse [CLS] attention on the content) and price (accuracy against visual tokens) can be seen
@@ -53,7 +53,7 @@ TEXT_CONFIG = {
     "model_type": "llama",
     "hidden_size": 128,
     "intermediate_size": 256,
-    "num_hidden_layers": 2,
+    "num_hidden_layers": 4,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
     "max_position_embeddings": 1024,
@@ -65,7 +65,7 @@ CARD_NOTE = """\
 > **A mini model for a synthetic task, not LLaVA-1.5.** Trained from scratch on a CPU by
 > `llava-prumerge train-mini` on Shapes-VQA (colored circles, squares and triangles; questions about
 > color, count, presence and side). The vision tower has CLIP's architecture but is not OpenAI's CLIP,
-> the language model is a 2-layer Llama that knows only this task's words, and these are not the
+> the language model is a 4-layer Llama that knows only this task's words, and these are not the
 > PruMerge paper's weights. It shows PruMerge working on learned attention; it knows nothing else.
 """
 
