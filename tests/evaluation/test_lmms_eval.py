@@ -16,12 +16,14 @@ pytest.importorskip("lmms_eval")
 
 from llava_prumerge.cli import main  # noqa: E402
 from llava_prumerge.errors import UsageError  # noqa: E402
+from llava_prumerge.evaluation.evaluate import evaluate_shapes_vqa  # noqa: E402
 from llava_prumerge.evaluation.files import LMMS_TASK_NAME, write_lmms_task  # noqa: E402
 from llava_prumerge.evaluation.lmms_eval_model import (  # noqa: E402
     LlavaPruMergeLMMS,
     model_manifests,
     parse_reduction_arguments,
 )
+from llava_prumerge.mini.model import load_mini  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
@@ -38,8 +40,8 @@ def test_the_entry_point_resolves_to_our_model():
     from lmms_eval.models.registry_v2 import ModelRegistryV2
 
     registry = ModelRegistryV2()
-    failures = registry.load_entrypoint_manifests()
-    assert not [f for f in failures if "llava_prumerge" in f.source], failures
+    registry.load_entrypoint_manifests()  # lmms-eval 0.7.3 raises when an entry point fails to load
+    assert "llava_prumerge" in registry.list_model_names()
     assert registry.get_model_class("llava_prumerge") is LlavaPruMergeLMMS
     assert model_manifests()[0].simple_class_path.endswith("LlavaPruMergeLMMS")
 
@@ -112,9 +114,13 @@ def test_eval_runs_lmms_eval_offline_on_a_local_task(tmp_path, local_task, monke
     scores = json.loads(out.read_text())["scores"]
     assert set(scores) == {"none", "prumerge_plus"}
     none = scores["none"][LMMS_TASK_NAME]
-    assert none["metric"] == "exact_match" and none["value"] >= 80  # the mini model answers these
+    assert none["metric"] == "exact_match"
+    questions = (local_task / "test.jsonl").read_text().splitlines()
     samples = list((tmp_path / "lmms" / "none").rglob(f"*samples_{LMMS_TASK_NAME}.jsonl"))
-    assert len(samples) == 1 and len(samples[0].read_text().splitlines()) == len(
-        (local_task / "test.jsonl").read_text().splitlines()
-    )
+    assert len(samples) == 1 and len(samples[0].read_text().splitlines()) == len(questions)
+    # lmms-eval's score is the one `llava-prumerge eval` gives on the same questions (one answer of slack:
+    # batches are padded differently)
+    model, processor = load_mini()
+    [ours], _ = evaluate_shapes_vqa(model, processor, ["none"], [], limit=len(questions), num_images=6)
+    assert abs(none["value"] - 100 * ours.scores.accuracy) <= 100 / len(questions) + 1e-9
     assert os.environ["HF_HUB_OFFLINE"] == "1"
