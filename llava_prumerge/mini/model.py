@@ -150,9 +150,21 @@ def load_mini(weights_dir: str | Path = WEIGHTS_DIR, **reduction_fields):
         )
     tokenizer = wrap_tokenizer(Tokenizer.from_file(str(weights_dir / TOKENIZER_FILE)))
     model = new_mini_model(tokenizer, seed=0, **reduction_fields)
-    state = {name: tensor.float() for name, tensor in load_file(weights_dir / WEIGHTS_FILE).items()}
-    model.load_state_dict(state, strict=True)
+    stored = load_file(weights_dir / WEIGHTS_FILE)
+    names = {stored_name(name): name for name in model.state_dict()}
+    if set(names) != set(stored):
+        raise MissingInputError(
+            f"{weights_dir / WEIGHTS_FILE} does not hold the mini model's weights: "
+            f"{sorted(set(names) ^ set(stored))[:3]} ... differ"
+        )
+    model.load_state_dict({names[name]: tensor.float() for name, tensor in stored.items()}, strict=True)
     return model.eval(), mini_processor(tokenizer)
+
+
+def stored_name(name: str) -> str:
+    """A parameter's name in the weights file: transformers 5's layout, where `CLIPVisionModel` holds its
+    layers directly (4.x nests them under `vision_model.`), so one file loads under both."""
+    return name.replace("vision_tower.vision_model.", "vision_tower.")
 
 
 def add_card_note(folder: Path) -> Path:
@@ -172,7 +184,8 @@ def save_mini_weights(model, tokenizer: PreTrainedTokenizerFast, weights_dir: st
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = {
-        name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()
+        stored_name(name): tensor.detach().to(torch.float16).contiguous()
+        for name, tensor in model.state_dict().items()
     }
     save_file(state, weights_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     tokenizer.backend_tokenizer.save(str(weights_dir / TOKENIZER_FILE))
