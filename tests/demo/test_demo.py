@@ -69,6 +69,12 @@ def test_the_mini_models_answers_are_task_words_beside_the_right_answer(demo_run
         assert verdict.startswith(("right: ", "wrong: ")) and verdict.rstrip(")").split(": ")[1] in WORDS
 
 
+def test_the_mini_model_answers_most_demo_questions_right_with_every_token(demo_run):
+    _, _, rows = demo_run
+    verdicts = [row["answer"].split(" (", 1)[1] for row in rows if row["method"] == "none"]
+    assert sum(verdict.startswith("right: ") for verdict in verdicts) > len(verdicts) / 2, verdicts
+
+
 def test_prumerge_keeps_fewer_tokens_than_none(demo_run):
     _, _, rows = demo_run
     kept = {(row["image"], row["method"]): int(row["visual tokens"].split(" / ")[0]) for row in rows}
