@@ -22,7 +22,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser, *, dtype_default: str
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--model-id", help="Hub id shown in the model card's usage snippet (default: --out)")
     parser.add_argument(
-        "--license", help="model card license (default: llama2, Vicuna's; apache-2.0 for --tiny)"
+        "--license", help="model card license (default: llama2, Vicuna's; apache-2.0 for --tiny and --mini)"
     )
     parser.add_argument("--base-model", action="append", help="model card base_model (repeatable; Hub ids)")
 
@@ -83,6 +83,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help="a local stock checkpoint folder (llava-hf LLaVA-1.5 or LLaVA-NeXT, or Video-LLaVA-hf)",
     )
     source.add_argument("--tiny", action="store_true", help="tiny random weights, for tests and demos")
+    source.add_argument(
+        "--mini", action="store_true", help="the mini model trained on Shapes-VQA, shipped in the package"
+    )
     parser.add_argument(
         "--arch",
         choices=[arch.name for arch in ARCHITECTURES],
@@ -94,7 +97,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> Path:
     """Write a PruMerge Hub folder: from a stock checkpoint (PruMerge applied training-free: llava-hf
-    LLaVA-1.5 or LLaVA-NeXT, or Video-LLaVA, recognized from its config) or tiny random weights (--tiny, --arch).
+    LLaVA-1.5 or LLaVA-NeXT, or Video-LLaVA, recognized from its config), the mini model shipped in the
+    package (trained here on the synthetic Shapes-VQA task, --mini), or tiny random weights (--tiny, --arch).
 
     The folder loads with `trust_remote_code=True` under transformers 4.57 and 5.x without this
     package: sharded safetensors with an index, config.json with `auto_map`, the model code, the
@@ -112,7 +116,13 @@ def run_export(args: argparse.Namespace) -> Path:
         model = model if dtype == "auto" else model.to(dtype)
         return _save(args, model, processor, {"license": "apache-2.0", "tags": ["tiny", "random-weights"]})
     if args.arch != "llava":
-        raise UsageError("--arch applies to --tiny; --from-hf reads the architecture from the checkpoint")
+        raise UsageError("--arch applies to --tiny; --from-hf and --mini have their own architecture")
+    if args.mini:
+        from ..mini.model import MODEL_CARD_TAGS, add_card_note, load_mini
+
+        model, processor = load_mini(**fields)
+        model = model if dtype == "auto" else model.to(dtype)
+        return add_card_note(_save(args, model, processor, {"license": "apache-2.0", "tags": MODEL_CARD_TAGS}))
     model, processor = wrap_stock_checkpoint(args.from_hf, dtype=dtype, **fields)
     return _save(args, model, processor, {})
 

@@ -20,7 +20,10 @@ from .errors import PruMergeError
 
 # subcommand -> (its wing's cli module, one-line help)
 SUBCOMMANDS = {
-    "demo": ("llava_prumerge.demo.cli", "see what PruMerge does, on an embedded default (no download)"),
+    "demo": (
+        "llava_prumerge.demo.cli",
+        "see what PruMerge does, on the shipped mini model and Shapes-VQA images (no download)",
+    ),
     "visualize": (
         "llava_prumerge.demo.cli",
         "draw the patches PruMerge keeps and merges for one image, beside its [CLS] attention histogram",
@@ -37,8 +40,23 @@ SUBCOMMANDS = {
         "llava_prumerge.training.cli",
         "LoRA fine-tuning with PruMerge active (the paper's recipe), then export",
     ),
+    "eval": (
+        "llava_prumerge.evaluation.cli",
+        "accuracy against visual tokens for every method and budget (Shapes-VQA, or lmms-eval's benchmarks)",
+    ),
+    "shapes-vqa": (
+        "llava_prumerge.evaluation.cli",
+        "write a split of the synthetic Shapes-VQA task to files",
+    ),
+    "train-mini": (
+        "llava_prumerge.mini.cli",
+        "retrain the shipped mini model on Shapes-VQA from scratch (CPU)",
+    ),
     "convert": ("llava_prumerge.hub_upload.cli", "original LLaVA LoRA checkpoint -> PruMerge Hub folder"),
-    "export": ("llava_prumerge.hub_upload.cli", "stock llava-hf checkpoint or tiny weights -> Hub folder"),
+    "export": (
+        "llava_prumerge.hub_upload.cli",
+        "stock llava-hf checkpoint, the shipped mini model or tiny weights -> Hub folder",
+    ),
     "upload": ("llava_prumerge.hub_upload.cli", "validate a Hub folder and push it to the Hugging Face Hub"),
     "tiny-inputs": ("llava_prumerge.testing.cli", "tiny stand-ins for the inputs of convert/export"),
     "serve": (

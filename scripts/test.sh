@@ -3,7 +3,8 @@
 # virtual environment under .venvs/ (created on first use), then the tests that need an environment of
 # their own: vLLM's CPU build, which pins its own torch and transformers (.venvs/vllm,
 # scripts/setup_vllm_env.sh: the plugin, `serve`, `bench --engine vllm`, the README's `# needs vLLM`
-# blocks). Both majors are set up first: the cross-version tests export a checkpoint under one major
+# blocks), and lmms-eval's (.venvs/lmms, scripts/setup_lmms_env.sh: the `llava_prumerge` lmms-eval
+# model found through its entry point and run offline on a local Shapes-VQA task). Both majors are set up first: the cross-version tests export a checkpoint under one major
 # and load it under the other (PRUMERGE_TEST_PYTHONS names both interpreters).
 #   bash scripts/test.sh [tf4|tf5] [PYTEST ARGS...]
 # With tf4 or tf5 first, only that major is set up and tested (the cross-version tests then load under
@@ -23,11 +24,6 @@ full_run=$([[ ${#majors[@]} -eq 2 && $# -eq 0 ]] && echo 1 || echo 0)
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-# vLLM's environment builds (mostly downloads) while the majors' environments are set up and tested.
-if [[ $full_run == 1 ]]; then
-    bash scripts/setup_vllm_env.sh .venvs/vllm > "$logs/vllm-setup.log" 2>&1 &
-    vllm_setup=$!
-fi
 pythons=()
 vision_pythons=()
 for name in "${majors[@]}"; do
@@ -39,6 +35,13 @@ for name in "${majors[@]}"; do
 done
 export PRUMERGE_TEST_PYTHONS=$(IFS=:; echo "${pythons[*]}")
 export PRUMERGE_TEST_VISION_PYTHONS=$(IFS=:; echo "${vision_pythons[*]}")
+# vLLM's and lmms-eval's environments build (mostly downloads) while the majors' suites run; one after
+# the other, as each installs this checkout in editable mode.
+if [[ $full_run == 1 ]]; then
+    (bash scripts/setup_vllm_env.sh .venvs/vllm && bash scripts/setup_lmms_env.sh .venvs/lmms) \
+        > "$logs/setup.log" 2>&1 &
+    extra_setup=$!
+fi
 
 status=0
 lint=".venvs/${majors[-1]}/bin"
@@ -58,13 +61,16 @@ for index in "${!majors[@]}"; do
 done
 
 if [[ $full_run == 1 ]]; then
-    if ! wait "$vllm_setup"; then
-        cat "$logs/vllm-setup.log"
+    if ! wait "$extra_setup"; then
+        cat "$logs/setup.log"
         exit 1
     fi
     echo "=== pytest with $(.venvs/vllm/bin/python -c 'import vllm, transformers; print("vLLM", vllm.__version__, "(CPU), transformers", transformers.__version__)')"
     # PRUMERGE_TEST_VLLM=1: a test that needs vLLM fails here if vLLM cannot be imported, instead of skipping
     PRUMERGE_TEST_VLLM=1 .venvs/vllm/bin/python -m pytest -q -p no:cacheprovider --durations=5 tests/serving \
         tests/test_readme.py::test_every_vllm_readme_block_runs || status=1
+    echo "=== lmms-eval bridge (.venvs/lmms)"
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled \
+        .venvs/lmms/bin/python -m pytest -q -p no:cacheprovider tests/evaluation/test_lmms_eval.py || status=1
 fi
 exit $status

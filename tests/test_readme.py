@@ -3,7 +3,8 @@
 Conventions, so that the blocks run inside the test suite:
 - Blocks run in a scratch copy of the repository (without what .gitignore ignores), so their outputs
   land there; bash blocks with `bash -euo pipefail`, python blocks with this interpreter.
-- `bash scripts/setup_env.sh ...` and `bash scripts/test.sh ...` (up to the end of the command) become
+- `bash scripts/setup_env.sh ...`, `bash scripts/setup_lmms_env.sh ...` and `bash scripts/test.sh ...`
+  (up to the end of the command) become
   `bash -n scripts/<script>.sh`: the script must exist and parse, but environments are not rebuilt
   and the suite does not run itself.
 - `.venvs/<name>/bin/` becomes this interpreter's bin folder, which also comes first on PATH.
@@ -46,7 +47,7 @@ NEEDS_VLLM = "# needs vLLM"
 RUN = ("bash", "python")
 NOT_RUN = ("text",)
 BLOCK = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-ENVIRONMENT_SCRIPT = re.compile(r"\bbash (scripts/(?:setup_env|test)\.sh)(?:[ \t]+[^\s;&|]+)*")
+ENVIRONMENT_SCRIPT = re.compile(r"\bbash (scripts/(?:setup_env|setup_lmms_env|test)\.sh)(?:[ \t]+[^\s;&|]+)*")
 VENV_BIN = re.compile(r"\.venvs/[\w.-]+/bin/")
 
 

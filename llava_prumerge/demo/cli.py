@@ -12,8 +12,9 @@ DRAWN_METHODS = ("prumerge", "prumerge_plus")  # "none" keeps every patch: nothi
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_CLIP = SAMPLES / "4_moving_shapes.gif"
 MODEL_HELP = (
-    "a PruMerge or stock LLaVA-1.5 checkpoint (with --video: Video-LLaVA), folder or Hub id; default: the "
-    "tiny random-weight model"
+    "a PruMerge or stock LLaVA-1.5 checkpoint (with --video: Video-LLaVA), folder or Hub id; or 'mini' (the "
+    "default for images: the mini model trained on Shapes-VQA, shipped in the package) or 'tiny' (tiny "
+    "random weights; the default for videos)"
 )
 VIDEO_HELP = (
     "a video: a folder of frames, an animated GIF, or an MP4 (needs PyAV: pip install av); 8 frames are "
@@ -49,7 +50,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt",
         default=None,
-        help=f"default: {DEFAULT_IMAGE_QUESTION!r} ({DEFAULT_VIDEO_QUESTION!r} for videos)",
+        help=f"the question for --image files and checkpoints, default {DEFAULT_IMAGE_QUESTION!r} "
+        f"({DEFAULT_VIDEO_QUESTION!r} for videos); the mini model's default demo asks Shapes-VQA's own questions",
     )
     parser.add_argument("--max-new-tokens", type=positive_int, default=20)
     parser.add_argument(
@@ -60,12 +62,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace):
     """See what PruMerge does, on this machine, with nothing to download.
 
-    By default the demo runs a tiny LLaVA-shaped model built here with random weights on the sample
-    images shipped in llava_prumerge/demo/samples/ (a plain sky with one sign, a page of text, a
-    cluttered scene). For each image and each method (none, prumerge, prumerge_plus) it reports the
-    visual tokens the language model gets, the compression, the time spent in the vision tower, the
-    reducer and the LLM prefill, and the answer generated through the image-text-to-text pipeline; it
-    draws what the reducer did to each image (see `llava-prumerge visualize`) and writes a summary table.
+    By default the demo runs the mini LLaVA-PruMerge model shipped in the package (trained on this
+    project's CPUs on Shapes-VQA, a synthetic task; not CLIP, not the paper's weights) on three
+    Shapes-VQA test images, asking each its first question. For each image and each method (none,
+    prumerge, prumerge_plus) it reports the visual tokens the language model gets, the compression, the
+    time spent in the vision tower, the reducer and the LLM prefill, and the answer generated through the
+    image-text-to-text pipeline (with the right answer beside it); it draws what the reducer did to each
+    image (see `llava-prumerge visualize`) and writes a summary table. With --image, your images are asked
+    --prompt; with a checkpoint and no --image, the sample images in llava_prumerge/demo/samples/ are used.
+    --model tiny runs the tiny random-weight model instead (mechanics only).
 
     With --video it does the same for videos on a tiny Video-LLaVA-shaped model (or a Video-LLaVA
     checkpoint): 8 frames each, every frame reduced like an image; the table compares the video tokens
@@ -80,6 +85,10 @@ def run_demo(args: argparse.Namespace):
         raise UsageError(
             "Pass --image or --video, not both: the image demo runs LLaVA-1.5, the video demo Video-LLaVA"
         )
+    if args.video and args.model == "mini":
+        raise UsageError("The mini model takes images only; --video runs the tiny Video-LLaVA or --model DIR")
+    if args.video and args.model == "tiny":
+        args.model = None  # the tiny Video-LLaVA, the video demo's default
     args.prompt = args.prompt or (DEFAULT_VIDEO_QUESTION if args.video else DEFAULT_IMAGE_QUESTION)
     if args.video:
         from .demo_video import run
@@ -122,7 +131,8 @@ def run_visualize(args: argparse.Namespace) -> Path:
     source = Path(args.image or args.video)
     out = args.out or Path(f"{source.stem}-{args.token_reduction}.png")
     draw_input = _visualize_video if args.video else _visualize_image
-    print(f"Loading {args.model or 'the tiny random-weight model (nothing is downloaded)'} ...", flush=True)
+    default = "the tiny random-weight Video-LLaVA" if args.video else "the mini model"
+    print(f"Loading {args.model or default + ' (nothing is downloaded)'} ...", flush=True)
     figure, summary = draw_input(source, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
@@ -132,13 +142,14 @@ def run_visualize(args: argparse.Namespace) -> Path:
 
 def _visualize_image(path: Path, args: argparse.Namespace):
     """(picture, summary line) of one image."""
+    from .demo import load_demo_model
     from .media import load_image
-    from .visualize import draw, load_model, picture_title, reduce_image
+    from .visualize import draw, picture_title, reduce_image
 
     image = load_image(path)
-    model, processor = load_model(args.model)
+    model, processor, description = load_demo_model(args.model)
     reduction = reduce_image(model, processor, image, args.token_reduction)
-    figure = draw(reduction, picture_title(path.name, args.token_reduction, args.model))
+    figure = draw(reduction, picture_title(path.name, args.token_reduction, description))
     return figure, f"{reduction.num_tokens} visual tokens from {len(reduction.roles)} patches"
 
 

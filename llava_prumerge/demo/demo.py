@@ -14,6 +14,7 @@ import transformers
 from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import timed, torch_threads
 from ..errors import MissingInputError, UsageError
+from ..evaluation.scoring import normalize_answer
 from ..modeling.compaction import CompactedBatch
 from ..modeling.token_reduction import ReducedTokens
 from ..modeling.vision_encoding import EncodedPatches
@@ -21,11 +22,73 @@ from .cli import DRAWN_METHODS, SAMPLES
 from .media import load_image
 from .visualize import TINY_MODEL_NOTE, draw, drawn_settings, load_model, patch_reduction, picture_title
 
-RANDOM_WEIGHTS_NOTICE = (
-    "NOTE: no checkpoint given (--model), so this runs a tiny LLaVA-shaped model built on this machine with\n"
-    "RANDOM weights and 14x14 patches: its token selections show how PruMerge works, its answers are\n"
-    "gibberish and its timings are those of a toy."
+MINI, TINY = "mini", "tiny"  # --model names of the models built in the package
+BUILT_IN_MODELS = (None, MINI, TINY)  # None: the default, mini for images (tiny for videos)
+MINI_MODEL_NOTE = "mini model trained here on synthetic Shapes-VQA (not CLIP, not the paper's weights)"
+MINI_NOTICE = (
+    "NOTE: no checkpoint given (--model), so this runs the mini LLaVA-PruMerge model shipped in the\n"
+    "package: trained on this project's CPUs on Shapes-VQA, a synthetic task (colored circles, squares and\n"
+    "triangles), with a small CLIP-architecture tower and a 4-layer Llama trained from scratch. Its\n"
+    "[CLS] attention is learned, so the pictures show real selections; it knows nothing but this task, and\n"
+    "these are not the paper's weights. Its timings are those of a toy."
 )
+RANDOM_WEIGHTS_NOTICE = (
+    "NOTE: --model tiny runs a tiny LLaVA-shaped model built on this machine with RANDOM weights and\n"
+    "14x14 patches: its token selections show how PruMerge works, its answers are gibberish."
+)
+DEMO_QUESTIONS = 3  # Shapes-VQA test images the default demo asks about
+
+
+@dataclass
+class DemoImage:
+    """One image of the demo and what is asked about it."""
+
+    path: Path
+    image: object  # PIL image
+    prompt: str
+    expected: str | None = None  # the right answer, when known (Shapes-VQA)
+
+
+def load_demo_model(name: str | None):
+    """(model, processor, description): the shipped mini model (None or "mini"), the tiny random-weight
+    model ("tiny"), or a checkpoint folder / Hub id."""
+    if name in (None, MINI):
+        from ..mini.model import load_mini
+
+        model, processor = load_mini()
+        return model, processor, MINI_MODEL_NOTE
+    if name == TINY:
+        model, processor = load_model(None)
+        return model, processor, TINY_MODEL_NOTE
+    model, processor = load_model(name)
+    return model, processor, name
+
+
+def shapes_vqa_images(out: Path) -> list[DemoImage]:
+    """The first Shapes-VQA test images, saved into `out`/images, each with its first question."""
+    from ..evaluation.shapes_vqa import examples
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    chosen = []
+    for example in examples("test", DEMO_QUESTIONS):
+        path = out / "images" / example.image_name
+        example.image.save(path)
+        question = example.questions[0]
+        chosen.append(DemoImage(path, example.image, question.question, question.answer))
+    return chosen
+
+
+def demo_images(args: argparse.Namespace) -> list[DemoImage]:
+    """--image files with --prompt; else Shapes-VQA test images for the mini model, the samples otherwise."""
+    if args.image is None and args.model in (None, MINI):
+        return shapes_vqa_images(args.out)
+    image_paths = args.image or sorted(SAMPLES.glob("*.png"))
+    if not image_paths:
+        raise MissingInputError(
+            f"No sample images in {SAMPLES}; reinstall llava-prumerge or pass --image PATH"
+        )
+    check_distinct_names(image_paths, "Images")
+    return [DemoImage(path, load_image(path), args.prompt) for path in image_paths]
 
 
 @dataclass
@@ -42,6 +105,8 @@ class DemoRow:
     prefill_ms: float
     answer: str
     picture: Path | None
+    question: str = ""
+    expected: str | None = None  # the right answer, when known
 
     @property
     def compression(self) -> float:
@@ -65,23 +130,19 @@ class TimedStages:
 
 
 def run(args: argparse.Namespace) -> list[DemoRow]:
-    image_paths = args.image or sorted(SAMPLES.glob("*.png"))
-    if not image_paths:
-        raise MissingInputError(
-            f"No sample images in {SAMPLES}; reinstall llava-prumerge or pass --image PATH"
-        )
-    check_distinct_names(image_paths, "Images")
-    images = {path: load_image(path) for path in image_paths}
-    if args.model is None:
-        print(RANDOM_WEIGHTS_NOTICE)
-    print(f"Loading {args.model or 'the tiny model'} ...", flush=True)
-    model, processor = load_model(args.model)
+    if args.model in BUILT_IN_MODELS:
+        print(RANDOM_WEIGHTS_NOTICE if args.model == TINY else MINI_NOTICE)
+    print(f"Loading {args.model or 'the mini model'} ...", flush=True)
+    model, processor, description = load_demo_model(args.model)
+    images = {item.path: item for item in demo_images(args)}
     pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run_every_method(
-        images, lambda image, path, method: run_one(model, processor, pipe, image, path, method, args), args
+        images,
+        lambda item, path, method: run_one(model, processor, pipe, item, method, args, description),
+        args,
     )
-    write_summary(summary_table(rows, args, model.device), rows, args.out)
+    write_summary(summary_table(rows, args, model.device, description), rows, args.out)
     return rows
 
 
@@ -98,9 +159,9 @@ def run_every_method(inputs: dict[Path, object], run_one, args: argparse.Namespa
     """`run_one(input, path, method)` for every input and method in order, one progress line each."""
     rows = []
     steps = [(path, method) for path in inputs for method in COMPARED_METHODS]
-    # The tiny model's operations are too small to share out between CPU threads: on a busy machine
-    # the hand-offs cost a hundred times the work and would make its timings noise.
-    with torch_threads(1) if args.model is None else contextlib.nullcontext():
+    # The built-in models' operations are too small to share out between CPU threads: on a busy machine
+    # the hand-offs cost a hundred times the work and would make their timings noise.
+    with torch_threads(1) if args.model in BUILT_IN_MODELS else contextlib.nullcontext():
         for step, (path, method) in enumerate(steps, 1):
             print(f"[{step}/{len(steps)}] {path.name} · {method} ...", end=" ", flush=True)
             start = time.perf_counter()
@@ -136,9 +197,12 @@ def time_stages(inner, encode, reduce, visual_tokens, inputs, repeats: int) -> T
     return TimedStages(encoded, reduced, compact, vision_ms, reducer_ms, prefill_ms)
 
 
-def run_one(model, processor, pipe, image, path: Path, method: str, args: argparse.Namespace) -> DemoRow:
+def run_one(
+    model, processor, pipe, item: DemoImage, method: str, args: argparse.Namespace, description: str
+) -> DemoRow:
     """Time the three stages on one image with one method, draw the reduction, generate an answer."""
-    inputs = processor(images=image, text=chat_prompt(processor, args.prompt), return_tensors="pt")
+    image, path = item.image, item.path
+    inputs = processor(images=image, text=chat_prompt(processor, item.prompt), return_tensors="pt")
     inputs = inputs.to(model.device)
     pixel_values = inputs["pixel_values"].to(model.dtype)
     inner = model.model
@@ -158,8 +222,8 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
                 settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced
             )
             picture = args.out / f"{path.stem}-{method}.png"
-            draw(reduction, picture_title(path.name, method, args.model)).savefig(picture)
-        messages = chat_messages(args.prompt, image)
+            draw(reduction, picture_title(path.name, method, description)).savefig(picture)
+        messages = chat_messages(item.prompt, image)
         generated = pipe(
             text=messages,
             return_full_text=False,
@@ -180,6 +244,8 @@ def run_one(model, processor, pipe, image, path: Path, method: str, args: argpar
         prefill_ms=stages.prefill_ms,
         answer=generated[0]["generated_text"],
         picture=picture,
+        question=item.prompt,
+        expected=item.expected,
     )
 
 
@@ -200,12 +266,16 @@ def one_line(text: str, width: int = 48) -> str:
     return text.replace("|", "\\|")
 
 
-def summary_table(rows: list[DemoRow], args: argparse.Namespace, device: torch.device) -> str:
+def summary_table(
+    rows: list[DemoRow], args: argparse.Namespace, device: torch.device, description: str
+) -> str:
+    questions = list(dict.fromkeys(row.question for row in rows))
+    asked = f"prompt: {questions[0]!r}" if len(questions) == 1 else "prompts: each image's question (below)"
     lines = [
         "# PruMerge demo",
         "",
-        f"- model: {args.model or TINY_MODEL_NOTE}",
-        f"- prompt: {args.prompt!r}; answers: greedy, at most {args.max_new_tokens} new tokens",
+        f"- model: {description}",
+        f"- {asked}; answers: greedy, at most {args.max_new_tokens} new tokens",
         f"- times on {device}: median of {args.repeats} runs after a warm-up; LLM prefill = the language "
         "model's forward over the compacted prompt (text + visual tokens)",
         "",
@@ -214,11 +284,19 @@ def summary_table(rows: list[DemoRow], args: argparse.Namespace, device: torch.d
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in rows:
+        answer = one_line(row.answer)
+        if row.expected is not None:
+            answer += (
+                f" ({'right' if normalize_answer(row.answer) == row.expected else 'wrong'}: {row.expected})"
+            )
         lines.append(
             f"| {row.image} | {row.method} | {row.visual_tokens} / {row.num_patches} | {row.compression:.1f}x "
             f"| {row.prompt_length} | {row.vision_ms:.1f} | {row.reducer_ms:.1f} | {row.prefill_ms:.1f} "
-            f"| {one_line(row.answer)} | {picture_link(row.picture)} |"
+            f"| {answer} | {picture_link(row.picture)} |"
         )
+    if len(questions) > 1:
+        lines += ["", "Questions:", ""]
+        lines += [f"- {row.image}: {row.question}" for row in rows if row.method == COMPARED_METHODS[0]]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,5 @@
-"""`llava-prumerge demo` end to end on the embedded default: the tiny model and the shipped samples."""
+"""`llava-prumerge demo` end to end on the embedded default (the mini model on Shapes-VQA test images), on
+your images, on a checkpoint, and on the tiny random-weight model."""
 
 import contextlib
 import io
@@ -8,11 +9,14 @@ from PIL import Image
 
 from llava_prumerge.cli import main
 from llava_prumerge.common.cli_args import COMPARED_METHODS as METHODS
-from llava_prumerge.demo.demo import SAMPLES, one_line
+from llava_prumerge.demo.demo import DEMO_QUESTIONS, SAMPLES, one_line
 from llava_prumerge.demo.visualize import DPI, FIGURE_INCHES
+from llava_prumerge.evaluation.shapes_vqa import ANSWERS
 from llava_prumerge.testing.model_tester import make_image
 
 SAMPLE_NAMES = sorted(path.name for path in SAMPLES.glob("*.png"))
+DEMO_NAMES = [f"test-{index:06d}.png" for index in range(DEMO_QUESTIONS)]  # Shapes-VQA test images
+WORDS = {answer for answers in ANSWERS.values() for answer in answers}
 
 
 def run_demo(*args: str) -> str:
@@ -50,7 +54,7 @@ def test_samples_ship_with_the_package_and_are_small():
 def test_summary_lists_every_image_and_method(demo_run):
     out, printed, rows = demo_run
     assert [(row["image"], row["method"]) for row in rows] == [
-        (name, method) for name in SAMPLE_NAMES for method in METHODS
+        (name, method) for name in DEMO_NAMES for method in METHODS
     ]
     assert all(row["answer"] for row in rows)
     assert (out / "summary.md").read_text() in printed
@@ -58,21 +62,39 @@ def test_summary_lists_every_image_and_method(demo_run):
         name = f"{row['image'][:-4]}-{row['method']}.png"
         assert row["picture"] == ("-" if row["method"] == "none" else f"[{name}]({name})")
         assert row["method"] == "none" or (out / name).is_file()
+    assert sorted(path.name for path in (out / "images").glob("*.png")) == DEMO_NAMES
+
+
+def test_the_mini_models_answers_are_task_words_beside_the_right_answer(demo_run):
+    _, _, rows = demo_run
+    for row in rows:
+        answer, verdict = row["answer"].split(" (", 1)
+        assert answer.strip() in WORDS, row
+        assert verdict.startswith(("right: ", "wrong: ")) and verdict.rstrip(")").split(": ")[1] in WORDS
+
+
+def test_the_mini_model_answers_most_demo_questions_right_with_every_token(demo_run):
+    _, _, rows = demo_run
+    verdicts = [row["answer"].split(" (", 1)[1] for row in rows if row["method"] == "none"]
+    assert sum(verdict.startswith("right: ") for verdict in verdicts) > len(verdicts) / 2, verdicts
 
 
 def test_prumerge_keeps_fewer_tokens_than_none(demo_run):
     _, _, rows = demo_run
     kept = {(row["image"], row["method"]): int(row["visual tokens"].split(" / ")[0]) for row in rows}
-    for name in SAMPLE_NAMES:
-        assert kept[name, "none"] == 196
+    for name in DEMO_NAMES:
+        assert kept[name, "none"] == 144
+        # PruMerge+ may keep every patch: with more than 144 / 6 attention centers the published
+        # sampling stride is 1
         assert kept[name, "prumerge"] < kept[name, "none"]
+        assert kept[name, "prumerge"] <= kept[name, "prumerge_plus"] <= kept[name, "none"]
 
 
 def test_pictures_are_pngs_of_the_expected_size(demo_run):
     out, printed, _ = demo_run
     pictures = sorted(out.glob("*.png"))
     assert [p.name for p in pictures] == sorted(
-        f"{name[:-4]}-{method}.png" for name in SAMPLE_NAMES for method in METHODS if method != "none"
+        f"{name[:-4]}-{method}.png" for name in DEMO_NAMES for method in METHODS if method != "none"
     )
     for picture in pictures:
         assert str(picture) in printed
@@ -80,9 +102,19 @@ def test_pictures_are_pngs_of_the_expected_size(demo_run):
             assert image.format == "PNG" and image.size == (FIGURE_INCHES[0] * DPI, FIGURE_INCHES[1] * DPI)
 
 
-def test_output_says_the_weights_are_random(demo_run):
+def test_output_says_what_the_mini_model_is(demo_run):
     _, printed, _ = demo_run
+    assert "Shapes-VQA, a synthetic task" in printed and "not the paper's weights" in printed
+    assert "RANDOM" not in printed
+
+
+def test_the_tiny_random_model_says_its_weights_are_random(tmp_path):
+    image = str(SAMPLES / SAMPLE_NAMES[0])
+    args = ["--image", image, "--out", str(tmp_path / "out"), "--repeats", "1", "--max-new-tokens", "2"]
+    printed = run_demo("--model", "tiny", *args)
     assert "RANDOM weights" in printed and "random-weight" in printed
+    rows = table_rows((tmp_path / "out" / "summary.md").read_text())
+    assert [int(row["visual tokens"].split(" / ")[1]) for row in rows] == [196] * len(METHODS)
 
 
 def test_your_own_image(tmp_path):

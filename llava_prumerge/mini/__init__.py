@@ -1,0 +1,1 @@
+"""The mini LLaVA-PruMerge model: trained here on Shapes-VQA, shipped as weights in the package."""

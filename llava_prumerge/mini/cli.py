@@ -1,0 +1,50 @@
+"""The `train-mini` subcommand (arguments only; torch is imported when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..common.cli_args import positive_int
+
+
+def add_train_mini_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for model.safetensors, tokenizer.json, training.json"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few steps of each stage: checks the script runs, trains nothing",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="write into an existing --out folder")
+
+
+def run_train_mini(args: argparse.Namespace) -> dict:
+    """Train the mini LLaVA-PruMerge model from scratch on Shapes-VQA, as the shipped weights were made.
+
+    Stage 1 trains a CLIP-architecture vision tower (random init; not OpenAI's CLIP) on a [CLS]
+    objective: which (color, shape) pairs the image holds, in which half, and how many objects, so that
+    the [CLS] attention PruMerge reads is learned. Stage 2 trains the projector and a 2-layer Llama
+    (random init) on Shapes-VQA conversations with every visual token (token_reduction "none", as
+    LLaVA-1.5 trained), the tower frozen. Seeded; the measured time
+    on the project's 2-core CPU is in the README. The folder it writes (model.safetensors in float16,
+    tokenizer.json, training.json with the recipe, the time and the test accuracy) is what `load_mini`
+    reads and what ships in llava_prumerge/mini/weights; `llava-prumerge export --mini` turns the shipped
+    one into a Hub folder.
+
+    llava-prumerge train-mini --out mini-weights
+    llava-prumerge eval --model mini   # evaluates the shipped weights
+    """
+    from ..errors import OutputExistsError
+    from .train import MiniRecipe, train_mini
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise OutputExistsError(
+            f"{args.out} already exists and is not empty; choose another --out or pass --overwrite"
+        )
+    recipe = MiniRecipe.quick() if args.quick else MiniRecipe()
+    recipe.seed, recipe.threads = args.seed, args.threads
+    return train_mini(args.out, recipe)

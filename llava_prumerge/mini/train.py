@@ -1,0 +1,377 @@
+"""`llava-prumerge train-mini`: train the mini LLaVA on Shapes-VQA from scratch, in two seeded stages, on a CPU.
+
+Stage 1, the vision tower alone (LLaVA's CLIP was pretrained; this one is trained here): a
+`CLIPVisionModel` reads each image. A linear head on its pooled [CLS] output predicts, for each of the
+15 (color, shape) pairs, whether it is in the image, in its left half and in its right half (by object
+center; binary cross-entropy), and the number of objects (cross-entropy): this [CLS] objective is
+what teaches the last layer's [CLS] attention, which PruMerge reads, where the objects are (the last
+layer serves nothing else). Auxiliary heads on the patch rows of the layer -2 hidden state, the
+features the language model reads, predict each patch's object (a (color, shape) pair or background),
+whether the patch is in the left half, and, from their mean, the object count and the [CLS] head's 45
+pair bits: dense labels that a 4-layer language model trained for minutes can read, where CLIP's
+features came from 400 M images.
+
+Stage 2, LLaVA's instruction tuning: the tower frozen (as LLaVA-1.5's CLIP), the projector and a
+Llama language model, both from scratch, trained on Shapes-VQA conversations (one image, all its
+questions as turns in a seeded random order; the vicuna_v1 system prompt on half of them), loss on
+the answers only, every visual token given to the language model (token_reduction="none", as
+LLaVA-1.5 trained). The stage-1 heads are dropped.
+
+Both stages draw batches from a fixed pool of training images (generated once; the test split's
+images are never among them: see the split buckets in `shapes_vqa`), AdamW, linear warm-up then
+cosine decay, torch's RNG seeded with --seed. On the same torch build and thread count a run is
+repeatable; across machines and builds, expect `none` test accuracy within +-3 points (the README).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..common.conversation import VICUNA_V1_SYSTEM, render_vicuna_v1
+from ..evaluation.shapes_vqa import COLORS, MAX_OBJECTS, SHAPES, Example, examples, object_map
+from ..modeling.compaction import IGNORE_INDEX
+from ..training.data import Conversation, ConversationCollator, encode_conversations
+from .model import (
+    IMAGE_SIZE,
+    MODEL_CARD_TAGS,
+    TRAINING_RECORD,
+    build_tokenizer,
+    mini_processor,
+    new_mini_model,
+    save_mini_weights,
+    wrap_tokenizer,
+)
+
+PAIRS = [(color, shape) for color in COLORS for shape in SHAPES]
+
+
+@dataclass
+class MiniRecipe:
+    """Everything that decides the trained weights (written to training.json beside them)."""
+
+    seed: int = 0
+    train_images: int = 12_000
+    vision_steps: int = 1500
+    vision_batch_size: int = 32
+    vision_lr: float = 2e-3
+    llm_steps: int = 600
+    llm_batch_size: int = 16
+    llm_lr: float = 1.5e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    system_prompt_fraction: float = 0.5
+    threads: int = 1  # on a shared 2-core CPU, two threads waited on each other: 4-10x slower here
+    check_every: int = 200
+    test_questions: int | None = None  # None: all of eval's default test split
+    log_every: int = 25
+    check_images: int = 100
+
+    @classmethod
+    def quick(cls) -> MiniRecipe:
+        """A few steps of each stage: proves the script runs (CI), trains nothing useful."""
+        return cls(
+            train_images=64,
+            vision_steps=3,
+            vision_batch_size=8,
+            llm_steps=3,
+            llm_batch_size=4,
+            check_images=4,
+            test_questions=8,
+        )
+
+
+# ---------------------------------------------------------------- data
+
+
+def pixel_tensor(images, processor) -> torch.Tensor:
+    """Images as the model's image processor makes them [n, 3, 64, 64]."""
+    return processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+PATCH_COVER = 9  # of a patch's 36 pixels an object must cover to be the patch's label
+
+
+@dataclass
+class VisionTargets:
+    """Stage-1 labels of a pool of images."""
+
+    bits: torch.Tensor  # [n, 45] float: pair present / in the left half / in the right half
+    counts: torch.Tensor  # [n] objects - 1
+    patches: torch.Tensor  # [n, patches] 0 background, else 1 + the pair index of the covering object
+    left: torch.Tensor  # [patches] float: 1 for the patches in the image's left half
+
+    def __getitem__(self, batch) -> VisionTargets:
+        return VisionTargets(self.bits[batch], self.counts[batch], self.patches[batch], self.left)
+
+
+def vision_targets(pool: list[Example], patch_size: int) -> VisionTargets:
+    """The [CLS] labels (45 bits, the count) and the patch labels of each image."""
+    bits = np.zeros((len(pool), 3, len(PAIRS)), dtype=np.float32)
+    grid = IMAGE_SIZE // patch_size
+    patches = np.zeros((len(pool), grid * grid), dtype=np.int64)
+    for row, example in enumerate(pool):
+        for obj in example.scene.objects:
+            column = PAIRS.index(obj.pair)
+            center = (obj.box[0] + obj.box[2]) / 2
+            bits[row, 0, column] = 1
+            bits[row, 1 if center < IMAGE_SIZE / 2 else 2, column] = 1
+        cells = object_map(example.scene).reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3)
+        cells = cells.reshape(grid * grid, -1)
+        for number, obj in enumerate(example.scene.objects, 1):
+            covered = (cells == number).sum(1) >= PATCH_COVER
+            patches[row, covered] = 1 + PAIRS.index(obj.pair)
+    counts = [len(example.scene.objects) - 1 for example in pool]
+    left = torch.tensor([float(column < grid // 2) for _ in range(grid) for column in range(grid)])
+    return VisionTargets(
+        torch.from_numpy(bits.reshape(len(pool), -1)), torch.tensor(counts), torch.from_numpy(patches), left
+    )
+
+
+def training_conversation(example: Example, rng: np.random.Generator, system_fraction: float) -> Conversation:
+    """The example's questions as one multi-turn vicuna_v1 conversation, the image in the first turn."""
+    order = rng.permutation(len(example.questions))
+    messages = [{"role": "system", "content": VICUNA_V1_SYSTEM}] if rng.random() < system_fraction else []
+    for turn, position in enumerate(order):
+        question = example.questions[position]
+        content = ([{"type": "image"}] if turn == 0 else []) + [{"type": "text", "text": question.question}]
+        messages += [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": question.answer},
+        ]
+    rendered = render_vicuna_v1(messages)
+    return Conversation(example.image_name, example.index, rendered.text, rendered.answer_spans, [])
+
+
+def schedule(step: int, total: int, warmup_fraction: float) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 10%."""
+    warmup = max(1, int(total * warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(parameters, lr: float, weight_decay: float, total: int, warmup_fraction: float):
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule(step, total, warmup_fraction)
+    )
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------- the two stages
+
+
+class VisionObjective(nn.Module):
+    """The tower's objective. On the pooled [CLS] output of the last layer: the 45 pair bits (binary
+    cross-entropy) and the object count (cross-entropy); this is what teaches the last layer's [CLS]
+    attention, which PruMerge reads, where the objects are. On the patch rows of the layer -2 hidden
+    state (the features the language model reads): each patch's object, as (color, shape) or background,
+    and the count from their mean (cross-entropies), the 45 pair bits from their mean and whether the
+    patch is in the left half (binary cross-entropies)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.num_bits = 3 * len(PAIRS)
+        self.class_head = nn.Linear(hidden_size, self.num_bits + MAX_OBJECTS)
+        self.patch_head = nn.Linear(hidden_size, 1 + len(PAIRS) + 1)  # object, then left half
+        self.count_head = nn.Linear(hidden_size, MAX_OBJECTS)
+        self.scene_head = nn.Linear(hidden_size, self.num_bits)
+
+    def forward(self, tower, pixel_values, targets: VisionTargets) -> torch.Tensor:
+        output = tower(pixel_values=pixel_values, output_hidden_states=True)
+        return self.loss(output.pooler_output, output.hidden_states[-2], targets)
+
+    def loss(self, pooled, hidden, targets: VisionTargets) -> torch.Tensor:
+        cross_entropy = nn.functional.cross_entropy
+        logits = self.class_head(pooled)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits[:, : self.num_bits], targets.bits)
+        loss = loss + cross_entropy(logits[:, self.num_bits :], targets.counts)
+        patches = hidden[:, 1:]
+        patch_logits = self.patch_head(patches)
+        loss = loss + cross_entropy(patch_logits[..., :-1].flatten(0, 1), targets.patches.flatten())
+        left = targets.left.expand(len(patches), -1)
+        loss = loss + nn.functional.binary_cross_entropy_with_logits(patch_logits[..., -1], left)
+        pooled_patches = patches.mean(1)
+        loss = loss + nn.functional.binary_cross_entropy_with_logits(
+            self.scene_head(pooled_patches), targets.bits
+        )
+        return loss + cross_entropy(self.count_head(pooled_patches), targets.counts)
+
+
+def _step(loss, parameters, optimizer, scheduler) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+def train_vision_tower(tower, objective, pixels, targets, recipe: MiniRecipe, log) -> list[float]:
+    """Stage 1: the tower and the heads on the vision objective alone; returns the losses."""
+    parameters = [*tower.parameters(), *objective.parameters()]
+    optimizer, scheduler = _optimizer(
+        parameters, recipe.vision_lr, recipe.weight_decay, recipe.vision_steps, recipe.warmup_fraction
+    )
+    generator = torch.Generator().manual_seed(recipe.seed + 1)
+    tower.train()
+    losses = []
+    for step in range(recipe.vision_steps):
+        batch = torch.randint(len(pixels), (recipe.vision_batch_size,), generator=generator)
+        loss = objective(tower, pixels[batch], targets[batch])
+        losses.append(_step(loss, parameters, optimizer, scheduler))
+        if step % recipe.log_every == 0 or step == recipe.vision_steps - 1:
+            log(
+                f"vision step {step + 1}/{recipe.vision_steps}: loss {np.mean(losses[-recipe.log_every :]):.4f}"
+            )
+    tower.eval()
+    return losses
+
+
+@torch.no_grad()
+def answer_accuracy(model, processor, questions, batch_size: int = 64) -> str:
+    """Share of `questions` whose greedy first answer token is right, overall and per question type (a
+    quick check during training; `llava-prumerge eval` is the measurement)."""
+    from ..modeling.reduction_settings import ReductionSettings
+
+    tokenizer = processor.tokenizer
+    was_training = model.training
+    model.eval()
+    right = {}
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start : start + batch_size]
+        prompts = [f"USER: <image>\n{q.question} ASSISTANT:" for q, _ in batch]
+        inputs = processor(
+            images=[image for _, image in batch], text=prompts, return_tensors="pt", padding=True
+        )
+        logits = model(**inputs, reduction=ReductionSettings(token_reduction="none")).logits[:, -1]
+        for (question, _), token in zip(batch, logits.argmax(-1).tolist(), strict=True):
+            expected = tokenizer(" " + question.answer, add_special_tokens=False)["input_ids"][0]
+            right.setdefault(question.question_type, []).append(token == expected)
+    model.train(was_training)
+    overall = np.mean([hit for hits in right.values() for hit in hits])
+    return f"{overall:.3f} (" + ", ".join(f"{kind} {np.mean(hits):.2f}" for kind, hits in right.items()) + ")"
+
+
+def train_language_model(model, pixels, encoded, recipe: MiniRecipe, pad_token_id: int, log, check=None):
+    """Stage 2: projector and language model on the conversations, every visual token given to it, the
+    tower frozen (as LLaVA-1.5's CLIP); returns the losses."""
+    from ..modeling.reduction_settings import ReductionSettings
+
+    everything = ReductionSettings(token_reduction="none")
+    model.model.vision_tower.requires_grad_(False)
+    parameters = [param for param in model.parameters() if param.requires_grad]
+    optimizer, scheduler = _optimizer(
+        parameters, recipe.llm_lr, recipe.weight_decay, recipe.llm_steps, recipe.warmup_fraction
+    )
+    collate = ConversationCollator(pad_token_id=pad_token_id)
+    generator = torch.Generator().manual_seed(recipe.seed + 2)
+    model.train()
+    losses = []
+    for step in range(recipe.llm_steps):
+        batch = torch.randint(len(pixels), (recipe.llm_batch_size,), generator=generator).tolist()
+        items = [
+            {"input_ids": torch.from_numpy(encoded[i][0]), "labels": torch.from_numpy(encoded[i][1])}
+            for i in batch
+        ]
+        loss = model(**collate(items), pixel_values=pixels[batch], reduction=everything).loss
+        losses.append(_step(loss, parameters, optimizer, scheduler))
+        if step % recipe.log_every == 0 or step == recipe.llm_steps - 1:
+            log(
+                f"language step {step + 1}/{recipe.llm_steps}: loss {np.mean(losses[-recipe.log_every :]):.4f}"
+            )
+        if check is not None and (step + 1) % recipe.check_every == 0:
+            log(f"  validation first-token accuracy: {check()}")
+    model.eval()
+    return losses
+
+
+def heldout_accuracy(weights_dir: Path, limit: int | None) -> float:
+    """The saved (float16) weights' accuracy with every visual token on eval's test questions."""
+    from ..evaluation.evaluate import evaluate_shapes_vqa
+    from .model import load_mini
+
+    model, processor = load_mini(weights_dir)
+    with torch.inference_mode():
+        [result], _ = evaluate_shapes_vqa(model, processor, ["none"], [], limit=limit)
+    return result.scores.accuracy
+
+
+def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print) -> dict:
+    """Train the mini model from scratch with `recipe`; writes model.safetensors, tokenizer.json and
+    training.json to `out_dir` (the layout `load_mini` reads) and returns the record."""
+    recipe = recipe or MiniRecipe()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    print_line = log
+
+    def log(message: str) -> None:
+        print_line(f"[{time.perf_counter() - started:5.0f} s] {message}")
+
+    torch.set_num_threads(recipe.threads)
+    tokenizer = wrap_tokenizer(build_tokenizer())
+    processor = mini_processor(tokenizer)
+    model = new_mini_model(tokenizer, seed=recipe.seed)
+
+    log(f"generating {recipe.train_images} training images ...")
+    pool = examples("train", recipe.train_images, image_size=IMAGE_SIZE)
+    pixels = torch.cat(
+        [pixel_tensor([e.image for e in pool[i : i + 512]], processor) for i in range(0, len(pool), 512)]
+    )
+    targets = vision_targets(pool, model.config.vision_config.patch_size)
+    rng = np.random.default_rng(recipe.seed)
+    conversations = [training_conversation(e, rng, recipe.system_prompt_fraction) for e in pool]
+    encoded = encode_conversations(tokenizer, conversations)
+    assert all((labels != IGNORE_INDEX).any() for _, labels in encoded)
+    data_seconds = time.perf_counter() - started
+
+    stage = time.perf_counter()
+    tower = model.model.vision_tower
+    objective = VisionObjective(tower.config.hidden_size)
+    vision_losses = train_vision_tower(tower, objective, pixels, targets, recipe, log)
+    vision_seconds = time.perf_counter() - stage
+    stage = time.perf_counter()
+    validation = [(q, e.image) for e in examples("validation", recipe.check_images) for q in e.questions]
+    llm_losses = train_language_model(
+        model,
+        pixels,
+        encoded,
+        recipe,
+        tokenizer.pad_token_id,
+        log,
+        check=lambda: answer_accuracy(model, processor, validation),
+    )
+    llm_seconds = time.perf_counter() - stage
+
+    save_mini_weights(model, tokenizer, out_dir)
+    stage = time.perf_counter()
+    test_accuracy = heldout_accuracy(out_dir, recipe.test_questions)
+    log(f"test accuracy with every visual token: {test_accuracy:.3f} ({time.perf_counter() - stage:.0f} s)")
+    record = {
+        "recipe": asdict(recipe),
+        "seconds": {
+            "data": round(data_seconds, 1),
+            "vision_tower": round(vision_seconds, 1),
+            "language_model": round(llm_seconds, 1),
+            "total": round(time.perf_counter() - started, 1),
+        },
+        "test_accuracy": {"none": test_accuracy, "questions": recipe.test_questions},
+        "final_loss": {
+            "vision_tower": float(np.mean(vision_losses[-50:])),
+            "language_model": float(np.mean(llm_losses[-50:])),
+        },
+        "torch": torch.__version__,
+        "tags": MODEL_CARD_TAGS,
+    }
+    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {out_dir} in {record['seconds']['total']:.0f} s")
+    return record

@@ -1,0 +1,145 @@
+"""Shapes-VQA: deterministic splits that never share an image, and answers right by construction."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from llava_prumerge.evaluation.shapes_vqa import (
+    ANSWERS,
+    COLORS,
+    MAX_OBJECTS,
+    QUESTION_TYPES,
+    SHAPES,
+    SIZE_RANGE,
+    SPLIT_BUCKETS,
+    TEMPLATES,
+    examples,
+    image_bucket,
+    make_example,
+    object_map,
+    question_corpus,
+    split_of_image,
+)
+
+SIZE = 72
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {split: examples(split, 60, image_size=SIZE) for split in ("train", "validation", "test")}
+
+
+def test_the_same_seed_gives_the_same_image_and_questions():
+    first, again = make_example("test", 7, SIZE), make_example("test", 7, SIZE)
+    assert first.image.tobytes() == again.image.tobytes()
+    assert first.questions == again.questions
+    assert make_example("test", 8, SIZE).image.tobytes() != first.image.tobytes()
+
+
+def test_splits_are_disjoint_by_construction(splits):
+    hashes = {split: {e.image.tobytes() for e in items} for split, items in splits.items()}
+    assert not hashes["train"] & hashes["test"]
+    assert not hashes["train"] & hashes["validation"]
+    assert not hashes["validation"] & hashes["test"]
+    for split, items in splits.items():
+        assert {split_of_image(e.image) for e in items} == {split}
+        assert all(image_bucket(e.image) in SPLIT_BUCKETS[split] for e in items)
+
+
+def test_images_follow_the_definition(splits):
+    for example in splits["test"]:
+        assert example.image.size == (SIZE, SIZE) and example.image.mode == "RGB"
+        objects = example.scene.objects
+        assert 1 <= len(objects) <= MAX_OBJECTS
+        for obj in objects:
+            x0, y0, x1, y1 = obj.box
+            assert x1 - x0 == y1 - y0
+            assert round(SIZE_RANGE[0] * SIZE) <= x1 - x0 <= round(SIZE_RANGE[1] * SIZE)
+            assert min(x0, y0) >= 0 and max(x1, y1) <= SIZE
+            assert obj.shape in SHAPES and obj.color in COLORS
+            # the object's own color is at its center (every shape covers the center of its box)
+            center = example.image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2 + 1))
+            assert center == COLORS[obj.color]
+        for i, a in enumerate(objects):
+            for b in objects[i + 1 :]:
+                apart = (
+                    a.box[2] < b.box[0] or b.box[2] < a.box[0] or a.box[3] < b.box[1] or b.box[3] < a.box[1]
+                )
+                assert apart
+
+
+def test_answers_are_right_by_construction(splits):
+    for example in [*splits["test"], *splits["train"]]:
+        objects = example.scene.objects
+        shapes = Counter(obj.shape for obj in objects)
+        pairs = Counter((obj.color, obj.shape) for obj in objects)
+        for question in example.questions:
+            assert question.answer in ANSWERS[question.question_type]
+            assert question.answer == question.answer.lower() and " " not in question.answer
+            words = question.question.rstrip("?").split()
+            if question.question_type == "color":
+                shape = words[-1]
+                assert shapes[shape] == 1
+                assert question.answer == next(obj.color for obj in objects if obj.shape == shape)
+            elif question.question_type == "count":
+                assert question.question == TEMPLATES["count"] and question.answer == str(len(objects))
+            elif question.question_type == "exists":
+                color, shape = words[-2], words[-1]
+                assert question.answer == ("yes" if pairs[color, shape] else "no")
+            else:
+                color, shape = words[2], words[3]
+                assert pairs[color, shape] == 1
+                obj = next(obj for obj in objects if (obj.color, obj.shape) == (color, shape))
+                half = SIZE / 2
+                assert (obj.box[2] <= half and question.answer == "left") or (
+                    obj.box[0] >= half and question.answer == "right"
+                )
+        kinds = [question.question_type for question in example.questions]
+        assert kinds == sorted(kinds, key=QUESTION_TYPES.index) and "count" in kinds and "exists" in kinds
+
+
+def test_presence_questions_are_balanced_with_hard_negatives():
+    questions = [q for e in examples("validation", 300, image_size=SIZE) for q in e.questions]
+    exists = [q for q in questions if q.question_type == "exists"]
+    yes = sum(q.answer == "yes" for q in exists) / len(exists)
+    assert 0.4 < yes < 0.6
+    counts = Counter(q.answer for q in questions if q.question_type == "count")
+    assert set(counts) == {"1", "2", "3", "4"} and min(counts.values()) > 40
+
+
+def test_hard_negatives_ask_for_a_present_shape_in_an_absent_color():
+    hard = 0
+    for example in examples("validation", 200, image_size=SIZE):
+        shapes = {obj.shape for obj in example.scene.objects}
+        for q in example.questions:
+            if (
+                q.question_type == "exists"
+                and q.answer == "no"
+                and q.question.rstrip("?").split()[-1] in shapes
+            ):
+                hard += 1
+    assert hard > 20
+
+
+def test_corpus_covers_every_question_and_answer():
+    corpus = set(question_corpus())
+    questions = [q for e in examples("test", 30, image_size=SIZE) for q in e.questions]
+    assert all(q.question in corpus and q.answer in corpus for q in questions)
+
+
+def test_other_image_sizes_scale_the_objects():
+    example = make_example("test", 0, 224)
+    assert example.image.size == (224, 224)
+    sides = [obj.box[2] - obj.box[0] for obj in example.scene.objects]
+    assert all(round(0.12 * 224) <= side <= round(0.3 * 224) for side in sides)
+    assert np.asarray(example.image).min() < 100  # objects drawn
+
+
+def test_the_object_map_covers_exactly_the_drawn_pixels(splits):
+    for example in splits["validation"][:20]:
+        covered = object_map(example.scene)
+        pixels = np.asarray(example.image)
+        assert covered.max() == len(example.scene.objects)
+        for number, obj in enumerate(example.scene.objects, 1):
+            assert (pixels[covered == number] == COLORS[obj.color]).all()

@@ -1,0 +1,93 @@
+"""The mini model: the shipped weights, their accuracy on a fixed test subset, the Hub folder, retraining."""
+
+import json
+
+import pytest
+import torch
+
+from llava_prumerge.cli import main
+from llava_prumerge.common.loading import load_prumerge_model
+from llava_prumerge.evaluation.evaluate import evaluate_shapes_vqa
+from llava_prumerge.mini.model import (
+    TOKENIZER_FILE,
+    TRAINING_RECORD,
+    WEIGHTS_DIR,
+    WEIGHTS_FILE,
+    load_mini,
+)
+
+# The shipped model on the first questions of the test split, every visual token ("none"). Answering
+# each question type's most common test answer scores 38.5%; the shipped model scores 66.8% on the whole
+# test split (training.json). The floor sits under that by the README's retraining tolerance and the
+# subset's sampling noise, and far above the 38.5% that ignoring the image gets. (The issue's target,
+# 90%, is not met; see the README.)
+FIXED_SUBSET = 160
+MIN_ACCURACY = 0.55
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_mini()
+
+
+def test_the_weights_ship_as_small_safetensors_with_their_record():
+    weights = WEIGHTS_DIR / WEIGHTS_FILE
+    assert weights.stat().st_size < 2_000_000
+    assert weights.read_bytes()[8:9] == b"{"  # a safetensors header, no pickle
+    assert (WEIGHTS_DIR / TOKENIZER_FILE).is_file()
+    record = json.loads((WEIGHTS_DIR / TRAINING_RECORD).read_text())
+    assert record["recipe"]["seed"] == 0 and record["seconds"]["total"] < 30 * 60
+    assert record["test_accuracy"]["none"] >= MIN_ACCURACY
+
+
+def test_the_mini_model_is_llava_shaped(mini):
+    model, processor = mini
+    assert type(model).__name__ == "LlavaPruMergeForConditionalGeneration"
+    assert model.config.vision_config.model_type == "clip_vision_model"
+    assert model.config.image_seq_length == 144 and model.config.token_reduction == "prumerge"
+    assert processor.tokenizer.chat_template and processor.image_processor.crop_size["height"] == 72
+
+
+def test_accuracy_on_a_fixed_test_subset(mini):
+    model, processor = mini
+    with torch.inference_mode():
+        [result], pairs = evaluate_shapes_vqa(model, processor, ["none"], [], limit=FIXED_SUBSET)
+    assert len(pairs) == FIXED_SUBSET
+    assert result.scores.accuracy >= MIN_ACCURACY, result.scores.to_dict()
+
+
+def test_pruMerge_keeps_few_tokens_on_learned_attention(mini):
+    """The trained [CLS] attention is sparse: PruMerge keeps a few of the 144 patches, more for busier images."""
+    model, processor = mini
+    from llava_prumerge.evaluation.shapes_vqa import examples
+
+    scenes = examples("test", 12, image_size=72)
+    pixels = processor.image_processor(images=[e.image for e in scenes], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        reduced = model.model.reduce_image_tokens(pixels)
+    counts = reduced.num_tokens
+    assert all(2 <= count <= 40 for count in counts), counts
+
+
+def test_export_mini_writes_a_hub_folder_with_the_same_model(tmp_path, mini, capsys):
+    main(["export", "--mini", "--out", str(tmp_path / "mini")])
+    card = (tmp_path / "mini" / "README.md").read_text()
+    assert "not LLaVA-1.5" in card and "synthetic" in card
+    loaded = load_prumerge_model(str(tmp_path / "mini"), dtype=torch.float32)
+    model, _ = mini
+    for (name, ours), theirs in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs), name
+
+
+def test_train_mini_runs_end_to_end_quickly(tmp_path):
+    """A few steps of both stages (CI does not retrain the shipped model): the script runs, the folder loads."""
+    main(["train-mini", "--quick", "--out", str(tmp_path / "weights"), "--threads", "1"])
+    record = json.loads((tmp_path / "weights" / TRAINING_RECORD).read_text())
+    assert record["recipe"]["vision_steps"] == 3 and record["recipe"]["llm_steps"] == 3
+    model, processor = load_mini(tmp_path / "weights")
+    inputs = processor(
+        images=[torch.zeros(3, 72, 72)],
+        text=["USER: <image>\nHow many shapes are there? ASSISTANT:"],
+        return_tensors="pt",
+    )
+    assert model(**inputs).logits.shape[0] == 1
