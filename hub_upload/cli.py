@@ -122,7 +122,9 @@ def run_export(args: argparse.Namespace) -> Path:
 
         model, processor = load_mini(**fields)
         model = model if dtype == "auto" else model.to(dtype)
-        return add_card_note(_save(args, model, processor, {"license": "apache-2.0", "tags": MODEL_CARD_TAGS}))
+        return add_card_note(
+            _save(args, model, processor, {"license": "apache-2.0", "tags": MODEL_CARD_TAGS})
+        )
     model, processor = wrap_stock_checkpoint(args.from_hf, dtype=dtype, **fields)
     return _save(args, model, processor, {})
 

@@ -1,17 +1,14 @@
 """`llava-prumerge demo` end to end on the embedded default (the mini model on Shapes-VQA test images), on
 your images, on a checkpoint, and on the tiny random-weight model."""
 
-import contextlib
-import io
-
 import pytest
 from PIL import Image
 
-from llava_prumerge.cli import main
 from llava_prumerge.common.cli_args import COMPARED_METHODS as METHODS
 from llava_prumerge.demo.demo import DEMO_QUESTIONS, SAMPLES, one_line
 from llava_prumerge.demo.visualize import DPI, FIGURE_INCHES
 from llava_prumerge.evaluation.shapes_vqa import ANSWERS
+from llava_prumerge.testing.cli_output import printed_by, table_rows
 from llava_prumerge.testing.model_tester import make_image
 
 SAMPLE_NAMES = sorted(path.name for path in SAMPLES.glob("*.png"))
@@ -20,20 +17,7 @@ WORDS = {answer for answers in ANSWERS.values() for answer in answers}
 
 
 def run_demo(*args: str) -> str:
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        main(["demo", *args])
-    return printed.getvalue()
-
-
-def table_rows(summary: str) -> list[dict]:
-    """The summary's markdown table as one dict per row, keyed by the header."""
-    lines = [line for line in summary.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    return [
-        dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
-        for line in lines[2:]
-    ]
+    return printed_by("demo", *args)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """`llava-prumerge demo --video` end to end: the tiny Video-LLaVA on the shipped clip, on a GIF and a frame
 folder written here, on a checkpoint folder; and every bad input as one line with exit status 2."""
 
-import contextlib
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llava_prumerge.cli import main
 from llava_prumerge.common.cli_args import COMPARED_METHODS as METHODS
 from llava_prumerge.demo.cli import SAMPLE_CLIP
 from llava_prumerge.demo.visualize import DPI
 from llava_prumerge.demo.visualize_video import video_figure_inches
+from llava_prumerge.testing.cli_output import printed_by, table_rows
 from llava_prumerge.testing.model_tester import make_image
 from llava_prumerge.testing.tiny_video import make_clip
 
@@ -22,20 +20,7 @@ STOCK_TOKENS = 8 * (14 * 14 + 1)  # 8 frames x (196 patches + [CLS]) of the tiny
 
 
 def run_demo(*args: str) -> str:
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        main(["demo", *args])
-    return printed.getvalue()
-
-
-def table_rows(summary: str) -> list[dict]:
-    """The summary's markdown table as one dict per row, keyed by the header."""
-    lines = [line for line in summary.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    return [
-        dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
-        for line in lines[2:]
-    ]
+    return printed_by("demo", *args)
 
 
 def tokens(row: dict) -> tuple[int, int]:
