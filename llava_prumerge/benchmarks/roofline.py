@@ -33,6 +33,14 @@ its [CLS] token and its patches at the paper's image rates (an estimate: 1 + 15 
 PruMerge, 1 + 64 = 65 with PruMerge+; 128 and 520 a video). `METHOD@TOKENS` in --methods fixes a
 budget per image or video instead (adaptive=False): Video-LLaVA also compares prumerge@256 and
 prumerge_plus@512, the paper's 12.5% and 25% of the 2048 patches.
+
+LLaVA-NeXT (`--arch llava-next-7b`, the same Vicuna-7B LLM) sees one 672x672 image, the largest square of
+llava-v1.6's grid resolutions, in AnyRes views: the base view and 2x2 crops of 336 px, 5 x 576 patches,
+plus one image_newline per row of the unpadded 48x48 crop map: 2928 tokens, as LlavaNextProcessor
+counts them (`AnyresImage` computes the count for any image size). Reduced, each view keeps the paper's
+image share of its patches and one image_newline closes each row of crops, as the model lays them out
+(an estimate: 5 x 33 + 2 = 167 with PruMerge, 5 x 144 + 2 = 722 with PruMerge+); the field's fixed
+budgets for the whole image, prumerge_plus@160, @320 and @640, are compared too.
 """
 
 from __future__ import annotations
