@@ -80,15 +80,21 @@ def test_visualize_command_draws_the_tiny_llava_nexts_views(tmp_path, capsys):
         assert picture.format == "PNG" and picture.size == (round(width * DPI), round(height * DPI))
 
 
-def test_visualize_command_takes_a_llava_next_checkpoint(tmp_path, capsys):
-    folder = tmp_path / "tiny-llava-next-prumerge"
-    main(["export", "--tiny", "--arch", "llava-next", "--out", str(folder)])
+@pytest.mark.parametrize("kind", ["prumerge", "stock"])
+def test_visualize_command_takes_a_llava_next_checkpoint(tmp_path, capsys, kind):
+    """A PruMerge export, or a stock LLaVA-NeXT folder (converted on load)."""
+    if kind == "prumerge":
+        folder = tmp_path / "tiny-llava-next-prumerge"
+        main(["export", "--tiny", "--arch", "llava-next", "--out", str(folder)])
+    else:
+        main(["tiny-inputs", str(tmp_path / "inputs")])
+        folder = tmp_path / "inputs" / "llava-next-hf"
     capsys.readouterr()
     image = tmp_path / "wide.png"
     noise(100, 260).save(image)
-    main(["visualize", str(image), "--model", str(folder), "--out", str(tmp_path / "wide.png.out.png")])
+    main(["visualize", str(image), "--model", str(folder), "--out", str(tmp_path / "views.png")])
     assert "from 3 views; stock LLaVA-NeXT: " in capsys.readouterr().out  # 1 x 2 crops for a wide image
-    assert (tmp_path / "wide.png.out.png").is_file()
+    assert (tmp_path / "views.png").is_file()
 
 
 @pytest.mark.parametrize(
