@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LlavaImageProcessor, LlavaNextImageProcessor
+from transformers import LlavaImageProcessor
 
 from ..modeling.modeling_llava_next_prumerge import AnyresLayout, check_anyres_inputs, view_budgets
 from ..modeling.modeling_video_llava_prumerge import frame_settings
@@ -183,7 +183,10 @@ class AnyresPath(ImagePath):
         return self.prompt.stock_tokens
 
     def image_processor(self, image_size: int):
-        """LLaVA-NeXT's: CLIP's mean and std, a base view and crops at the grid resolution that fits."""
+        """LLaVA-NeXT's: CLIP's mean and std, a base view and crops at the grid resolution that fits. Imported
+        here, not with the module: transformers 5 warns when the name is first resolved without torchvision."""
+        from transformers import LlavaNextImageProcessor
+
         return LlavaNextImageProcessor(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
