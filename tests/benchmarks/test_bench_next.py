@@ -164,3 +164,18 @@ def test_inconsistent_next_arguments_are_explained_in_one_line(arguments, messag
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("llava-prumerge bench: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_llava_next_checkpoint_folder_is_benchmarked_on_its_views(tmp_path):
+    folder = tmp_path / "tiny-llava-next-prumerge"
+    cli_main(["export", "--tiny", "--arch", "llava-next", "--out", str(folder)])
+    json_path = tmp_path / "rows.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli_main(["bench", "--model", str(folder), "--methods", "prumerge", *QUICK, "--json", str(json_path)])
+    rows = json.loads(json_path.read_text())
+    assert [(row["method"], row["checkpoint"], row["frames"]) for row in rows] == [
+        ("none", str(folder), 5),
+        ("prumerge", str(folder), 5),
+    ]
+    assert rows[0]["visual_tokens_per_image"] == PROMPT.stock_tokens
+    assert rows[1]["visual_tokens_max"] < PROMPT.stock_tokens
