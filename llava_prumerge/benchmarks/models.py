@@ -65,9 +65,8 @@ class BenchSubject:
 class BenchInputs:
     input_ids: torch.Tensor  # [B, L] bos, the image's (video's) expanded placeholders, text
     attention_mask: torch.Tensor
-    pixel_values: (
-        torch.Tensor
-    )  # images [B, 3, H, W], AnyRes images [B, views, 3, H, W], videos [B, F, 3, H, W]
+    # images [B, 3, H, W], AnyRes images [B, views, 3, H, W], or videos [B, F, 3, H, W]
+    pixel_values: torch.Tensor
 
 
 @dataclass
