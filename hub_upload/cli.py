@@ -64,8 +64,8 @@ def run_convert(args: argparse.Namespace) -> Path:
     the `<image>` and pad tokens are added as llava-hf did, and the result is written as a Hub folder.
     """
     from ..common.loading import DTYPES
+    from ..common.output_folders import refuse_existing
     from .convert import convert_llava_lora
-    from .export import refuse_existing
 
     refuse_existing(args.out, args.overwrite)
     converted = convert_llava_lora(
@@ -101,7 +101,8 @@ def run_export(args: argparse.Namespace) -> Path:
     tokenizer and processor files in the layout both majors read, and a model card.
     """
     from ..common.loading import DTYPES
-    from .export import refuse_existing, wrap_stock_checkpoint
+    from ..common.output_folders import refuse_existing
+    from .export import wrap_stock_checkpoint
 
     refuse_existing(args.out, args.overwrite)
     dtype = DTYPES.get(args.dtype, "auto")

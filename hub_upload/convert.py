@@ -39,6 +39,7 @@ from ..errors import ConversionError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 from ..modeling.runtime_compat import extra_special_tokens
 from .compat import llava_image_processor
+from .weights import read_safetensors_header
 
 PAD_TOKEN = "<pad>"
 VOCAB_MULTIPLE = 64  # llava-hf: pad_to_multiple_of=64 (32002 tokens -> 32064 rows)
@@ -89,6 +90,7 @@ def _read_json(path: Path) -> dict:
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """safetensors, or a legacy pickle read with weights_only=True (tensors only, no code)."""
     if path.suffix == ".safetensors":
+        _check_readable(path)  # names the file and what is wrong, where safetensors would not
         return load_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -187,18 +189,41 @@ def _merged_llm(base_dir: Path, lora_dir: Path, adapter_path: Path, dtype: torch
         raise ConversionError(
             f"{adapter_config_path}: peft_type={peft_type!r}; only LoRA adapters are supported"
         )
+    adapter_weights = set(_load_tensors(adapter_path))  # a damaged file is named before PEFT reads it
+    _check_folder_weights(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
     try:
         peft_model = PeftModel.from_pretrained(base, lora_dir)
     except (RuntimeError, ValueError, KeyError) as error:
         raise ConversionError(f"{adapter_path} does not fit the base model in {base_dir}: {error}") from error
-    not_loaded = sorted(set(_load_tensors(adapter_path)) - set(get_peft_model_state_dict(peft_model)))
+    adapted = set(get_peft_model_state_dict(peft_model))
+    not_loaded = sorted(adapter_weights - adapted)
     if not_loaded:
         raise ConversionError(
             f"{adapter_path}: {len(not_loaded)} LoRA weight(s) match no layer of the base model, e.g. "
             f"{not_loaded[:2]}; expected keys like base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
         )
+    missing = sorted(adapted - adapter_weights)  # PEFT would keep these randomly initialized
+    if missing:
+        raise ConversionError(
+            f"{adapter_path} lacks {len(missing)} LoRA weight(s) of the layers its adapter_config.json adapts "
+            f"(target_modules), e.g. {missing[:2]}; PEFT would merge random weights there. Use the complete "
+            "adapter, or list only the trained modules in target_modules"
+        )
     return peft_model.merge_and_unload()
+
+
+def _check_folder_weights(folder: Path) -> None:
+    for weights in sorted(folder.glob("*.safetensors")):
+        _check_readable(weights)
+
+
+def _check_readable(path: Path) -> None:
+    """A safetensors file whose header and size agree; otherwise an error naming it and what is wrong."""
+    try:
+        read_safetensors_header(path)
+    except (ValueError, OSError) as error:
+        raise ConversionError(f"{path} is unreadable: {error}") from error
 
 
 def _add_llava_tokens(tokenizer) -> tuple[int, int]:
@@ -274,6 +299,7 @@ def convert_llava_lora(
     projector = _load_projector(
         checkpoint.projector_path, checkpoint.base["hidden_size"], vision_config.hidden_size
     )
+    _check_folder_weights(checkpoint.vision_tower_dir)
     with _quiet_transformers():
         vision_tower, info = CLIPVisionModel.from_pretrained(
             checkpoint.vision_tower_dir, dtype=dtype, output_loading_info=True

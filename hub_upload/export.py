@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -25,7 +23,8 @@ from transformers import (
 
 from ..architectures import ARCHITECTURES, architecture_for
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
-from ..errors import MissingInputError, OutputExistsError, UsageError
+from ..common.output_folders import written_whole
+from ..errors import MissingInputError, UsageError
 from ..modeling.modeling_prumerge import PruMergeForConditionalGenerationMixin
 from .compat import (
     ProcessorParts,
@@ -53,8 +52,9 @@ def save_hub_folder(
 ) -> Path:
     """Write a complete Hub folder for `model` and `processor` at `out_dir`, atomically.
 
-    Everything is written into a hidden sibling folder, validated, then renamed to `out_dir`: an
-    interrupted export leaves no `out_dir` (at most a `.NAME.partial-*` folder). An existing
+    Everything is written into a hidden sibling folder, validated, then renamed to `out_dir`
+    (`common.output_folders`): an interrupted export leaves no `out_dir`, and what a killed one left
+    is removed by the next export to the same folder. An existing
     `out_dir` is refused unless `overwrite`. `model_card_extra` updates the card's Hub metadata
     (e.g. `{"license": ..., "base_model": ..., "tags": [...]}`; tags are added); `model_id` is the
     id in the card's usage snippet (default: `out_dir` as given).
@@ -65,39 +65,10 @@ def save_hub_folder(
             f"{type(model).__name__}; merge adapters first (PeftModel.merge_and_unload())"
         )
     out_dir = Path(out_dir)
-    refuse_existing(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with written_whole(out_dir, overwrite) as staging:
         _write_folder(model, processor, staging, max_shard_size, model_card_extra, model_id or str(out_dir))
         validate_hub_folder(staging)
-        _move_into_place(staging, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-def refuse_existing(out_dir: Path, overwrite: bool) -> None:
-    """Checked before any work and again before the rename."""
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
-
-
-def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    refuse_existing(out_dir, overwrite)
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    replaced = out_dir.parent / f".{out_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
-    os.rename(out_dir, replaced)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(replaced, out_dir)  # keep the old folder rather than none
-        raise
-    shutil.rmtree(replaced)
 
 
 def _write_folder(model, processor, folder: Path, max_shard_size, model_card_extra, model_id: str) -> None:

@@ -34,9 +34,9 @@ import transformers
 from PIL import Image
 
 model_id = "{model_id}"
-# transformers 5.x: AutoModelForImageTextToText; transformers 4.57: AutoModelForVision2Seq
-auto_class = getattr(transformers, "AutoModelForVision2Seq", transformers.AutoModelForImageTextToText)
-model = auto_class.from_pretrained(model_id, trust_remote_code=True, device_map="auto")
+model = transformers.AutoModelForImageTextToText.from_pretrained(  # transformers 4.57 and 5.x
+    model_id, trust_remote_code=True, device_map="auto"
+)
 processor = transformers.AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
 
 image = Image.open("photo.jpg")
@@ -58,9 +58,9 @@ import numpy as np
 import transformers
 
 model_id = "{model_id}"
-# transformers 5.x: AutoModelForImageTextToText; transformers 4.57: AutoModelForVision2Seq
-auto_class = getattr(transformers, "AutoModelForVision2Seq", transformers.AutoModelForImageTextToText)
-model = auto_class.from_pretrained(model_id, trust_remote_code=True, device_map="auto")
+model = transformers.AutoModelForImageTextToText.from_pretrained(  # transformers 4.57 and 5.x
+    model_id, trust_remote_code=True, device_map="auto"
+)
 processor = transformers.AutoProcessor.from_pretrained(model_id, trust_remote_code=True)  # needs torchvision
 
 with av.open("clip.mp4") as container:

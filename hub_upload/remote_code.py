@@ -4,8 +4,9 @@ Which modules travel is the architecture table's (`llava_prumerge.architectures`
 plus the architecture's configuration and modeling files. `trust_remote_code` imports them from the
 Hub folder as siblings, so the package-relative imports between them are rewritten to flat ones.
 Any other package-relative import would fail on a machine without this package and is refused,
-and the files are checked statically for what remote code must not do (network I/O, unpickling,
-running code or commands).
+and the package's files are checked statically for what remote code must not do (network I/O,
+unpickling, running code or commands). A folder's remote code is accepted only byte-identical to
+what this package writes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+from .. import __version__
 from ..architectures import ARCHITECTURES, Architecture
 from ..errors import RemoteCodeError
 
@@ -191,15 +193,31 @@ def source_problems(name: str, source: str) -> list[str]:
     return problems
 
 
-def remote_code_problems(folder: Path, arch: Architecture) -> list[str]:
-    """What keeps the folder's remote code (that of `arch`) from loading self-contained and safely."""
+CODE_SUFFIXES = {".py", ".pyc", ".pyo", ".so", ".pyd"}
+
+
+def remote_code_problems(folder: Path, arch: Architecture, files: list[Path]) -> list[str]:
+    """Remote code is accepted only as this package writes it: byte-identical, and no other code file.
+
+    Static rules can be dodged (`import os as o`, `getattr(os, "sys" + "tem")`, `builtins.eval`); a
+    byte comparison cannot. `source_problems` guards the code the package itself writes (its tests).
+    """
+    written = remote_code_files(arch)
     problems = []
-    for name in map(remote_file_name, arch.remote_modules):
+    for name, source in written.items():
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing (remote code for trust_remote_code=True)")
-            continue
-        problems += source_problems(name, path.read_text(encoding="utf-8"))
+        elif path.read_bytes() != source.encode("utf-8"):
+            problems.append(
+                f"{name} differs from the remote code llava-prumerge {__version__} writes; export the "
+                "folder again with this version (edited remote code is never uploaded)"
+            )
+    problems += [
+        f"{path} is code that llava-prumerge does not write; remove it (only {sorted(written)} may travel)"
+        for path in files
+        if path.suffix in CODE_SUFFIXES and path.as_posix() not in written
+    ]
     return problems
 
 

@@ -1,10 +1,13 @@
 """Push a PruMerge Hub folder to the Hugging Face Hub, after validating it again.
 
-Uses `upload_folder`, not `upload_large_folder`: one commit holds the whole variant, so the repo
-never shows a half-pushed model (as the export never leaves a half-written folder), and it takes a
-commit message and a target branch. `upload_large_folder` commits in many pieces with fixed messages
-and pays off for thousands of files; a 7B variant is about ten 2 GB shards. An interrupted push is
-resumed by running the command again: the Hub skips LFS files whose content it already holds.
+One `create_commit` holds the whole variant, so the repo never shows a half-pushed model (as the
+export never leaves a half-written folder), with a commit message and a target branch; a 7B variant
+is about ten 2 GB shards, far from where `upload_large_folder` pays off. The commit lists exactly the
+validated files, one by one (no `allow_patterns`: those are globs, and a file named `*` would let
+hidden files such as `.env` through). Every file but the weights is read into memory between two
+passing checks, compared after the second and pushed from memory, so what is pushed is what was
+checked (the weights' headers are checked; their data cannot run code). An interrupted push is resumed by running the command again:
+the Hub skips LFS files whose content it already holds.
 The token comes from huggingface_hub's standard places (HF_TOKEN, or `hf auth login`); this
 module never reads, prints or logs it.
 """
@@ -13,10 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from .validate import validate_hub_folder
+from ..errors import InvalidHubFolder
+from .validate import hidden_files, validate_hub_folder
+
+WEIGHT_SUFFIX = ".safetensors"
 
 
 def human_size(num_bytes: int) -> str:
@@ -44,6 +50,9 @@ def upload_hub_folder(
     folder = Path(folder)
     validate_repo_id(repo_id)
     files = validate_hub_folder(folder)
+    contents = _small_file_contents(folder, files)
+    if validate_hub_folder(folder) != files or _small_file_contents(folder, files) != contents:
+        raise InvalidHubFolder(f"{folder} changed while it was being checked; run the upload again")
     total = sum((folder / path).stat().st_size for path in files)
     target = f"{repo_id}@{revision or 'main'} ({'private' if private else 'public'})"
     print(
@@ -51,6 +60,9 @@ def upload_hub_folder(
     )
     for path in files:
         print(f"  {path.as_posix():<50} {human_size((folder / path).stat().st_size):>10}")
+    hidden = hidden_files(folder)
+    if hidden:
+        print(f"Not pushed (hidden): {', '.join(path.as_posix() for path in hidden)}")
     if dry_run:
         print("Dry run: nothing was pushed.")
         return files
@@ -60,13 +72,24 @@ def upload_hub_folder(
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id=repo_id, repo_type="model", branch=revision, exist_ok=True)
-    commit = api.upload_folder(
+    operations = [
+        CommitOperationAdd(
+            path_in_repo=path.as_posix(),
+            path_or_fileobj=contents[path] if path in contents else str(folder / path),
+        )
+        for path in files
+    ]
+    commit = api.create_commit(
         repo_id=repo_id,
         repo_type="model",
-        folder_path=str(folder),
+        operations=operations,
         revision=revision,
         commit_message=commit_message or f"Upload {folder.name}",
-        allow_patterns=[path.as_posix() for path in files],
     )
     print(f"Pushed: {getattr(commit, 'commit_url', commit)}")
     return files
+
+
+def _small_file_contents(folder: Path, files: list[Path]) -> dict[Path, bytes]:
+    """The bytes of every file to push but the weights (code, configs, tokenizer, card)."""
+    return {path: (folder / path).read_bytes() for path in files if path.suffix != WEIGHT_SUFFIX}

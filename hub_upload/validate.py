@@ -2,13 +2,15 @@
 
 Run by the export before it renames its temporary folder into place, and by the upload before it
 pushes anything: the config loads, the shards match the index and hold every weight the config
-needs in the right shape, the remote code is self-contained, and the tokenizer and processor
-files are in the layout both transformers majors read.
+needs in the right shape, the remote code is exactly what this package writes and the only code
+any `auto_map` names, links stay inside the folder, and the tokenizer and processor files are in
+the layout both transformers majors read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -51,10 +53,6 @@ def _config_problems(folder: Path) -> tuple[list[str], Architecture | None, obje
             problems.append(
                 f"config.json auto_map[{auto_class!r}] is {auto_map.get(auto_class)!r}, not {target!r}"
             )
-    for target in sorted(set(map(str, auto_map.values()))):
-        module, _, class_name = target.rpartition(".")
-        if class_name not in defined_classes(folder / f"{module}.py"):
-            problems.append(f"config.json auto_map names {target}, which {module}.py does not define")
     text_config = raw.get("text_config") or {}
     if "rope_parameters" in text_config and "rope_theta" not in text_config:
         problems.append(
@@ -126,12 +124,98 @@ def _model_card_problems(folder: Path) -> list[str]:
     ] + (["README.md metadata has no license"] if not data.license else [])
 
 
-def hub_folder_files(folder: Path) -> list[Path]:
-    """The files a push uploads: every regular file, hidden ones (e.g. `.cache/`) excepted, sorted."""
+def _auto_map_targets(data) -> list:
+    """Every value of every `auto_map` in a JSON document (nested ones included, as processors nest)."""
+    if isinstance(data, list):
+        return [target for item in data for target in _auto_map_targets(item)]
+    if not isinstance(data, dict):
+        return []
+    targets = []
+    for key, value in data.items():
+        if key == "auto_map" and isinstance(value, dict):
+            for entry in value.values():  # a tokenizer's entry is [slow, fast], either may be null
+                targets += [t for t in entry if t is not None] if isinstance(entry, list) else [entry]
+        else:
+            targets += _auto_map_targets(value)
+    return targets
+
+
+def _auto_map_problems(folder: Path, files: list[Path]) -> list[str]:
+    """`auto_map` in any config file (model, tokenizer, processors) may name only this folder's remote code.
+
+    transformers imports what any of them names under `trust_remote_code=True`, so an entry pointing at
+    another file or repository would run code no check has seen.
+    """
+    problems = []
+    for path in (path for path in files if path.suffix == ".json"):
+        try:
+            data = json.loads((folder / path).read_text(encoding="utf-8"))
+        except ValueError as error:
+            problems.append(f"{path} is not valid JSON ({error})")
+            continue
+        for target in _auto_map_targets(data):
+            module, _, class_name = str(target).rpartition(".")
+            if not isinstance(target, str) or "--" in target or "/" in module or not module:
+                problems.append(
+                    f"{path} auto_map names {target!r}: only classes of this folder's remote code may be named"
+                )
+            elif class_name not in defined_classes(folder / f"{module}.py"):
+                problems.append(f"{path} auto_map names {target}, which {module}.py does not define")
+    return problems
+
+
+def _is_hub_cache_blob(target: Path) -> bool:
+    """Whether `target` is a file of a Hugging Face cache's blob store (`models--org--name/blobs/<hash>`)."""
+    return target.parent.name == "blobs" and target.parent.parent.name.startswith("models--")
+
+
+def hub_folder_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The files a push uploads (relative, sorted) and the problems of the folder's links.
+
+    Hidden files and folders (`.env`, `.cache/`) are never pushed. A link may point inside the folder
+    or into a Hugging Face cache's blob store (a downloaded snapshot is laid out so); a link elsewhere,
+    a broken one or one to a folder is a problem, as it would push files from outside the folder.
+    """
+    root = folder.resolve()
+    files, problems = [], []
+    for directory, subfolders, names in os.walk(folder):
+        here = Path(directory)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in list(subfolders):
+            if (here / name).is_symlink():
+                subfolders.remove(name)
+                problems.append(
+                    f"{(here / name).relative_to(folder)} is a link to a folder; copy the files in"
+                )
+        for name in names:
+            path = here / name
+            relative = path.relative_to(folder)
+            if name.startswith("."):
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_file():
+                    problems.append(f"{relative} is a broken link or not a file")
+                    continue
+                if not (target.is_relative_to(root) or _is_hub_cache_blob(target)):
+                    problems.append(
+                        f"{relative} links to {target}, outside the folder; copy the file in (links may point "
+                        "only inside the folder or into a Hugging Face cache's blobs)"
+                    )
+                    continue
+            elif not path.is_file():
+                problems.append(f"{relative} is not a regular file")
+                continue
+            files.append(relative)
+    return sorted(files), problems
+
+
+def hidden_files(folder: Path) -> list[Path]:
+    """Hidden files and folders at any depth, which are never pushed (listed so nothing goes unsaid)."""
     return sorted(
         path.relative_to(folder)
-        for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        for path in folder.rglob(".*")
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])
     )
 
 
@@ -142,8 +226,8 @@ def validate_hub_folder(folder: Path | str) -> list[Path]:
         raise InvalidHubFolder(
             f"{folder} is not a folder; export one with `llava-prumerge export` or `convert`"
         )
-    files = hub_folder_files(folder)
-    problems = [
+    files, problems = hub_folder_files(folder)
+    problems += [
         f"{path} is a pickle-format file; weights must be safetensors only (remove it)"
         for path in files
         if path.suffix in PICKLE_SUFFIXES
@@ -152,9 +236,13 @@ def validate_hub_folder(folder: Path | str) -> list[Path]:
     problems += config_problems
     problems += weight_problems(folder, config)
     problems += (
-        remote_code_problems(folder, arch) + _processor_problems(folder, arch) if arch is not None else []
+        remote_code_problems(folder, arch, files) + _processor_problems(folder, arch)
+        if arch is not None
+        else []
     )
+    problems += _auto_map_problems(folder, files)
     problems += _model_card_problems(folder)
+    problems = list(dict.fromkeys(problems))  # a broken JSON file is found by two checks
     if problems:
         raise InvalidHubFolder(
             f"{folder} is not a valid PruMerge Hub folder:\n  - "

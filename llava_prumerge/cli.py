@@ -15,6 +15,7 @@ import os
 import sys
 
 from . import __version__
+from .common.notices import hide_torchvision_fallback_notice
 from .errors import PruMergeError
 
 # subcommand -> (its wing's cli module, one-line help)
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     command = next((arg for arg in argv if arg in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
+    hide_torchvision_fallback_notice()
     if args.traceback or os.environ.get(TRACEBACK_VARIABLE):
         args.handler(args)
         return

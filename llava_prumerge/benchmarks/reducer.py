@@ -11,7 +11,7 @@ import torch
 
 from ..common.cli_args import COMPARED_METHODS, split_method_label
 from ..common.loading import DTYPES, prumerge_config
-from ..common.timing import clock
+from ..common.timing import clock, counted
 from ..errors import UsageError
 from ..modeling.token_reduction import reduce_visual_tokens
 from ..testing.reducer_loop import reduce_visual_tokens_loop
@@ -138,7 +138,9 @@ def run_from_args(args: argparse.Namespace) -> list[dict]:
         dtype=DTYPES[args.dtype],
     )
     where = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU ({counted(torch.get_num_threads(), 'thread')})"
     )
     print_results(
         rows,

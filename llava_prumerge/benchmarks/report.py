@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..common.timing import counted
 from .modalities import VisualPath
 from .models import BenchSubject
 
@@ -80,8 +81,8 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
     text = config.text_config
     weights = "checkpoint weights" if subject.checkpoint else "random weights"
     lines = [
-        f"{subject.arch or subject.checkpoint} ({weights}) on {first['device']} ({first['threads']} threads), {first['dtype']}; "
-        f"median of {first['repeats']} passes after {first['warmup']} warm-up, methods interleaved",
+        f"{subject.arch or subject.checkpoint} ({weights}) on {first['device']} ({counted(first['threads'], 'thread')}), {first['dtype']}; "
+        f"median of {counted(first['repeats'], 'pass', 'passes')} after {first['warmup']} warm-up, methods interleaved",
         f"vision: {vision.num_hidden_layers} layers x {vision.hidden_size}, "
         f"{(vision.image_size // vision.patch_size) ** 2} patches; "
         f"LLM: {subject.llm_layers} layers x {text.hidden_size}; "
@@ -89,7 +90,7 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
     ]
     if subject.llm_layers < subject.full_depth_layers:
         lines.append(
-            f"NOTE: only {subject.llm_layers} of the {subject.full_depth_layers} LLM layers are built (real width); "
+            f"NOTE: {subject.llm_layers} of the {subject.full_depth_layers} LLM layers built (real width); "
             "prefill, decode, KV cache and memory below are for these layers."
         )
     return lines
@@ -112,7 +113,7 @@ def format_report(subject: BenchSubject, rows: list[dict]) -> str:
                 f"  {row['method']} vision path ({visual.encoder_step}: layers up to -2, reduction-layer q/k): "
                 f"{row['vision_ms']:.1f} ms = {row['vision_vs_stock']:.3f} x stock"
             )
-    if rows[0]["ttft_ms_range"] is not None:
+    if rows[0]["ttft_ms_range"] is not None and rows[0]["repeats"] > 1:
         lines += ["", f"spread over the {rows[0]['repeats']} passes (fastest-slowest):"]
         width = _method_width(rows)
         for row in rows:

@@ -84,12 +84,27 @@ class PromptShape:
         return "anyres" if self.anyres else self.modality
 
 
+def at_paper_rate(patches: int, tokens_of_576: int) -> int:
+    """The tokens an image of `patches` patches keeps at the rate the paper reports for 576 patches."""
+    return round(patches * tokens_of_576 / DEFAULT_VISUAL_TOKENS)
+
+
+def image_prompt(patches: int) -> PromptShape:
+    """A LLaVA-1.5-style prompt: one token per patch, reduced at the paper's rates."""
+    return PromptShape(
+        "image",
+        patches,
+        at_paper_rate(patches, PRUMERGE_TOKENS),
+        at_paper_rate(patches, PRUMERGE_PLUS_TOKENS),
+    )
+
+
 def video_prompt(frames: int, patches: int) -> PromptShape:
     """Video-LLaVA's prompt: per frame its [CLS] token then its patches, those reduced at the paper's image
     rates; fixed budgets of 12.5% and 25% of the patches (with the [CLS] tokens)."""
 
     def reduced(image_tokens: int) -> int:  # a video's tokens when each frame keeps this share of patches
-        return frames * (1 + round(patches * image_tokens / DEFAULT_VISUAL_TOKENS))
+        return frames * (1 + at_paper_rate(patches, image_tokens))
 
     return PromptShape(
         "video",
@@ -100,7 +115,7 @@ def video_prompt(frames: int, patches: int) -> PromptShape:
     )
 
 
-IMAGE_PROMPT = PromptShape("image", DEFAULT_VISUAL_TOKENS, PRUMERGE_TOKENS, PRUMERGE_PLUS_TOKENS)
+IMAGE_PROMPT = image_prompt(DEFAULT_VISUAL_TOKENS)
 VIDEO_LLAVA_PROMPT = video_prompt(VIDEO_FRAMES, FRAME_PATCHES)
 
 
@@ -192,10 +207,7 @@ class AnyresImage:
         """The image's tokens when each view keeps `image_tokens` of every 576 (DEFAULT_VISUAL_TOKENS) of its
         patches, as PruMerge does per view, and one `image_newline` closes each row of crops (the model's
         layout)."""
-        views = sum(
-            round(patches * image_tokens / DEFAULT_VISUAL_TOKENS) for patches in self.view_patches if patches
-        )
-        return views + self.grid[0]
+        return sum(at_paper_rate(patches, image_tokens) for patches in self.view_patches) + self.grid[0]
 
 
 def anyres_prompt(image: AnyresImage) -> PromptShape:
@@ -258,7 +270,8 @@ ARCHITECTURES = {
         Architecture("llava-1.5-13b", 5120, 40, 40, 40, 13824, 32000),  # Vicuna-13B v1.5
         Architecture("video-llava-7b", 4096, 32, 32, 32, 11008, 32000, VIDEO_LLAVA_PROMPT),  # Vicuna-7B v1.5
         Architecture("llava-next-7b", 4096, 32, 32, 32, 11008, 32000, LLAVA_NEXT_PROMPT),  # Vicuna-7B v1.5
-        Architecture("tiny", 64, 2, 4, 2, 160, 100),  # for tests: 2 KV heads exercise GQA
+        # for tests: 2 KV heads exercise GQA; the tiny LLaVA's 14 x 14 patches
+        Architecture("tiny", 64, 2, 4, 2, 160, 100, image_prompt(14 * 14)),
         # for tests: the tiny Video-LLaVA's 8 frames of 14 x 14 patches
         Architecture("tiny-video", 64, 2, 4, 2, 160, 100, video_prompt(VIDEO_FRAMES, 14 * 14)),
         # for tests: the tiny LLaVA-NeXT's 112 x 112 image, 5 views of 14 x 14 patches (56 px, patch 4)
@@ -597,24 +610,42 @@ def analyze(
     return rows
 
 
+DECIMAL_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""))
+
+
+def decimal_unit(largest: float) -> tuple[float, str]:
+    """The scale and prefix that print `largest` with at least one digit before the point (9.3 T, 41 M)."""
+    return next(((scale, prefix) for scale, prefix in DECIMAL_PREFIXES if largest >= scale), (1, ""))
+
+
 def format_table(rows: list[dict]) -> str:
     first = rows[0]
+    ops_scale, ops_prefix = decimal_unit(max(row["flops"] for row in rows))
+    gb = max(
+        max(row[key] for row in rows) for key in ("weight_bytes", "activation_bytes", "memory_access_bytes")
+    )
+    bytes_scale, bytes_prefix = (1e9, "G") if gb >= 1e8 else (1e6, "M")  # GB for 7B-scale models, else MB
+    kv_scale, kv_prefix = (1e6, "M") if max(row["kv_cache_bytes"] for row in rows) >= 1e5 else (1e3, "K")
+    time_scale, time_unit = (
+        (1e3, "ms") if max(row["prefill_seconds"] for row in rows) >= 1e-3 else (1e6, "us")
+    )
     width = max(14, *(len(row["method"]) for row in rows))  # fixed budgets make longer labels
     lines = [
         f"{first['arch']} LLM prefill on {first['hardware']} ({first['compute_dtype']} peak "
         f"{first['peak_tflops']:g} TOPS, {first['bandwidth_gbps']:g} GB/s), batch {first['batch_size']}, "
         f"W{first['w_bits']}A{first['a_bits']}KV{first['kv_bits']}, {first['text_tokens']} text tokens",
-        f"{'method':<{width}} {'visual':>6} {'seq':>5} {'TOPs':>7} {'x none':>7} {'prefill ms':>10} {'x none':>7} "
-        f"{'weights GB':>10} {'KV MB':>8} {'x none':>7} {'act GB':>7} {'traffic GB':>10}",
+        f"{'method':<{width}} {'visual':>6} {'seq':>5} {ops_prefix + 'OPs':>7} {'x none':>7} {'prefill ' + time_unit:>10} "
+        f"{'x none':>7} {'weights ' + bytes_prefix + 'B':>10} {'KV ' + kv_prefix + 'B':>8} {'x none':>7} "
+        f"{'act ' + bytes_prefix + 'B':>7} {'traffic ' + bytes_prefix + 'B':>10}",
     ]
     for row in rows:
         ratio = row["vs_none"]
         lines.append(
             f"{row['method']:<{width}} {row['visual_tokens']:>6} {row['sequence_length']:>5} "
-            f"{row['flops'] / 1e12:>7.3f} {ratio['flops']:>7.3f} "
-            f"{row['prefill_seconds'] * 1e3:>10.2f} {ratio['prefill_seconds']:>7.3f} "
-            f"{row['weight_bytes'] / 1e9:>10.2f} "
-            f"{row['kv_cache_bytes'] / 1e6:>8.1f} {ratio['kv_cache_bytes']:>7.3f} "
-            f"{row['activation_bytes'] / 1e9:>7.2f} {row['memory_access_bytes'] / 1e9:>10.2f}"
+            f"{row['flops'] / ops_scale:>7.3f} {ratio['flops']:>7.3f} "
+            f"{row['prefill_seconds'] * time_scale:>10.2f} {ratio['prefill_seconds']:>7.3f} "
+            f"{row['weight_bytes'] / bytes_scale:>10.2f} "
+            f"{row['kv_cache_bytes'] / kv_scale:>8.1f} {ratio['kv_cache_bytes']:>7.3f} "
+            f"{row['activation_bytes'] / bytes_scale:>7.2f} {row['memory_access_bytes'] / bytes_scale:>10.2f}"
         )
     return "\n".join(lines)

@@ -7,17 +7,57 @@ not needed). Reducer fields passed here override the checkpoint's.
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from transformers import AutoConfig
 
 from ..architectures import ARCHITECTURES, architecture_for
-from ..errors import UsageError
+from ..errors import MissingInputError, UsageError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def check_checkpoint_source(name_or_path: str) -> None:
+    """A missing folder, or a Hub id neither cached nor reachable, is one clear error up front, rather
+    than a minute of download retries ending in a traceback."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise MissingInputError(f"{name_or_path} is a file; pass a checkpoint folder or a Hub model id")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MissingInputError(f"No checkpoint folder at {name_or_path}")
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return  # downloaded before
+    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+        raise MissingInputError(
+            f"{name_or_path} is not a local folder and the Hugging Face Hub is unreachable (offline?); "
+            "pass a local checkpoint folder, e.g. one written by `llava-prumerge export`"
+        )
+
+
+def _hub_reachable(timeout_seconds: float = 3.0) -> bool:
+    """Whether the Hub endpoint accepts a connection (assumed so behind a proxy, which this cannot test)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection(
+            (endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout_seconds
+        ):
+            return True
+    except OSError:
+        return False
+
+
 def prumerge_config(name_or_path: str, **reduction_fields):
     """The checkpoint's config as a PruMerge config (a stock one converted), with `reduction_fields` applied."""
+    check_checkpoint_source(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path)
     arch = architecture_for(config.model_type)
     if arch is None:

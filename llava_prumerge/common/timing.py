@@ -63,3 +63,8 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number ("1 thread", "3 passes"), for benchmark reports."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

@@ -210,13 +210,18 @@ def summary_table(rows: list[DemoRow], args: argparse.Namespace, device: torch.d
         "model's forward over the compacted prompt (text + visual tokens)",
         "",
         "| image | method | visual tokens | compression | prompt length | vision tower ms | reducer ms "
-        "| LLM prefill ms | answer |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| LLM prefill ms | answer | picture |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.image} | {row.method} | {row.visual_tokens} / {row.num_patches} | {row.compression:.1f}x "
             f"| {row.prompt_length} | {row.vision_ms:.1f} | {row.reducer_ms:.1f} | {row.prefill_ms:.1f} "
-            f"| {one_line(row.answer)} |"
+            f"| {one_line(row.answer)} | {picture_link(row.picture)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def picture_link(picture: Path | None) -> str:
+    """A Markdown link to a picture beside summary.md (none for `none`, which keeps every patch)."""
+    return f"[{picture.name}]({picture.name})" if picture else "-"

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .cli import DRAWN_METHODS
-from .demo import check_distinct_names, one_line, run_every_method, time_stages, write_summary
+from .demo import check_distinct_names, one_line, picture_link, run_every_method, time_stages, write_summary
 from .media import VIDEO_FRAMES, SampledVideo, load_video
 from .visualize import drawn_settings, picture_title
 from .visualize_video import (
@@ -133,13 +133,13 @@ def summary_table(
         "model's forward over the compacted prompt (text + video tokens)",
         "",
         "| video | method | video tokens / stock | compression | tokens per frame | prompt length "
-        "| vision tower ms | reducer ms | LLM prefill ms | answer |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---|",
+        "| vision tower ms | reducer ms | LLM prefill ms | answer | picture |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.video} | {row.method} | {row.video_tokens} / {row.stock_tokens} | {row.compression:.1f}x "
             f"| {' '.join(map(str, row.frame_tokens))} | {row.prompt_length} | {row.vision_ms:.1f} "
-            f"| {row.reducer_ms:.1f} | {row.prefill_ms:.1f} | {one_line(row.answer)} |"
+            f"| {row.reducer_ms:.1f} | {row.prefill_ms:.1f} | {one_line(row.answer)} | {picture_link(row.picture)} |"
         )
     return "\n".join(lines) + "\n"

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.collections import PatchCollection
+from matplotlib.collections import LineCollection, PatchCollection
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerBase
 from matplotlib.patches import Circle, Patch, Rectangle
 from PIL import Image
 from transformers import AutoProcessor
@@ -29,7 +30,8 @@ from ..testing.tiny_next import tiny_next_model, tiny_next_processor
 PRUNED, CENTER, SAMPLE, PADDING = 0, 1, 2, 3  # patch roles; PADDING: an AnyRes crop's, never reduced
 CENTER_COLOR = "#ff1a1a"
 SAMPLE_COLOR = "#00d5ff"
-TINT_ALPHA = 0.45
+TINT_ALPHA = 0.3  # light enough for the image to show through where every patch is tinted (PruMerge+)
+BORDER_COLOR = "white"  # lines between patches of different kept tokens
 PADDING_ALPHA = 0.7  # black over the patches LLaVA-NeXT's unpadding drops
 FIGURE_INCHES, DPI = (13.0, 6.0), 100  # pictures are 1300 x 600 pixels
 TINY_MODEL_NOTE = "tiny random-weight model: the selection shows the mechanics, not a trained CLIP's choices"
@@ -98,6 +100,18 @@ def overlay_rgba(clusters: np.ndarray) -> np.ndarray:
     return rgba.reshape(grid, grid, 4)
 
 
+def cluster_borders(clusters: np.ndarray) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Segments (in patch units) between neighboring patches of different kept tokens, or of one kept
+    token and none: the outlines of the merged groups, which stay visible where tints cover everything."""
+    grid = square_grid(len(clusters))
+    cells = clusters.reshape(grid, grid)
+    rows, cols = np.nonzero(cells[:, 1:] != cells[:, :-1])  # a vertical border right of (row, col)
+    segments = [((c + 1, r), (c + 1, r + 1)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+    rows, cols = np.nonzero(cells[1:, :] != cells[:-1, :])  # a horizontal border below (row, col)
+    segments += [((c, r + 1), (c + 1, r + 1)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+    return segments
+
+
 def square_grid(num_patches: int) -> int:
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
@@ -120,6 +134,8 @@ class PatchReduction:
     clusters: np.ndarray  # [N] kept-token index per patch, -1 for none
     num_tokens: int  # visual tokens reaching the language model (summary token included)
     iqr_scale: float = ReductionSettings.iqr_scale
+    summary_tokens: int = 0  # 1 when a summary token stands for the pruned patches
+    centers_are_outliers: bool = True  # adaptive: the centers are the IQR outliers (at least one)
 
 
 def draw(reduction: PatchReduction, title: str) -> Figure:
@@ -127,7 +143,7 @@ def draw(reduction: PatchReduction, title: str) -> Figure:
     grid = square_grid(len(reduction.roles))
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI)
     image_axes, histogram_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.05]})
-    figure.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.13, wspace=0.12)
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.22, wspace=0.12)
     figure.suptitle(title, fontsize=11)
     _draw_patches(image_axes, reduction, grid)
     _draw_histogram(histogram_axes, reduction)
@@ -136,14 +152,8 @@ def draw(reduction: PatchReduction, title: str) -> Figure:
 
 def _draw_patches(axes, reduction: PatchReduction, grid: int) -> None:
     draw_patch_marks(axes, reduction, grid)
-    axes.legend(
-        handles=patch_legend_handles(patch_counts(reduction)),
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.02),
-        ncol=2,
-        fontsize=8,
-        frameon=False,
-    )
+    # Anchored at the axes' left edge so it grows rightwards, under both panels, never off the figure.
+    add_patch_legend(axes, patch_counts(reduction), loc="upper left", bbox_to_anchor=(0, -0.01))
     axes.set_title(f"{grid}x{grid} patches -> {reduction.num_tokens} visual tokens", fontsize=10)
 
 
@@ -155,6 +165,9 @@ def draw_patch_marks(axes, reduction: PatchReduction, grid: int) -> None:
     lines = {"colors": "white", "linewidth": 0.4, "alpha": 0.5}
     axes.hlines(range(grid + 1), 0, grid, **lines)
     axes.vlines(range(grid + 1), 0, grid, **lines)
+    axes.add_collection(
+        LineCollection(cluster_borders(reduction.clusters), colors=BORDER_COLOR, linewidths=1.4)
+    )
     for role, color in ((CENTER, CENTER_COLOR), (SAMPLE, SAMPLE_COLOR)):
         rows, cols = np.divmod(np.flatnonzero(reduction.roles == role), grid)
         outlines = [Rectangle((c, r), 1, 1) for r, c in zip(rows, cols, strict=True)]
@@ -171,36 +184,78 @@ def draw_patch_marks(axes, reduction: PatchReduction, grid: int) -> None:
 
 
 def patch_counts(reduction: PatchReduction) -> dict[str, int]:
-    """How many patches the legend lists per kind: center, sample, merged (pruned, in a cluster), alone,
-    padding (an AnyRes crop's, dropped before the reducer)."""
+    """What the legend counts: centers, samples, merged (pruned, in a cluster) and lone patches, the
+    summary tokens, the IQR outliers (fewer than the centers where the floor of one applies), and padding
+    (an AnyRes crop's, dropped before the reducer)."""
     pruned = reduction.roles == PRUNED
+    centers = int((reduction.roles == CENTER).sum())
+    outliers = int(iqr_outlier_counts(torch.from_numpy(reduction.attention)[None], reduction.iqr_scale))
     return {
-        "center": int((reduction.roles == CENTER).sum()),
+        "center": centers,
         "sample": int((reduction.roles == SAMPLE).sum()),
         "merged": int((pruned & (reduction.clusters >= 0)).sum()),
         "alone": int((pruned & (reduction.clusters < 0)).sum()),
+        "summary": reduction.summary_tokens,
+        "tints": int(np.unique(reduction.clusters[pruned & (reduction.clusters >= 0)]).size),
+        "floor": centers - outliers if reduction.centers_are_outliers and centers > outliers else 0,
         "padding": int((reduction.roles == PADDING).sum()),
     }
 
 
+class TintSwatch(Patch):
+    """Legend key of the merged patches: drawn in the first tints the picture uses, not in one color."""
+
+    def __init__(self, tints: int, **kwargs):
+        super().__init__(**kwargs)
+        self.tints = tints
+
+
+class _TintSwatchHandler(HandlerBase):
+    def create_artists(self, legend, handle, xdescent, ydescent, width, height, fontsize, trans):
+        colors = cluster_colors(max(1, min(TINT_SWATCH_COLORS, handle.tints)))
+        step = width / len(colors)
+        return [
+            Rectangle((i * step - xdescent, -ydescent), step, height, facecolor=color, alpha=TINT_ALPHA * 2,
+                      edgecolor="none", transform=trans)
+            for i, color in enumerate(colors)
+        ]  # fmt: skip
+
+
+TINT_SWATCH_COLORS = 4  # a legend key shows the first tints
+
+
+def add_patch_legend(owner, counts: dict[str, int], **placement):
+    """The legend of the patch marks on `owner` (axes or figure), with `counts` (see `patch_counts`)."""
+    return owner.legend(
+        handles=patch_legend_handles(counts),
+        handler_map={TintSwatch: _TintSwatchHandler()},
+        fontsize=8,
+        frameon=False,
+        **placement,
+    )
+
+
 def patch_legend_handles(counts: dict[str, int]) -> list[Patch]:
-    """The legend of the patch marks, with `counts` (see `patch_counts`); samples only when there are some."""
-    handles = [
-        Patch(facecolor=CENTER_COLOR, edgecolor="black", label=f"attention center ({counts['center']})"),
-        Patch(
-            facecolor=cluster_colors(3)[2],
-            alpha=TINT_ALPHA,
-            label=f"pruned, merged into the kept token of its tint ({counts['merged']})",
-        ),
-        Patch(
-            facecolor="none",
-            edgecolor="grey",
-            label=f"pruned, absorbed by no kept token: untinted ({counts['alone']})",
-        ),
-    ]
+    """The legend entries: each kind of patch that occurs, and the summary token when there is one."""
+    center = f"attention center ({counts['center']})"
+    if counts["floor"]:
+        center = (
+            f"attention center ({counts['center']}; {counts['center'] - counts['floor']} IQR outliers: "
+            "the reducer keeps at least one)"
+        )
+    handles = [Patch(facecolor=CENTER_COLOR, edgecolor="black", label=center)]
     if counts["sample"]:
         label = f"PruMerge+ spatial sample ({counts['sample']})"
-        handles.insert(1, Patch(facecolor=SAMPLE_COLOR, edgecolor="black", label=label))
+        handles.append(Patch(facecolor=SAMPLE_COLOR, edgecolor="black", label=label))
+    if counts["merged"]:
+        label = f"pruned, merged into the kept token its tint and outline show ({counts['merged']})"
+        handles.append(TintSwatch(counts["tints"], label=label))
+    if counts["alone"]:
+        label = f"pruned, absorbed by no kept token: untinted ({counts['alone']})"
+        handles.append(Patch(facecolor="none", edgecolor="grey", label=label))
+    if counts["summary"]:
+        label = f"+ summary token ({counts['summary']}): every pruned patch, attention-weighted (not drawn)"
+        handles.append(Patch(facecolor="none", edgecolor="none", label=label))
     if counts.get("padding"):
         label = f"padding, dropped by unpadding before the reducer ({counts['padding']})"
         handles.append(Patch(facecolor="black", alpha=PADDING_ALPHA, label=label))
@@ -238,6 +293,8 @@ def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, h
         linewidth=1.2,
         label=f"Q3 + {reduction.iqr_scale:g} IQR = {fence:.3g}",
     )
+    span = max(float(attention.max()), fence) - float(attention.min())
+    axes.set_xlim(float(attention.min()) - 0.02 * span, max(float(attention.max()), fence) + 0.05 * span)
     axes.set_yscale("log")
     axes.legend(fontsize=fontsize)
 
@@ -324,6 +381,8 @@ def patch_reduction(
         clusters=cluster_map(centers, neighbors, num_patches),
         num_tokens=reduced.num_tokens[0],
         iqr_scale=settings.iqr_scale,
+        summary_tokens=int(settings.summary_token and len(centers) < num_patches),  # none when all are kept
+        centers_are_outliers=settings.adaptive,
     )
 
 

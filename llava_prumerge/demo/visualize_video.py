@@ -31,13 +31,13 @@ from .media import SampledVideo
 from .visualize import (
     DPI,
     PatchReduction,
+    add_patch_legend,
     demo_device,
     draw_attention_histogram,
     draw_patch_marks,
     drawn_settings,
     load_checkpoint,
     patch_counts,
-    patch_legend_handles,
     patch_reduction,
     square_grid,
 )
@@ -247,14 +247,8 @@ def draw_panels(
         histogram_axes.tick_params(labelsize=6)
     counts = [patch_counts(panel) for panel in panels]
     totals = {kind: sum(panel_counts[kind] for panel_counts in counts) for kind in counts[0]}
-    legend_columns = 4 if columns >= 4 else 2  # a narrower picture stacks the legend in two columns
-    figure.legend(
-        handles=patch_legend_handles(totals),
-        loc="lower center",
-        ncol=legend_columns,
-        fontsize=8,
-        frameon=False,
-    )
+    legend_columns = 3 if columns >= 4 else 2  # a narrower picture stacks the legend in two columns
+    add_patch_legend(figure, totals, loc="lower center", ncol=legend_columns)
     figure.suptitle(title, fontsize=10)
     return figure
 

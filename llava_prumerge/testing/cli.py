@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
-
-from ..errors import OutputExistsError
 
 
 def add_tiny_inputs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +19,12 @@ def run_tiny_inputs(args: argparse.Namespace):
     OUT/lora      an original LLaVA LoRA training output (config.json, adapter, projector)
     OUT/llava-hf  a stock LlavaForConditionalGeneration and its processor, as llava-hf/llava-1.5-7b-hf
     """
-    from .tiny_inputs import write_tiny_inputs
+    from ..common.output_folders import written_whole
+    from .tiny_inputs import tiny_input_paths, write_tiny_inputs
 
-    if args.out.exists():
-        if not args.overwrite:
-            raise OutputExistsError(f"{args.out} already exists; choose another folder or pass --overwrite")
-        shutil.rmtree(args.out)
-    inputs = write_tiny_inputs(args.out)
+    with written_whole(args.out, args.overwrite) as staging:  # an interrupted run leaves no half folder
+        write_tiny_inputs(staging, final_root=args.out)
+    inputs = tiny_input_paths(args.out)
     print(
         f"Wrote tiny stand-ins: --base {inputs.vicuna} --vision-tower {inputs.clip} --lora {inputs.lora}; "
         f"--from-hf {inputs.llava_hf}"

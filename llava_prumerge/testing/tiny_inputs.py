@@ -175,9 +175,9 @@ def _write_video_llava_hf(folder: Path) -> None:
     tiny_video_image_processor().save_pretrained(folder)
 
 
-def write_tiny_inputs(root: str | Path, *, seed: int = 0) -> TinyInputs:
+def tiny_input_paths(root: str | Path) -> TinyInputs:
     root = Path(root)
-    inputs = TinyInputs(
+    return TinyInputs(
         root / "vicuna",
         root / "clip",
         root / "lora",
@@ -185,10 +185,17 @@ def write_tiny_inputs(root: str | Path, *, seed: int = 0) -> TinyInputs:
         root / "llava-next-hf",
         root / "video-llava-hf",
     )
+
+
+def write_tiny_inputs(root: str | Path, *, seed: int = 0, final_root: str | Path | None = None) -> TinyInputs:
+    """Write the stand-ins under `root`; `final_root` is where they will live when `root` is a staging
+    folder renamed into place afterwards (the LoRA config records the base model's and tower's paths)."""
+    inputs = tiny_input_paths(root)
+    final = tiny_input_paths(final_root or root)
     torch.manual_seed(seed)
     llama = _write_vicuna(inputs.vicuna)
     vision_config = _write_clip(inputs.clip)
-    _write_lora(inputs.lora, llama, vision_config["hidden_size"], inputs.vicuna, inputs.clip)
+    _write_lora(inputs.lora, llama, vision_config["hidden_size"], final.vicuna, final.clip)
     _write_llava_hf(inputs.llava_hf)
     _write_llava_next_hf(inputs.llava_next_hf)
     _write_video_llava_hf(inputs.video_llava_hf)

@@ -18,6 +18,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -258,11 +259,14 @@ def _run_folders(args: argparse.Namespace) -> tuple[Path, bool | str | None, Pat
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint
     if resume == "latest":
-        if not output_dir.is_dir() or get_last_checkpoint(str(output_dir)) is None:
-            raise UsageError(f"--resume-from-checkpoint latest: no checkpoint-N folder in {output_dir}")
-        resume = True
-    elif resume is not None and not Path(resume).is_dir():
-        raise UsageError(f"--resume-from-checkpoint {resume}: no such folder")
+        resume = str(_latest_complete_checkpoint(output_dir))
+    elif resume is not None:
+        if not Path(resume).is_dir():
+            raise UsageError(f"--resume-from-checkpoint {resume}: no such folder")
+        if problem := checkpoint_problem(Path(resume)):
+            raise UsageError(
+                f"--resume-from-checkpoint {resume}: {problem}; resume from an earlier checkpoint"
+            )
     elif resume is None and output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None:
         raise UsageError(
             f"{output_dir} already holds checkpoints of a run; pass --resume-from-checkpoint latest to "
@@ -274,6 +278,51 @@ def _run_folders(args: argparse.Namespace) -> tuple[Path, bool | str | None, Pat
             f"the export folder {export} already exists; remove it, pass another --export, or --no-export"
         )
     return output_dir, resume, export
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None when it can).
+
+    The Trainer writes `trainer_state.json` last, so a run stopped while saving leaves a folder
+    without it; a weight file cut short is named with what its header expects.
+    """
+    from ..hub_upload.weights import read_safetensors_header
+
+    state = checkpoint / TRAINER_STATE_NAME
+    if not state.is_file():
+        return f"it has no {TRAINER_STATE_NAME} (the run stopped while saving it)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except ValueError as error:
+        return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
+    for weights in sorted(checkpoint.rglob("*.safetensors")):
+        try:
+            read_safetensors_header(weights)
+        except (ValueError, OSError) as error:
+            return f"{weights} is unreadable: {error}"
+    return None
+
+
+def _latest_complete_checkpoint(output_dir: Path) -> Path:
+    """The newest checkpoint-N that can be resumed from; newer incomplete ones are named and skipped."""
+    checkpoints = sorted(
+        (
+            path
+            for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+            if path.is_dir() and path.name.split("-")[-1].isdigit()
+        ),
+        key=lambda path: int(path.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        print(f"Skipping {checkpoint}: {problem}")
+    raise UsageError(
+        f"--resume-from-checkpoint latest: no complete {PREFIX_CHECKPOINT_DIR}-N folder in {output_dir}"
+        + (" (all are incomplete, see above)" if checkpoints else "")
+    )
 
 
 def _checked_conversations(args, tokenizer, config, budget: LengthBudget, main_process: bool):

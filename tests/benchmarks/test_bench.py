@@ -125,12 +125,29 @@ def test_checkpoint_folder_runs(tmp_path, capsys):
 
 
 def test_table_output_names_what_is_estimated(capsys):
-    cli_main(["bench", "--arch", "tiny", "--layers", "1", *QUICK])
+    cli_main(["bench", "--arch", "tiny", "--layers", "1", "--threads", "1", *QUICK])
     out = capsys.readouterr().out
-    assert "only 1 of the 2 LLM layers are built" in out
+    assert "NOTE: 1 of the 2 LLM layers built" in out
     assert "ESTIMATED full-depth (2 LLM layers)" in out
     assert "stock LLaVA vision path" in out
-    assert "spread over the 1 passes (fastest-slowest):" in out
+    assert "(1 thread)" in out and "median of 1 pass after" in out
+    assert "spread over" not in out  # one pass has none
+    cli_main(
+        [
+            "bench",
+            "--arch",
+            "tiny",
+            "--layers",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--methods",
+            "none,prumerge",
+        ]
+    )
+    assert "spread over the 2 passes (fastest-slowest):" in capsys.readouterr().out
 
 
 def test_vision_only_leaves_the_llm_fields_empty(capsys):

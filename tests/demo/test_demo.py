@@ -54,6 +54,10 @@ def test_summary_lists_every_image_and_method(demo_run):
     ]
     assert all(row["answer"] for row in rows)
     assert (out / "summary.md").read_text() in printed
+    for row in rows:  # each picture linked beside its row, relative to summary.md
+        name = f"{row['image'][:-4]}-{row['method']}.png"
+        assert row["picture"] == ("-" if row["method"] == "none" else f"[{name}]({name})")
+        assert row["method"] == "none" or (out / name).is_file()
 
 
 def test_prumerge_keeps_fewer_tokens_than_none(demo_run):

@@ -65,6 +65,9 @@ def test_summary_lists_every_method_with_video_tokens_against_stock(video_demo_r
     assert [(row["video"], row["method"]) for row in rows] == [(SAMPLE_CLIP.name, m) for m in METHODS]
     assert all(row["answer"] for row in rows)
     assert (out / "summary.md").read_text() in printed
+    links = {row["method"]: row["picture"] for row in rows}
+    stem = SAMPLE_CLIP.stem
+    assert links == {"none": "-", **{m: f"[{stem}-{m}.png]({stem}-{m}.png)" for m in METHODS if m != "none"}}
     kept = {row["method"]: tokens(row) for row in rows}
     assert kept["none"] == (STOCK_TOKENS, STOCK_TOKENS)
     assert kept["prumerge"][0] < kept["prumerge_plus"][0] < STOCK_TOKENS

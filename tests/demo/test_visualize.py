@@ -22,12 +22,17 @@ from llava_prumerge.demo.visualize import (
     PRUNED,
     SAMPLE,
     SAMPLE_COLOR,
+    TINT_ALPHA,
     PatchReduction,
+    cluster_borders,
+    cluster_colors,
     cluster_map,
     draw,
     iqr_fence,
     load_model,
     overlay_rgba,
+    patch_counts,
+    patch_legend_handles,
     patch_roles,
     reduce_image,
     square_grid,
@@ -302,3 +307,71 @@ def test_an_image_checkpoint_cannot_take_videos(tmp_path, model, processor):
     processor.save_pretrained(tmp_path)
     with pytest.raises(UsageError, match="not Video-LLaVA; for videos pass a Video-LLaVA checkpoint"):
         load_video_model(str(tmp_path))
+
+
+# ---------------------------------------------------------------- what a reader sees in the picture
+
+
+def drawn_picture(reduction: PatchReduction):
+    """The figure drawn on a canvas, and its renderer (so extents are those of the saved picture)."""
+    figure = draw(reduction, "test")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return figure, canvas.get_renderer()
+
+
+def patch_legend_texts(figure) -> list[str]:
+    return [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+
+
+@pytest.mark.parametrize("grid", [5, 24])
+def test_the_legend_lies_inside_the_picture_and_clear_of_the_histogram(grid):
+    figure, renderer = drawn_picture(known_reduction(grid))
+    legend = figure.axes[0].get_legend().get_window_extent(renderer)
+    picture = figure.bbox
+    assert picture.x0 <= legend.x0 and legend.x1 <= picture.x1 and picture.y0 <= legend.y0
+    assert not legend.overlaps(figure.axes[1].get_tightbbox(renderer))  # its axis labels included
+
+
+def test_the_fence_is_inside_the_histogram_even_above_every_patch():
+    reduction = known_reduction(5)
+    reduction.attention = np.linspace(1.0, 1.1, 25)  # evenly spread: no outliers, fence above the maximum
+    fence = iqr_fence(reduction.attention, reduction.iqr_scale)
+    assert fence > reduction.attention.max()
+    figure, _ = drawn_picture(reduction)
+    low, high = figure.axes[1].get_xlim()
+    assert low < reduction.attention.min() and fence < high - 0.01 * (high - low)
+
+
+def test_the_floor_of_one_center_is_explained_and_the_summary_token_listed():
+    reduction = known_reduction(5)
+    reduction.attention = np.linspace(1.0, 1.1, 25)
+    reduction.roles = patch_roles(torch.tensor([24]), 1, 25)
+    reduction.clusters = cluster_map(torch.tensor([24]), torch.tensor([[23, 19]]), 25)
+    reduction.summary_tokens = 1
+    texts = patch_legend_texts(drawn_picture(reduction)[0])
+    assert texts[0] == "attention center (1; 0 IQR outliers: the reducer keeps at least one)"
+    assert texts[-1] == "+ summary token (1): every pruned patch, attention-weighted (not drawn)"
+    reduction.summary_tokens, reduction.centers_are_outliers = 0, False  # a fixed budget: no floor to explain
+    texts = patch_legend_texts(drawn_picture(reduction)[0])
+    assert texts[0] == "attention center (1)" and not any("summary" in text for text in texts)
+
+
+def test_the_legend_key_of_merged_patches_shows_the_tints_drawn():
+    reduction = known_reduction(5)
+    figure, _ = drawn_picture(reduction)
+    legend = figure.axes[0].get_legend()
+    (swatch,) = [h for h in patch_legend_handles(patch_counts(reduction)) if "merged" in h.get_label()]
+    handler = legend.get_legend_handler(legend.get_legend_handler_map(), swatch)  # as the legend drew it
+    keys = handler.create_artists(legend, swatch, 0, 0, 20, 7, 8, figure.transFigure)
+    used = np.unique(reduction.clusters[(reduction.roles == PRUNED) & (reduction.clusters >= 0)])
+    assert [tuple(key.get_facecolor()[:3]) for key in keys] == [
+        tuple(color) for color in cluster_colors(min(4, len(used)))
+    ]
+    assert all(key.get_alpha() == 2 * TINT_ALPHA for key in keys)
+
+
+def test_tints_let_the_image_through_and_borders_outline_each_merged_group():
+    clusters = np.array([0, 0, 1, -1])  # a 2 x 2 grid: token 0 holds the top row, token 1 one patch
+    assert sorted(cluster_borders(clusters)) == [((0, 1), (1, 1)), ((1, 1), (1, 2)), ((1, 1), (2, 1))]
+    assert overlay_rgba(clusters)[..., 3].max() <= 0.3

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoProcessor,
     CLIPImageProcessor,
@@ -19,7 +19,7 @@ from llava_prumerge import LlavaPruMergeForConditionalGeneration, reduce_visual_
 from llava_prumerge.cli import main
 from llava_prumerge.hub_upload import convert
 from llava_prumerge.modeling.token_reduction import class_attention
-from llava_prumerge.testing.files import edit_json
+from llava_prumerge.testing.files import edit_json, truncate_file
 from llava_prumerge.testing.model_tester import make_image
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
@@ -172,7 +172,34 @@ BROKEN_CHECKPOINTS = {
         ),  # fmt: skip
         "adapter_model.bin does not fit the base model",
     ),
+    "LoRA lacking some layers": (
+        lambda lora, clip: torch.save(
+            {
+                k: v
+                for k, v in torch.load(lora / "adapter_model.bin", weights_only=True).items()
+                if ".layers.1." not in k
+            },
+            lora / "adapter_model.bin",
+        ),
+        r"adapter_model.bin lacks 14 LoRA weight\(s\) of the layers its adapter_config.json adapts",
+    ),
+    "truncated adapter": (
+        lambda lora, clip: truncate_safetensors_copy(lora / "adapter_model.bin"),
+        r"lora/adapter_model.safetensors is unreadable: .*\(truncated\?\)",
+    ),
+    "truncated vision tower": (
+        lambda lora, clip: truncate_file(clip / "model.safetensors"),
+        r"clip/model.safetensors is unreadable: .*\(truncated\?\)",
+    ),
 }
+
+
+def truncate_safetensors_copy(bin_path: Path) -> None:
+    """Replace a pickled state dict by a safetensors copy that was cut short."""
+    target = bin_path.with_suffix(".safetensors")
+    save_file(torch.load(bin_path, weights_only=True), target, metadata={"format": "pt"})
+    bin_path.unlink()
+    truncate_file(target)
 
 
 @pytest.mark.parametrize("case", list(BROKEN_CHECKPOINTS))

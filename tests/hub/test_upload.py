@@ -35,12 +35,21 @@ class RecordingHubApi:
     def create_branch(self, **kwargs):
         self.calls.append(("create_branch", kwargs))
 
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs))
+    def create_commit(self, **kwargs):
+        self.calls.append(("create_commit", kwargs))
         return argparse.Namespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc")
 
 
 SECRET = "hf_secretTokenThatMustNeverBePrinted"
+
+
+def pushed_contents(operations) -> dict[str, bytes]:
+    """What a commit's operations put in the repo: path in the repo -> bytes."""
+    contents = {}
+    for operation in operations:
+        source = operation.path_or_fileobj
+        contents[operation.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
+    return contents
 
 
 def test_upload_creates_the_repo_and_branch_and_pushes_the_folder_in_one_commit(
@@ -57,14 +66,15 @@ def test_upload_creates_the_repo_and_branch_and_pushes_the_folder_in_one_commit(
         api=api,
     )
     names = [name for name, _ in api.calls]
-    assert names == ["whoami", "create_repo", "create_branch", "upload_folder"]
+    assert names == ["whoami", "create_repo", "create_branch", "create_commit"]
     calls = dict(api.calls)
     assert calls["create_repo"] == {"repo_id": "org/llava-prumerge-7b", "repo_type": "model", "private": True, "exist_ok": True}  # fmt: skip
     assert calls["create_branch"] == {"repo_id": "org/llava-prumerge-7b", "repo_type": "model", "branch": "v2", "exist_ok": True}  # fmt: skip
-    pushed = calls["upload_folder"]
+    pushed = calls["create_commit"]
     assert (pushed["repo_id"], pushed["revision"], pushed["commit_message"]) == ("org/llava-prumerge-7b", "v2", "Tiny variant")  # fmt: skip
-    assert Path(pushed["folder_path"]) == hub_folder
-    assert sorted(pushed["allow_patterns"]) == sorted(path.name for path in hub_folder.iterdir())
+    assert pushed_contents(pushed["operations"]) == {
+        path.name: path.read_bytes() for path in hub_folder.iterdir()
+    }
     output = capsys.readouterr()
     assert SECRET not in output.out + output.err and SECRET not in repr(api.calls)
 
@@ -78,8 +88,8 @@ def test_upload_command_defaults_and_token_from_the_standard_places(hub_folder, 
     assert api.init_kwargs == {}, "huggingface_hub must find the token itself (HF_TOKEN or `hf auth login`)"
     calls = dict(api.calls)
     assert "create_branch" not in calls and calls["create_repo"]["private"] is False
-    assert calls["upload_folder"]["revision"] is None
-    assert calls["upload_folder"]["commit_message"] == "Upload tiny-prumerge"
+    assert calls["create_commit"]["revision"] is None
+    assert calls["create_commit"]["commit_message"] == "Upload tiny-prumerge"
     output = capsys.readouterr()
     assert SECRET not in output.out + output.err
 
@@ -114,11 +124,46 @@ INVALID_FOLDERS = {
         lambda folder: (folder / "modeling_llava_prumerge.py").write_text(
             (folder / "modeling_llava_prumerge.py").read_text() + "\nimport socket\n"
         ),
-        "modeling_llava_prumerge.py:.*: imports socket",
+        "modeling_llava_prumerge.py differs from the remote code llava-prumerge .* writes",
     ),
-    "remote code importing the package": (
-        lambda folder: (folder / "token_reduction.py").write_text("from ..tiny import tiny_model\n"),
-        "token_reduction.py:1: relative import from ..tiny",
+    "static rules dodged": (
+        lambda folder: (folder / "token_reduction.py").write_text(
+            (folder / "token_reduction.py").read_text()
+            + "\nimport os as o\ngetattr(o, 'sys' + 'tem')('true')\n"
+        ),
+        "token_reduction.py differs from the remote code",
+    ),
+    "tokenizer code of its own": (
+        lambda folder: (
+            (folder / "tokenization_x.py").write_text("class TokenizerX:\n    pass\n"),
+            edit_json(
+                folder / "tokenizer_config.json",
+                auto_map={"AutoTokenizer": ["tokenization_x.TokenizerX", None]},
+            ),
+        ),
+        "tokenization_x.py is code that llava-prumerge does not write",
+    ),
+    "auto_map into another repository": (
+        lambda folder: edit_json(
+            folder / "preprocessor_config.json", auto_map={"AutoImageProcessor": "evil/repo--image.Processor"}
+        ),
+        r"preprocessor_config.json auto_map names 'evil/repo--image.Processor': only classes of this folder",
+    ),
+    "auto_map to a class no file defines": (
+        lambda folder: edit_json(
+            folder / "processor_config.json", auto_map={"AutoProcessor": "modeling_llava_prumerge.Nope"}
+        ),
+        "processor_config.json auto_map names modeling_llava_prumerge.Nope, which modeling_llava_prumerge.py does not define",
+    ),
+    "link outside the folder": (
+        lambda folder: (folder / "notes.txt").symlink_to(Path(__file__).resolve()),
+        "notes.txt links to .*test_upload.py, outside the folder",
+    ),
+    "link to a folder": (
+        lambda folder: (folder / "extra").symlink_to(
+            Path(__file__).resolve().parent, target_is_directory=True
+        ),
+        "extra is a link to a folder",
     ),
     "bad config": (
         lambda folder: edit_json(folder / "config.json", token_reduction="tome"),
@@ -154,3 +199,53 @@ def test_invalid_folders_are_refused_before_any_call(tmp_path, hub_folder, case,
     with pytest.raises(InvalidHubFolder, match=message):
         upload.upload_hub_folder(folder, "org/llava-prumerge-7b", api=api)
     assert api.calls == []
+
+
+def test_exactly_the_listed_files_are_pushed_never_hidden_ones_even_past_a_file_named_star(
+    tmp_path, hub_folder, capsys
+):
+    folder = shutil.copytree(hub_folder, tmp_path / "tiny-prumerge")
+    (folder / "*").write_text("a file named like a glob")
+    (folder / ".env").write_text("HF_TOKEN=" + SECRET)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "notes").write_text("local")
+    api = RecordingHubApi()
+    upload.upload_hub_folder(folder, "org/llava-prumerge-7b", api=api)
+    pushed = pushed_contents(dict(api.calls)["create_commit"]["operations"])
+    expected = {path.name: path.read_bytes() for path in folder.iterdir() if not path.name.startswith(".")}
+    assert pushed == expected and "*" in pushed
+    out = capsys.readouterr().out
+    assert "Not pushed (hidden): .cache, .env" in out and SECRET not in out
+
+
+def test_links_into_a_hub_cache_blob_store_are_pushed_as_their_files(tmp_path, hub_folder):
+    folder = shutil.copytree(hub_folder, tmp_path / "models--org--x" / "snapshots" / "abc")
+    blobs = tmp_path / "models--org--x" / "blobs"
+    blobs.mkdir()
+    card = (folder / "README.md").read_bytes()
+    (blobs / "0123abcd").write_bytes(card)
+    (folder / "README.md").unlink()
+    (folder / "README.md").symlink_to(Path("..", "..", "blobs", "0123abcd"))
+    api = RecordingHubApi()
+    upload.upload_hub_folder(folder, "org/llava-prumerge-7b", api=api)
+    assert pushed_contents(dict(api.calls)["create_commit"]["operations"])["README.md"] == card
+
+
+def test_a_folder_edited_while_it_is_checked_is_not_pushed(tmp_path, hub_folder, monkeypatch):
+    folder = shutil.copytree(hub_folder, tmp_path / "tiny-prumerge")
+    checked = []
+
+    def validate_then_edit(path):
+        files = upload_validate(path)
+        if len(checked) == 1:  # after the second check, before the push
+            card = folder / "README.md"
+            card.write_text(card.read_text() + "\nEdited after the first check.\n")
+        checked.append(path)
+        return files
+
+    upload_validate = upload.validate_hub_folder
+    monkeypatch.setattr(upload, "validate_hub_folder", validate_then_edit)
+    api = RecordingHubApi()
+    with pytest.raises(InvalidHubFolder, match="changed while it was being checked"):
+        upload.upload_hub_folder(folder, "org/llava-prumerge-7b", api=api)
+    assert api.calls == [] and len(checked) == 2

@@ -18,6 +18,7 @@ from llava_prumerge import LlavaPruMergeConfig, LlavaPruMergeForConditionalGener
 from llava_prumerge.common.loading import prumerge_config
 from llava_prumerge.errors import PruMergeError
 from llava_prumerge.modeling.compaction import IGNORE_INDEX
+from llava_prumerge.testing.files import truncate_file
 from llava_prumerge.testing.tiny import tiny_model, tiny_processor
 from llava_prumerge.training import cli as train_command
 from llava_prumerge.training import train as trainer_setup
@@ -156,16 +157,27 @@ def test_projector_has_its_own_learning_rate_and_the_vision_tower_stays_frozen(b
     assert not torch.equal(adapter[projector_key], base_projector)
 
 
-def test_resume_continues_the_step_count_and_the_log(trained, base_model, toy_data, tmp_path):
+def test_resume_continues_the_step_count_and_the_log(trained, base_model, toy_data, tmp_path, capsys):
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     shutil.copytree(trained / "checkpoint-12", output_dir / "checkpoint-12")
+    # Newer checkpoints a crash left incomplete: latest skips them, naming why.
+    truncated = shutil.copytree(trained / "checkpoint-12", output_dir / "checkpoint-13")
+    truncate_file(truncated / "adapter_model.safetensors")
+    unsaved = shutil.copytree(trained / "checkpoint-12", output_dir / "checkpoint-14")
+    (unsaved / "trainer_state.json").unlink()
     summary = run_train(
         "--model", base_model, "--data", toy_data / "data.json", "--image-folder", toy_data / "images",
         "--output-dir", output_dir, "--max-steps", "16", "--save-steps", "4", "--no-export", *FAST_RUN,
         "--resume-from-checkpoint", "latest",
     )  # fmt: skip
     assert summary["global_step"] == 16
+    out = capsys.readouterr().out
+    assert f"Skipping {output_dir / 'checkpoint-14'}: it has no trainer_state.json" in out
+    assert (
+        f"Skipping {output_dir / 'checkpoint-13'}: {truncated / 'adapter_model.safetensors'} is unreadable"
+        in out
+    )
     reference, resumed = log_by_step(trained), log_by_step(output_dir)
     assert sorted(resumed) == list(range(1, 17))
     for step in range(1, 17):
@@ -332,8 +344,17 @@ def test_clear_errors_for_unusable_input(base_model, trained, tmp_path):
         run_train(*common, "--data", tmp_path / "data.json")
     with pytest.raises(PruMergeError, match="--data required to train"):
         run_train(*common)
-    with pytest.raises(PruMergeError, match="--resume-from-checkpoint latest: no checkpoint-N folder"):
+    with pytest.raises(
+        PruMergeError, match="--resume-from-checkpoint latest: no complete checkpoint-N folder"
+    ):
         run_train(*common, "--data", tmp_path / "data.json", "--resume-from-checkpoint", "latest")
+    cut = shutil.copytree(trained / "checkpoint-4", tmp_path / "cut")
+    truncate_file(cut / "adapter_model.safetensors")
+    with pytest.raises(
+        PruMergeError,
+        match=r"--resume-from-checkpoint .*cut: .*adapter_model.safetensors is unreadable: .*truncated",
+    ):
+        run_train(*common, "--data", tmp_path / "data.json", "--resume-from-checkpoint", cut)
     with pytest.raises(PruMergeError, match="not a checkpoint of `llava-prumerge train`"):
         run_train("--export-from", base_model, "--export", tmp_path / "export")
     with pytest.raises(
