@@ -38,6 +38,7 @@ from .visualize import (
     drawn_settings,
     load_checkpoint,
     patch_counts,
+    patch_legend_handles,
     patch_reduction,
     square_grid,
 )
@@ -233,10 +234,14 @@ def draw_panels(
     all (no pyplot state). Shared by the video picture (a panel a frame) and the AnyRes one (a panel a view)."""
     rows, columns = 1 + max(row for row, _ in cells), 1 + max(column for _, column in cells)
     width, height = panel_inches(rows, columns)
+    counts = [patch_counts(panel) for panel in panels]
+    totals = {kind: sum(panel_counts[kind] for panel_counts in counts) for kind in counts[0]}
+    legend_columns = 3 if columns >= 4 else 2  # a narrower picture stacks the legend in two columns
+    legend_rows = math.ceil(len(patch_legend_handles(totals)) / legend_columns)
     figure = Figure(figsize=(width, height), dpi=DPI)
     layout = figure.add_gridspec(
         2 * rows, columns, height_ratios=[1, 0.32] * rows, hspace=0.22, wspace=0.25,
-        top=1 - 0.8 / height, bottom=0.6 / height, left=0.03, right=0.98,
+        top=1 - 0.8 / height, bottom=(0.25 + 0.17 * legend_rows) / height, left=0.03, right=0.98,
     )  # fmt: skip
     for panel, panel_title, (row, column) in zip(panels, titles, cells, strict=True):
         patches_axes = figure.add_subplot(layout[2 * row, column])
@@ -245,9 +250,6 @@ def draw_panels(
         histogram_axes = figure.add_subplot(layout[2 * row + 1, column])
         draw_attention_histogram(histogram_axes, panel, fontsize=6, histtype="stepfilled")
         histogram_axes.tick_params(labelsize=6)
-    counts = [patch_counts(panel) for panel in panels]
-    totals = {kind: sum(panel_counts[kind] for panel_counts in counts) for kind in counts[0]}
-    legend_columns = 3 if columns >= 4 else 2  # a narrower picture stacks the legend in two columns
     add_patch_legend(figure, totals, loc="lower center", ncol=legend_columns)
     figure.suptitle(title, fontsize=10)
     return figure
