@@ -26,6 +26,7 @@ from ..common.conversation import VICUNA_CHAT_TEMPLATE
 from ..common.output_folders import written_whole
 from ..errors import MissingInputError, UsageError
 from ..modeling.modeling_prumerge import PruMergeForConditionalGenerationMixin
+from .budget_processor import has_budget_processor, write_budget_processor
 from .compat import (
     ProcessorParts,
     config_for_both_majors,
@@ -81,6 +82,8 @@ def _write_folder(model, processor, folder: Path, max_shard_size, model_card_ext
     for name, text in remote_code_files(arch).items():
         (folder / name).write_text(text, encoding="utf-8")
     write_processor_files(processor, folder, arch)
+    if has_budget_processor(arch, model.config):
+        write_budget_processor(folder, arch, model.config)
     card = render_model_card(model.config, processor, model_id=model_id, metadata=model_card_extra)
     (folder / "README.md").write_text(card, encoding="utf-8")
 

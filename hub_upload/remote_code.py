@@ -203,22 +203,34 @@ def remote_code_problems(folder: Path, arch: Architecture, files: list[Path]) ->
     byte comparison cannot. `source_problems` guards the code the package itself writes (its tests).
     """
     written = remote_code_files(arch)
+    optional = budget_processor_code(arch)  # present in fixed-budget folders only
     problems = []
-    for name, source in written.items():
+    for name, source in {**written, **optional}.items():
         path = folder / name
         if not path.is_file():
-            problems.append(f"{name} is missing (remote code for trust_remote_code=True)")
+            if name in written:
+                problems.append(f"{name} is missing (remote code for trust_remote_code=True)")
         elif path.read_bytes() != source.encode("utf-8"):
             problems.append(
                 f"{name} differs from the remote code llava-prumerge {__version__} writes; export the "
                 "folder again with this version (edited remote code is never uploaded)"
             )
     problems += [
-        f"{path} is code that llava-prumerge does not write; remove it (only {sorted(written)} may travel)"
+        f"{path} is code that llava-prumerge does not write; remove it (only {sorted({**written, **optional})} "
+        "may travel)"
         for path in files
-        if path.suffix in CODE_SUFFIXES and path.as_posix() not in written
+        if path.suffix in CODE_SUFFIXES and path.as_posix() not in {**written, **optional}
     ]
     return problems
+
+
+def budget_processor_code(arch: Architecture) -> dict[str, str]:
+    """Hub folder file name -> text of the architecture's fixed-budget processor (none for most)."""
+    if not arch.budget_processor:
+        return {}
+    module = arch.budget_processor.rpartition(".")[0]
+    source = Path(importlib.util.find_spec(f"llava_prumerge.{module}").origin)
+    return {remote_file_name(module): flatten_imports(source.read_text(encoding="utf-8"), source)}
 
 
 def defined_classes(path: Path) -> set[str]:

@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 
 from ..architectures import ARCHITECTURES, Architecture, architecture_for
 from ..errors import InvalidHubFolder
+from .budget_processor import budget_processor_problems, names_budget_processor
 from .compat import CHAT_TEMPLATE_FILE, MODEL_INPUT_NAMES, VIDEO_PROCESSOR_FILE
 from .remote_code import defined_classes, remote_code_problems
 from .weights import weight_problems
@@ -99,7 +100,9 @@ def _processor_problems(folder: Path, arch: Architecture) -> list[str]:
                 f"{VIDEO_PROCESSOR_FILE} video_processor_type must be {arch.video_processor_type}"
             )
     processor_settings = _load_json(folder, "processor_config.json", problems) or {}
-    if processor_settings and processor_settings.get("processor_class") != arch.processor_class:
+    if processor_settings and names_budget_processor(arch, processor_settings):
+        problems += budget_processor_problems(folder, arch, processor_settings)
+    elif processor_settings and processor_settings.get("processor_class") != arch.processor_class:
         problems.append(f"processor_config.json processor_class must be {arch.processor_class}")
     if "image_processor" in processor_settings:
         problems.append(

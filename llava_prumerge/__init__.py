@@ -45,7 +45,8 @@ def __getattr__(name: str):
 
 
 def register_auto_classes() -> None:
-    """Map each PruMerge model type to its classes in AutoConfig, AutoModel and the image-text Auto classes."""
+    """Map each PruMerge model type to its classes in AutoConfig, AutoModel, the image-text Auto classes and
+    (fixed-budget processors) AutoProcessor."""
     import transformers
 
     from .architectures import ARCHITECTURES
@@ -57,6 +58,8 @@ def register_auto_classes() -> None:
         transformers.AutoModel.register(config_class, arch.load("model_class"), exist_ok=True)
         for auto_class in image_text_auto_classes():
             auto_class.register(config_class, arch.load("head_class"), exist_ok=True)
+        if arch.budget_processor:  # found by its name in fixed-budget Hub folders, without remote code
+            transformers.AutoProcessor.register(config_class, arch.load("budget_processor"), exist_ok=True)
 
 
 class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):

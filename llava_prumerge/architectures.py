@@ -38,6 +38,9 @@ class Architecture:
     processor_class: str  # the stock processor its Hub folders name (processor_config.json)
     image_processor_type: str  # the stock image processor (preprocessor_config.json)
     video_processor_type: str | None = None  # the stock video processor (video_preprocessor_config.json)
+    # "module.Class" (module relative to the package) of the processor of fixed-budget checkpoints, which
+    # expands each image to exactly the budget; it travels as remote code in their Hub folders.
+    budget_processor: str | None = None
 
     @property
     def remote_modules(self) -> tuple[str, ...]:
@@ -59,8 +62,12 @@ class Architecture:
 
     def load(self, attribute: str):
         """The class named by one of this row's fields (imports torch and transformers)."""
-        module = self.config_module if attribute == "config_class" else self.modeling_module
-        return getattr(importlib.import_module(f"{__package__}.{module}"), getattr(self, attribute))
+        if attribute == "budget_processor":
+            module, _, name = self.budget_processor.rpartition(".")
+        else:
+            module = self.config_module if attribute == "config_class" else self.modeling_module
+            name = getattr(self, attribute)
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 ARCHITECTURES = (
@@ -75,6 +82,7 @@ ARCHITECTURES = (
         head_class="LlavaPruMergeForConditionalGeneration",
         processor_class="LlavaProcessor",
         image_processor_type="LlavaImageProcessor",  # do_pad: images padded to a square, as LLaVA-1.5 trained
+        budget_processor="modeling.processing_llava_prumerge.LlavaPruMergeProcessor",
     ),
     Architecture(
         name="llava-next",

@@ -41,6 +41,10 @@ SUBCOMMANDS = {
     "export": ("llava_prumerge.hub_upload.cli", "stock llava-hf checkpoint or tiny weights -> Hub folder"),
     "upload": ("llava_prumerge.hub_upload.cli", "validate a Hub folder and push it to the Hugging Face Hub"),
     "tiny-inputs": ("llava_prumerge.testing.cli", "tiny stand-ins for the inputs of convert/export"),
+    "serve": (
+        "llava_prumerge.serving.cli",
+        "serve a fixed-budget PruMerge checkpoint with vLLM's OpenAI-compatible server",
+    ),
 }
 TRACEBACK_VARIABLE = "LLAVA_PRUMERGE_TRACEBACK"
 

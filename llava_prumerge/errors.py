@@ -35,6 +35,11 @@ class InvalidHubFolder(PruMergeError):
     """A folder is not a complete, loadable PruMerge Hub folder."""
 
 
+class UnservableBudgetError(PruMergeError):
+    """A checkpoint's visual-token count varies per image, so a serving engine that sizes placeholder runs
+    before the vision tower runs (vLLM) cannot serve it; the message names the fixed budgets to use."""
+
+
 class DataError(PruMergeError):
     """Training data cannot be used; the message names the file or sample."""
 
@@ -54,6 +59,7 @@ __all__ = [
     "PruMergeError",
     "ReductionSettingsError",
     "RemoteCodeError",
+    "UnservableBudgetError",
     "UsageError",
     "VisualInputError",
 ]

@@ -15,12 +15,17 @@ Conventions, so that the blocks run inside the test suite:
 - A python block whose first line is `# needs torchvision ...` runs with the torchvision overlay of this
   interpreter's environment (`<venv>-vision`, see scripts/setup_vision_overlay.sh), which scripts/test.sh
   builds; the test fails if it is missing.
+- A block whose first line is `# needs vLLM ...` runs only in an environment with vLLM (the one
+  scripts/setup_vllm_env.sh builds, where scripts/test.sh runs `test_every_vllm_readme_block_runs`), and is
+  left out elsewhere. There `org/llava-prumerge-plus-64-7b` becomes a tiny fixed-budget PruMerge+ folder
+  whose shapes vLLM's CPU build runs (text head size 32), and port 8000 a free port.
 - Only ```bash and ```python blocks run; ```text marks output. Any other fence fails the test.
 """
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +40,9 @@ HUB_ID = "org/llava-prumerge-7b"
 VIDEO_HUB_ID = "org/video-llava-prumerge-7b"
 NEXT_HUB_ID = "org/llava-next-prumerge-7b"
 STOCK_HUB_ID = "llava-hf/llava-1.5-7b-hf"
+VLLM_HUB_ID = "org/llava-prumerge-plus-64-7b"
+VLLM_PORT = "8000"
+NEEDS_VLLM = "# needs vLLM"
 RUN = ("bash", "python")
 NOT_RUN = ("text",)
 BLOCK = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -96,15 +104,13 @@ def test_every_fence_is_a_block_in_a_known_language():
     assert not unknown, f"README.md blocks at (line, language) {unknown}: use ```bash, ```python or ```text"
 
 
-def test_every_readme_block_runs(scratch_repo, tiny_checkpoints):
-    text = (ROOT / "README.md").read_text()
-    blocks = [block for block in readme_blocks(text) if block[1] in RUN]
-    runnable_fences = [line for line in text.splitlines() if line.startswith(("```bash", "```python"))]
+def run_blocks(blocks, scratch_repo, checkpoints: dict[str, Path]) -> list[str]:
+    """Run (line, language, code) blocks in order as the conventions say; the failures, described."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    failures, ran = [], 0
+    failures = []
     for line, language, code in blocks:
-        code = adapted(code, tiny_checkpoints)
+        code = adapted(code, checkpoints)
         command = (
             ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [python_for(code), "-c", code]
         )
@@ -113,11 +119,55 @@ def test_every_readme_block_runs(scratch_repo, tiny_checkpoints):
             command, cwd=scratch_repo, env=env, capture_output=True, text=True, timeout=600
         )
         print(f"README.md line {line} ({language}): {time.perf_counter() - started:.1f} s")
-        ran += 1
         if result.returncode:
             output = (result.stdout + result.stderr)[-3000:]
             failures.append(
                 f"README.md line {line} ({language}), exit {result.returncode}:\n{code}\n{output}"
             )
+    return failures
+
+
+def runnable_blocks(needs_vllm: bool) -> list[tuple[int, str, str]]:
+    """The ```bash and ```python blocks that need vLLM, or those that do not."""
+    text = (ROOT / "README.md").read_text()
+    return [
+        block
+        for block in readme_blocks(text)
+        if block[1] in RUN and block[2].startswith(NEEDS_VLLM) == needs_vllm
+    ]
+
+
+def test_every_readme_block_runs(scratch_repo, tiny_checkpoints):
+    text = (ROOT / "README.md").read_text()
+    blocks = runnable_blocks(needs_vllm=False)
+    runnable_fences = [line for line in text.splitlines() if line.startswith(("```bash", "```python"))]
+    failures = run_blocks(blocks, scratch_repo, tiny_checkpoints)
     assert not failures, "\n\n".join(failures)
-    assert ran == len(runnable_fences) > 0, f"ran {ran} of the {len(runnable_fences)} bash/python blocks"
+    assert len(blocks) + len(runnable_blocks(needs_vllm=True)) == len(runnable_fences) > len(blocks) > 0
+
+
+@pytest.fixture(scope="session")
+def vllm_checkpoint(tmp_path_factory):
+    """The stand-in for VLLM_HUB_ID: the tiny model with vLLM's head size, PruMerge+ at a budget of 64."""
+    from llava_prumerge.hub_upload.export import save_hub_folder
+    from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    fields = {"token_reduction": "prumerge_plus", "adaptive": False, "num_visual_tokens": 64}
+    model = tiny_model(tokenizer=tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
+    folder = tmp_path_factory.mktemp("hub") / "tiny-llava-prumerge-plus-64"
+    return save_hub_folder(
+        model, tiny_processor(tokenizer), folder, model_card_extra={"license": "apache-2.0"}
+    )
+
+
+def test_every_vllm_readme_block_runs(vllm, scratch_repo, vllm_checkpoint):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    blocks = [
+        (line, language, code.replace(VLLM_PORT, port)) for line, language, code in runnable_blocks(True)
+    ]
+    failures = run_blocks(blocks, scratch_repo, {VLLM_HUB_ID: vllm_checkpoint})
+    assert not failures, "\n\n".join(failures)
+    assert blocks

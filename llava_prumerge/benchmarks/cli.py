@@ -82,6 +82,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="the result rows as JSON: printed instead of the tables, or written to PATH besides them",
     )
     parser.add_argument("--plot", metavar="PNG", help="write bar charts per method and batch size")
+    parser.add_argument(
+        "--engine",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="vllm: requests/s, tokens/s and TTFT of vLLM serving none vs fixed --budgets (needs vLLM)",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=positive_int_list,
+        default=[64, 128, 192],
+        help="with --engine vllm: PruMerge+ visual tokens per image to compare with none (default 64,128,192)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> list[dict]:
@@ -131,6 +143,10 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         torch.set_num_threads(args.threads)
     if args.reducer_only:
         from .reducer import run_from_args
+
+        return run_from_args(args)
+    if args.engine == "vllm":
+        from ..serving.vllm_bench import run_from_args
 
         return run_from_args(args)
     if not (args.model or args.arch):

@@ -26,6 +26,8 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 TINY_IMAGE_SIZE = 56
 TINY_PATCH_SIZE = 4  # 14 x 14 = 196 patches
+TINY_TEXT_HEADS = 4  # head size 16
+VLLM_TINY_TEXT_HEADS = 2  # head size 32: vLLM's CPU attention takes only multiples of 32
 
 
 def byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int) -> Tokenizer:
@@ -80,7 +82,10 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaPro
     )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fields) -> LlavaPruMergeConfig:
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast | None = None, text_heads: int = TINY_TEXT_HEADS, **reduction_fields
+) -> LlavaPruMergeConfig:
+    """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
     tokenizer = tokenizer or tiny_tokenizer()
     vision_config = {
         "model_type": "clip_vision_model",
@@ -100,8 +105,8 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fi
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
+        "num_attention_heads": text_heads,
+        "num_key_value_heads": text_heads,
         "vocab_size": len(tokenizer),
         "max_position_embeddings": 2048,
         "pad_token_id": tokenizer.pad_token_id,
@@ -118,10 +123,15 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fi
     )
 
 
-def tiny_model(seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fields):
+def tiny_model(
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    text_heads: int = TINY_TEXT_HEADS,
+    **reduction_fields,
+):
     """A random-weight `LlavaPruMergeForConditionalGeneration` (float32, eval mode)."""
     torch.manual_seed(seed)
-    model = LlavaPruMergeForConditionalGeneration(tiny_config(tokenizer, **reduction_fields))
+    model = LlavaPruMergeForConditionalGeneration(tiny_config(tokenizer, text_heads, **reduction_fields))
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval()

@@ -1,0 +1,61 @@
+"""How many tokens each image reaches the language model with, when that number is the same for every image.
+
+A serving engine such as vLLM reserves each image's placeholder run (and its KV-cache blocks) when a
+request arrives, before the vision tower runs, while PruMerge's adaptive count is known only after.
+A fixed budget (`adaptive=False`), the baselines and "none" keep the same count for any image; that
+count is read from the reducer itself, run once on a constant input, so it cannot drift from what
+the reducer does with real images. Imports torch only (export uses it too).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..errors import UnservableBudgetError
+from ..modeling.reduction_settings import ReductionSettings
+from ..modeling.vision_encoding import EncodedPatches
+
+# PruMerge+ budgets of 576 patches (11%, 22%, 33%) at which token-reduction methods are usually compared.
+COMPARED_BUDGETS = (64, 128, 192)
+
+
+def image_token_count(config) -> int:
+    """Tokens per image that a LLaVA PruMerge `config` sends to the language model.
+
+    Raises UnservableBudgetError when the count depends on the image (PruMerge or PruMerge+ with
+    adaptive=True); the message says which fixed budgets to use instead.
+    """
+    settings = config.reduction_settings
+    check_fixed_budget(settings)
+    vision = config.vision_config
+    num_patches = (vision.image_size // vision.patch_size) ** 2
+    return _reduced_count(settings, num_patches, config.vision_feature_select_strategy == "full")
+
+
+def check_fixed_budget(settings: ReductionSettings) -> None:
+    """Refuse settings whose token count varies per image, naming the fixed budgets to use."""
+    if settings.prunes and settings.adaptive:
+        budgets = ", ".join(map(str, COMPARED_BUDGETS))
+        raise UnservableBudgetError(
+            f"token_reduction={settings.token_reduction!r} with adaptive=True keeps a different number of tokens "
+            "for each image (its [CLS]-attention outliers), but vLLM reserves each image's placeholder tokens "
+            "before the vision tower runs, so it can serve only a fixed budget. Use adaptive=False with "
+            f"num_visual_tokens: {budgets} for PruMerge+ (the budgets it is usually compared at), or about 32 "
+            "for PruMerge (its average adaptive count). Export with `--no-adaptive --num-visual-tokens 64`, or "
+            "override the config in vLLM: hf_overrides={'adaptive': False, 'num_visual_tokens': 64} "
+            "(`--hf-overrides` on the command line)."
+        )
+
+
+@functools.cache
+def _reduced_count(settings: ReductionSettings, num_patches: int, keep_class_token: bool) -> int:
+    """The reducer's token count for one constant image of `num_patches` patches (any image gives the same)."""
+    encoded = EncodedPatches(
+        features=torch.zeros(1, num_patches, 1),  # [1, N, C=1]
+        class_features=torch.zeros(1, 1, 1) if keep_class_token else None,  # [1, 1, 1]
+        attention=torch.full((1, num_patches), 1 / num_patches),  # [1, N]
+        keys=torch.ones(1, num_patches, 1),  # [1, N, Dk=1]
+    )
+    return encoded.reduce(settings).num_tokens[0]

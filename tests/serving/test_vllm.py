@@ -1,0 +1,239 @@
+"""vLLM serving PruMerge Hub folders (run in the vLLM environment scripts/test.sh builds; skipped elsewhere).
+
+In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) for `LLM.generate`: prompt lengths, greedy tokens
+and log-probabilities against the transformers model on the same folder, batches of one- and two-image
+prompts. The OpenAI server runs as `llava-prumerge serve` in vLLM's multi-process mode with tensor
+parallelism over two CPU worker processes (server, engine core and two workers, each loading the plugin;
+vLLM splits the vision tower's heads across the ranks and the reducer gathers the q/k it needs), and is
+checked against the transformers model the same way. It runs in its own process because vLLM reads its
+environment once per process: after an in-process engine, a second engine's thread binding is fixed.
+
+Log-probabilities are compared, not only greedy tokens: on the tiny random-weight model, serving the
+reduced tokens in another order (spatial instead of the reducer's) left all greedy tokens unchanged
+but moved the log-probabilities by 3e-3 to 0.17; float32 vLLM and transformers on one CPU agree to 5e-7.
+"""
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from llava_prumerge import LlavaPruMergeForConditionalGeneration
+from llava_prumerge.errors import UnservableBudgetError
+from llava_prumerge.hub_upload.export import save_hub_folder
+from llava_prumerge.testing.model_tester import make_image
+from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
+
+NEW_TOKENS = 6
+FOLDERS = {  # name -> reducer fields of a tiny vLLM-shaped export
+    "prumerge budget 8": {"token_reduction": "prumerge", "adaptive": False, "num_visual_tokens": 8},
+    "prumerge_plus budget 24": {
+        "token_reduction": "prumerge_plus",
+        "adaptive": False,
+        "num_visual_tokens": 24,
+    },
+}
+PROMPTS = [  # (text, number of images): batched together in one generate call
+    ("USER: <image>\nWhat is shown? ASSISTANT:", 1),
+    ("USER: <image>\nCompare it with <image>. ASSISTANT:", 2),
+    ("USER: <image>\nDescribe the picture in detail. ASSISTANT:", 1),
+]
+ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 2**26}
+LOGPROB_TOLERANCE = 1e-4
+
+
+def export_tiny(folder: Path, **fields) -> Path:
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
+    return save_hub_folder(
+        model, tiny_processor(tokenizer), folder, model_card_extra={"license": "apache-2.0"}
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def in_process_engines():
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    yield
+    del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+
+
+@pytest.fixture(scope="module", params=FOLDERS.values(), ids=FOLDERS)
+def served(vllm, request, tmp_path_factory):
+    """(folder, budget, in-process vLLM engine) for one fixed-budget export."""
+    folder = export_tiny(tmp_path_factory.mktemp("vllm") / "tiny", **request.param)
+    llm = vllm.LLM(model=str(folder), limit_mm_per_prompt={"image": 2}, **ENGINE)
+    yield folder, request.param["num_visual_tokens"], llm
+    del llm
+
+
+def image_inputs(prompt_index: int, count: int) -> list:
+    return [make_image(10 * prompt_index + i, width=60 + 8 * i, height=44) for i in range(count)]
+
+
+def transformers_reference(
+    model, inputs: dict, new_tokens: int
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The transformers model's greedy tokens, the log-probability of each prompt token after the first, and
+    of each greedy token."""
+    with torch.no_grad():
+        generated = model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        prompt_logprobs = model(**inputs).logits[0, :-1].log_softmax(-1)  # [L - 1, vocab]
+    tokens = generated.sequences[0, -new_tokens:]
+    token_logprobs = torch.stack([logits[0].log_softmax(-1) for logits in generated.logits])  # [new, vocab]
+    prompt = inputs["input_ids"][0, 1:]
+    return (
+        tokens.tolist(),
+        prompt_logprobs[torch.arange(len(prompt)), prompt],
+        token_logprobs[torch.arange(new_tokens), tokens],
+    )
+
+
+def image_requests() -> list[dict]:
+    return [
+        {"prompt": text, "multi_modal_data": {"image": image_inputs(i, count)}}
+        for i, (text, count) in enumerate(PROMPTS)
+    ]
+
+
+def sampling(vllm):
+    """Greedy, with the log-probability of every prompt token and of every generated token."""
+    return vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0, logprobs=0, prompt_logprobs=0)
+
+
+def assert_matches_the_transformers_model(folder: Path, budget: int, outputs: list) -> None:
+    """vLLM's outputs for image_requests() have the prompts of the folder's processor (text + budget per
+    image), the transformers model's greedy tokens and its log-probabilities."""
+    processor = AutoProcessor.from_pretrained(folder)
+    model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
+    for i, ((text, count), output) in enumerate(zip(PROMPTS, outputs, strict=True)):
+        inputs = processor(images=image_inputs(i, count), text=text, return_tensors="pt")
+        text_tokens = len(processor.tokenizer(text.replace("<image>", "")).input_ids)
+        prompt = output.prompt_token_ids
+        assert len(prompt) == text_tokens + budget * count
+        assert prompt == inputs["input_ids"][0].tolist(), "the folder's processor and vLLM disagree"
+        tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, NEW_TOKENS)
+        completion = output.outputs[0]
+        assert list(completion.token_ids) == tokens, f"prompt {i}"
+        served_prompt_logprobs = [output.prompt_logprobs[k][prompt[k]].logprob for k in range(1, len(prompt))]
+        served_token_logprobs = [completion.logprobs[k][token].logprob for k, token in enumerate(tokens)]
+        torch.testing.assert_close(
+            torch.tensor(served_prompt_logprobs), prompt_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
+        )
+        torch.testing.assert_close(
+            torch.tensor(served_token_logprobs), token_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
+        )
+
+
+def test_generate_matches_the_transformers_model_on_the_same_folder(vllm, served):
+    folder, budget, llm = served
+    outputs = llm.generate(image_requests(), sampling(vllm), use_tqdm=False)
+    assert_matches_the_transformers_model(folder, budget, outputs)
+
+
+def test_an_adaptive_folder_is_refused_at_load(vllm, tmp_path):
+    folder = export_tiny(tmp_path / "adaptive", token_reduction="prumerge_plus")
+    with pytest.raises(UnservableBudgetError, match=r"adaptive=True .* 64, 128, 192"):
+        vllm.LLM(model=str(folder), **ENGINE)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_openai_server_on_two_tensor_parallel_ranks_answers_an_image_chat_as_transformers_does(
+    vllm, tmp_path
+):
+    import openai
+
+    budget = 24
+    folder = export_tiny(
+        tmp_path / "tiny", token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=budget
+    )
+    port = free_port()
+    script = Path(sys.executable).parent / "llava-prumerge"
+    command = [str(script), "serve", str(folder), "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
+               "--enforce-eager", "--kv-cache-memory-bytes", str(2**26), "--tensor-parallel-size", "2"]  # fmt: skip
+    # one core per rank: the CPU build's automatic binding wants a NUMA node per rank
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1", **os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    image = make_image(3, width=70, height=40)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        wait_until_up(client, server, tmp_path / "server.log")
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                                 {"type": "text", "text": "What is shown?"}]}]  # fmt: skip
+        reply = client.chat.completions.create(
+            model=str(folder), messages=messages, max_tokens=NEW_TOKENS, temperature=0, logprobs=True,
+            extra_body={"return_token_ids": True, "prompt_logprobs": 0},
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    processor = AutoProcessor.from_pretrained(folder)
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)
+    text_tokens = len(processor.tokenizer(text.replace("<image>", ""), add_special_tokens=False).input_ids)
+    assert reply.usage.prompt_tokens == text_tokens + budget
+    inputs = processor(images=[image], text=text, add_special_tokens=False, return_tensors="pt")
+    prompt = inputs["input_ids"][0].tolist()
+    assert reply.prompt_token_ids == prompt, "the folder's processor and vLLM's chat template disagree"
+    model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
+    tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, NEW_TOKENS)
+    choice = reply.choices[0]
+    assert choice.token_ids == tokens and reply.usage.completion_tokens == NEW_TOKENS
+    # vLLM's detokenizer holds back a trailing incomplete UTF-8 character (random tokens end in one)
+    decoded = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert choice.message.content and decoded.startswith(choice.message.content)
+    served_prompt_logprobs = [
+        reply.prompt_logprobs[k][str(prompt[k])]["logprob"] for k in range(1, len(prompt))
+    ]
+    torch.testing.assert_close(
+        torch.tensor(served_prompt_logprobs), prompt_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor([entry.logprob for entry in choice.logprobs.content]),
+        token_logprobs,
+        atol=LOGPROB_TOLERANCE,
+        rtol=0,
+    )
+
+
+def wait_until_up(client, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+        try:
+            client.models.list()
+            return
+        except openai_connection_errors():
+            time.sleep(1)
+    raise AssertionError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def openai_connection_errors():
+    import openai
+
+    return (openai.APIConnectionError, openai.APITimeoutError)
