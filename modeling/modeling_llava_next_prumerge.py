@@ -51,6 +51,7 @@ from .modeling_prumerge import (
 )
 from .reduction_settings import ReductionSettings
 from .runtime_compat import declare_cache_argument, share_checkpoint_layout
+from .token_reduction import ReducedTokens
 from .vision_encoding import EncodedPatches, encode_patches, patches_from_hidden_states
 
 # llava-hf LLaVA-NeXT checkpoints load unchanged: their weight names map as for stock LLaVA-NeXT.
@@ -95,6 +96,26 @@ class AnyresLayout:
         return local[kept]
 
 
+@dataclass
+class ReducedViews:
+    """Every image's views after the reducer, before the projector: with reduction, per image and view (base
+    first) its tokens [n, C] and the local patches it kept; without, every view's tokens (`unreduced`)."""
+
+    layouts: list[AnyresLayout]
+    views: list[list[tuple[torch.Tensor, torch.Tensor]]] | None
+    unreduced: ReducedTokens | None = None
+
+    @property
+    def num_tokens(self) -> list[int]:
+        """Per image, the tokens the LLM gets: its views' tokens and its `image_newline` tokens."""
+        if self.views is None:
+            return [layout.side * layout.side + layout.stock_length for layout in self.layouts]
+        return [
+            sum(len(tokens) for tokens, _ in views) + layout.grid_rows
+            for views, layout in zip(self.views, self.layouts, strict=True)
+        ]
+
+
 def anyres_layout(image_size, grid_pinpoints: list, view_size: int, side: int) -> AnyresLayout:
     """The layout of an image of `image_size` (height, width), as stock LLaVA-NeXT computes it: the best
     grid resolution, then the padding it removes (`unpad_image`'s arithmetic, on patch counts)."""
@@ -121,6 +142,26 @@ def split_budget(total: int, sizes: list[int], smallest: int) -> list[int]:
     for view in by_remainder[: total - sum(budgets)]:
         budgets[view] += 1
     return budgets
+
+
+def view_budgets(settings: ReductionSettings, layout: AnyresLayout, crop_sizes: list[int]):
+    """Per view (base, then the crops, of `crop_sizes` unpadded patches), the settings: a whole-image
+    `num_visual_tokens` (newlines included) becomes per-view budgets; one that cannot fit is refused."""
+    views = 1 + len(crop_sizes)
+    adaptive_pruning = settings.adaptive and settings.prunes  # counts come from each view's attention
+    if not settings.reduces or adaptive_pruning or settings.num_visual_tokens is None:
+        return [settings] * views
+    smallest = 1 + (settings.summary_token and settings.prunes)
+    newlines = layout.grid_rows
+    patches = [layout.side * layout.side, *crop_sizes]
+    largest = sum(patches) + newlines  # every patch kept: no summary token is left to add
+    if not smallest * views + newlines <= settings.num_visual_tokens <= largest:
+        raise ReductionSettingsError(
+            f"num_visual_tokens={settings.num_visual_tokens} does not fit an image of {views} views "
+            f"({newlines} newline token(s)): choose between {smallest * views + newlines} and {largest}"
+        )
+    budgets = split_budget(settings.num_visual_tokens - newlines, patches, smallest)
+    return [settings.replace(num_visual_tokens=budget) for budget in budgets]
 
 
 def check_anyres_inputs(pixel_values, image_sizes, config) -> list[AnyresLayout]:
@@ -197,39 +238,38 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
         return encode_patches(self.vision_tower, views, feature_layer, keep_class_token, settings), settings
 
     def view_settings(self, settings: ReductionSettings, layout: AnyresLayout, crop_sizes: list[int]):
-        """Per view (base, then crops), the settings: a whole-image `num_visual_tokens` becomes per-view budgets."""
-        views = 1 + len(crop_sizes)
-        adaptive_pruning = settings.adaptive and settings.prunes  # counts come from each view's attention
-        if not settings.reduces or adaptive_pruning or settings.num_visual_tokens is None:
-            return [settings] * views
-        smallest = 1 + (settings.summary_token and settings.prunes)
-        newlines = layout.grid_rows
-        patches = [layout.side * layout.side, *crop_sizes]
-        largest = sum(patches) + newlines  # every patch kept: no summary token is left to add
-        if not smallest * views + newlines <= settings.num_visual_tokens <= largest:
-            raise ReductionSettingsError(
-                f"num_visual_tokens={settings.num_visual_tokens} does not fit an image of {views} views "
-                f"({newlines} newline token(s)): choose between {smallest * views + newlines} and {largest}"
-            )
-        budgets = split_budget(settings.num_visual_tokens - newlines, patches, smallest)
-        return [settings.replace(num_visual_tokens=budget) for budget in budgets]
+        """Per view (base, then crops), the settings: see `view_budgets`."""
+        return view_budgets(settings, layout, crop_sizes)
+
+    def reduce_each_view(
+        self, encoded: EncodedPatches, first: int, layout: AnyresLayout, settings: ReductionSettings
+    ) -> list[tuple[ReducedTokens | None, torch.Tensor | None]]:
+        """One image's views through the reducer, each with its own settings (`view_budgets`): the base view
+        whole, each crop over the patches unpadding keeps. Per view, the reducer's output (indices local to
+        the patches it saw; None for a crop of padding only) and those patches (None for the base view: all)."""
+        crops = [layout.crop_patches(crop) for crop in range(layout.grid_rows * layout.grid_cols)]
+        per_view = self.view_settings(settings, layout, [len(patches) for patches in crops])
+        views = [(encoded.select(torch.tensor([first])).reduce(per_view[0]), None)]
+        for crop, (patches, crop_settings) in enumerate(zip(crops, per_view[1:], strict=True)):
+            if len(patches) == 0:  # a crop of padding only: stock drops all its patches too
+                views.append((None, patches))
+                continue
+            views.append((encoded.subset(first + 1 + crop, patches).reduce(crop_settings), patches))
+        return views
 
     def reduce_views(
         self, encoded: EncodedPatches, first: int, layout: AnyresLayout, settings: ReductionSettings
     ):
-        """One image's views reduced: the base view whole, each crop over the patches unpadding keeps.
-        Returns per view (tokens, kept local patch indices)."""
-        crops = [layout.crop_patches(crop) for crop in range(layout.grid_rows * layout.grid_cols)]
-        per_view = self.view_settings(settings, layout, [len(patches) for patches in crops])
-        base = encoded.select(torch.tensor([first])).reduce(per_view[0])
-        reduced = [(base.features[0], base.centers[0])]
-        for crop, (patches, crop_settings) in enumerate(zip(crops, per_view[1:], strict=True)):
-            if len(patches) == 0:  # a crop of padding only: stock drops all its patches too
+        """One image's views reduced (see `reduce_each_view`). Returns per view (tokens, kept local patch
+        indices)."""
+        reduced = []
+        for tokens, patches in self.reduce_each_view(encoded, first, layout, settings):
+            if tokens is None:
                 reduced.append((encoded.features.new_zeros(0, encoded.features.shape[-1]), patches))
-                continue
-            view = encoded.subset(first + 1 + crop, patches)
-            tokens = view.reduce(crop_settings)
-            reduced.append((tokens.features[0], patches[tokens.centers[0]]))
+            elif patches is None:
+                reduced.append((tokens.features[0], tokens.centers[0]))
+            else:
+                reduced.append((tokens.features[0], patches[tokens.centers[0]]))
         return reduced
 
     def lay_out(self, projected: list[torch.Tensor], kept: list[torch.Tensor], layout: AnyresLayout):
@@ -271,11 +311,29 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
         return [self.tokens_of_views(encoded, layouts, image_sizes, settings, vision_feature_select_strategy)]
 
     def tokens_of_views(self, encoded, layouts, image_sizes, settings, strategy) -> VisualTokens:
-        """The images' tokens from their encoded views: stock's packing without reduction, else per view."""
-        views = [1 + layout.grid_rows * layout.grid_cols for layout in layouts]
-        expanded = [self.config.image_seq_length + layout.stock_length for layout in layouts]
+        """The images' tokens from their encoded views: reduced, projected and laid out."""
+        return self.anyres_tokens(self.reduce_images(encoded, layouts, settings), image_sizes, strategy)
+
+    def reduce_images(
+        self, encoded: EncodedPatches, layouts: list[AnyresLayout], settings: ReductionSettings
+    ) -> ReducedViews:
+        """The reducer's part: every image's views reduced (see `reduce_views`), or all kept without reduction."""
         if not settings.reduces:
-            projected = self.multi_modal_projector(torch.stack(encoded.reduce(settings).features))
+            return ReducedViews(layouts, None, encoded.reduce(settings))
+        views, first = [], 0
+        for layout in layouts:
+            views.append(self.reduce_views(encoded, first, layout, settings))
+            first += 1 + layout.grid_rows * layout.grid_cols
+        return ReducedViews(layouts, views)
+
+    def anyres_tokens(self, reduced: ReducedViews, image_sizes, strategy: str | None = None) -> VisualTokens:
+        """Reduced views projected and laid out per image, ready for compaction: stock's packing without
+        reduction, else `lay_out`."""
+        layouts = reduced.layouts
+        expanded = [self.config.image_seq_length + layout.stock_length for layout in layouts]
+        if reduced.views is None:
+            views = [1 + layout.grid_rows * layout.grid_cols for layout in layouts]
+            projected = self.multi_modal_projector(torch.stack(reduced.unreduced.features))
             features, _ = self.pack_image_features(
                 list(projected.split(views)), image_sizes,
                 strategy or self.config.vision_feature_select_strategy, image_newline=self.image_newline,
@@ -283,17 +341,15 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
             return VisualTokens(
                 "image", self.config.image_token_id, list(features), expanded, [None] * len(features)
             )
-        features, centers, first = [], [], 0
-        for layout, count in zip(layouts, views, strict=True):
-            reduced = self.reduce_views(encoded, first, layout, settings)
-            tokens = [view_tokens for view_tokens, _ in reduced]
+        features, centers = [], []
+        for layout, image_views in zip(layouts, reduced.views, strict=True):
+            tokens = [view_tokens for view_tokens, _ in image_views]
             projected = self.multi_modal_projector(torch.cat(tokens)).split([len(t) for t in tokens])
             image_tokens, image_centers = self.lay_out(
-                list(projected), [patches for _, patches in reduced], layout
+                list(projected), [patches for _, patches in image_views], layout
             )
             features.append(image_tokens)
             centers.append(image_centers)
-            first += count
         return VisualTokens("image", self.config.image_token_id, features, expanded, centers)
 
     @can_return_tuple

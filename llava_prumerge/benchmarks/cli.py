@@ -24,13 +24,16 @@ METHODS_HELP = "comma-separated; METHOD@TOKENS: a fixed budget per image or vide
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--model", metavar="PATH_OR_HUB_ID", help="a LLaVA or Video-LLaVA checkpoint, stock or PruMerge"
+        "--model",
+        metavar="PATH_OR_HUB_ID",
+        help="a LLaVA, LLaVA-NeXT or Video-LLaVA checkpoint, stock or PruMerge",
     )
     source.add_argument(
         "--arch",
         choices=list(roofline.ARCHITECTURES),
-        help="random weights: LLaVA-1.5 shapes (CLIP ViT-L/14-336 + Vicuna), Video-LLaVA-7B's (8 frames through "
-        "CLIP ViT-L/14 at 224 px + Vicuna-7B), or the tiny test models",
+        help="random weights: LLaVA-1.5 shapes (CLIP ViT-L/14-336 + Vicuna), LLaVA-NeXT-7B's (a 672x672 image as "
+        "5 views of CLIP ViT-L/14-336 + Vicuna-7B), Video-LLaVA-7B's (8 frames through CLIP ViT-L/14 at 224 px + "
+        "Vicuna-7B), or the tiny test models",
     )
     parser.add_argument(
         "--layers", type=positive_int, help="with --arch: build only this many LLM layers (real width)"
@@ -44,7 +47,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         type=compared_method_labels,
         help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA's 8-frame videos also "
-        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets),
+        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets)
+        + ", for LLaVA-NeXT's 672x672 images also "
+        + ",".join(roofline.LLAVA_NEXT_PROMPT.fixed_budgets),
     )
     parser.add_argument(
         "--text-tokens",
@@ -105,6 +110,13 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     memory, and their ratios to "none". The q/k work the reducer adds in the vision tower is timed on
     its own, and the stock vision path (all layers with output_hidden_states, as
     LlavaModel.get_image_features) is timed alongside.
+
+    A LLaVA-NeXT (--arch llava-next-7b or tiny-next, or such a checkpoint) is measured on images of its
+    largest square grid resolution (672x672 for llava-v1.6: the base view and 2x2 crops, 5 views through
+    the tower as one batch, encode_views), each view reduced with its own [CLS] attention and laid out
+    as the model lays them out; tokens per image count the image_newline tokens, the stock count is
+    LlavaNextProcessor's (2928 for 672x672), and the field's fixed budgets (prumerge_plus@160, 320, 640
+    for the whole image) are compared too.
 
     A Video-LLaVA (--arch video-llava-7b or tiny-video, or such a checkpoint) is measured on 8-frame
     videos instead: the frames go through the video tower as a batch (encode_video_frames) and are
@@ -181,14 +193,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         "--arch",
         type=_architecture,
         default="llava-1.5-7b",
-        help=f"{', '.join(roofline.ARCHITECTURES)}, or a folder with a LLaVA config.json (default llava-1.5-7b)",
+        help=f"{', '.join(roofline.ARCHITECTURES)}, or a folder with a LLaVA, LLaVA-NeXT or Video-LLaVA config.json "
+        "(default llava-1.5-7b)",
     )
     parser.add_argument("--hardware", choices=list(roofline.HARDWARE), default="v100", help="(default v100)")
     parser.add_argument(
         "--visual-tokens",
         type=positive_int,
         help="visual tokens per image or video without reduction (default: the architecture's, 576 for LLaVA-1.5, "
-        "2056 for Video-LLaVA's 8 frames)",
+        "2928 for LLaVA-NeXT's 672x672 image, 2056 for Video-LLaVA's 8 frames)",
     )
     parser.add_argument(
         "--text-tokens",
@@ -206,19 +219,23 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         type=compared_method_labels,
         help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA also "
-        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets),
+        + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets)
+        + ", for LLaVA-NeXT also "
+        + ",".join(roofline.LLAVA_NEXT_PROMPT.fixed_budgets),
     )
     parser.add_argument(
         "--prumerge-tokens",
         type=positive_int,
         help=f"adaptive PruMerge's tokens (default {roofline.PRUMERGE_TOKENS}: the paper's mean; Video-LLaVA: "
-        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_tokens}, the same share of each frame's patches)",
+        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_tokens}, LLaVA-NeXT: {roofline.LLAVA_NEXT_PROMPT.prumerge_tokens}, "
+        "the same share of each frame's or view's patches)",
     )
     parser.add_argument(
         "--prumerge-plus-tokens",
         type=positive_int,
         help=f"adaptive PruMerge+'s tokens (default {roofline.PRUMERGE_PLUS_TOKENS}: 25%%; Video-LLaVA: "
-        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_plus_tokens}, the same share of each frame's patches)",
+        f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_plus_tokens}, LLaVA-NeXT: "
+        f"{roofline.LLAVA_NEXT_PROMPT.prumerge_plus_tokens}, the same share of each frame's or view's patches)",
     )
     parser.add_argument(
         "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"

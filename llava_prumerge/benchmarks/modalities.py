@@ -1,17 +1,19 @@
-"""What differs between benchmarking images and videos: the model's steps, the tower, the synthetic
-inputs and the names in the results. `bench` measures one modality per model: a Video-LLaVA its
-videos, a LLaVA its images."""
+"""What differs between benchmarking images, AnyRes images and videos: the model's steps, the tower, the
+synthetic inputs and the names in the results. `bench` measures one modality per model: a Video-LLaVA
+its videos, a LLaVA-NeXT its images as base view and crops, a LLaVA its images."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import LlavaImageProcessor
 
+from ..modeling.modeling_llava_next_prumerge import AnyresLayout, check_anyres_inputs, view_budgets
 from ..modeling.modeling_video_llava_prumerge import frame_settings
 from ..modeling.reduction_settings import ReductionSettings
 from ..testing.tiny_video import make_clip
-from .roofline import IMAGE_PROMPT, PromptShape, video_prompt
+from .roofline import IMAGE_PROMPT, AnyresImage, PromptShape, anyres_prompt, bench_anyres_image, video_prompt
 
 
 def synthetic_images(count: int, size: int, seed: int) -> list[Image.Image]:
@@ -41,7 +43,6 @@ class ImagePath:
 
     name = "image"
     frames = 1  # tower inputs per item
-    pad_to_square = True  # LLaVA-1.5 pads images to a square
     budget_field = "num_visual_tokens"  # what METHOD@TOKENS fixes
     count_fields = ("visual_tokens_per_image", "visual_tokens_min", "visual_tokens_max")
     count_header = "tokens/img"
@@ -55,6 +56,15 @@ class ImagePath:
     def expanded_length(self, config) -> int:
         """Placeholders the stock processor writes for one item."""
         return config.image_seq_length
+
+    def image_processor(self, image_size: int):
+        """The random architectures' image processor: CLIP's mean and std, padding images to a square as
+        LLaVA-1.5 does."""
+        return LlavaImageProcessor(
+            do_pad=True,
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        )
 
     def tower(self, inner):
         return getattr(inner, inner.image_tower_attribute)
@@ -78,8 +88,10 @@ class ImagePath:
     def check_settings(self, settings: ReductionSettings) -> None:
         """Nothing to check beyond what the reducer checks per image."""
 
-    def synthetic_pixels(self, image_processor, count: int, size: int, seed: int) -> torch.Tensor:
-        return processed(image_processor, synthetic_images(count, size, seed))  # [B, 3, H, W]
+    def synthetic_pixels(self, image_processor, config, count: int, seed: int) -> torch.Tensor:
+        """Synthetic images at the tower's size: [B, 3, H, W]."""
+        size = config.vision_config.image_size
+        return processed(image_processor, synthetic_images(count, size, seed))
 
     def describe_placeholders(self, config) -> str:
         return f"{config.image_seq_length} image placeholders"
@@ -90,7 +102,6 @@ class VideoPath:
     [CLS] token reaches the LLM, first among its tokens. The same members as ImagePath."""
 
     name = "video"
-    pad_to_square = False  # Video-LLaVA resizes and center-crops frames
     budget_field = "num_video_tokens"
     count_fields = ("video_tokens_per_video", "video_tokens_min", "video_tokens_max")
     count_header = "tokens/video"
@@ -107,6 +118,14 @@ class VideoPath:
 
     def expanded_length(self, config) -> int:
         return config.video_seq_length
+
+    def image_processor(self, image_size: int):
+        """CLIP's mean and std; Video-LLaVA resizes and center-crops frames (no padding)."""
+        return LlavaImageProcessor(
+            do_pad=False,
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        )
 
     def tower(self, inner):
         return inner.video_tower
@@ -130,8 +149,9 @@ class VideoPath:
         """A per-video budget too small for the frames fails here, before any pass."""
         frame_settings(settings, self.frames)
 
-    def synthetic_pixels(self, image_processor, count: int, size: int, seed: int) -> torch.Tensor:
+    def synthetic_pixels(self, image_processor, config, count: int, seed: int) -> torch.Tensor:
         """Clips of bright shapes moving over dark noise, a different clip per video: [B, F, 3, H, W]."""
+        size = config.vision_config.image_size
         clips = [make_clip(seed + index, self.frames, size, size) for index in range(count)]
         return torch.stack([processed(image_processor, clip) for clip in clips])
 
@@ -142,13 +162,86 @@ class VideoPath:
         )
 
 
-VisualPath = ImagePath | VideoPath
+class AnyresPath(ImagePath):
+    """One LLaVA-NeXT image a prompt, of the path's size: its base view and crops through the image tower as
+    one batch (encode_views), each view reduced with its own [CLS] attention and the views' tokens laid out
+    as the model lays them out (newlines included in the counts). The same members as ImagePath."""
+
+    stock_path = "stock LLaVA-NeXT vision path"
+    encoder_step = "encode_views"
+
+    def __init__(self, image: AnyresImage):
+        self.image = image
+        self.prompt = anyres_prompt(image)
+        rows, cols = image.grid
+        self.frames = 1 + rows * cols  # the views
+        top, bottom, left, right = image.unpadded_window
+        self.layout = AnyresLayout(rows, cols, image.side, top, bottom, left, right)
+
+    def expanded_length(self, config) -> int:
+        """What `LlavaNextProcessor` writes for the image (its arithmetic, in `roofline.AnyresImage`)."""
+        return self.prompt.stock_tokens
+
+    def image_processor(self, image_size: int):
+        """LLaVA-NeXT's: CLIP's mean and std, a base view and crops at the grid resolution that fits. Imported
+        here, not with the module: transformers 5 warns when the name is first resolved without torchvision."""
+        from transformers import LlavaNextImageProcessor
+
+        return LlavaNextImageProcessor(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=[list(resolution) for resolution in self.image.grid_pinpoints],
+        )
+
+    def image_sizes(self, count: int) -> torch.Tensor:
+        return torch.tensor([[self.image.height, self.image.width]] * count)
+
+    def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
+        layouts = check_anyres_inputs(pixel_values, self.image_sizes(len(pixel_values)), inner.config)
+        encoded, _ = inner.encode_views(pixel_values, layouts, None, None, settings)
+        return encoded, layouts
+
+    def reduce(self, inner, encoded, settings: ReductionSettings):
+        views, layouts = encoded
+        return inner.reduce_images(views, layouts, settings)
+
+    def tokens(self, inner, reduced):
+        return inner.anyres_tokens(reduced, self.image_sizes(len(reduced.layouts)))
+
+    def tower_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pixel_values.flatten(0, 1)  # [B, views, 3, H, W] -> [B * views, 3, H, W], as stock LLaVA-NeXT
+
+    def check_settings(self, settings: ReductionSettings) -> None:
+        """A per-image budget too small (or too large) for the views and newlines fails here, before any pass."""
+        view_budgets(settings, self.layout, self.image.view_patches[1:])
+
+    def synthetic_pixels(self, image_processor, config, count: int, seed: int) -> torch.Tensor:
+        """Synthetic images of the path's (square) size, each as its views: [B, views, 3, H, W]."""
+        return processed(image_processor, synthetic_images(count, self.image.height, seed))
+
+    def describe_placeholders(self, config) -> str:
+        rows, cols = self.image.grid
+        patches = self.image.view_patches
+        return (
+            f"{self.prompt.stock_tokens} image placeholders (a {self.image.height}x{self.image.width} image: base "
+            f"view {patches[0]} + {rows}x{cols} crops' {sum(patches[1:])} unpadded patches + "
+            f"{self.image.newlines} newlines)"
+        )
+
+
+VisualPath = ImagePath | AnyresPath | VideoPath
 
 
 def visual_path(model) -> VisualPath:
-    """The modality `bench` measures for a PruMerge model: videos for a Video-LLaVA, else images."""
-    if "video" not in model.model.modality_inputs:
-        return ImagePath()
-    vision = model.config.vision_config
-    patches = (vision.image_size // vision.patch_size) ** 2
-    return VideoPath(model.config.video_seq_length // (patches + 1), patches)
+    """The modality `bench` measures for a PruMerge model: videos for a Video-LLaVA, AnyRes images of the
+    largest square grid resolution for a LLaVA-NeXT (672 x 672 for llava-v1.6: 5 views), else images."""
+    config = model.config
+    vision = config.vision_config
+    if "video" in model.model.modality_inputs:
+        patches = (vision.image_size // vision.patch_size) ** 2
+        return VideoPath(config.video_seq_length // (patches + 1), patches)
+    if getattr(config, "image_grid_pinpoints", None):
+        return AnyresPath(
+            bench_anyres_image(vision.image_size, vision.patch_size, config.image_grid_pinpoints)
+        )
+    return ImagePath()

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaImageProcessor, PretrainedConfig
+from transformers import AutoModelForImageTextToText, AutoProcessor, PretrainedConfig
 
 from ..common.loading import load_prumerge_model
+from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
 from ..configuration.configuration_video_llava_prumerge import VideoLlavaPruMergeConfig
 from ..errors import UsageError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 from ..testing.tiny import SPECIAL_TOKENS as TINY_SPECIAL_TOKENS
 from ..testing.tiny import tiny_config
+from ..testing.tiny_next import tiny_next_config
 from ..testing.tiny_video import tiny_video_config
 from .modalities import VisualPath, visual_path
 from .roofline import ARCHITECTURES, Architecture
@@ -48,9 +50,9 @@ WEIGHT_MEMORY_BUDGET = 0.8
 class BenchSubject:
     """A model to benchmark with what is needed to make its inputs."""
 
-    model: LlavaPruMergeForConditionalGeneration  # or a VideoLlavaPruMergeForConditionalGeneration
+    model: LlavaPruMergeForConditionalGeneration  # or a LLaVA-NeXT or Video-LLaVA one
     image_processor: object  # for images, or for the frames of videos
-    visual: VisualPath  # images (ImagePath) or videos (VideoPath)
+    visual: VisualPath  # images (ImagePath), AnyRes images (AnyresPath) or videos (VideoPath)
     arch: str | None  # a RANDOM_ARCHITECTURES name (random weights), or None
     checkpoint: str | None  # the --model folder or Hub id, or None
     llm_layers: int  # LLM layers built and timed
@@ -63,7 +65,8 @@ class BenchSubject:
 class BenchInputs:
     input_ids: torch.Tensor  # [B, L] bos, the image's (video's) expanded placeholders, text
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor  # images [B, 3, H, W] or videos [B, F, 3, H, W]
+    # images [B, 3, H, W], AnyRes images [B, views, 3, H, W], or videos [B, F, 3, H, W]
+    pixel_values: torch.Tensor
 
 
 @dataclass
@@ -116,8 +119,21 @@ def video_llava_config(shape: Architecture) -> VideoLlavaPruMergeConfig:
     )
 
 
-TINY_CONFIGS = {"tiny": tiny_config, "tiny-video": tiny_video_config}  # the tests' models
-FULL_SIZE_CONFIGS = {"image": llava_config, "video": video_llava_config}  # by the shape's prompt modality
+def llava_next_config(shape: Architecture) -> LlavaNextPruMergeConfig:
+    """LLaVA-NeXT (llava-hf/llava-v1.6-vicuna-7b-hf): LLaVA-1.5's tower, projector and LLM, AnyRes over the
+    shape's grid resolutions (llava-v1.6's), `<image>` (32000) and `<pad>` after Llama's ids."""
+    return LlavaNextPruMergeConfig(
+        vision_config=CLIP_VIT_L_14_336,
+        text_config=llama_text_config(shape, shape.vocab_size + 1),
+        image_token_index=shape.vocab_size,
+        image_grid_pinpoints=[list(resolution) for resolution in shape.prompt.anyres.grid_pinpoints],
+        image_seq_length=(336 // 14) ** 2,
+        pad_token_id=shape.vocab_size + 1,
+    )
+
+
+TINY_CONFIGS = {"tiny": tiny_config, "tiny-video": tiny_video_config, "tiny-next": tiny_next_config}
+FULL_SIZE_CONFIGS = {"image": llava_config, "video": video_llava_config, "anyres": llava_next_config}
 
 
 def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.Tensor:
@@ -127,14 +143,14 @@ def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.T
 
 
 def random_architecture(arch: str, layers: int | None = None) -> RandomArchitecture:
-    """The config of LLaVA-1.5 (CLIP ViT-L/14-336, layer -2 features, Llama LLM), of Video-LLaVA, or of a
-    tiny test model, with `layers` LLM layers (default: all)."""
+    """The config of LLaVA-1.5 (CLIP ViT-L/14-336, layer -2 features, Llama LLM), of LLaVA-NeXT, of
+    Video-LLaVA, or of a tiny test model, with `layers` LLM layers (default: all)."""
     shape = ARCHITECTURES[arch]
     if arch in TINY_CONFIGS:
         config = TINY_CONFIGS[arch]()
         first_text_id, end_text_id = len(TINY_SPECIAL_TOKENS), config.text_config.vocab_size
     else:
-        config = FULL_SIZE_CONFIGS[shape.prompt.modality](shape)
+        config = FULL_SIZE_CONFIGS[shape.prompt.kind](shape)
         first_text_id, end_text_id = len(LLAMA_SPECIAL_TOKENS), shape.vocab_size
     full_depth = config.text_config.num_hidden_layers
     if layers is not None:
@@ -180,15 +196,9 @@ def build_random_subject(
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     visual = visual_path(model)
-    image_size = config.vision_config.image_size
-    image_processor = LlavaImageProcessor(  # CLIP's mean and std; pads images to a square as LLaVA-1.5
-        do_pad=visual.pad_to_square,
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
     return BenchSubject(
         model=model.eval(),
-        image_processor=image_processor,
+        image_processor=visual.image_processor(config.vision_config.image_size),
         visual=visual,
         arch=arch,
         checkpoint=None,
@@ -230,8 +240,7 @@ def make_inputs(subject: BenchSubject, batch_size: int, text_tokens: int, seed: 
     for _ in range(batch_size):
         text = pool[torch.randint(len(pool), (text_tokens - len(bos),), generator=generator)].tolist()
         rows.append(bos + placeholders + text)
-    size = config.vision_config.image_size
-    pixel_values = visual.synthetic_pixels(subject.image_processor, batch_size, size, seed)
+    pixel_values = visual.synthetic_pixels(subject.image_processor, config, batch_size, seed)
     device = subject.model.device
     input_ids = torch.tensor(rows, device=device)
     return BenchInputs(

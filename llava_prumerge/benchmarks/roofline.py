@@ -33,6 +33,14 @@ its [CLS] token and its patches at the paper's image rates (an estimate: 1 + 15 
 PruMerge, 1 + 64 = 65 with PruMerge+; 128 and 520 a video). `METHOD@TOKENS` in --methods fixes a
 budget per image or video instead (adaptive=False): Video-LLaVA also compares prumerge@256 and
 prumerge_plus@512, the paper's 12.5% and 25% of the 2048 patches.
+
+LLaVA-NeXT (`--arch llava-next-7b`, the same Vicuna-7B LLM) sees one 672x672 image, the largest square of
+llava-v1.6's grid resolutions, in AnyRes views: the base view and 2x2 crops of 336 px, 5 x 576 patches,
+plus one image_newline per row of the unpadded 48x48 crop map: 2928 tokens, as LlavaNextProcessor
+counts them (`AnyresImage` computes the count for any image size). Reduced, each view keeps the paper's
+image share of its patches and one image_newline closes each row of crops, as the model lays them out
+(an estimate: 5 x 33 + 2 = 167 with PruMerge, 5 x 144 + 2 = 722 with PruMerge+); the field's fixed
+budgets for the whole image, prumerge_plus@160, @320 and @640, are compared too.
 """
 
 from __future__ import annotations
@@ -64,10 +72,16 @@ class PromptShape:
     prumerge_tokens: int  # adaptive PruMerge: the paper's average (an estimate for videos)
     prumerge_plus_tokens: int  # adaptive PruMerge+
     fixed_budgets: tuple[str, ...] = ()  # METHOD@TOKENS labels compared by default besides the methods
+    anyres: AnyresImage | None = None  # LLaVA-NeXT: the image the counts are for, in views
 
     @property
     def methods(self) -> tuple[str, ...]:
         return (*COMPARED_METHODS, *self.fixed_budgets)
+
+    @property
+    def kind(self) -> str:
+        """ "image" (one view), "anyres" (LLaVA-NeXT's views) or "video"."""
+        return "anyres" if self.anyres else self.modality
 
 
 def at_paper_rate(patches: int, tokens_of_576: int) -> int:
@@ -105,6 +119,128 @@ IMAGE_PROMPT = image_prompt(DEFAULT_VISUAL_TOKENS)
 VIDEO_LLAVA_PROMPT = video_prompt(VIDEO_FRAMES, FRAME_PATCHES)
 
 
+# ---------------------------------------------------------------- LLaVA-NeXT's AnyRes prompt (pure Python)
+
+LLAVA_NEXT_GRID_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))  # llava-v1.6's
+LLAVA_NEXT_IMAGE_SIZE = 672  # a 2 x 2 grid of 336 px crops: the base view and 4 crops
+# PruMerge+ budgets the field compares LLaVA-NeXT at, for the 5 x 576 patches of a 672 x 672 image
+LLAVA_NEXT_BUDGETS, LLAVA_NEXT_PATCHES = (160, 320, 640), 5 * 576
+
+
+def select_best_resolution(height: int, width: int, grid_pinpoints) -> tuple[int, int]:
+    """transformers' `image_processing_utils.select_best_resolution`: the (height, width) among the grid
+    resolutions that keeps the most of the image's pixels once it is scaled to fit, then wastes the fewest."""
+    best, most_kept, least_wasted = None, 0, float("inf")
+    for grid_height, grid_width in grid_pinpoints:
+        scale = min(grid_width / width, grid_height / height)
+        kept = min(int(width * scale) * int(height * scale), width * height)
+        wasted = grid_width * grid_height - kept
+        if kept > most_kept or (kept == most_kept and wasted < least_wasted):
+            best, most_kept, least_wasted = (grid_height, grid_width), kept, wasted
+    return best
+
+
+@dataclass(frozen=True)
+class AnyresImage:
+    """One LLaVA-NeXT image: its size, the tower's view size and patch size, and the grid resolutions.
+    Counts as `LlavaNextProcessor` computes them (`_get_number_of_features`, default strategy: no [CLS])."""
+
+    height: int
+    width: int
+    view_size: int = 336
+    patch_size: int = 14
+    grid_pinpoints: tuple = LLAVA_NEXT_GRID_PINPOINTS
+
+    @property
+    def side(self) -> int:
+        """Patches along a view's side (24 for CLIP ViT-L/14-336)."""
+        return self.view_size // self.patch_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Rows and columns of crops."""
+        grid_height, grid_width = select_best_resolution(self.height, self.width, self.grid_pinpoints)
+        return grid_height // self.view_size, grid_width // self.view_size
+
+    @property
+    def unpadded_window(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of the crops' patch map that unpadding keeps (the processor's
+        `_get_unpadded_features`, the model's `unpad_image`)."""
+        rows, cols = self.grid
+        map_height, map_width = rows * self.side, cols * self.side
+        if self.width / self.height > map_width / map_height:
+            padding = (map_height - int(round(self.height * (map_width / self.width), 7))) // 2
+            return padding, map_height - padding, 0, map_width
+        padding = (map_width - int(round(self.width * (map_height / self.height), 7))) // 2
+        return 0, map_height, padding, map_width - padding
+
+    @property
+    def view_patches(self) -> list[int]:
+        """Patches per view that reach the LLM without reduction: the base view's, then each crop's
+        (raster order) that survive unpadding."""
+        rows, cols = self.grid
+        top, bottom, left, right = self.unpadded_window
+        side = self.side
+
+        def overlap(start: int, low: int, high: int) -> int:
+            return max(0, min(start + side, high) - max(start, low))
+
+        crops = [
+            overlap(row * side, top, bottom) * overlap(col * side, left, right)
+            for row in range(rows)
+            for col in range(cols)
+        ]
+        return [side * side, *crops]
+
+    @property
+    def newlines(self) -> int:
+        """`image_newline` tokens without reduction: one per row of the unpadded map."""
+        top, bottom, _, _ = self.unpadded_window
+        return bottom - top
+
+    @property
+    def stock_tokens(self) -> int:
+        """The placeholders `LlavaNextProcessor` writes for the image."""
+        return sum(self.view_patches) + self.newlines
+
+    def reduced_tokens(self, image_tokens: int) -> int:
+        """The image's tokens when each view keeps `image_tokens` of every 576 (DEFAULT_VISUAL_TOKENS) of its
+        patches, as PruMerge does per view, and one `image_newline` closes each row of crops (the model's
+        layout)."""
+        return sum(at_paper_rate(patches, image_tokens) for patches in self.view_patches) + self.grid[0]
+
+
+def anyres_prompt(image: AnyresImage) -> PromptShape:
+    """LLaVA-NeXT's prompt for one image: stock's AnyRes count; reduced, the paper's image rates per view
+    (an estimate); PruMerge+ with the field's fixed budgets for the whole image (newlines included), scaled
+    to the image's patches (160, 320 and 640 for 672 x 672)."""
+    patches = sum(image.view_patches)
+    fixed_budgets = tuple(
+        f"prumerge_plus@{round(budget * patches / LLAVA_NEXT_PATCHES)}" for budget in LLAVA_NEXT_BUDGETS
+    )
+    return PromptShape(
+        "image",
+        image.stock_tokens,
+        image.reduced_tokens(PRUMERGE_TOKENS),
+        image.reduced_tokens(PRUMERGE_PLUS_TOKENS),
+        fixed_budgets,
+        image,
+    )
+
+
+def bench_anyres_image(view_size: int, patch_size: int, grid_pinpoints) -> AnyresImage:
+    """The image `analyze` and `bench` cost a LLaVA-NeXT with: the largest square grid resolution (672 x 672
+    for llava-v1.6: the base view and 2 x 2 crops), else two views a side."""
+    squares = [height for height, width in grid_pinpoints if height == width]
+    side = max(squares) if squares else 2 * view_size
+    return AnyresImage(side, side, view_size, patch_size, tuple(tuple(p) for p in grid_pinpoints))
+
+
+LLAVA_NEXT_PROMPT = anyres_prompt(bench_anyres_image(336, 14, LLAVA_NEXT_GRID_PINPOINTS))
+# The tiny LLaVA-NeXT's (testing/tiny_next.py): 56 px views of 14 x 14 patches, grids up to 2 x 2 crops
+TINY_NEXT_IMAGE = bench_anyres_image(56, 4, ((56, 112), (112, 56), (112, 112)))
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The Llama decoder dimensions that set its cost, and the visual prompt it is costed with."""
@@ -133,10 +269,13 @@ ARCHITECTURES = {
         Architecture("llava-1.5-7b", 4096, 32, 32, 32, 11008, 32000),  # Vicuna-7B v1.5
         Architecture("llava-1.5-13b", 5120, 40, 40, 40, 13824, 32000),  # Vicuna-13B v1.5
         Architecture("video-llava-7b", 4096, 32, 32, 32, 11008, 32000, VIDEO_LLAVA_PROMPT),  # Vicuna-7B v1.5
+        Architecture("llava-next-7b", 4096, 32, 32, 32, 11008, 32000, LLAVA_NEXT_PROMPT),  # Vicuna-7B v1.5
         # for tests: 2 KV heads exercise GQA; the tiny LLaVA's 14 x 14 patches
         Architecture("tiny", 64, 2, 4, 2, 160, 100, image_prompt(14 * 14)),
         # for tests: the tiny Video-LLaVA's 8 frames of 14 x 14 patches
         Architecture("tiny-video", 64, 2, 4, 2, 160, 100, video_prompt(VIDEO_FRAMES, 14 * 14)),
+        # for tests: the tiny LLaVA-NeXT's 112 x 112 image, 5 views of 14 x 14 patches (56 px, patch 4)
+        Architecture("tiny-next", 64, 2, 4, 2, 160, 100, anyres_prompt(TINY_NEXT_IMAGE)),
     )
 }
 
@@ -318,10 +457,16 @@ def method_visual_tokens(
 
 def prompt_of_config(config: dict) -> PromptShape:
     """A LLaVA config's prompt shape: a Video-LLaVA's (stock or PruMerge) is its videos', from its frames and
-    patches (VideoLlavaConfig's defaults where the file leaves them out); other configs' is LLaVA-1.5's."""
+    patches (VideoLlavaConfig's defaults where the file leaves them out); a LLaVA-NeXT's its AnyRes image's
+    (`bench_anyres_image`, LlavaNextConfig's defaults where the file leaves them out); other configs' is
+    LLaVA-1.5's."""
+    vision = config.get("vision_config") or {}
+    if config.get("model_type") in ("llava_next", "llava_next_prumerge"):
+        pinpoints = config.get("image_grid_pinpoints") or LLAVA_NEXT_GRID_PINPOINTS
+        image = bench_anyres_image(vision.get("image_size", 336), vision.get("patch_size", 14), pinpoints)
+        return anyres_prompt(image)
     if config.get("model_type") not in ("video_llava", "video_llava_prumerge"):
         return IMAGE_PROMPT
-    vision = config.get("vision_config") or {}
     patches = (vision.get("image_size", 224) // vision.get("patch_size", 14)) ** 2
     frames = config.get("video_seq_length", VIDEO_FRAMES * (1 + FRAME_PATCHES)) // (1 + patches)
     return video_prompt(frames, patches)

@@ -16,6 +16,11 @@ MODEL_HELP = (
     "default for images: the mini model trained on Shapes-VQA, shipped in the package) or 'tiny' (tiny "
     "random weights; the default for videos)"
 )
+VISUALIZE_MODEL_HELP = (
+    "a PruMerge or stock LLaVA-1.5 or LLaVA-NeXT checkpoint (with --video: Video-LLaVA), folder or Hub id, "
+    "or 'tiny' (the tiny random-weight LLaVA); default: the mini model (--video: the tiny Video-LLaVA; "
+    "--arch llava-next: the tiny LLaVA-NeXT)"
+)
 VIDEO_HELP = (
     "a video: a folder of frames, an animated GIF, or an MP4 (needs PyAV: pip install av); 8 frames are "
     f"sampled, as Video-LLaVA does. --video alone: the shipped {SAMPLE_CLIP.name}"
@@ -101,7 +106,13 @@ def run_demo(args: argparse.Namespace):
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", nargs="?", help="the image to reduce (PNG, JPEG, ...)")
     parser.add_argument("--video", nargs="?", const=SAMPLE_CLIP, type=Path, metavar="PATH", help=VIDEO_HELP)
-    parser.add_argument("--model", default=None, metavar="DIR_OR_REPO", help=MODEL_HELP)
+    parser.add_argument("--model", default=None, metavar="DIR_OR_REPO", help=VISUALIZE_MODEL_HELP)
+    parser.add_argument(
+        "--arch",
+        choices=("llava", "llava-next"),
+        default="llava",
+        help="without --model, for an IMAGE: the tiny random-weight LLaVA-1.5 (default) or LLaVA-NeXT",
+    )
     parser.add_argument("--token-reduction", choices=DRAWN_METHODS, default="prumerge")
     parser.add_argument(
         "--out",
@@ -120,18 +131,35 @@ def run_visualize(args: argparse.Namespace) -> Path:
     the kept token it was merged into. Right: the histogram of the [CLS] attention with the IQR fence
     above which patches become centers (the paper's sparsity figure).
 
+    With a LLaVA-NeXT model (a checkpoint, or --arch llava-next for the tiny one): the same for each of the
+    image's AnyRes views, the base view beside its grid of crops (their padding blacked out), each view's
+    patch picture above its histogram, and the tokens reaching the LLM against stock LLaVA-NeXT's.
+
     With --video PATH (a Video-LLaVA model): the same for each of the video's 8 sampled frames, each
     frame's patch picture above its histogram, and the video tokens reaching the LLM against stock's.
 
     llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
+    llava-prumerge visualize photo.jpg --arch llava-next --out photo-views.png
     llava-prumerge visualize --video clip.gif --out clip-prumerge.png
     """
     if (args.image is None) == (args.video is None):
         raise UsageError("Pass one IMAGE or one --video PATH to visualize")
+    if args.arch != "llava" and (args.model or args.video):
+        raise UsageError(
+            f"--arch {args.arch} picks the tiny model for an IMAGE; with --model the checkpoint decides and "
+            "--video takes a Video-LLaVA"
+        )
+    if args.video and args.model == "mini":
+        raise UsageError(
+            "The mini model takes images only; --video draws the tiny Video-LLaVA or --model DIR"
+        )
+    if args.video and args.model == "tiny":
+        args.model = None  # the tiny Video-LLaVA, the default for videos
     source = Path(args.image or args.video)
     out = args.out or Path(f"{source.stem}-{args.token_reduction}.png")
     draw_input = _visualize_video if args.video else _visualize_image
-    default = "the tiny random-weight Video-LLaVA" if args.video else "the mini model"
+    default = "the mini model" if args.arch == "llava" else f"the tiny random-weight {args.arch}"
+    default = "the tiny random-weight Video-LLaVA" if args.video else default
     print(f"Loading {args.model or default + ' (nothing is downloaded)'} ...", flush=True)
     figure, summary = draw_input(source, args)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,13 +172,34 @@ def _visualize_image(path: Path, args: argparse.Namespace):
     """(picture, summary line) of one image."""
     from .demo import load_demo_model
     from .media import load_image
-    from .visualize import draw, picture_title, reduce_image
+    from .visualize import draw, load_model, picture_title, reduce_image
+    from .visualize_next import is_anyres
 
     image = load_image(path)
-    model, processor, description = load_demo_model(args.model)
+    if args.arch == "llava":  # the mini model, or --model (a checkpoint, or "tiny")
+        model, processor, description = load_demo_model(args.model)
+    else:  # the tiny model of another architecture (--model is refused with --arch above)
+        model, processor = load_model(None, args.arch)
+        description = None
+    if is_anyres(model):
+        return _visualize_anyres(model, processor, image, path, args)
     reduction = reduce_image(model, processor, image, args.token_reduction)
     figure = draw(reduction, picture_title(path.name, args.token_reduction, description))
     return figure, f"{reduction.num_tokens} visual tokens from {len(reduction.roles)} patches"
+
+
+def _visualize_anyres(model, processor, image, path: Path, args: argparse.Namespace):
+    """(picture, summary line) of one image's AnyRes views (a LLaVA-NeXT model)."""
+    from .visualize import picture_title
+    from .visualize_next import TINY_NEXT_MODEL_NOTE, draw_anyres, reduce_anyres_image
+
+    reduction = reduce_anyres_image(model, processor, image, args.token_reduction)
+    title = picture_title(path.name, args.token_reduction, args.model or TINY_NEXT_MODEL_NOTE)
+    summary = (
+        f"{reduction.num_tokens} visual tokens from {len(reduction.views)} views; stock LLaVA-NeXT: "
+        f"{reduction.stock_tokens}"
+    )
+    return draw_anyres(reduction, title), summary
 
 
 def _visualize_video(path: Path, args: argparse.Namespace):

@@ -24,13 +24,15 @@ from ..common.loading import load_prumerge_model
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
-from ..testing.tiny import tiny_model, tiny_processor
+from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
+from ..testing.tiny_next import tiny_next_model, tiny_next_processor
 
-PRUNED, CENTER, SAMPLE = 0, 1, 2  # patch roles
+PRUNED, CENTER, SAMPLE, PADDING = 0, 1, 2, 3  # patch roles; PADDING: an AnyRes crop's, never reduced
 CENTER_COLOR = "#ff1a1a"
 SAMPLE_COLOR = "#00d5ff"
 TINT_ALPHA = 0.3  # light enough for the image to show through where every patch is tinted (PruMerge+)
 BORDER_COLOR = "white"  # lines between patches of different kept tokens
+PADDING_ALPHA = 0.7  # black over the patches LLaVA-NeXT's unpadding drops
 FIGURE_INCHES, DPI = (13.0, 6.0), 100  # pictures are 1300 x 600 pixels
 TINY_MODEL_NOTE = "tiny random-weight model: the selection shows the mechanics, not a trained CLIP's choices"
 
@@ -128,7 +130,7 @@ class PatchReduction:
 
     view: np.ndarray  # [H, W, 3] uint8: the image as the vision tower sees it
     attention: np.ndarray  # [N] [CLS]-to-patch attention
-    roles: np.ndarray  # [N] PRUNED / CENTER / SAMPLE
+    roles: np.ndarray  # [N] PRUNED / CENTER / SAMPLE (/ PADDING)
     clusters: np.ndarray  # [N] kept-token index per patch, -1 for none
     num_tokens: int  # visual tokens reaching the language model (summary token included)
     iqr_scale: float = ReductionSettings.iqr_scale
@@ -172,6 +174,9 @@ def draw_patch_marks(axes, reduction: PatchReduction, grid: int) -> None:
         dots = [Circle((c + 0.5, r + 0.5), 0.22) for r, c in zip(rows, cols, strict=True)]
         axes.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=color, linewidth=1.6))
         axes.add_collection(PatchCollection(dots, facecolor=color, edgecolor="black", linewidth=0.5))
+    rows, cols = np.divmod(np.flatnonzero(reduction.roles == PADDING), grid)
+    padding = [Rectangle((c, r), 1, 1) for r, c in zip(rows, cols, strict=True)]
+    axes.add_collection(PatchCollection(padding, facecolor="black", alpha=PADDING_ALPHA, linewidth=0))
     axes.set_xlim(0, grid)
     axes.set_ylim(grid, 0)
     axes.set_xticks([])
@@ -180,7 +185,8 @@ def draw_patch_marks(axes, reduction: PatchReduction, grid: int) -> None:
 
 def patch_counts(reduction: PatchReduction) -> dict[str, int]:
     """What the legend counts: centers, samples, merged (pruned, in a cluster) and lone patches, the
-    summary tokens, and the IQR outliers (fewer than the centers where the floor of one applies)."""
+    summary tokens, the IQR outliers (fewer than the centers where the floor of one applies), and padding
+    (an AnyRes crop's, dropped before the reducer)."""
     pruned = reduction.roles == PRUNED
     centers = int((reduction.roles == CENTER).sum())
     outliers = int(iqr_outlier_counts(torch.from_numpy(reduction.attention)[None], reduction.iqr_scale))
@@ -192,6 +198,7 @@ def patch_counts(reduction: PatchReduction) -> dict[str, int]:
         "summary": reduction.summary_tokens,
         "tints": int(np.unique(reduction.clusters[pruned & (reduction.clusters >= 0)]).size),
         "floor": centers - outliers if reduction.centers_are_outliers and centers > outliers else 0,
+        "padding": int((reduction.roles == PADDING).sum()),
     }
 
 
@@ -249,6 +256,9 @@ def patch_legend_handles(counts: dict[str, int]) -> list[Patch]:
     if counts["summary"]:
         label = f"+ summary token ({counts['summary']}): every pruned patch, attention-weighted (not drawn)"
         handles.append(Patch(facecolor="none", edgecolor="none", label=label))
+    if counts.get("padding"):
+        label = f"padding, dropped by unpadding before the reducer ({counts['padding']})"
+        handles.append(Patch(facecolor="black", alpha=PADDING_ALPHA, label=label))
     return handles
 
 
@@ -292,13 +302,17 @@ def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, h
 # ---------------------------------------------------------------- from a model (shared with the demo)
 
 
-def load_model(name_or_path: str | None = None):
-    """(model, processor): the tiny random-weight LLaVA when `name_or_path` is None, else a checkpoint.
+def load_model(name_or_path: str | None = None, tiny_arch: str = "llava"):
+    """(model, processor): the tiny random-weight LLaVA (`tiny_arch` "llava-next": LLaVA-NeXT) when
+    `name_or_path` is None, else a checkpoint.
 
     A checkpoint is a local folder or Hub id of a PruMerge model or of a stock LLaVA-family model
     (e.g. llava-hf/llava-1.5-7b-hf), which is turned into a PruMerge model on load. On a GPU when
     there is one, in float16 there.
     """
+    if name_or_path is None and tiny_arch == "llava-next":
+        tokenizer = tiny_tokenizer()
+        return tiny_next_model(tokenizer=tokenizer).to(demo_device()), tiny_next_processor(tokenizer)
     if name_or_path is None:
         return tiny_model().to(demo_device()), tiny_processor()
     return load_checkpoint(name_or_path), AutoProcessor.from_pretrained(name_or_path)

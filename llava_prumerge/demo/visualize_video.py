@@ -38,6 +38,7 @@ from .visualize import (
     drawn_settings,
     load_checkpoint,
     patch_counts,
+    patch_legend_handles,
     patch_reduction,
     square_grid,
 )
@@ -216,41 +217,57 @@ def reduce_video(model, processor, video: SampledVideo, token_reduction: str) ->
 # ---------------------------------------------------------------- the picture (pure)
 
 
-def video_figure_inches(num_frames: int) -> tuple[float, float]:
-    columns = min(FRAME_COLUMNS, num_frames)
-    rows = math.ceil(num_frames / columns)
+def panel_inches(rows: int, columns: int) -> tuple[float, float]:
+    """A picture of `rows` x `columns` panels (each a patch picture above its histogram), title and legend."""
     return FRAME_INCHES[0] * columns, FRAME_INCHES[1] * rows + TITLE_INCHES
 
 
-def draw_video(reduction: VideoReduction, title: str) -> Figure:
-    """Each frame's patch picture above its attention histogram, one legend for all (no pyplot state)."""
-    num_frames = len(reduction.frames)
+def video_figure_inches(num_frames: int) -> tuple[float, float]:
     columns = min(FRAME_COLUMNS, num_frames)
-    rows = math.ceil(num_frames / columns)
-    width, height = video_figure_inches(num_frames)
+    return panel_inches(math.ceil(num_frames / columns), columns)
+
+
+def draw_panels(
+    panels: list[PatchReduction], titles: list[str], cells: list[tuple[int, int]], title: str
+) -> Figure:
+    """Each panel's patch picture above its attention histogram, at its (row, column) cell, one legend for
+    all (no pyplot state). Shared by the video picture (a panel a frame) and the AnyRes one (a panel a view)."""
+    rows, columns = 1 + max(row for row, _ in cells), 1 + max(column for _, column in cells)
+    width, height = panel_inches(rows, columns)
+    counts = [patch_counts(panel) for panel in panels]
+    totals = {kind: sum(panel_counts[kind] for panel_counts in counts) for kind in counts[0]}
+    legend_columns = 3 if columns >= 4 else 2  # a narrower picture stacks the legend in two columns
+    legend_rows = math.ceil(len(patch_legend_handles(totals)) / legend_columns)
     figure = Figure(figsize=(width, height), dpi=DPI)
     layout = figure.add_gridspec(
         2 * rows, columns, height_ratios=[1, 0.32] * rows, hspace=0.22, wspace=0.25,
-        top=1 - 0.8 / height, bottom=0.6 / height, left=0.03, right=0.98,
+        top=1 - 0.8 / height, bottom=(0.25 + 0.17 * legend_rows) / height, left=0.03, right=0.98,
     )  # fmt: skip
-    for index, frame in enumerate(reduction.frames):
-        row, column = divmod(index, columns)
+    for panel, panel_title, (row, column) in zip(panels, titles, cells, strict=True):
         patches_axes = figure.add_subplot(layout[2 * row, column])
-        draw_patch_marks(patches_axes, frame, square_grid(len(frame.roles)))
-        number = reduction.frame_numbers[index] + 1
-        patches_axes.set_title(
-            f"frame {number} of {reduction.total_frames}: {frame.num_tokens} tokens", fontsize=9
-        )
+        draw_patch_marks(patches_axes, panel, square_grid(len(panel.roles)))
+        patches_axes.set_title(panel_title, fontsize=9)
         histogram_axes = figure.add_subplot(layout[2 * row + 1, column])
-        draw_attention_histogram(histogram_axes, frame, fontsize=6, histtype="stepfilled")
+        draw_attention_histogram(histogram_axes, panel, fontsize=6, histtype="stepfilled")
         histogram_axes.tick_params(labelsize=6)
-    counts = [patch_counts(frame) for frame in reduction.frames]
-    totals = {kind: sum(frame_counts[kind] for frame_counts in counts) for kind in counts[0]}
-    add_patch_legend(figure, totals, loc="lower center", ncol=3)
-    figure.suptitle(
+    add_patch_legend(figure, totals, loc="lower center", ncol=legend_columns)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def draw_video(reduction: VideoReduction, title: str) -> Figure:
+    """Each frame's patch picture above its attention histogram, four frames a row (see `draw_panels`)."""
+    num_frames = len(reduction.frames)
+    columns = min(FRAME_COLUMNS, num_frames)
+    titles = [
+        f"frame {number + 1} of {reduction.total_frames}: {frame.num_tokens} tokens"
+        for number, frame in zip(reduction.frame_numbers, reduction.frames, strict=True)
+    ]
+    return draw_panels(
+        reduction.frames,
+        titles,
+        [divmod(index, columns) for index in range(num_frames)],
         f"{title}\n{reduction.num_tokens} video tokens reach the LLM (each frame's [CLS] token, kept tokens and "
         f"summary token); stock Video-LLaVA: {num_frames} x ({len(reduction.frames[0].roles)} patches + [CLS]) "
         f"= {reduction.stock_tokens}",
-        fontsize=10,
     )
-    return figure

@@ -8,7 +8,7 @@ that runs in milliseconds on a CPU: 56 px views of 14 x 14 patches, grids of up 
 from __future__ import annotations
 
 import torch
-from transformers import LlavaNextImageProcessor, LlavaNextProcessor, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
@@ -19,7 +19,11 @@ SIZE = TINY_IMAGE_SIZE
 TINY_GRID_PINPOINTS = [[SIZE, 2 * SIZE], [2 * SIZE, SIZE], [2 * SIZE, 2 * SIZE]]  # as llava-v1.6's, scaled
 
 
-def tiny_next_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaNextProcessor:
+def tiny_next_processor(tokenizer: PreTrainedTokenizerFast | None = None):
+    """LlavaNextProcessor for the tiny model (imported here: transformers 5 warns when the name is first
+    resolved without torchvision, which every user of this module would otherwise see)."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": SIZE},
         crop_size={"height": SIZE, "width": SIZE},

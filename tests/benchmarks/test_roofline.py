@@ -9,6 +9,10 @@ import pytest
 from llava_prumerge.benchmarks.roofline import (
     ARCHITECTURES,
     HARDWARE,
+    LLAVA_NEXT_GRID_PINPOINTS,
+    PRUMERGE_PLUS_TOKENS,
+    PRUMERGE_TOKENS,
+    AnyresImage,
     Architecture,
     OperatorCost,
     analyze,
@@ -370,3 +374,96 @@ def test_cli_rejects_a_fixed_budget_larger_than_the_video(capsys):
         )
     assert exit_info.value.code == 2
     assert "--methods: prumerge_plus@512 keeps more than --visual-tokens (300)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- LLaVA-NeXT (AnyRes)
+
+
+def llava_v16_processor():
+    """LlavaNextProcessor as llava-hf/llava-v1.6-vicuna-7b-hf configures it (336 px views, patch 14, its grid
+    resolutions, [CLS] dropped), built in code with the tiny tokenizer: only the placeholder count matters."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    from llava_prumerge.testing.tiny import tiny_tokenizer
+
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_grid_pinpoints=[list(resolution) for resolution in LLAVA_NEXT_GRID_PINPOINTS],
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer(),
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+
+
+def processor_placeholders(processor, height: int, width: int) -> int:
+    from PIL import Image
+
+    inputs = processor(
+        images=[Image.new("RGB", (width, height), (90, 140, 200))],
+        text=["USER: <image>\nWhat is it? ASSISTANT:"],
+        return_tensors="pt",
+    )
+    return int((inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum())
+
+
+@pytest.mark.parametrize(("height", "width"), [(672, 672), (400, 900), (1000, 300), (337, 500), (480, 640)])
+def test_anyres_count_is_the_llava_next_processors(height, width):
+    processor = llava_v16_processor()
+    assert AnyresImage(height, width).stock_tokens == processor_placeholders(processor, height, width)
+
+
+@pytest.mark.parametrize(("height", "width"), [(672, 672), (400, 900), (1000, 300), (337, 500)])
+def test_anyres_views_are_the_models_layout(height, width):
+    """The pure-Python views (analyze) and the model's torch layout (what it reduces) agree."""
+    from llava_prumerge.modeling.modeling_llava_next_prumerge import anyres_layout
+
+    image = AnyresImage(height, width)
+    layout = anyres_layout((height, width), [list(p) for p in LLAVA_NEXT_GRID_PINPOINTS], 336, 24)
+    assert image.grid == (layout.grid_rows, layout.grid_cols)
+    assert image.unpadded_window == (layout.top, layout.bottom, layout.left, layout.right)
+    crops = [len(layout.crop_patches(crop)) for crop in range(layout.grid_rows * layout.grid_cols)]
+    assert image.view_patches == [576, *crops]
+    assert image.stock_tokens == 576 + layout.stock_length
+
+
+def test_llava_next_7b_costs_a_672_image_as_5_views():
+    next_7b, image_7b = ARCHITECTURES["llava-next-7b"], ARCHITECTURES["llava-1.5-7b"]
+    assert replace(next_7b, name=image_7b.name, prompt=image_7b.prompt) == image_7b  # Vicuna-7B
+    prompt = next_7b.prompt
+    image = prompt.anyres
+    assert (image.height, image.width, image.grid, image.view_patches) == (672, 672, (2, 2), [576] * 5)
+    assert prompt.stock_tokens == processor_placeholders(llava_v16_processor(), 672, 672)
+    # each view at the paper's image rates, and one image_newline per row of crops (the model's layout)
+    assert prompt.prumerge_tokens == 5 * PRUMERGE_TOKENS + 2
+    assert prompt.prumerge_plus_tokens == 5 * PRUMERGE_PLUS_TOKENS + 2
+    assert prompt.prumerge_tokens <= 0.1 * prompt.stock_tokens
+    rows = analyze(arch="llava-next-7b")
+    assert [(row["method"], row["visual_tokens"]) for row in rows] == [
+        ("none", prompt.stock_tokens),
+        ("prumerge", prompt.prumerge_tokens),
+        ("prumerge_plus", prompt.prumerge_plus_tokens),
+        ("prumerge_plus@160", 160),
+        ("prumerge_plus@320", 320),
+        ("prumerge_plus@640", 640),
+    ]
+    none = rows[0]
+    for row in rows[1:]:
+        ratio = (row["visual_tokens"] + 123) / (prompt.stock_tokens + 123)
+        assert row["kv_cache_bytes"] / none["kv_cache_bytes"] == pytest.approx(ratio)
+
+
+def test_arch_from_a_llava_next_config_folder(tmp_path, capsys):
+    from transformers import LlavaNextConfig
+
+    (tmp_path / "config.json").write_text(LlavaNextConfig().to_json_string())  # llava-v1.6's defaults
+    assert load_architecture(tmp_path).prompt == ARCHITECTURES["llava-next-7b"].prompt
+    cli_main(["analyze", "--arch", "llava-next-7b"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("llava-next-7b LLM prefill on v100")
+    assert lines[2].split()[:2] == ["none", str(ARCHITECTURES["llava-next-7b"].prompt.stock_tokens)]

@@ -1,0 +1,116 @@
+"""What PruMerge did to a LLaVA-NeXT image's views, as data and as a picture (`llava-prumerge visualize`
+with a LLaVA-NeXT model).
+
+LLaVA-NeXT (AnyRes) sees an image as a base view (the whole image at the tower's resolution) and a grid
+of crops; the model reduces every view with its own [CLS] attention, each crop over the patches that
+survive unpadding only. The picture puts each view's patch picture (as `visualize` draws an image)
+above its [CLS] attention histogram: the base view in the first column, the crops beside it where they
+sit in the grid, their padding blacked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from ..modeling.modeling_llava_next_prumerge import check_anyres_inputs, view_budgets
+from ..modeling.reduction_settings import ReductionSettings
+from ..modeling.token_reduction import ReducedTokens
+from .visualize import PADDING, PatchReduction, drawn_settings, patch_reduction, vision_tower_view
+from .visualize_video import draw_panels
+
+TINY_NEXT_MODEL_NOTE = (
+    "tiny random-weight LLaVA-NeXT: the selection shows the mechanics, not a trained CLIP's choices"
+)
+
+
+def is_anyres(model) -> bool:
+    """Whether `model` sees images as AnyRes views (a LLaVA-NeXT)."""
+    return getattr(model.config, "image_grid_pinpoints", None) is not None
+
+
+@dataclass
+class AnyresReduction:
+    """What the AnyRes picture shows: each view's reduction and how the views tile the image."""
+
+    views: list[PatchReduction]  # the base view, then the crops in raster order of the grid
+    grid: tuple[int, int]  # rows and columns of crops
+    image_size: tuple[int, int]  # (height, width) of the image
+    stock_tokens: int  # what stock LLaVA-NeXT feeds the LLM: every unpadded patch and a newline a patch row
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens reaching the LLM: every view's kept and summary tokens, and an `image_newline` a row of crops."""
+        return sum(view.num_tokens for view in self.views) + self.grid[0]
+
+
+def crop_reduction(
+    settings: ReductionSettings,
+    processor,
+    pixel_values: torch.Tensor,
+    attention: torch.Tensor,
+    reduced: ReducedTokens | None,
+    patches: torch.Tensor,
+) -> PatchReduction:
+    """`patch_reduction` of a crop whose reducer saw only `patches` (those unpadding keeps; `reduced` is None
+    when none is kept): the histogram shows their attention, the picture the whole crop, its padding as
+    PADDING."""
+    num_patches = len(attention)
+    roles, clusters = np.full(num_patches, PADDING, dtype=np.int8), np.full(num_patches, -1, dtype=np.int64)
+    if reduced is None:
+        view = vision_tower_view(processor, pixel_values)
+        return PatchReduction(view, attention.float().cpu().numpy(), roles, clusters, 0, settings.iqr_scale)
+    seen = patch_reduction(settings, processor, pixel_values, attention[patches], reduced)
+    kept = patches.cpu().numpy()
+    roles[kept], clusters[kept] = seen.roles, seen.clusters
+    return replace(seen, roles=roles, clusters=clusters)
+
+
+@torch.inference_mode()
+def reduce_anyres_image(model, processor, image: Image.Image, token_reduction: str) -> AnyresReduction:
+    """Run the vision tower on the image's views and the reducer on each, as the model does, and collect
+    what the picture shows."""
+    inputs = processor.image_processor(images=image, return_tensors="pt")
+    pixel_values = inputs["pixel_values"].to(model.device, model.dtype)  # [1, views, 3, H, W]
+    image_sizes = inputs["image_sizes"]
+    settings = drawn_settings(model, token_reduction)
+    (layout,) = check_anyres_inputs(pixel_values, image_sizes, model.config)
+    encoded, settings = model.model.encode_views(pixel_values, [layout], None, None, settings)
+    reduced = model.model.reduce_each_view(encoded, 0, layout, settings)
+    crop_sizes = [len(patches) for _, patches in reduced[1:]]
+    per_view = view_budgets(settings, layout, crop_sizes)
+    views = []
+    for index, ((tokens, patches), view_settings) in enumerate(zip(reduced, per_view, strict=True)):
+        pixels, attention = pixel_values[0, index : index + 1], encoded.attention[index]
+        if patches is None:  # the base view: every patch
+            views.append(patch_reduction(view_settings, processor, pixels, attention, tokens))
+        else:
+            views.append(crop_reduction(view_settings, processor, pixels, attention, tokens, patches))
+    stock = layout.side * layout.side + layout.stock_length
+    height, width = (int(value) for value in image_sizes[0])
+    return AnyresReduction(views, (layout.grid_rows, layout.grid_cols), (height, width), stock)
+
+
+def draw_anyres(reduction: AnyresReduction, title: str) -> Figure:
+    """The base view in the first column, each crop at its place in the grid beside it (see `draw_panels`)."""
+    rows, columns = reduction.grid
+    cells = [(0, 0)] + [(row, 1 + column) for row in range(rows) for column in range(columns)]
+    titles = [f"base view: {reduction.views[0].num_tokens} tokens"] + [
+        f"crop {row + 1},{column + 1}: {view.num_tokens} tokens"
+        for (row, column), view in zip(
+            [(r, c) for r in range(rows) for c in range(columns)], reduction.views[1:], strict=True
+        )
+    ]
+    height, width = reduction.image_size
+    return draw_panels(
+        reduction.views,
+        titles,
+        cells,
+        f"{title}\n{reduction.num_tokens} visual tokens reach the LLM (every view's kept and summary tokens, "
+        f"{rows} image_newline); stock LLaVA-NeXT for this {width}x{height} image ({1 + rows * columns} views): "
+        f"{reduction.stock_tokens}",
+    )
