@@ -230,7 +230,7 @@ class PromptMaker:
 
     def image_requests(self, count: int) -> list[dict]:
         """`count` requests with images and text never used before in this run (no cache can hold them)."""
-        from ..benchmarks.models import synthetic_images
+        from ..benchmarks.modalities import synthetic_images
 
         seed, texts = self._fresh_text(count, self.text_tokens - len(self.bos))
         images = synthetic_images(count, self.image_size, seed)
