@@ -30,7 +30,7 @@ from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
 from ..errors import MissingInputError
 from ..evaluation.shapes_vqa import question_corpus
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
-from ..testing.tiny import SPECIAL_TOKENS, byte_level_bpe
+from ..testing.tiny import SPECIAL_TOKENS, byte_level_bpe, llava_fast_tokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_FILE = "model.safetensors"
@@ -75,21 +75,6 @@ def build_tokenizer() -> Tokenizer:
     question and answer (what `train-mini` does; the shipped model keeps the one it was trained with)."""
     corpus = [f"{VICUNA_V1_SYSTEM} USER: <image>\n{text} ASSISTANT: {text}</s>" for text in question_corpus()]
     return byte_level_bpe(corpus * 4, SPECIAL_TOKENS, vocab_size=TOKENIZER_VOCAB_SIZE)
-
-
-def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side="left",
-        model_input_names=["input_ids", "attention_mask"],
-        chat_template=VICUNA_CHAT_TEMPLATE,
-    )
-    wrapped.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return wrapped
 
 
 def mini_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
@@ -148,7 +133,7 @@ def load_mini(weights_dir: str | Path = WEIGHTS_DIR, **reduction_fields):
         raise MissingInputError(
             f"{weights_dir} lacks {', '.join(missing)}; train the mini model with `llava-prumerge train-mini`"
         )
-    tokenizer = wrap_tokenizer(Tokenizer.from_file(str(weights_dir / TOKENIZER_FILE)))
+    tokenizer = llava_fast_tokenizer(Tokenizer.from_file(str(weights_dir / TOKENIZER_FILE)))
     model = new_mini_model(tokenizer, seed=0, **reduction_fields)
     stored = load_file(weights_dir / WEIGHTS_FILE)
     names = {stored_name(name): name for name in model.state_dict()}

@@ -38,6 +38,7 @@ from torch import nn
 from ..common.conversation import VICUNA_V1_SYSTEM, render_vicuna_v1
 from ..evaluation.shapes_vqa import COLORS, MAX_OBJECTS, SHAPES, Example, examples, object_map
 from ..modeling.compaction import IGNORE_INDEX
+from ..testing.tiny import llava_fast_tokenizer
 from ..training.data import Conversation, ConversationCollator, encode_conversations
 from .model import (
     IMAGE_SIZE,
@@ -47,7 +48,6 @@ from .model import (
     mini_processor,
     new_mini_model,
     save_mini_weights,
-    wrap_tokenizer,
 )
 
 PAIRS = [(color, shape) for color in COLORS for shape in SHAPES]
@@ -318,7 +318,7 @@ def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print)
         print_line(f"[{time.perf_counter() - started:5.0f} s] {message}")
 
     torch.set_num_threads(recipe.threads)
-    tokenizer = wrap_tokenizer(build_tokenizer())
+    tokenizer = llava_fast_tokenizer(build_tokenizer())
     processor = mini_processor(tokenizer)
     model = new_mini_model(tokenizer, seed=recipe.seed)
 

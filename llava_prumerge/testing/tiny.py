@@ -47,7 +47,12 @@ def byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A small byte-level BPE tokenizer trained in code, with LLaVA's special tokens."""
-    tokenizer = byte_level_bpe(_CORPUS, SPECIAL_TOKENS, vocab_size=400)
+    return llava_fast_tokenizer(byte_level_bpe(_CORPUS, SPECIAL_TOKENS, vocab_size=400))
+
+
+def llava_fast_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
+    """A `tokenizers.Tokenizer` as llava-hf's tokenizers are set up: Llama's special tokens, left padding,
+    no token_type_ids, the vicuna_v1 chat template, and `<image>` as a special token."""
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",

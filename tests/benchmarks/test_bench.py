@@ -227,6 +227,9 @@ def test_peak_memory_sees_an_allocation():
         (["--arch", "tiny", "--batch-size", "two"], "expected comma-separated positive integers, got 'two'"),
         (["--arch", "tiny", "--repeats", "0"], "--repeats: must be an integer >= 1, got '0'"),
         (["--arch", "tiny", "--layers", "two"], "--layers: must be an integer >= 1, got 'two'"),
+        (["--arch", "video-llava"], "invalid choice: 'video-llava'"),
+        (["--arch", "tiny-video", "--methods", "none@8"], "unknown method(s) ['none@8']"),
+        (["--arch", "tiny-video", "--methods", "prumerge@0"], "unknown method(s) ['prumerge@0']"),
     ],
 )
 def test_bad_arguments_are_named(arguments, message, capsys):
@@ -396,21 +399,6 @@ def test_fixed_budgets_work_for_images_too(capsys):
         ("none", TINY_PATCHES, TINY_PATCHES),
         ("prumerge_plus@16", 16, 16),
     ]
-
-
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--arch", "video-llava"], "invalid choice: 'video-llava'"),
-        (["--arch", "tiny-video", "--methods", "none@8"], "unknown method(s) ['none@8']"),
-        (["--arch", "tiny-video", "--methods", "prumerge@0"], "unknown method(s) ['prumerge@0']"),
-    ],
-)
-def test_bad_video_arguments_are_named(arguments, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["bench", *arguments])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
