@@ -39,7 +39,7 @@ from ..errors import ConversionError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 from ..modeling.runtime_compat import extra_special_tokens
 from .compat import llava_image_processor
-from .weights import read_safetensors_header
+from .weights import first_unreadable
 
 PAD_TOKEN = "<pad>"
 VOCAB_MULTIPLE = 64  # llava-hf: pad_to_multiple_of=64 (32002 tokens -> 32064 rows)
@@ -214,16 +214,13 @@ def _merged_llm(base_dir: Path, lora_dir: Path, adapter_path: Path, dtype: torch
 
 
 def _check_folder_weights(folder: Path) -> None:
-    for weights in sorted(folder.glob("*.safetensors")):
-        _check_readable(weights)
+    _check_readable(*sorted(folder.glob("*.safetensors")))
 
 
-def _check_readable(path: Path) -> None:
-    """A safetensors file whose header and size agree; otherwise an error naming it and what is wrong."""
-    try:
-        read_safetensors_header(path)
-    except (ValueError, OSError) as error:
-        raise ConversionError(f"{path} is unreadable: {error}") from error
+def _check_readable(*paths: Path) -> None:
+    """Safetensors files whose headers and sizes agree; otherwise an error naming the first bad one."""
+    if problem := first_unreadable(paths):
+        raise ConversionError(problem)
 
 
 def _add_llava_tokens(tokenizer) -> tuple[int, int]:

@@ -101,6 +101,17 @@ def read_safetensors_header(path: Path) -> dict:
     return header
 
 
+def first_unreadable(paths) -> str | None:
+    """ "PATH is unreadable: why" for the first safetensors file among `paths` whose header and size
+    disagree (an interrupted download or copy), None when all read."""
+    for path in paths:
+        try:
+            read_safetensors_header(path)
+        except (ValueError, OSError) as error:
+            return f"{path} is unreadable: {error}"
+    return None
+
+
 def weight_problems(folder: Path, config) -> list[str]:
     """What is wrong with the shards and index; with a config, also which weights it needs are absent or misshapen."""
     index_path = folder / INDEX_FILE

@@ -32,6 +32,7 @@ CENTER_COLOR = "#ff1a1a"
 SAMPLE_COLOR = "#00d5ff"
 TINT_ALPHA = 0.3  # light enough for the image to show through where every patch is tinted (PruMerge+)
 BORDER_COLOR = "white"  # lines between patches of different kept tokens
+TINT_SWATCH_COLORS = 4  # the legend key of merged patches shows the first tints
 PADDING_ALPHA = 0.7  # black over the patches LLaVA-NeXT's unpadding drops
 FIGURE_INCHES, DPI = (13.0, 6.0), 100  # pictures are 1300 x 600 pixels
 TINY_MODEL_NOTE = "tiny random-weight model: the selection shows the mechanics, not a trained CLIP's choices"
@@ -219,9 +220,6 @@ class _TintSwatchHandler(HandlerBase):
                       edgecolor="none", transform=trans)
             for i, color in enumerate(colors)
         ]  # fmt: skip
-
-
-TINT_SWATCH_COLORS = 4  # a legend key shows the first tints
 
 
 def add_patch_legend(owner, counts: dict[str, int], **placement):

@@ -286,7 +286,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     The Trainer writes `trainer_state.json` last, so a run stopped while saving leaves a folder
     without it; a weight file cut short is named with what its header expects.
     """
-    from ..hub_upload.weights import read_safetensors_header
+    from ..hub_upload.weights import first_unreadable
 
     state = checkpoint / TRAINER_STATE_NAME
     if not state.is_file():
@@ -295,12 +295,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))
     except ValueError as error:
         return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
-    for weights in sorted(checkpoint.rglob("*.safetensors")):
-        try:
-            read_safetensors_header(weights)
-        except (ValueError, OSError) as error:
-            return f"{weights} is unreadable: {error}"
-    return None
+    return first_unreadable(sorted(checkpoint.rglob("*.safetensors")))
 
 
 def _latest_complete_checkpoint(output_dir: Path) -> Path:
