@@ -69,34 +69,63 @@ def test_images_follow_the_definition(splits):
                 assert apart
 
 
+def assert_right_answer(objects, question_type: str, question: str, answer: str) -> None:
+    """The answer that the scene's objects give to the question, by the task's definition."""
+    shapes = Counter(obj.shape for obj in objects)
+    pairs = Counter((obj.color, obj.shape) for obj in objects)
+    assert answer in ANSWERS[question_type]
+    assert answer == answer.lower() and " " not in answer
+    words = question.rstrip("?").split()
+    if question_type == "color":
+        shape = words[-1]
+        assert shapes[shape] == 1
+        assert answer == next(obj.color for obj in objects if obj.shape == shape)
+    elif question_type == "count":
+        assert question == TEMPLATES["count"] and answer == str(len(objects))
+    elif question_type == "exists":
+        color, shape = words[-2], words[-1]
+        assert answer == ("yes" if pairs[color, shape] else "no")
+    else:
+        color, shape = words[2], words[3]
+        assert pairs[color, shape] == 1
+        obj = next(obj for obj in objects if (obj.color, obj.shape) == (color, shape))
+        half = SIZE / 2
+        assert (obj.box[2] <= half and answer == "left") or (obj.box[0] >= half and answer == "right")
+
+
 def test_answers_are_right_by_construction(splits):
     for example in [*splits["test"], *splits["train"]]:
-        objects = example.scene.objects
-        shapes = Counter(obj.shape for obj in objects)
-        pairs = Counter((obj.color, obj.shape) for obj in objects)
         for question in example.questions:
-            assert question.answer in ANSWERS[question.question_type]
-            assert question.answer == question.answer.lower() and " " not in question.answer
-            words = question.question.rstrip("?").split()
-            if question.question_type == "color":
-                shape = words[-1]
-                assert shapes[shape] == 1
-                assert question.answer == next(obj.color for obj in objects if obj.shape == shape)
-            elif question.question_type == "count":
-                assert question.question == TEMPLATES["count"] and question.answer == str(len(objects))
-            elif question.question_type == "exists":
-                color, shape = words[-2], words[-1]
-                assert question.answer == ("yes" if pairs[color, shape] else "no")
-            else:
-                color, shape = words[2], words[3]
-                assert pairs[color, shape] == 1
-                obj = next(obj for obj in objects if (obj.color, obj.shape) == (color, shape))
-                half = SIZE / 2
-                assert (obj.box[2] <= half and question.answer == "left") or (
-                    obj.box[0] >= half and question.answer == "right"
-                )
+            assert_right_answer(
+                example.scene.objects, question.question_type, question.question, question.answer
+            )
         kinds = [question.question_type for question in example.questions]
         assert kinds == sorted(kinds, key=QUESTION_TYPES.index) and "count" in kinds and "exists" in kinds
+
+
+def test_train_mini_asks_every_question_that_applies_rightly_and_balanced(splits):
+    """train-mini's questions: eval's four types, right by construction, every applicable color and side,
+    as many "no" as "yes" presence questions, and a superset of eval's kinds of question per image."""
+    from llava_prumerge.mini.train import EXISTS_PER_ANSWER, training_questions
+
+    first_word = {template.split()[0] + template.split()[1]: kind for kind, template in TEMPLATES.items()}
+    rng = np.random.default_rng(0)
+    for example in splits["train"]:
+        objects = example.scene.objects
+        asked = Counter()
+        for question, answer in training_questions(example.scene, rng):
+            kind = first_word["".join(question.split()[:2])]
+            assert_right_answer(objects, kind, question, answer)
+            asked[kind, answer if kind == "exists" else None] += 1
+        shapes = Counter(obj.shape for obj in objects)
+        assert asked["color", None] == sum(shapes[obj.shape] == 1 for obj in objects)
+        assert asked["count", None] == 1
+        yes = min(len({obj.pair for obj in objects}), EXISTS_PER_ANSWER)
+        assert asked["exists", "yes"] == asked["exists", "no"] == yes
+        pairs = Counter(obj.pair for obj in objects)
+        sided = [obj for obj in objects if pairs[obj.pair] == 1 and example.scene.side_of(obj)]
+        assert asked["position", None] == len(sided)
+        assert {q.question_type for q in example.questions} <= {kind for kind, _ in asked}
 
 
 def test_presence_questions_are_balanced_with_hard_negatives():
