@@ -23,7 +23,8 @@ stage-1 heads are dropped.
 Both stages draw batches from a fixed pool of training images (generated once; the test split's
 images are never among them: see the split buckets in `shapes_vqa`), AdamW, linear warm-up then
 cosine decay, torch's RNG seeded with --seed. On the same torch build and thread count a run is
-repeatable; across machines and builds, expect `none` test accuracy within +-3 points (the README).
+repeatable; another seed, machine or build follows another trajectory (seed 1 scored 59.0% on
+the test split against seed 0's 71.1%: the README).
 """
 
 from __future__ import annotations

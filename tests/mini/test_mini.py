@@ -18,10 +18,11 @@ from llava_prumerge.mini.model import (
 
 # The shipped model on the first questions of the test split, every visual token ("none"). Answering
 # each question type's most common test answer scores 38.5%; the shipped model scores 71.1% on the whole
-# test split (training.json) and 73.1% on this subset. The floor sits under that by the README's
-# retraining tolerance (3 points) and the subset's sampling noise (two standard errors, about 7 points
-# at 160 questions), and far above the 38.5% that ignoring the image gets. (The target, 90%,
-# is not met; see the README.)
+# test split (training.json) and 73.1% on this subset. The floor sits under that by the subset's
+# sampling noise (two standard errors, about 7 points at 160 questions) and a margin for float
+# rounding on other CPUs, and far above the 38.5% that ignoring the image gets. It checks the shipped
+# weights, not a retraining (a retraining with another seed scored 59.0%: see the README). (The issue's
+# target, 90%, is not met; see the README.)
 FIXED_SUBSET = 160
 MIN_ACCURACY = 0.62
 
