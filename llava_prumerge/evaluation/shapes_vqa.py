@@ -209,9 +209,7 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
         answer = "yes"
     else:
         absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in pair_counts]
-        hard = [(c, s) for c, s in absent if s in shape_counts]
-        pool = hard if hard and rng.random() < 0.5 else absent
-        color, shape = pool[int(rng.integers(len(pool)))]
+        color, shape = draw_absent_pair(absent, shape_counts, rng)
         answer = "no"
     questions.append(("exists", TEMPLATES["exists"].format(color=color, shape=shape), answer))
 
@@ -221,6 +219,14 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
         question = TEMPLATES["position"].format(color=obj.color, shape=obj.shape)
         questions.append(("position", question, scene.side_of(obj)))
     return questions
+
+
+def draw_absent_pair(absent: list[tuple[str, str]], shape_counts: Counter, rng: np.random.Generator):
+    """One of the `absent` (color, shape) pairs for a "no" presence question: half the time, when there is
+    one, the hard kind (a shape that is in the image, in a color it does not have), else any, uniformly."""
+    hard = [(color, shape) for color, shape in absent if shape in shape_counts]
+    pool = hard if hard and rng.random() < 0.5 else absent
+    return pool[int(rng.integers(len(pool)))]
 
 
 def make_example(split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Example:

@@ -48,6 +48,7 @@ from ..evaluation.shapes_vqa import (
     TEMPLATES,
     Example,
     Scene,
+    draw_absent_pair,
     examples,
     object_map,
 )
@@ -176,10 +177,8 @@ def training_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str
     absent = [(color, shape) for color in COLORS for shape in SHAPES if (color, shape) not in pair_counts]
     asked_absent = []
     for _ in present:
-        hard = [pair for pair in absent if pair[1] in shape_counts and pair not in asked_absent]
-        easy = [pair for pair in absent if pair not in asked_absent]
-        pool = hard if hard and rng.random() < 0.5 else easy
-        asked_absent.append(pool[int(rng.integers(len(pool)))])
+        unasked = [pair for pair in absent if pair not in asked_absent]
+        asked_absent.append(draw_absent_pair(unasked, shape_counts, rng))
     for pairs, answer in ((present, "yes"), (asked_absent, "no")):
         questions += [
             (TEMPLATES["exists"].format(color=color, shape=shape), answer) for color, shape in pairs
