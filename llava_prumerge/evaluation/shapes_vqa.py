@@ -94,6 +94,16 @@ class Scene:
             return "right"
         return None
 
+    def color_askable(self) -> list[ShapeObject]:
+        """The objects a color question can name: their shape occurs once."""
+        shape_counts = Counter(obj.shape for obj in self.objects)
+        return [obj for obj in self.objects if shape_counts[obj.shape] == 1]
+
+    def side_askable(self) -> list[ShapeObject]:
+        """The objects a position question can name: their pair occurs once and lies in one half."""
+        pair_counts = Counter(obj.pair for obj in self.objects)
+        return [obj for obj in self.objects if pair_counts[obj.pair] == 1 and self.side_of(obj) is not None]
+
 
 @dataclass(frozen=True)
 class Question:
@@ -197,7 +207,7 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     questions = []
     shape_counts = Counter(obj.shape for obj in scene.objects)
     pair_counts = Counter(obj.pair for obj in scene.objects)
-    single_shapes = [obj for obj in scene.objects if shape_counts[obj.shape] == 1]
+    single_shapes = scene.color_askable()
     if single_shapes:
         obj = single_shapes[int(rng.integers(len(single_shapes)))]
         questions.append(("color", TEMPLATES["color"].format(shape=obj.shape), obj.color))
@@ -213,7 +223,7 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
         answer = "no"
     questions.append(("exists", TEMPLATES["exists"].format(color=color, shape=shape), answer))
 
-    sided = [obj for obj in scene.objects if pair_counts[obj.pair] == 1 and scene.side_of(obj) is not None]
+    sided = scene.side_askable()
     if sided:
         obj = sided[int(rng.integers(len(sided)))]
         question = TEMPLATES["position"].format(color=obj.color, shape=obj.shape)

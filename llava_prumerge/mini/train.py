@@ -166,11 +166,7 @@ def training_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str
     the side of every pair that occurs once and lies in one half."""
     shape_counts = Counter(obj.shape for obj in scene.objects)
     pair_counts = Counter(obj.pair for obj in scene.objects)
-    questions = [
-        (TEMPLATES["color"].format(shape=obj.shape), obj.color)
-        for obj in scene.objects
-        if shape_counts[obj.shape] == 1
-    ]
+    questions = [(TEMPLATES["color"].format(shape=obj.shape), obj.color) for obj in scene.color_askable()]
     questions.append((TEMPLATES["count"], str(len(scene.objects))))
     present = sorted(pair_counts)
     present = [present[i] for i in rng.permutation(len(present))[:EXISTS_PER_ANSWER]]
@@ -183,10 +179,8 @@ def training_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str
         questions += [
             (TEMPLATES["exists"].format(color=color, shape=shape), answer) for color, shape in pairs
         ]
-    for obj in scene.objects:
-        side = scene.side_of(obj)
-        if pair_counts[obj.pair] == 1 and side is not None:
-            questions.append((TEMPLATES["position"].format(color=obj.color, shape=obj.shape), side))
+    for obj in scene.side_askable():
+        questions.append((TEMPLATES["position"].format(color=obj.color, shape=obj.shape), scene.side_of(obj)))
     return questions
 
 
