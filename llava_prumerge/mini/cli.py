@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..common.cli_args import positive_int
@@ -13,7 +14,14 @@ def add_train_mini_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="folder for model.safetensors, tokenizer.json, training.json"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="data-parallel training processes, at most one per CPU core (default 1: as the shipped weights "
+        "were trained; 2 trained 1.6-1.8x faster on a 2-core CPU, on another trajectory)",
+    )
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads per process (default 1)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -46,5 +54,5 @@ def run_train_mini(args: argparse.Namespace) -> dict:
             f"{args.out} already exists and is not empty; choose another --out or pass --overwrite"
         )
     recipe = MiniRecipe.quick() if args.quick else MiniRecipe()
-    recipe.seed, recipe.threads = args.seed, args.threads
+    recipe = dataclasses.replace(recipe, seed=args.seed, processes=args.processes, threads=args.threads)
     return train_mini(args.out, recipe)

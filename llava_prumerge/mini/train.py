@@ -22,15 +22,21 @@ stage-1 heads are dropped.
 
 Both stages draw batches from a fixed pool of training images (generated once; the test split's
 images are never among them: see the split buckets in `shapes_vqa`), AdamW, linear warm-up then
-cosine decay, torch's RNG seeded with --seed. On the same torch build and thread count a run is
-repeatable; another seed, machine or build follows another trajectory (seed 1 scored 59.0% on
-the test split against seed 0's 71.1%: the README).
+cosine decay, torch's RNG seeded with --seed. With --processes N (data parallel, torch.distributed's
+gloo backend on this machine) every process draws the same batches and takes its 1/N share of each;
+their gradients are averaged, so the replicas take identical steps: the step of the whole batch, up to
+float rounding (the language loss is a mean over answer tokens, now per share). On the same torch
+build, thread count and number of processes a run is repeatable; another seed, process count, machine
+or build follows another trajectory (seed 1 scored 59.0% on the test split against seed 0's 71.1%:
+the README).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -38,9 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..common.conversation import VICUNA_V1_SYSTEM, render_vicuna_v1
+from ..errors import UsageError
 from ..evaluation.shapes_vqa import (
     COLORS,
     MAX_OBJECTS,
@@ -84,7 +92,8 @@ class MiniRecipe:
     warmup_fraction: float = 0.05
     weight_decay: float = 0.01
     system_prompt_fraction: float = 0.5
-    threads: int = 1  # on a shared 2-core CPU, two threads waited on each other: 4-10x slower here
+    processes: int = 1  # > 1: data parallel, each process takes its share of a batch (another trajectory)
+    threads: int = 1  # per process; on the shared 2-core CPU two threads in one process were 4-10x slower
     check_every: int = 200
     test_questions: int | None = None  # None: all of eval's default test split
     log_every: int = 25
@@ -92,7 +101,13 @@ class MiniRecipe:
 
     def __post_init__(self):
         if self.questions not in ("all", "task"):
-            raise ValueError(f"MiniRecipe.questions is {self.questions!r}; use 'all' or 'task'")
+            raise UsageError(f"MiniRecipe.questions is {self.questions!r}; use 'all' or 'task'")
+        for batch_size in (self.vision_batch_size, self.llm_batch_size):
+            if batch_size % self.processes:
+                raise UsageError(
+                    f"{self.processes} processes (--processes) cannot share a batch of {batch_size} evenly; "
+                    f"use a number of processes that divides {self.vision_batch_size} and {self.llm_batch_size}"
+                )
 
     @classmethod
     def quick(cls) -> MiniRecipe:
@@ -258,13 +273,35 @@ class VisionObjective(nn.Module):
         return loss + cross_entropy(self.count_head(patches).flatten(0, 1), counts.flatten())
 
 
+def _share(batch: torch.Tensor) -> torch.Tensor:
+    """This process's share of a batch that every process drew alike (all of it without data parallelism)."""
+    if not dist.is_initialized():
+        return batch
+    return batch[dist.get_rank() :: dist.get_world_size()]
+
+
+def _average_gradients(parameters, loss: torch.Tensor) -> float:
+    """Average the gradients and the loss over the processes, so that every replica takes the same step
+    (the mean over the whole batch); returns the loss."""
+    if not dist.is_initialized():
+        return loss.item()
+    grads = [torch.zeros_like(param) if param.grad is None else param.grad for param in parameters]
+    flat = torch.cat([grad.flatten() for grad in grads] + [loss.detach().reshape(1)])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for param, chunk in zip(parameters, flat[:-1].split([grad.numel() for grad in grads]), strict=True):
+        param.grad = chunk.view_as(param)
+    return flat[-1].item()
+
+
 def _step(loss, parameters, optimizer, scheduler) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    loss_value = _average_gradients(parameters, loss)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
     optimizer.step()
     scheduler.step()
-    return loss.item()
+    return loss_value
 
 
 def train_vision_tower(tower, objective, pixels, targets, recipe: MiniRecipe, log) -> list[float]:
@@ -277,7 +314,7 @@ def train_vision_tower(tower, objective, pixels, targets, recipe: MiniRecipe, lo
     tower.train()
     losses = []
     for step in range(recipe.vision_steps):
-        batch = torch.randint(len(pixels), (recipe.vision_batch_size,), generator=generator)
+        batch = _share(torch.randint(len(pixels), (recipe.vision_batch_size,), generator=generator))
         loss = objective(tower, pixels[batch], targets[batch])
         losses.append(_step(loss, parameters, optimizer, scheduler))
         if step % recipe.log_every == 0 or step == recipe.vision_steps - 1:
@@ -329,7 +366,7 @@ def train_language_model(model, pixels, encoded, recipe: MiniRecipe, pad_token_i
     model.train()
     losses = []
     for step in range(recipe.llm_steps):
-        batch = torch.randint(len(pixels), (recipe.llm_batch_size,), generator=generator).tolist()
+        batch = _share(torch.randint(len(pixels), (recipe.llm_batch_size,), generator=generator)).tolist()
         items = [
             {"input_ids": torch.from_numpy(encoded[i][0]), "labels": torch.from_numpy(encoded[i][1])}
             for i in batch
@@ -359,14 +396,63 @@ def heldout_accuracy(weights_dir: Path, limit: int | None) -> float:
 
 def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print) -> dict:
     """Train the mini model from scratch with `recipe`; writes model.safetensors, tokenizer.json and
-    training.json to `out_dir` (the layout `load_mini` reads) and returns the record."""
+    training.json to `out_dir` (the layout `load_mini` reads) and returns the record. With
+    `recipe.processes` > 1 this process is the first of them: it starts the others (torch.distributed,
+    gloo, on this machine) and alone logs, checks, saves and tests."""
     recipe = recipe or MiniRecipe()
-    out_dir = Path(out_dir)
+    if recipe.processes == 1:
+        return _train_mini(Path(out_dir), recipe, log)
+    spawn = torch.multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as rendezvous:
+        store = f"file://{Path(rendezvous) / 'store'}"
+        replicas = [
+            spawn.Process(target=_replica, args=(store, rank, recipe), daemon=True)
+            for rank in range(1, recipe.processes)
+        ]
+        for replica in replicas:
+            replica.start()
+        try:
+            _join_group(store, 0, recipe.processes)
+        except RuntimeError as error:
+            for replica in replicas:
+                replica.terminate()
+            raise RuntimeError(
+                f"the other {recipe.processes - 1} training process(es) did not join within "
+                f"{GROUP_TIMEOUT}; their error is printed above"
+            ) from error
+        try:
+            return _train_mini(Path(out_dir), recipe, log)
+        finally:
+            dist.destroy_process_group()
+            for replica in replicas:
+                replica.join()
+
+
+GROUP_TIMEOUT = datetime.timedelta(minutes=5)  # for joining, and for each gradient exchange
+
+
+def _join_group(store: str, rank: int, processes: int) -> None:
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=processes, timeout=GROUP_TIMEOUT)
+
+
+def _replica(store: str, rank: int, recipe: MiniRecipe) -> None:
+    """A data-parallel process after the first: it trains its share of every batch, and nothing else."""
+    _join_group(store, rank, recipe.processes)
+    try:
+        _train_mini(None, recipe, log=None)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
+    """Both stages in this process (its share of each batch under data parallelism); then, in the first
+    process, save, test and record. `out_dir` and `log` are None in the others."""
     started = time.perf_counter()
     print_line = log
 
     def log(message: str) -> None:
-        print_line(f"[{time.perf_counter() - started:5.0f} s] {message}")
+        if print_line is not None:
+            print_line(f"[{time.perf_counter() - started:5.0f} s] {message}")
 
     torch.set_num_threads(recipe.threads)
     tokenizer = llava_fast_tokenizer(build_tokenizer())
@@ -401,9 +487,11 @@ def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print)
         recipe,
         tokenizer.pad_token_id,
         log,
-        check=lambda: answer_accuracy(model, processor, validation),
+        check=None if out_dir is None else lambda: answer_accuracy(model, processor, validation),
     )
     llm_seconds = time.perf_counter() - stage
+    if out_dir is None:
+        return None
 
     save_mini_weights(model, tokenizer, out_dir)
     stage = time.perf_counter()

@@ -15,6 +15,7 @@ from llava_prumerge.mini.model import (
     WEIGHTS_FILE,
     load_mini,
 )
+from llava_prumerge.mini.train import MiniRecipe
 
 # The shipped model on the first questions of the test split, every visual token ("none"). Answering
 # each question type's most common test answer scores 38.5%; the shipped model scores 71.1% on the whole
@@ -40,6 +41,12 @@ def test_the_weights_ship_as_small_safetensors_with_their_record():
     record = json.loads((WEIGHTS_DIR / TRAINING_RECORD).read_text())
     assert record["recipe"]["seed"] == 0 and record["seconds"]["total"] < 30 * 60
     assert record["test_accuracy"]["none"] >= MIN_ACCURACY
+
+
+def test_train_mini_defaults_are_the_shipped_weights_recipe():
+    """`llava-prumerge train-mini --out DIR` retrains what ships: its defaults are the recorded recipe."""
+    record = json.loads((WEIGHTS_DIR / TRAINING_RECORD).read_text())
+    assert MiniRecipe(**record["recipe"]) == MiniRecipe()
 
 
 def test_the_mini_model_is_llava_shaped(mini):
@@ -82,10 +89,12 @@ def test_export_mini_writes_a_hub_folder_with_the_same_model(tmp_path, mini, cap
 
 
 def test_train_mini_runs_end_to_end_quickly(tmp_path):
-    """A few steps of both stages (CI does not retrain the shipped model): the script runs, the folder loads."""
-    main(["train-mini", "--quick", "--out", str(tmp_path / "weights"), "--threads", "1"])
+    """A few steps of both stages in two data-parallel processes, as the shipped model was trained (CI
+    does not retrain it): the script runs, the folder loads."""
+    main(["train-mini", "--quick", "--out", str(tmp_path / "weights"), "--processes", "2"])
     record = json.loads((tmp_path / "weights" / TRAINING_RECORD).read_text())
     assert record["recipe"]["vision_steps"] == 3 and record["recipe"]["llm_steps"] == 3
+    assert record["recipe"]["processes"] == 2
     model, processor = load_mini(tmp_path / "weights")
     inputs = processor(
         images=[torch.zeros(3, 72, 72)],
@@ -93,3 +102,23 @@ def test_train_mini_runs_end_to_end_quickly(tmp_path):
         return_tensors="pt",
     )
     assert model(**inputs).logits.shape[0] == 1
+
+
+def test_two_processes_take_the_steps_one_process_takes(tmp_path):
+    """Data parallelism averages the halves' gradients: the vision stage, whose loss is a mean over
+    images, ends where one process taking the whole batch ends (up to float rounding)."""
+    for processes in ("1", "2"):
+        main(["train-mini", "--quick", "--out", str(tmp_path / processes), "--processes", processes])
+    one, two = (load_mini(tmp_path / processes)[0].model.vision_tower for processes in ("1", "2"))
+    for (name, ours), theirs in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+        # atol: float16 as stored, and the key biases (their gradient is rounding noise: softmax ignores a
+        # shift shared by all of a query's scores, so Adam moves them ~1e-5 either way); a step taken
+        # on half the batch alone moves weights by ~the learning rate, 3e-3
+        torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=1e-4, msg=name)
+
+
+def test_train_mini_refuses_processes_that_cannot_share_a_batch(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-mini", "--quick", "--out", str(tmp_path / "weights"), "--processes", "3"])
+    assert exit_info.value.code == 2
+    assert "--processes" in capsys.readouterr().err
