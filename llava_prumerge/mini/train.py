@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -394,6 +395,9 @@ def heldout_accuracy(weights_dir: Path, limit: int | None) -> float:
     return result.scores.accuracy
 
 
+GROUP_TIMEOUT = datetime.timedelta(minutes=5)  # for joining, and for each gradient exchange
+
+
 def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print) -> dict:
     """Train the mini model from scratch with `recipe`; writes model.safetensors, tokenizer.json and
     training.json to `out_dir` (the layout `load_mini` reads) and returns the record. With
@@ -426,9 +430,6 @@ def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print)
             dist.destroy_process_group()
             for replica in replicas:
                 replica.join()
-
-
-GROUP_TIMEOUT = datetime.timedelta(minutes=5)  # for joining, and for each gradient exchange
 
 
 def _join_group(store: str, rank: int, processes: int) -> None:
@@ -479,16 +480,11 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
     vision_losses = train_vision_tower(tower, objective, pixels, targets, recipe, log)
     vision_seconds = time.perf_counter() - stage
     stage = time.perf_counter()
-    validation = [(q, e.image) for e in examples("validation", recipe.check_images) for q in e.questions]
-    llm_losses = train_language_model(
-        model,
-        pixels,
-        encoded,
-        recipe,
-        tokenizer.pad_token_id,
-        log,
-        check=None if out_dir is None else lambda: answer_accuracy(model, processor, validation),
-    )
+    check = None  # the first process alone checks
+    if out_dir is not None:
+        validation = [(q, e.image) for e in examples("validation", recipe.check_images) for q in e.questions]
+        check = partial(answer_accuracy, model, processor, validation)
+    llm_losses = train_language_model(model, pixels, encoded, recipe, tokenizer.pad_token_id, log, check)
     llm_seconds = time.perf_counter() - stage
     if out_dir is None:
         return None
