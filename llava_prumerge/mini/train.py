@@ -426,6 +426,10 @@ def train_mini(out_dir: str | Path, recipe: MiniRecipe | None = None, log=print)
             ) from error
         try:
             return _train_mini(Path(out_dir), recipe, log)
+        except BaseException:  # an error or Ctrl-C here: the others would wait out GROUP_TIMEOUT
+            for replica in replicas:
+                replica.terminate()
+            raise
         finally:
             dist.destroy_process_group()
             for replica in replicas:
