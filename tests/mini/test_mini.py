@@ -88,14 +88,20 @@ def test_export_mini_writes_a_hub_folder_with_the_same_model(tmp_path, mini, cap
         assert torch.equal(ours, theirs), name
 
 
-def test_train_mini_runs_end_to_end_quickly(tmp_path):
-    """A few steps of both stages in two data-parallel processes, as the shipped model was trained (CI
-    does not retrain it): the script runs, the folder loads."""
-    main(["train-mini", "--quick", "--out", str(tmp_path / "weights"), "--processes", "2"])
-    record = json.loads((tmp_path / "weights" / TRAINING_RECORD).read_text())
+@pytest.fixture(scope="module")
+def quick_two_processes(tmp_path_factory):
+    """A few steps of both stages in two data-parallel processes (CI does not retrain the shipped model)."""
+    out = tmp_path_factory.mktemp("quick") / "two-processes"
+    main(["train-mini", "--quick", "--out", str(out), "--processes", "2"])
+    return out
+
+
+def test_train_mini_runs_end_to_end_quickly(quick_two_processes):
+    """The script runs in two processes, records its recipe, and the folder it writes loads."""
+    record = json.loads((quick_two_processes / TRAINING_RECORD).read_text())
     assert record["recipe"]["vision_steps"] == 3 and record["recipe"]["llm_steps"] == 3
     assert record["recipe"]["processes"] == 2
-    model, processor = load_mini(tmp_path / "weights")
+    model, processor = load_mini(quick_two_processes)
     inputs = processor(
         images=[torch.zeros(3, 72, 72)],
         text=["USER: <image>\nHow many shapes are there? ASSISTANT:"],
@@ -104,12 +110,13 @@ def test_train_mini_runs_end_to_end_quickly(tmp_path):
     assert model(**inputs).logits.shape[0] == 1
 
 
-def test_two_processes_take_the_steps_one_process_takes(tmp_path):
+def test_two_processes_take_the_steps_one_process_takes(tmp_path, quick_two_processes):
     """Data parallelism averages the halves' gradients: the vision stage, whose loss is a mean over
     images, ends where one process taking the whole batch ends (up to float rounding)."""
-    for processes in ("1", "2"):
-        main(["train-mini", "--quick", "--out", str(tmp_path / processes), "--processes", processes])
-    one, two = (load_mini(tmp_path / processes)[0].model.vision_tower for processes in ("1", "2"))
+    main(["train-mini", "--quick", "--out", str(tmp_path / "one-process"), "--processes", "1"])
+    one, two = (
+        load_mini(folder)[0].model.vision_tower for folder in (tmp_path / "one-process", quick_two_processes)
+    )
     for (name, ours), theirs in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
         # atol: float16 as stored, and the key biases (their gradient is rounding noise: softmax ignores a
         # shift shared by all of a query's scores, so Adam moves them ~1e-5 either way); a step taken
