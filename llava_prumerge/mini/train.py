@@ -280,9 +280,10 @@ def initialize_language_side(model, std: float) -> None:
     """Redraw the projector's and the language model's weights from N(0, std^2), biases zero.
 
     At transformers' default std, 0.02 (GPT-2's, for a width of 768), this 128-wide language model
-    stalled for hundreds of steps, or for good, before binding a color and a shape named in the
-    question to the image: the query and key weights start so small that the attention that matches
-    them grows slowly. 0.1, about 1/sqrt(width), learned the presence question within 200 steps."""
+    stalled for hundreds of steps, or for good, before it learned the presence question ("Is there a
+    {color} {shape}?"); likely because attention scores, products of query and key weights that start
+    small, grow slowly. At 0.1, about 1/sqrt(width), most runs learned it within 200 to 600 steps (the
+    README has the runs)."""
     for part in (
         model.model.multi_modal_projector,
         model.model.language_model,
