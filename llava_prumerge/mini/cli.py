@@ -13,15 +13,15 @@ def add_train_mini_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for model.safetensors, tokenizer.json, training.json"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    # seed, processes, threads: None keeps MiniRecipe's default, the shipped weights' recipe (one source)
+    parser.add_argument("--seed", type=int, help="default 0, as the shipped weights were trained")
     parser.add_argument(
         "--processes",
         type=positive_int,
-        default=2,
         help="data-parallel training processes, at most one per CPU core (default 2: as the shipped weights "
         "were trained, 1.6-1.8x faster than 1 on a 2-core CPU; another number follows another trajectory)",
     )
-    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads per process (default 1)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads per process (default 1)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -54,5 +54,8 @@ def run_train_mini(args: argparse.Namespace) -> dict:
             f"{args.out} already exists and is not empty; choose another --out or pass --overwrite"
         )
     recipe = MiniRecipe.quick() if args.quick else MiniRecipe()
-    recipe = dataclasses.replace(recipe, seed=args.seed, processes=args.processes, threads=args.threads)
+    given = {name: getattr(args, name) for name in ("seed", "processes", "threads")}
+    recipe = dataclasses.replace(
+        recipe, **{name: value for name, value in given.items() if value is not None}
+    )
     return train_mini(args.out, recipe)

@@ -42,10 +42,16 @@ def test_the_weights_ship_as_small_safetensors_with_their_record():
     assert record["test_accuracy"]["none"] >= MIN_ACCURACY
 
 
-def test_train_mini_defaults_are_the_shipped_weights_recipe():
+def test_train_mini_defaults_are_the_shipped_weights_recipe(tmp_path, monkeypatch):
     """`llava-prumerge train-mini --out DIR` retrains what ships: its defaults are the recorded recipe."""
+    import llava_prumerge.mini.train as train
+
     record = json.loads((WEIGHTS_DIR / TRAINING_RECORD).read_text())
     assert MiniRecipe(**record["recipe"]) == MiniRecipe()
+    recipes = []
+    monkeypatch.setattr(train, "train_mini", lambda out, recipe: recipes.append(recipe))
+    main(["train-mini", "--out", str(tmp_path / "weights")])
+    assert recipes == [MiniRecipe()]
 
 
 def test_the_mini_model_is_llava_shaped(mini):
