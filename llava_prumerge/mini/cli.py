@@ -36,8 +36,9 @@ def run_train_mini(args: argparse.Namespace) -> dict:
     Stage 1 trains a CLIP-architecture vision tower (random init; not OpenAI's CLIP) on a [CLS]
     objective: which (color, shape) pairs the image holds, in which half, and how many objects, so that
     the [CLS] attention PruMerge reads is learned. Stage 2 trains the projector and a 4-layer Llama
-    (random init) on Shapes-VQA conversations with every visual token (token_reduction "none", as
-    LLaVA-1.5 trained), the tower frozen. Seeded; the measured time
+    (random init) with every visual token (token_reduction "none", as LLaVA-1.5 trained), the tower
+    frozen: first on the color questions alone, which teach it to bind a shape to its color, then on
+    Shapes-VQA conversations with every question type. Seeded; the measured time
     on the project's 2-core CPU is in the README. The folder it writes (model.safetensors in float16,
     tokenizer.json, training.json with the recipe, the time and the test accuracy) is what `load_mini`
     reads and what ships in llava_prumerge/mini/weights; `llava-prumerge export --mini` turns the shipped

@@ -10,16 +10,18 @@ features the language model reads, predict each patch's object (a (color, shape)
 whether the patch is in the left half, and, from every patch row, the object count and the [CLS]
 head's 45 pair bits: dense labels that a 4-layer language model trained for minutes can read, where
 CLIP's features came from 400 M images. The per-patch scene labels make every patch carry a summary
-of the whole image, as patch tokens of real ViTs carry global information; it also makes this model
-lose less to token reduction than one whose patches carry only their own content (the README says so).
+of the whole image, as patch tokens of real ViTs carry global information.
 
 Stage 2, LLaVA's instruction tuning: the tower frozen (as LLaVA-1.5's CLIP), the projector and a
 Llama language model, both from scratch (drawn at std 0.1, not transformers' 0.02:
-`initialize_language_side`), trained on Shapes-VQA conversations (one image and, by
-default, every question of the task's four types that applies to it, `training_questions`, as turns
-in a seeded random order; the vicuna_v1 system prompt on half of them), loss on the answers only,
-every visual token given to the language model (token_reduction="none", as LLaVA-1.5 trained). The
-stage-1 heads are dropped.
+`initialize_language_side`), trained on Shapes-VQA conversations (one image and its questions as
+turns in a seeded random order; the vicuna_v1 system prompt on half of them), loss on the answers
+only, every visual token given to the language model (token_reduction="none", as LLaVA-1.5 trained),
+in two phases: first the color questions alone (`binding_questions`), then, by default, every
+question of the task's four types that applies (`training_questions`). Trained on the mixture from
+the start, the language model found objects by their color and ignored the shape a question names;
+the color questions alone make it bind the two, and the second phase keeps that (the README has the
+runs). The stage-1 heads are dropped.
 
 Both stages draw batches from a fixed pool of training images (generated once; the test split's
 images are never among them: see the split buckets in `shapes_vqa`), AdamW, linear warm-up then
@@ -28,7 +30,7 @@ gloo backend on this machine) every process draws the same batches and takes its
 their gradients are averaged, so the replicas take identical steps: the step of the whole batch, up to
 float rounding (the language loss is a mean over answer tokens, now per share). On the same torch
 build, thread count and number of processes a run is repeatable; another seed, process count, machine
-or build follows another trajectory (under the previous recipe seed 1 scored 59.0% on the test split
+or build follows another trajectory (under an earlier recipe seed 1 scored 59.0% on the test split
 against seed 0's 71.1%: the README).
 """
 
@@ -88,6 +90,7 @@ class MiniRecipe:
     vision_batch_size: int = 32
     vision_lr: float = 3e-3
     questions: str = "all"  # "all": every question that applies (training_questions); "task": eval's
+    binding_steps: int = 600  # stage 2 first trains on the color questions alone (binding_questions)
     llm_steps: int = 800
     llm_batch_size: int = 16
     llm_lr: float = 1.5e-3
@@ -103,6 +106,10 @@ class MiniRecipe:
     check_images: int = 100
 
     def __post_init__(self):
+        if self.llm_steps < 1:
+            raise UsageError(
+                f"MiniRecipe.llm_steps is {self.llm_steps}; the last phase needs at least 1 step"
+            )
         if self.questions not in ("all", "task"):
             raise UsageError(f"MiniRecipe.questions is {self.questions!r}; use 'all' or 'task'")
         for batch_size in (self.vision_batch_size, self.llm_batch_size):
@@ -119,6 +126,7 @@ class MiniRecipe:
             train_images=64,
             vision_steps=3,
             vision_batch_size=8,
+            binding_steps=2,
             llm_steps=3,
             llm_batch_size=4,
             check_images=4,
@@ -184,7 +192,7 @@ def training_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str
     the side of every pair that occurs once and lies in one half."""
     shape_counts = Counter(obj.shape for obj in scene.objects)
     pair_counts = Counter(obj.pair for obj in scene.objects)
-    questions = [(TEMPLATES["color"].format(shape=obj.shape), obj.color) for obj in scene.color_askable()]
+    questions = binding_questions(scene)
     questions.append((TEMPLATES["count"], str(len(scene.objects))))
     present = sorted(pair_counts)
     present = [present[i] for i in rng.permutation(len(present))[:EXISTS_PER_ANSWER]]
@@ -202,15 +210,18 @@ def training_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str
     return questions
 
 
+def binding_questions(scene: Scene) -> list[tuple[str, str]]:
+    """(question, answer) for the color of every shape that occurs once: the one question type that only
+    binding the shape named in the question to that object's color answers (a scene's colors alone answer
+    most side questions, and the count needs neither)."""
+    return [(TEMPLATES["color"].format(shape=obj.shape), obj.color) for obj in scene.color_askable()]
+
+
 def training_conversation(
-    example: Example, rng: np.random.Generator, system_fraction: float, questions: str
+    example: Example, pairs: list[tuple[str, str]], rng: np.random.Generator, system_fraction: float
 ) -> Conversation:
-    """The example's questions (`questions`: "all" or "task", see MiniRecipe) as one multi-turn vicuna_v1
-    conversation in a random order, the image in the first turn."""
-    if questions == "all":
-        pairs = training_questions(example.scene, rng)
-    else:
-        pairs = [(question.question, question.answer) for question in example.questions]
+    """The (question, answer) `pairs` as one multi-turn vicuna_v1 conversation in a random order, the
+    image in the first turn, the system prompt on `system_fraction` of them."""
     messages = [{"role": "system", "content": VICUNA_V1_SYSTEM}] if rng.random() < system_fraction else []
     for turn, position in enumerate(rng.permutation(len(pairs))):
         question, answer = pairs[position]
@@ -218,6 +229,13 @@ def training_conversation(
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
     rendered = render_vicuna_v1(messages)
     return Conversation(example.image_name, example.index, rendered.text, rendered.answer_spans, [])
+
+
+def task_questions(example: Example, rng: np.random.Generator, questions: str) -> list[tuple[str, str]]:
+    """The stage's questions about one image (`questions`: "all" or "task", see MiniRecipe)."""
+    if questions == "all":
+        return training_questions(example.scene, rng)
+    return [(question.question, question.answer) for question in example.questions]
 
 
 def schedule(step: int, total: int, warmup_fraction: float) -> float:
@@ -375,37 +393,81 @@ def answer_accuracy(model, processor, questions, batch_size: int = 64) -> str:
     return f"{overall:.3f} (" + ", ".join(f"{kind} {np.mean(hits):.2f}" for kind, hits in right.items()) + ")"
 
 
-def train_language_model(model, pixels, encoded, recipe: MiniRecipe, pad_token_id: int, log, check=None):
-    """Stage 2: projector and language model on the conversations, every visual token given to it, the
-    tower frozen (as LLaVA-1.5's CLIP); returns the losses."""
+@dataclass
+class LanguagePhase:
+    """One phase of stage 2: its conversations, the pool image each one shows, and how long it trains."""
+
+    name: str  # in the log
+    encoded: list[tuple[np.ndarray, np.ndarray]]  # token ids and labels of each conversation
+    images: np.ndarray  # [conversations] row of the conversation's image in the pool's pixels
+    steps: int
+    seed: int  # of its batch draws
+
+
+def train_language_model(
+    model, pixels, phase: LanguagePhase, recipe: MiniRecipe, pad_token_id: int, log, check=None
+):
+    """A phase of stage 2: projector and language model on the phase's conversations, every visual token
+    given to it, the tower frozen (as LLaVA-1.5's CLIP), a fresh optimizer and schedule; returns the
+    losses."""
     from ..modeling.reduction_settings import ReductionSettings
 
     everything = ReductionSettings(token_reduction="none")
     model.model.vision_tower.requires_grad_(False)
     parameters = [param for param in model.parameters() if param.requires_grad]
     optimizer, scheduler = _optimizer(
-        parameters, recipe.llm_lr, recipe.weight_decay, recipe.llm_steps, recipe.warmup_fraction
+        parameters, recipe.llm_lr, recipe.weight_decay, phase.steps, recipe.warmup_fraction
     )
     collate = ConversationCollator(pad_token_id=pad_token_id)
-    generator = torch.Generator().manual_seed(recipe.seed + 2)
+    generator = torch.Generator().manual_seed(phase.seed)
     model.train()
     losses = []
-    for step in range(recipe.llm_steps):
-        batch = _share(torch.randint(len(pixels), (recipe.llm_batch_size,), generator=generator)).tolist()
+    for step in range(phase.steps):
+        batch = _share(
+            torch.randint(len(phase.encoded), (recipe.llm_batch_size,), generator=generator)
+        ).tolist()
         items = [
-            {"input_ids": torch.from_numpy(encoded[i][0]), "labels": torch.from_numpy(encoded[i][1])}
+            {
+                "input_ids": torch.from_numpy(phase.encoded[i][0]),
+                "labels": torch.from_numpy(phase.encoded[i][1]),
+            }
             for i in batch
         ]
-        loss = model(**collate(items), pixel_values=pixels[batch], reduction=everything).loss
+        loss = model(**collate(items), pixel_values=pixels[phase.images[batch]], reduction=everything).loss
         losses.append(_step(loss, parameters, optimizer, scheduler))
-        if step % recipe.log_every == 0 or step == recipe.llm_steps - 1:
+        if step % recipe.log_every == 0 or step == phase.steps - 1:
             log(
-                f"language step {step + 1}/{recipe.llm_steps}: loss {np.mean(losses[-recipe.log_every :]):.4f}"
+                f"{phase.name} step {step + 1}/{phase.steps}: loss {np.mean(losses[-recipe.log_every :]):.4f}"
             )
         if check is not None and (step + 1) % recipe.check_every == 0:
             log(f"  validation first-token accuracy: {check()}")
     model.eval()
     return losses
+
+
+def language_phases(pool: list[Example], tokenizer, recipe: MiniRecipe) -> list[LanguagePhase]:
+    """Stage 2's phases: first the binding questions alone (`binding_questions`, on the images that have
+    one), then the task's questions (every image)."""
+    phases = []
+    # seed offsets of its conversations and of its batch draws
+    for name, steps, questions_of, conversation_seed, batch_seed in (
+        ("binding", recipe.binding_steps, lambda example, rng: binding_questions(example.scene), 3, 4),
+        ("language", recipe.llm_steps, partial(task_questions, questions=recipe.questions), 0, 2),
+    ):
+        if not steps:
+            continue
+        rng = np.random.default_rng(recipe.seed + conversation_seed)
+        conversations, images = [], []
+        for row, example in enumerate(pool):
+            if pairs := questions_of(example, rng):
+                conversations.append(
+                    training_conversation(example, pairs, rng, recipe.system_prompt_fraction)
+                )
+                images.append(row)
+        encoded = encode_conversations(tokenizer, conversations)
+        assert all((labels != IGNORE_INDEX).any() for _, labels in encoded)
+        phases.append(LanguagePhase(name, encoded, np.asarray(images), steps, recipe.seed + batch_seed))
+    return phases
 
 
 def heldout_accuracy(weights_dir: Path, limit: int | None) -> float:
@@ -494,12 +556,7 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
         [pixel_tensor([e.image for e in pool[i : i + 512]], processor) for i in range(0, len(pool), 512)]
     )
     targets = vision_targets(pool, model.config.vision_config.patch_size)
-    rng = np.random.default_rng(recipe.seed)
-    conversations = [
-        training_conversation(e, rng, recipe.system_prompt_fraction, recipe.questions) for e in pool
-    ]
-    encoded = encode_conversations(tokenizer, conversations)
-    assert all((labels != IGNORE_INDEX).any() for _, labels in encoded)
+    phases = language_phases(pool, tokenizer, recipe)
     data_seconds = time.perf_counter() - started
 
     stage = time.perf_counter()
@@ -513,7 +570,10 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
     if out_dir is not None:
         validation = [(q, e.image) for e in examples("validation", recipe.check_images) for q in e.questions]
         check = partial(answer_accuracy, model, processor, validation)
-    llm_losses = train_language_model(model, pixels, encoded, recipe, tokenizer.pad_token_id, log, check)
+    llm_losses = [
+        train_language_model(model, pixels, phase, recipe, tokenizer.pad_token_id, log, check)
+        for phase in phases
+    ][-1]
     llm_seconds = time.perf_counter() - stage
     if out_dir is None:
         return None

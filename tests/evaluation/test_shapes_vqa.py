@@ -128,6 +128,33 @@ def test_train_mini_asks_every_question_that_applies_rightly_and_balanced(splits
         assert {q.question_type for q in example.questions} <= {kind for kind, _ in asked}
 
 
+def test_train_mini_first_phase_asks_the_color_of_each_shape_that_occurs_once(splits):
+    """Stage 2's binding phase: only color questions, right by construction, one conversation per image
+    that has one, showing that image; the task phase after it covers every image."""
+    from llava_prumerge.mini.model import build_tokenizer
+    from llava_prumerge.mini.train import MiniRecipe, language_phases
+    from llava_prumerge.testing.tiny import llava_fast_tokenizer
+
+    pool = splits["train"]
+    tokenizer = llava_fast_tokenizer(build_tokenizer())
+    binding, task = language_phases(pool, tokenizer, MiniRecipe(binding_steps=5, llm_steps=7))
+    assert (binding.name, binding.steps, task.name, task.steps) == ("binding", 5, "language", 7)
+    askable = [row for row, example in enumerate(pool) if example.scene.color_askable()]
+    assert 0 < len(askable) < len(pool) and binding.images.tolist() == askable
+    assert task.images.tolist() == list(range(len(pool)))
+    for (ids, labels), row in zip(binding.encoded, binding.images, strict=True):
+        text = tokenizer.decode(ids)
+        questions = [part.split("?")[0] + "?" for part in text.split("USER: ")[1:]]
+        answers = tokenizer.decode(ids[labels != -100]).replace("</s>", " ").split()
+        objects = pool[row].scene.objects
+        assert len(questions) == len(answers) == len(pool[row].scene.color_askable())
+        for question, answer in zip(questions, answers, strict=True):
+            assert question.startswith("<image>\n") == (question is questions[0])
+            assert_right_answer(objects, "color", question.removeprefix("<image>\n"), answer)
+    [only_task] = language_phases(pool, tokenizer, MiniRecipe(binding_steps=0))
+    assert only_task.name == "language"
+
+
 def test_presence_questions_are_balanced_with_hard_negatives():
     questions = [q for e in examples("validation", 300, image_size=SIZE) for q in e.questions]
     exists = [q for q in questions if q.question_type == "exists"]
