@@ -106,9 +106,10 @@ class MiniRecipe:
     check_images: int = 100
 
     def __post_init__(self):
-        if self.llm_steps < 1:
+        if self.llm_steps < 1 or self.binding_steps < 0:
             raise UsageError(
-                f"MiniRecipe.llm_steps is {self.llm_steps}; the last phase needs at least 1 step"
+                f"MiniRecipe has llm_steps={self.llm_steps} and binding_steps={self.binding_steps}; the last "
+                "phase needs at least 1 step, and the color phase 0 (skipped) or more"
             )
         if self.questions not in ("all", "task"):
             raise UsageError(f"MiniRecipe.questions is {self.questions!r}; use 'all' or 'task'")
@@ -570,10 +571,8 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
     if out_dir is not None:
         validation = [(q, e.image) for e in examples("validation", recipe.check_images) for q in e.questions]
         check = partial(answer_accuracy, model, processor, validation)
-    llm_losses = [
-        train_language_model(model, pixels, phase, recipe, tokenizer.pad_token_id, log, check)
-        for phase in phases
-    ][-1]
+    for phase in phases:  # the record keeps the last phase's losses
+        llm_losses = train_language_model(model, pixels, phase, recipe, tokenizer.pad_token_id, log, check)
     llm_seconds = time.perf_counter() - stage
     if out_dir is None:
         return None

@@ -7,6 +7,7 @@ import torch
 
 from llava_prumerge.cli import main
 from llava_prumerge.common.loading import load_prumerge_model
+from llava_prumerge.errors import UsageError
 from llava_prumerge.evaluation.evaluate import evaluate_shapes_vqa
 from llava_prumerge.mini.model import (
     TOKENIZER_FILE,
@@ -160,3 +161,9 @@ def test_train_mini_refuses_processes_that_cannot_share_a_batch(tmp_path, capsys
         main(["train-mini", "--quick", "--out", str(tmp_path / "weights"), "--processes", "3"])
     assert exit_info.value.code == 2
     assert "--processes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps", [{"llm_steps": 0}, {"binding_steps": -1}])
+def test_a_recipe_without_a_last_phase_or_with_negative_steps_is_refused(steps):
+    with pytest.raises(UsageError, match="llm_steps=.*binding_steps="):
+        MiniRecipe(**steps)
