@@ -133,6 +133,7 @@ def test_train_mini_first_phase_asks_the_color_of_each_shape_that_occurs_once(sp
     that has one, showing that image; the task phase after it covers every image."""
     from llava_prumerge.mini.model import build_tokenizer
     from llava_prumerge.mini.train import MiniRecipe, language_phases
+    from llava_prumerge.modeling.compaction import IGNORE_INDEX
     from llava_prumerge.testing.tiny import llava_fast_tokenizer
 
     pool = splits["train"]
@@ -145,7 +146,7 @@ def test_train_mini_first_phase_asks_the_color_of_each_shape_that_occurs_once(sp
     for (ids, labels), row in zip(binding.encoded, binding.images, strict=True):
         text = tokenizer.decode(ids)
         questions = [part.split("?")[0] + "?" for part in text.split("USER: ")[1:]]
-        answers = tokenizer.decode(ids[labels != -100]).replace("</s>", " ").split()
+        answers = tokenizer.decode(ids[labels != IGNORE_INDEX]).replace("</s>", " ").split()
         objects = pool[row].scene.objects
         assert len(questions) == len(answers) == len(pool[row].scene.color_askable())
         for question, answer in zip(questions, answers, strict=True):
