@@ -38,8 +38,9 @@ def run_train_mini(args: argparse.Namespace) -> dict:
     the [CLS] attention PruMerge reads is learned. Stage 2 trains the projector and a 4-layer Llama
     (random init) with every visual token (token_reduction "none", as LLaVA-1.5 trained), the tower
     frozen: first on the color questions alone, which teach it to bind a shape to its color, then on
-    Shapes-VQA conversations with every question type. Seeded; the measured time
-    on the project's 2-core CPU is in the README. The folder it writes (model.safetensors in float16,
+    Shapes-VQA conversations with every question type; throughout, a grounding loss points one attention
+    head at the object each answer is about. Seeded; the measured time on the project's 2-core CPU is in
+    the README. The folder it writes (model.safetensors in float16,
     tokenizer.json, training.json with the recipe, the time and the test accuracy) is what `load_mini`
     reads and what ships in llava_prumerge/mini/weights; `llava-prumerge export --mini` turns the shipped
     one into a Hub folder.

@@ -21,7 +21,13 @@ in two phases: first the color questions alone (`binding_questions`), then, by d
 question of the task's four types that applies (`training_questions`). Trained on the mixture from
 the start, the language model found objects by their color and ignored the shape a question names;
 the color questions alone make it bind the two, and the second phase keeps that (the README has the
-runs). The stage-1 heads are dropped.
+runs). In both phases a grounding loss (`grounding_loss`, weighted by MiniRecipe.grounding_weight)
+teaches the first head of the language model's layer 1 to look the named object up: at the token that
+predicts each answer about one object (a color, a present pair, a side: `named_pair`), that head's
+attention should fall on the object's patches (stage 1's patch labels). Without it the language model
+spread its attention over every object alike and answered a side question with the side of all of
+them (sides stalled near 80%). It is supervision that only a synthetic task's ground truth gives; the
+trained model is a plain LLaVA and nothing at inference knows of it. The stage-1 heads are dropped.
 
 Both stages draw batches from a fixed pool of training images (generated once; the test split's
 images are never among them: see the split buckets in `shapes_vqa`), AdamW, linear warm-up then
@@ -42,6 +48,7 @@ import math
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -51,7 +58,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..common.conversation import VICUNA_V1_SYSTEM, render_vicuna_v1
+from ..common.conversation import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM, render_vicuna_v1
 from ..errors import UsageError
 from ..evaluation.shapes_vqa import (
     COLORS,
@@ -70,6 +77,7 @@ from ..training.data import Conversation, ConversationCollator, encode_conversat
 from .model import (
     IMAGE_SIZE,
     MODEL_CARD_TAGS,
+    TEXT_CONFIG,
     TRAINING_RECORD,
     build_tokenizer,
     mini_processor,
@@ -92,6 +100,8 @@ class MiniRecipe:
     questions: str = "all"  # "all": every question that applies (training_questions); "task": eval's
     binding_steps: int = 600  # stage 2 first trains on the color questions alone (binding_questions)
     llm_steps: int = 800
+    grounding_weight: float = 1.0  # of the grounding loss in stage 2 (0: none); see grounding_loss
+    grounding_layer: int = 1  # the language-model layer whose first head the grounding loss teaches
     llm_batch_size: int = 16
     llm_lr: float = 1.5e-3
     language_init_std: float = 0.1  # see initialize_language_side
@@ -110,6 +120,13 @@ class MiniRecipe:
             raise UsageError(
                 f"MiniRecipe has llm_steps={self.llm_steps} and binding_steps={self.binding_steps}; the last "
                 "phase needs at least 1 step, and the color phase 0 (skipped) or more"
+            )
+        if self.grounding_weight < 0:
+            raise UsageError(f"MiniRecipe.grounding_weight is {self.grounding_weight}; use 0 (none) or more")
+        if not 0 <= self.grounding_layer < TEXT_CONFIG["num_hidden_layers"]:
+            raise UsageError(
+                f"MiniRecipe.grounding_layer is {self.grounding_layer}; the language model's layers are 0 to "
+                f"{TEXT_CONFIG['num_hidden_layers'] - 1}"
             )
         if self.questions not in ("all", "task"):
             raise UsageError(f"MiniRecipe.questions is {self.questions!r}; use 'all' or 'task'")
@@ -218,18 +235,35 @@ def binding_questions(scene: Scene) -> list[tuple[str, str]]:
     return [(TEMPLATES["color"].format(shape=obj.shape), obj.color) for obj in scene.color_askable()]
 
 
+def named_pair(scene: Scene, question: str, answer: str) -> tuple[str, str] | None:
+    """The (color, shape) of the objects a question is about, or None when the answer names none (the
+    count, an absent pair): the objects whose patches the grounding loss points the language model at."""
+    for obj in scene.objects:
+        about = (
+            TEMPLATES["color"].format(shape=obj.shape),
+            TEMPLATES["position"].format(color=obj.color, shape=obj.shape),
+            TEMPLATES["exists"].format(color=obj.color, shape=obj.shape) if answer == "yes" else None,
+        )
+        if question in about:
+            return obj.pair
+    return None
+
+
 def training_conversation(
     example: Example, pairs: list[tuple[str, str]], rng: np.random.Generator, system_fraction: float
-) -> Conversation:
+) -> tuple[Conversation, list[tuple[str, str] | None]]:
     """The (question, answer) `pairs` as one multi-turn vicuna_v1 conversation in a random order, the
-    image in the first turn, the system prompt on `system_fraction` of them."""
+    image in the first turn, the system prompt on `system_fraction` of them; with the `named_pair` of
+    each answer in the conversation's order."""
     messages = [{"role": "system", "content": VICUNA_V1_SYSTEM}] if rng.random() < system_fraction else []
+    named = []
     for turn, position in enumerate(rng.permutation(len(pairs))):
         question, answer = pairs[position]
         content = ([{"type": "image"}] if turn == 0 else []) + [{"type": "text", "text": question}]
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+        named.append(named_pair(example.scene, question, answer))
     rendered = render_vicuna_v1(messages)
-    return Conversation(example.image_name, example.index, rendered.text, rendered.answer_spans, [])
+    return Conversation(example.image_name, example.index, rendered.text, rendered.answer_spans, []), named
 
 
 def task_questions(example: Example, rng: np.random.Generator, questions: str) -> list[tuple[str, str]]:
@@ -324,28 +358,32 @@ def _share(batch: torch.Tensor) -> torch.Tensor:
     return batch[dist.get_rank() :: dist.get_world_size()]
 
 
-def _average_gradients(parameters, loss: torch.Tensor) -> float:
-    """Average the gradients and the loss over the processes, so that every replica takes the same step
-    (the mean over the whole batch); returns the loss."""
+def _average_gradients(parameters, logged: torch.Tensor) -> np.ndarray:
+    """Average the gradients and the `logged` losses [k] over the processes, so that every replica takes
+    the same step (the mean over the whole batch); returns the losses."""
+    logged = logged.detach().reshape(-1)
     if not dist.is_initialized():
-        return loss.item()
+        return logged.numpy()
     grads = [torch.zeros_like(param) if param.grad is None else param.grad for param in parameters]
-    flat = torch.cat([grad.flatten() for grad in grads] + [loss.detach().reshape(1)])
+    flat = torch.cat([grad.flatten() for grad in grads] + [logged])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    for param, chunk in zip(parameters, flat[:-1].split([grad.numel() for grad in grads]), strict=True):
+    chunks = flat[: -len(logged)].split([grad.numel() for grad in grads])
+    for param, chunk in zip(parameters, chunks, strict=True):
         param.grad = chunk.view_as(param)
-    return flat[-1].item()
+    return flat[-len(logged) :].numpy()
 
 
-def _step(loss, parameters, optimizer, scheduler) -> float:
+def _step(loss, parameters, optimizer, scheduler, logged: torch.Tensor | None = None) -> np.ndarray:
+    """One optimizer step on `loss`; returns the `logged` losses (default: the loss) averaged over the
+    processes."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    loss_value = _average_gradients(parameters, loss)
+    logged_values = _average_gradients(parameters, loss if logged is None else logged)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
     optimizer.step()
     scheduler.step()
-    return loss_value
+    return logged_values
 
 
 def train_vision_tower(tower, objective, pixels, targets, recipe: MiniRecipe, log) -> list[float]:
@@ -360,7 +398,7 @@ def train_vision_tower(tower, objective, pixels, targets, recipe: MiniRecipe, lo
     for step in range(recipe.vision_steps):
         batch = _share(torch.randint(len(pixels), (recipe.vision_batch_size,), generator=generator))
         loss = objective(tower, pixels[batch], targets[batch])
-        losses.append(_step(loss, parameters, optimizer, scheduler))
+        losses.append(_step(loss, parameters, optimizer, scheduler)[0])
         if step % recipe.log_every == 0 or step == recipe.vision_steps - 1:
             log(
                 f"vision step {step + 1}/{recipe.vision_steps}: loss {np.mean(losses[-recipe.log_every :]):.4f}"
@@ -403,17 +441,77 @@ class LanguagePhase:
     images: np.ndarray  # [conversations] row of the conversation's image in the pool's pixels
     steps: int
     seed: int  # of its batch draws
+    grounding: list[np.ndarray]  # of each conversation: `answer_grounding`
+
+
+def answer_grounding(
+    ids: np.ndarray, labels: np.ndarray, named: list[tuple[str, str] | None], image_token_id: int
+) -> np.ndarray:
+    """[answers about an object, 3] of one encoded conversation, whose answers are about the `named`
+    pairs in order: the index of its <image> token, the index of the token that predicts the answer's
+    first token, and the pair's patch label (1 + its index in PAIRS, as `VisionTargets.patches`)."""
+    starts = np.flatnonzero((labels[1:] != IGNORE_INDEX) & (labels[:-1] == IGNORE_INDEX)) + 1
+    if len(starts) != len(named):
+        raise ValueError(f"a conversation has {len(starts)} labelled answers but {len(named)} turns")
+    [image] = np.flatnonzero(ids == image_token_id)
+    rows = [
+        (image, start - 1, 1 + PAIRS.index(pair)) for start, pair in zip(starts, named, strict=True) if pair
+    ]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+GROUNDING_HEAD = 0  # the head of MiniRecipe.grounding_layer that the grounding loss teaches
+
+
+def grounding_loss(
+    attention: torch.Tensor,
+    rows: torch.Tensor,
+    queries: torch.Tensor,
+    image_starts: torch.Tensor,
+    named_patches: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over answers of -log(the share of GROUNDING_HEAD's attention on the named object's patches).
+
+    attention [batch, heads, sequence, sequence]: a layer's attention weights, every visual token in the
+    sequence; rows, queries, image_starts [n]: each answer's batch row, the index of the token that
+    predicts it and of its image's first visual token; named_patches [n, patches] bool."""
+    weights = attention[rows, GROUNDING_HEAD, queries]  # [n, sequence]
+    visual = weights.gather(1, image_starts[:, None] + torch.arange(named_patches.shape[1]))  # [n, patches]
+    return -torch.log((visual * named_patches).sum(-1) + 1e-6).mean()
+
+
+@contextmanager
+def recorded_attention(model, layer: int):
+    """Yields a dict that holds, after each forward pass, the attention weights of the language model's
+    `layer` under "weights" [batch, heads, sequence, sequence]. The language model runs eager attention
+    meanwhile: SDPA computes no weights."""
+    language_model = model.model.language_model
+    previous = language_model.config._attn_implementation
+    recorded = {}
+
+    def keep(module, inputs, output):  # LlamaAttention returns (output, weights)
+        recorded["weights"] = output[1]
+
+    language_model.set_attn_implementation("eager")
+    handle = language_model.layers[layer].self_attn.register_forward_hook(keep)
+    try:
+        yield recorded
+    finally:
+        handle.remove()
+        language_model.set_attn_implementation(previous)
 
 
 def train_language_model(
-    model, pixels, phase: LanguagePhase, recipe: MiniRecipe, pad_token_id: int, log, check=None
+    model, pixels, patch_labels, phase: LanguagePhase, recipe: MiniRecipe, pad_token_id: int, log, check=None
 ):
     """A phase of stage 2: projector and language model on the phase's conversations, every visual token
-    given to it, the tower frozen (as LLaVA-1.5's CLIP), a fresh optimizer and schedule; returns the
-    losses."""
+    given to it, the tower frozen (as LLaVA-1.5's CLIP), a fresh optimizer and schedule; the loss is the
+    answers' plus recipe.grounding_weight times `grounding_loss` (`patch_labels`: `VisionTargets.patches`
+    of the pool). Returns the answer losses."""
     from ..modeling.reduction_settings import ReductionSettings
 
     everything = ReductionSettings(token_reduction="none")
+    visual_tokens = patch_labels.shape[1]
     model.model.vision_tower.requires_grad_(False)
     parameters = [param for param in model.parameters() if param.requires_grad]
     optimizer, scheduler = _optimizer(
@@ -421,34 +519,52 @@ def train_language_model(
     )
     collate = ConversationCollator(pad_token_id=pad_token_id)
     generator = torch.Generator().manual_seed(phase.seed)
+    grounded = recipe.grounding_weight > 0
+    recorder = recorded_attention(model, recipe.grounding_layer) if grounded else nullcontext({})
     model.train()
     losses = []
-    for step in range(phase.steps):
-        batch = _share(
-            torch.randint(len(phase.encoded), (recipe.llm_batch_size,), generator=generator)
-        ).tolist()
-        items = [
-            {
-                "input_ids": torch.from_numpy(phase.encoded[i][0]),
-                "labels": torch.from_numpy(phase.encoded[i][1]),
-            }
-            for i in batch
-        ]
-        loss = model(**collate(items), pixel_values=pixels[phase.images[batch]], reduction=everything).loss
-        losses.append(_step(loss, parameters, optimizer, scheduler))
-        if step % recipe.log_every == 0 or step == phase.steps - 1:
-            log(
-                f"{phase.name} step {step + 1}/{phase.steps}: loss {np.mean(losses[-recipe.log_every :]):.4f}"
+    with recorder as attention:
+        for step in range(phase.steps):
+            batch = _share(
+                torch.randint(len(phase.encoded), (recipe.llm_batch_size,), generator=generator)
+            ).tolist()
+            items = [
+                {
+                    "input_ids": torch.from_numpy(phase.encoded[i][0]),
+                    "labels": torch.from_numpy(phase.encoded[i][1]),
+                }
+                for i in batch
+            ]
+            images = phase.images[batch]
+            answer_loss = model(**collate(items), pixel_values=pixels[images], reduction=everything).loss
+            grounding = torch.zeros(())
+            answers = [(row, *entry) for row, i in enumerate(batch) for entry in phase.grounding[i].tolist()]
+            if grounded and answers:
+                rows, image_starts, predictors, labels = torch.tensor(answers).T
+                # every visual token in the sequence: tokens after the <image> token move visual_tokens - 1 on
+                queries = predictors + visual_tokens - 1
+                named_patches = patch_labels[images][rows] == labels[:, None]
+                grounding = grounding_loss(attention["weights"], rows, queries, image_starts, named_patches)
+            loss = answer_loss + recipe.grounding_weight * grounding
+            losses.append(
+                _step(loss, parameters, optimizer, scheduler, torch.stack([answer_loss, grounding]))
             )
-        if check is not None and (step + 1) % recipe.check_every == 0:
-            log(f"  validation first-token accuracy: {check()}")
+            if step % recipe.log_every == 0 or step == phase.steps - 1:
+                answer_mean, grounding_mean = np.mean(losses[-recipe.log_every :], axis=0)
+                log(
+                    f"{phase.name} step {step + 1}/{phase.steps}: answer loss {answer_mean:.4f}, "
+                    f"grounding loss {grounding_mean:.4f}"
+                )
+            if check is not None and (step + 1) % recipe.check_every == 0:
+                log(f"  validation first-token accuracy: {check()}")
     model.eval()
     return losses
 
 
 def language_phases(pool: list[Example], tokenizer, recipe: MiniRecipe) -> list[LanguagePhase]:
     """Stage 2's phases: first the binding questions alone (`binding_questions`, on the images that have
-    one), then the task's questions (every image)."""
+    one), then the task's questions (every image); with each answer's `answer_grounding`."""
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     phases = []
     # seed offsets of its conversations and of its batch draws
     for name, steps, questions_of, conversation_seed, batch_seed in (
@@ -458,16 +574,23 @@ def language_phases(pool: list[Example], tokenizer, recipe: MiniRecipe) -> list[
         if not steps:
             continue
         rng = np.random.default_rng(recipe.seed + conversation_seed)
-        conversations, images = [], []
+        conversations, named, images = [], [], []
         for row, example in enumerate(pool):
             if pairs := questions_of(example, rng):
-                conversations.append(
-                    training_conversation(example, pairs, rng, recipe.system_prompt_fraction)
+                conversation, pairs_named = training_conversation(
+                    example, pairs, rng, recipe.system_prompt_fraction
                 )
+                conversations.append(conversation)
+                named.append(pairs_named)
                 images.append(row)
         encoded = encode_conversations(tokenizer, conversations)
-        assert all((labels != IGNORE_INDEX).any() for _, labels in encoded)
-        phases.append(LanguagePhase(name, encoded, np.asarray(images), steps, recipe.seed + batch_seed))
+        grounding = [
+            answer_grounding(ids, labels, pairs_named, image_token_id)
+            for (ids, labels), pairs_named in zip(encoded, named, strict=True)
+        ]
+        phases.append(
+            LanguagePhase(name, encoded, np.asarray(images), steps, recipe.seed + batch_seed, grounding)
+        )
     return phases
 
 
@@ -566,13 +689,16 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
     vision_losses = train_vision_tower(tower, objective, pixels, targets, recipe, log)
     vision_seconds = time.perf_counter() - stage
     stage = time.perf_counter()
+    torch.manual_seed(recipe.seed)  # the language side's start: the seed's alone, not what stage 1 left
     initialize_language_side(model, recipe.language_init_std)
     check = None  # the first process alone checks
     if out_dir is not None:
         validation = [(q, e.image) for e in examples("validation", recipe.check_images) for q in e.questions]
         check = partial(answer_accuracy, model, processor, validation)
     for phase in phases:  # the record keeps the last phase's losses
-        llm_losses = train_language_model(model, pixels, phase, recipe, tokenizer.pad_token_id, log, check)
+        llm_losses = train_language_model(
+            model, pixels, targets.patches, phase, recipe, tokenizer.pad_token_id, log, check
+        )
     llm_seconds = time.perf_counter() - stage
     if out_dir is None:
         return None
@@ -592,7 +718,8 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
         "test_accuracy": {"none": test_accuracy, "questions": recipe.test_questions},
         "final_loss": {
             "vision_tower": float(np.mean(vision_losses[-50:])),
-            "language_model": float(np.mean(llm_losses[-50:])),
+            "language_model": float(np.mean([answers for answers, _ in llm_losses[-50:]])),
+            "grounding": float(np.mean([grounding for _, grounding in llm_losses[-50:]])),
         },
         "torch": torch.__version__,
         "tags": MODEL_CARD_TAGS,

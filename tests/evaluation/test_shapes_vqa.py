@@ -156,6 +156,64 @@ def test_train_mini_first_phase_asks_the_color_of_each_shape_that_occurs_once(sp
     assert only_task.name == "language"
 
 
+def test_each_training_answer_is_grounded_in_the_object_its_question_names(splits):
+    """`named_pair`: a color question's object is the one with the named shape, a presence question
+    answered "yes" and a side question name their pair; a count and an absent pair name none."""
+    from llava_prumerge.mini.train import named_pair, training_questions
+
+    rng = np.random.default_rng(0)
+    for example in splits["train"]:
+        scene = example.scene
+        for question, answer in training_questions(scene, rng):
+            pair = named_pair(scene, question, answer)
+            if question.startswith("What color"):
+                [named] = [obj.pair for obj in scene.objects if question.endswith(f" {obj.shape}?")]
+                assert pair == named and pair[0] == answer
+            elif question.startswith("Is the "):
+                assert pair is not None and question.startswith(f"Is the {pair[0]} {pair[1]} ")
+            elif question.startswith("Is there") and answer == "yes":
+                assert question == f"Is there a {pair[0]} {pair[1]}?" and pair in [
+                    obj.pair for obj in scene.objects
+                ]
+            else:
+                assert pair is None
+
+
+def test_each_grounded_answer_is_predicted_by_the_token_before_it(splits):
+    """`answer_grounding` rows: the <image> token, the token after which the answer starts, and the patch
+    label of the pair its question names, for every answer that names one, in order."""
+    from llava_prumerge.common.conversation import IMAGE_PLACEHOLDER
+    from llava_prumerge.mini.model import build_tokenizer
+    from llava_prumerge.mini.train import PAIRS, MiniRecipe, language_phases, named_pair
+    from llava_prumerge.modeling.compaction import IGNORE_INDEX
+    from llava_prumerge.testing.tiny import llava_fast_tokenizer
+
+    pool = splits["train"][:40]
+    tokenizer = llava_fast_tokenizer(build_tokenizer())
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    grounded = 0
+    for phase in language_phases(pool, tokenizer, MiniRecipe()):
+        for (ids, labels), rows, image in zip(phase.encoded, phase.grounding, phase.images, strict=True):
+            turns = tokenizer.decode(ids).split("USER: ")[1:]
+            expected = []
+            for turn in turns:
+                question, answer = turn.removeprefix("<image>\n").split(" ASSISTANT: ")
+                pair = named_pair(pool[image].scene, question, answer.removesuffix("</s>").strip())
+                expected.append(None if pair is None else 1 + PAIRS.index(pair))
+            starts = [
+                p
+                for p in range(1, len(labels))
+                if labels[p] != IGNORE_INDEX and labels[p - 1] == IGNORE_INDEX
+            ]
+            expected_rows = [
+                [start - 1, label] for start, label in zip(starts, expected, strict=True) if label
+            ]
+            assert rows[:, 1:].tolist() == expected_rows
+            assert (ids[rows[:, 0]] == image_token_id).all()
+            grounded += len(rows)
+    assert grounded > 100
+
+
 def test_presence_questions_are_balanced_with_hard_negatives():
     questions = [q for e in examples("validation", 300, image_size=SIZE) for q in e.questions]
     exists = [q for q in questions if q.question_type == "exists"]
