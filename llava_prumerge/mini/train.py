@@ -507,7 +507,7 @@ def train_language_model(
     """A phase of stage 2: projector and language model on the phase's conversations, every visual token
     given to it, the tower frozen (as LLaVA-1.5's CLIP), a fresh optimizer and schedule; the loss is the
     answers' plus recipe.grounding_weight times `grounding_loss` (`patch_labels`: `VisionTargets.patches`
-    of the pool). Returns the answer losses."""
+    of the pool). Returns each step's answer and grounding losses [steps, 2]."""
     from ..modeling.reduction_settings import ReductionSettings
 
     everything = ReductionSettings(token_reduction="none")
@@ -522,7 +522,7 @@ def train_language_model(
     grounded = recipe.grounding_weight > 0
     recorder = recorded_attention(model, recipe.grounding_layer) if grounded else nullcontext({})
     model.train()
-    losses = []
+    losses = []  # [answer loss, grounding loss] of each step
     with recorder as attention:
         for step in range(phase.steps):
             batch = _share(
