@@ -19,13 +19,15 @@ from llava_prumerge.mini.model import (
 from llava_prumerge.mini.train import MiniRecipe
 
 # The shipped model on the first questions of the test split, every visual token ("none"). Answering
-# each question type's most common test answer scores 38.5%; the shipped model scores 88.0% on the whole
-# test split (training.json) and 86.3% on this subset. The floor sits under that by the subset's
-# sampling noise (two standard errors, about 5.5 points at 160 questions) and a margin for float
+# each question type's most common test answer scores 38.5%; the shipped model scores 94.8% on the whole
+# test split (training.json) and 95.0% on this subset. The floor sits under that by the subset's
+# sampling noise (two standard errors, about 3.5 points at 160 questions) and a margin for float
 # rounding on other CPUs, and far above the 38.5% that ignoring the image gets. It checks the shipped
-# weights, not a retraining. (The issue's target, 90%, is not met; see the README.)
+# weights, not a retraining. The issue's target, at least 90% on the whole test split, is checked on the
+# recorded accuracy.
 FIXED_SUBSET = 160
-MIN_ACCURACY = 0.78
+MIN_ACCURACY = 0.88
+TARGET_ACCURACY = 0.90
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def test_the_weights_ship_as_small_safetensors_with_their_record():
     assert (WEIGHTS_DIR / TOKENIZER_FILE).is_file()
     record = json.loads((WEIGHTS_DIR / TRAINING_RECORD).read_text())
     assert record["recipe"]["seed"] == 0 and record["seconds"]["total"] < 30 * 60
-    assert record["test_accuracy"]["none"] >= MIN_ACCURACY
+    assert record["test_accuracy"]["questions"] is None  # the whole test split
+    assert record["test_accuracy"]["none"] >= TARGET_ACCURACY
 
 
 def test_train_mini_defaults_are_the_shipped_weights_recipe(tmp_path, monkeypatch):
@@ -167,3 +170,90 @@ def test_train_mini_refuses_processes_that_cannot_share_a_batch(tmp_path, capsys
 def test_a_recipe_without_a_last_phase_or_with_negative_steps_is_refused(steps):
     with pytest.raises(UsageError, match="llm_steps=.*binding_steps="):
         MiniRecipe(**steps)
+
+
+@pytest.mark.parametrize(
+    ("field", "match"), [({"grounding_weight": -1.0}, "grounding_weight"), ({"grounding_layer": 4}, "0 to 3")]
+)
+def test_a_recipe_with_a_negative_grounding_weight_or_a_missing_layer_is_refused(field, match):
+    with pytest.raises(UsageError, match=match):
+        MiniRecipe(**field)
+
+
+def test_grounding_loss_is_minus_log_of_the_heads_attention_on_the_named_patches():
+    from llava_prumerge.mini.train import GROUNDING_HEAD, grounding_loss
+
+    attention = torch.zeros(2, 2, 8, 8)  # [batch, heads, sequence, sequence]; visual tokens at 2-5
+    attention[0, GROUNDING_HEAD, 6, [2, 3, 6]] = torch.tensor([0.5, 0.25, 0.25])
+    attention[1, GROUNDING_HEAD, 7, [1, 4]] = torch.tensor([0.9, 0.1])
+    attention[:, 1 - GROUNDING_HEAD, :, 2:6] = 0.25  # another head's attention counts for nothing
+    named_patches = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    loss = grounding_loss(
+        attention, torch.tensor([0, 1]), torch.tensor([6, 7]), torch.tensor([2, 2]), named_patches
+    )
+    expected = -(torch.log(torch.tensor(0.75 + 1e-6)) + torch.log(torch.tensor(0.1 + 1e-6))) / 2
+    torch.testing.assert_close(loss, expected)
+
+
+def _mini_conversation_batch():
+    """The untrained mini model, its tokenizer and a batch of two conversations about two pool images."""
+    from llava_prumerge.evaluation.shapes_vqa import examples
+    from llava_prumerge.mini.model import build_tokenizer, mini_processor, new_mini_model
+    from llava_prumerge.mini.train import language_phases, pixel_tensor, vision_targets
+    from llava_prumerge.testing.tiny import llava_fast_tokenizer
+
+    tokenizer = llava_fast_tokenizer(build_tokenizer())
+    model = new_mini_model(tokenizer, seed=0)
+    pool = examples("train", 8, image_size=72)
+    pixels = pixel_tensor([example.image for example in pool], mini_processor(tokenizer))
+    [phase] = language_phases(pool, tokenizer, MiniRecipe(binding_steps=0))
+    return model, tokenizer, pixels, vision_targets(pool, 6).patches, phase
+
+
+def test_recorded_attention_is_the_layers_attention_and_leaves_sdpa_after():
+    """The recorder switches the language model to eager attention (the same model: same logits) and
+    back; what it keeps is a causal softmax over the sequence with every visual token in it."""
+    from llava_prumerge.mini.train import recorded_attention
+    from llava_prumerge.modeling.reduction_settings import ReductionSettings
+    from llava_prumerge.training.data import ConversationCollator
+
+    model, tokenizer, pixels, _, phase = _mini_conversation_batch()
+    items = [
+        {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
+        for ids, labels in phase.encoded[:2]
+    ]
+    inputs = dict(
+        ConversationCollator(pad_token_id=tokenizer.pad_token_id)(items),
+        pixel_values=pixels[phase.images[:2]],
+    )
+    everything = ReductionSettings(token_reduction="none")
+    attention_implementation = model.model.language_model.config._attn_implementation
+    with torch.no_grad():
+        expected = model(**inputs, reduction=everything).logits
+        with recorded_attention(model, layer=1) as recorded:
+            logits = model(**inputs, reduction=everything).logits
+    assert model.model.language_model.config._attn_implementation == attention_implementation
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    weights = recorded["weights"]
+    sequence = inputs["input_ids"].shape[1] + 143
+    assert weights.shape == (2, model.config.text_config.num_attention_heads, sequence, sequence)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert not weights.triu(diagonal=1).any()
+
+
+def test_grounding_teaches_the_head_to_look_at_the_named_object():
+    """A few dozen steps of the language phase lower the grounding loss (the head's attention moves to the
+    named objects' patches) and log it beside the answer loss."""
+    from llava_prumerge.mini.train import initialize_language_side, train_language_model
+
+    model, tokenizer, pixels, patch_labels, phase = _mini_conversation_batch()
+    initialize_language_side(model, MiniRecipe().language_init_std)
+    phase.steps = 40
+    recipe = MiniRecipe(llm_batch_size=4, log_every=10, processes=1)
+    lines = []
+    losses = train_language_model(
+        model, pixels, patch_labels, phase, recipe, tokenizer.pad_token_id, lines.append
+    )
+    grounding = [value for _, value in losses]
+    assert sum(grounding[-10:]) < 0.7 * sum(grounding[:10]), grounding
+    assert "grounding loss" in lines[-1] and model.model.language_model.config._attn_implementation != "eager"
