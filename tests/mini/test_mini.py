@@ -196,9 +196,10 @@ def test_grounding_loss_is_minus_log_of_the_heads_attention_on_the_named_patches
 
 
 def _mini_conversation_batch():
-    """The untrained mini model, its tokenizer and a batch of two conversations about two pool images."""
+    """The untrained mini model, its tokenizer, and an 8-image pool's pixels, patch labels and language
+    phase (every question type)."""
     from llava_prumerge.evaluation.shapes_vqa import examples
-    from llava_prumerge.mini.model import build_tokenizer, mini_processor, new_mini_model
+    from llava_prumerge.mini.model import PATCH_SIZE, build_tokenizer, mini_processor, new_mini_model
     from llava_prumerge.mini.train import language_phases, pixel_tensor, vision_targets
     from llava_prumerge.testing.tiny import llava_fast_tokenizer
 
@@ -207,7 +208,7 @@ def _mini_conversation_batch():
     pool = examples("train", 8, image_size=72)
     pixels = pixel_tensor([example.image for example in pool], mini_processor(tokenizer))
     [phase] = language_phases(pool, tokenizer, MiniRecipe(binding_steps=0))
-    return model, tokenizer, pixels, vision_targets(pool, 6).patches, phase
+    return model, tokenizer, pixels, vision_targets(pool, PATCH_SIZE).patches, phase
 
 
 def test_recorded_attention_is_the_layers_attention_and_leaves_sdpa_after():
