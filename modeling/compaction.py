@@ -3,12 +3,20 @@
 
 The stock processors expand every `<image>` (or `<video>`) into as many placeholders as the stock
 model has features for it; PruMerge keeps a different number of tokens per item, known only once
-the vision tower has run. So before the language model runs, each prompt is rebuilt: text tokens
-are kept, each placeholder run becomes its item's tokens, padding is dropped, and the batch is
-re-padded. The language model gets a genuinely shorter sequence, not masked placeholders.
+the vision tower has run. So before the language model runs, each prompt is rebuilt: every text
+position is kept (with its attention-mask value, label and position), each placeholder run becomes
+its item's tokens, and the batch is re-padded. The language model gets a genuinely shorter
+sequence, not masked placeholders.
+
+As in stock LLaVA, the attention mask decides only what attention sees: a placeholder run is one
+item whatever its mask. Where a run already holds as many placeholders as its item has tokens
+(no reduction, or a prompt compacted before), the tokens are written in place, as stock writes
+features, and nothing else changes.
 
 Architecture-agnostic: a model hands over one `VisualTokens` per modality (images, videos) and a
 boolean placeholder mask per modality; everything else (labels, positions, padding) follows here.
+Deciding (`item_spans`: which run is which item) is separate from applying (`write_in_place`,
+`compact_batch`), so a caller decides once and picks the cheaper application.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch.nn.functional as F
 from .errors import VisualInputError
 
 IGNORE_INDEX = -100  # label of tokens left out of the loss (visual tokens, padding)
+CENTER_PADDING = -1  # fills the per-item kept-patch tensors past an item's own tokens
 
 
 @dataclass
@@ -31,12 +40,26 @@ class VisualTokens:
     token_id: int  # its placeholder token
     features: list[torch.Tensor]  # per item [n_i, hidden], projected into the language model's space
     expanded_lengths: list[int]  # per item, how many placeholders the stock processor writes for it
-    centers: list[torch.Tensor]  # per item, the patch index behind each token (summary token excepted)
+    centers: list[torch.Tensor | None]  # per item, the patch index behind each token (summary token excepted)
 
     @property
     def counts(self) -> list[int]:
         """Per item, how many tokens reach the language model."""
         return [int(tokens.shape[0]) for tokens in self.features]
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one item's placeholders stand in its sample, and the item."""
+
+    start: int
+    length: int
+    modality: str
+    item: int  # index into its modality's items
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
 
 
 @dataclass
@@ -47,8 +70,9 @@ class CompactedBatch:
     attention_mask: torch.LongTensor  # [B, L']
     position_ids: torch.LongTensor  # [B, L']
     input_ids: torch.LongTensor | None  # [B, L'] visual positions hold their placeholder id
-    labels: torch.LongTensor | None  # [B, L'], IGNORE_INDEX on visual tokens and padding
+    labels: torch.LongTensor | None  # [B, L'], IGNORE_INDEX on reduced visual tokens and re-padding
     visual: list[VisualTokens]
+    spans: list[list[Span]]  # per sample, its items in prompt order (positions of the input)
 
 
 def placeholder_runs(placeholders: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -120,75 +144,236 @@ def _split_runs(runs: list[list[tuple[int, int]]], expanded_lengths: list[int]) 
     return None if pending else spans
 
 
+def repeat_for_copies(
+    visual: list[VisualTokens], placeholders: dict[str, torch.Tensor]
+) -> list[VisualTokens]:
+    """Items made for P prompts when the batch holds each prompt k times in a row ([a, a, b, b]: beams or
+    `num_return_sequences`, which transformers 4.x's `generate` does not copy visual inputs for): each
+    prompt's items repeated k times. Items that already match their placeholders come back as they are.
+
+    A prompt's items are found as transformers 5 finds them: by where the items' running token count
+    meets the running placeholder count of the first copy of each prompt.
+    """
+    repeated = []
+    for tokens in visual:
+        per_row = placeholders[tokens.modality].sum(dim=1).tolist()  # [B]
+        counts = tokens.counts
+        if sum(counts) == sum(per_row) or not counts:
+            repeated.append(tokens)
+            continue
+        copies = next(
+            (k for k in range(2, len(per_row) + 1) if len(per_row) % k == 0
+             and sum(per_row[::k]) == sum(counts) and all(n == per_row[r - r % k] for r, n in enumerate(per_row))),
+            None,
+        )  # fmt: skip
+        if copies is None:  # not copies of the prompts: `item_spans` says what does not match
+            repeated.append(tokens)
+            continue
+        groups, item = [], 0
+        for needed in per_row[::copies]:  # the items of each prompt: their counts add up to its placeholders
+            start, total = item, 0
+            while total < needed:
+                total, item = total + counts[item], item + 1
+            groups.append(range(start, item))
+        order = [index for group in groups for _ in range(copies) for index in group]
+        repeated.append(
+            VisualTokens(
+                tokens.modality,
+                tokens.token_id,
+                [tokens.features[i] for i in order],
+                [tokens.expanded_lengths[i] for i in order],
+                [tokens.centers[i] for i in order],
+            )
+        )
+    return repeated
+
+
+def item_spans(visual: list[VisualTokens], placeholders: dict[str, torch.Tensor]) -> list[list[Span]]:
+    """Per sample, the span of each item, in prompt order: the decision that `write_in_place` and
+    `compact_batch` apply. placeholders: per modality, the [B, L] mask of its placeholder positions,
+    whatever the attention mask says (as stock, the mask only decides what attention sees)."""
+    batch = next(iter(placeholders.values())).shape[0]
+    spans = [[] for _ in range(batch)]
+    for tokens in visual:
+        runs = placeholder_runs(placeholders[tokens.modality])
+        assigned = assign_runs(runs, tokens.expanded_lengths, tokens.modality, tokens.counts)
+        item = 0
+        for sample, sample_runs in enumerate(assigned):
+            for start, length in sample_runs:
+                spans[sample].append(Span(start, length, tokens.modality, item))
+                item += 1
+    return [sorted(sample_spans, key=lambda span: span.start) for sample_spans in spans]
+
+
+def fits_in_place(visual: list[VisualTokens], spans: list[list[Span]]) -> bool:
+    """Whether every item has exactly as many placeholders as tokens (no reduction, or compacted already)."""
+    features = {tokens.modality: tokens.features for tokens in visual}
+    return all(
+        span.length == features[span.modality][span.item].shape[0] for sample in spans for span in sample
+    )
+
+
+def write_in_place(
+    text_embeds: torch.Tensor, visual: list[VisualTokens], spans: list[list[Span]]
+) -> torch.Tensor:
+    """`text_embeds` [B, L, hidden] with each item's tokens written over its placeholders, as stock LLaVA writes
+    image features (`fits_in_place` must hold)."""
+    features = {tokens.modality: tokens.features for tokens in visual}
+    ordered = [features[span.modality][span.item] for sample in spans for span in sample]
+    if not ordered:
+        return text_embeds
+    where = torch.zeros(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+    for sample, sample_spans in enumerate(spans):
+        for span in sample_spans:
+            where[sample, span.start : span.end] = True
+    values = torch.cat(ordered).to(
+        text_embeds.device, text_embeds.dtype
+    )  # [sum n_i, hidden], row-major order
+    return text_embeds.masked_scatter(where[..., None], values)
+
+
+def placed_batch(
+    text_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    visual: list[VisualTokens],
+    spans: list[list[Span]],
+    *,
+    input_ids: torch.LongTensor | None = None,
+    labels: torch.LongTensor | None = None,
+    position_ids: torch.LongTensor | None = None,
+) -> CompactedBatch:
+    """The batch when every item fits its span (`fits_in_place`): the tokens written in place, the rest as given
+    (positions, when not given, those the language model uses by default)."""
+    batch, length = text_embeds.shape[:2]
+    if position_ids is None:
+        position_ids = torch.arange(length, device=text_embeds.device).expand(batch, length)
+    embeds = write_in_place(text_embeds, visual, spans)
+    return CompactedBatch(embeds, attention_mask, position_ids, input_ids, labels, visual, spans)
+
+
 def compact_batch(
     text_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     visual: list[VisualTokens],
-    placeholders: dict[str, torch.Tensor],
+    spans: list[list[Span]],
     *,
     input_ids: torch.LongTensor | None = None,
     labels: torch.LongTensor | None = None,
+    position_ids: torch.LongTensor | None = None,
     padding_side: str | None = None,
     pad_token_id: int = 0,
 ) -> CompactedBatch:
-    """Replace each item's placeholder run in `text_embeds` [B, L, hidden] by its tokens and re-pad.
+    """Replace each item's span in `text_embeds` [B, L, hidden] by its tokens and re-pad.
 
-    placeholders: per modality, the [B, L] mask of its placeholder positions (padding excluded).
-    `padding_side` defaults to the right when the input was right-padded, else to the left (so that
-    position -1 is every sample's last token).
+    Text keeps its mask value, label and position. An item whose tokens fill its span exactly keeps the
+    span's mask values, labels and positions, as stock; otherwise its tokens are visible when any of its
+    placeholders was, get IGNORE_INDEX labels and consecutive positions from the span's first, and what
+    follows moves by the difference. Without `position_ids`, positions are those the language model uses
+    by default (0, 1, ... over the input). `padding_side` defaults to the right when the input was
+    right-padded, else to the left (so that position -1 is every sample's last token).
     """
-    keep = attention_mask.bool()
-    spans = [[] for _ in range(text_embeds.shape[0])]  # per sample: (start, length, tokens, token_id)
-    for tokens in visual:
-        runs = placeholder_runs(placeholders[tokens.modality] & keep)
-        assigned = assign_runs(runs, tokens.expanded_lengths, tokens.modality, tokens.counts)
-        items = iter(tokens.features)
-        for sample, sample_spans in enumerate(assigned):
-            spans[sample] += [(start, length, next(items), tokens.token_id) for start, length in sample_spans]
+    batch, length = text_embeds.shape[:2]
+    if position_ids is None:
+        position_ids = torch.arange(length, device=text_embeds.device).expand(batch, length)
     if padding_side is None:  # right only where the input was right-padded: position -1 is the last token
         padding_side = "right" if bool((attention_mask[:, -1] == 0).any()) else "left"
+    features = {tokens.modality: (tokens.features, tokens.token_id) for tokens in visual}
+    rows = [
+        _compact_row(
+            sample, spans[sample], features, text_embeds, attention_mask, position_ids, input_ids, labels
+        )
+        for sample in range(batch)
+    ]
+    compacted_length = max(row["embeds"].shape[0] for row in rows)
 
-    rows = [_compact_row(sample, sorted(sample_spans, key=lambda span: span[0]), text_embeds, keep, input_ids, labels)
-            for sample, sample_spans in enumerate(spans)]  # fmt: skip
-    length = max(embeds.shape[0] for embeds, _, _ in rows)
+    def stacked(name: str, value) -> torch.Tensor:
+        padded = []
+        for row in rows:
+            tensor = row[name]
+            filler = tensor.new_full((compacted_length - tensor.shape[0], *tensor.shape[1:]), value)
+            padded.append(torch.cat([filler, tensor] if padding_side == "left" else [tensor, filler]))
+        return torch.stack(padded)
 
-    def pad(tensor: torch.Tensor, value) -> torch.Tensor:
-        filler = tensor.new_full((length - tensor.shape[0], *tensor.shape[1:]), value)
-        return torch.cat([filler, tensor] if padding_side == "left" else [tensor, filler])
-
-    new_mask = torch.stack(
-        [pad(embeds.new_ones(embeds.shape[0], dtype=torch.long), 0) for embeds, _, _ in rows]
-    )
+    if labels is not None and padding_side == "left":
+        for row in rows:  # nothing came before a row's first token: it stays unpredicted behind the filler
+            if row["labels"].shape[0] < compacted_length:
+                row["labels"] = torch.cat([row["labels"].new_full((1,), IGNORE_INDEX), row["labels"][1:]])
     return CompactedBatch(
-        inputs_embeds=torch.stack([pad(embeds, 0.0) for embeds, _, _ in rows]),
-        attention_mask=new_mask,
-        position_ids=(new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1),
-        input_ids=None if input_ids is None else torch.stack([pad(ids, pad_token_id) for _, ids, _ in rows]),
-        labels=None if labels is None else torch.stack([pad(lab, IGNORE_INDEX) for _, _, lab in rows]),
+        inputs_embeds=stacked("embeds", 0.0),
+        attention_mask=stacked("mask", 0),
+        position_ids=stacked("positions", 1),
+        input_ids=None if input_ids is None else stacked("ids", pad_token_id),
+        labels=None if labels is None else stacked("labels", IGNORE_INDEX),
         visual=visual,
+        spans=spans,
     )
 
 
-def _compact_row(sample: int, spans: list, text_embeds, keep, input_ids, labels):
-    """One sample's (embeds, ids, labels) with padding dropped and each span replaced by its tokens."""
-    embeds, ids, row_labels = [], [], []
-    cursor = 0
-    for start, length, tokens, token_id in [*spans, (text_embeds.shape[1], 0, None, None)]:
-        text = keep[sample, cursor:start]
-        embeds.append(text_embeds[sample, cursor:start][text])
-        if input_ids is not None:
-            ids.append(input_ids[sample, cursor:start][text])
-        if labels is not None:
-            row_labels.append(labels[sample, cursor:start][text])
-        if tokens is not None:
-            embeds.append(tokens.to(text_embeds.device, text_embeds.dtype))
-            if input_ids is not None:
-                ids.append(input_ids.new_full((tokens.shape[0],), token_id))
-            if labels is not None:
-                row_labels.append(labels.new_full((tokens.shape[0],), IGNORE_INDEX))
-        cursor = start + length
-    return (
-        torch.cat(embeds),
-        torch.cat(ids) if input_ids is not None else None,
-        torch.cat(row_labels) if labels is not None else None,
-    )
+def _compact_row(
+    sample: int, spans: list[Span], features: dict, text_embeds, mask, positions, input_ids, labels
+):
+    """One sample's embeds, mask, positions, ids and labels with each span replaced by its item's tokens."""
+    pieces = {"embeds": [], "mask": [], "positions": [], "ids": [], "labels": []}
+    sources = {
+        "embeds": text_embeds,
+        "mask": mask,
+        "positions": positions,
+        "ids": input_ids,
+        "labels": labels,
+    }
+    cursor, shift = 0, 0
+    for span in [*spans, None]:
+        end = text_embeds.shape[1] if span is None else span.start
+        for name, source in sources.items():  # the text before the span, as it is
+            if source is not None:
+                piece = source[sample, cursor:end]
+                pieces[name].append(piece + shift if name == "positions" else piece)
+        if span is None:
+            break
+        item_features, token_id = features[span.modality]
+        tokens = item_features[span.item].to(text_embeds.device, text_embeds.dtype)  # [n, hidden]
+        count = tokens.shape[0]
+        pieces["embeds"].append(tokens)
+        if count == span.length:  # written in place: the span's own mask values, labels and positions
+            kept = {name: source[sample, span.start : span.end] for name, source in sources.items()
+                    if source is not None and name != "embeds"}  # fmt: skip
+            kept["positions"] = kept["positions"] + shift
+        else:
+            visible = mask[sample, span.start : span.end].max()
+            kept = {
+                "mask": visible.expand(count),
+                "positions": positions[sample, span.start]
+                + shift
+                + torch.arange(count, device=positions.device),
+                "ids": None if input_ids is None else input_ids.new_full((count,), token_id),
+                "labels": None if labels is None else labels.new_full((count,), IGNORE_INDEX),
+            }
+        for name, piece in kept.items():
+            if piece is not None:
+                pieces[name].append(piece)
+        shift += count - span.length
+        cursor = span.end
+    return {name: torch.cat(parts) if parts else None for name, parts in pieces.items()}
+
+
+def centers_by_sample(visual: list[VisualTokens], spans: list[list[Span]]) -> dict[str, torch.Tensor | None]:
+    """Per modality, its items' kept patches as one batch-first tensor [B, items, tokens(, 2)], -1 past each
+    sample's items and each item's patches (None where some item's patches are unknown)."""
+    result = {}
+    for tokens in visual:
+        if not tokens.centers or any(centers is None for centers in tokens.centers):
+            result[tokens.modality] = None
+            continue
+        per_sample = [
+            [tokens.centers[span.item] for span in sample if span.modality == tokens.modality]
+            for sample in spans
+        ]
+        items = max((len(sample) for sample in per_sample), default=0)
+        width = max((len(centers) for centers in tokens.centers), default=0)
+        example = tokens.centers[0]
+        table = example.new_full((len(spans), items, width, *example.shape[1:]), CENTER_PADDING)
+        for sample, sample_centers in enumerate(per_sample):
+            for index, centers in enumerate(sample_centers):
+                table[sample, index, : len(centers)] = centers
+        result[tokens.modality] = table
+    return result

@@ -330,7 +330,9 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
         """Reduced views projected and laid out per image, ready for compaction: stock's packing without
         reduction, else `lay_out`."""
         layouts = reduced.layouts
-        expanded = [self.config.image_seq_length + layout.stock_length for layout in layouts]
+        expanded = [
+            layout.side * layout.side + layout.stock_length for layout in layouts
+        ]  # base view, then crops
         if reduced.views is None:
             views = [1 + layout.grid_rows * layout.grid_cols for layout in layouts]
             projected = self.multi_modal_projector(torch.stack(reduced.unreduced.features))
@@ -416,7 +418,8 @@ class LlavaNextPruMergeForConditionalGeneration(
     """[`LlavaNextForConditionalGeneration`] whose LLM sees only the PruMerge-reduced tokens of every view."""
 
     config_class = LlavaNextPruMergeConfig
-    visual_input_names = ("pixel_values", "image_sizes")
+    visual_input_names = ("pixel_values",)
+    visual_option_names = ("image_sizes",)
     # The reducer calls into the reduction layer's submodules, so vision layers must stay whole.
     _no_split_modules = [
         "CLIPEncoderLayer",

@@ -75,10 +75,11 @@ class LlavaPruMergeModel(PruMergeModelMixin, LlavaModel):
             raise VisualInputError(
                 "pixel_values holds no image; pass pixel_values=None for text-only prompts"
             )
-        reduced = self.reduce_image_tokens(
-            pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
-        )
-        return [self.image_tokens(reduced)]
+        return [
+            self.tokens_of_images(
+                pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
+            )
+        ]
 
     @can_return_tuple
     def get_image_features(

@@ -5,8 +5,10 @@ Data flows one way, as in transformers' own LLaVA: the head's `forward` calls th
 the base model encodes and reduces the visual inputs (`visual_tokens`, the one method each
 architecture implements), compacts the prompt once (`compact_inputs`) and runs the language model;
 the head applies `lm_head` and the loss on the compacted labels the base model returns.
-`generate` compacts the prompt with the same `compact_inputs`, decodes from its embeddings, and
-returns the caller's prompt followed by the new tokens, as stock models do.
+`generate` encodes, reduces and compacts the prompt once (the same `visual_tokens` and
+`compact_inputs`), then decodes from the compacted ids with the reduced tokens as
+`mm_encoder_outputs`, which the prefill writes in place as stock writes image features; it returns
+the caller's prompt followed by the new tokens, as stock models do.
 """
 
 from __future__ import annotations
@@ -14,11 +16,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import StaticCache
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging
 
-from .compaction import CompactedBatch, VisualTokens, compact_batch
+from .compaction import (
+    CompactedBatch,
+    VisualTokens,
+    centers_by_sample,
+    compact_batch,
+    fits_in_place,
+    item_spans,
+    placed_batch,
+    repeat_for_copies,
+    write_in_place,
+)
 from .errors import VisualInputError
 from .reduction_settings import ReductionSettings
 from .runtime_compat import (
@@ -45,24 +58,27 @@ class CompactionOutputFields:
         The attention mask of the compacted sequence the language model saw (set when visual inputs were
         given); hidden states and logits have this length.
     visual_token_counts (`list[int]`, *optional*): per image, how many visual tokens reached the language model.
-    visual_token_centers (`list[torch.LongTensor]`, *optional*): per image, the kept patch indices in token order.
+    visual_token_centers (`torch.LongTensor` of shape `(batch_size, images, tokens)`, *optional*): per sample and
+        image (in prompt order), the kept patch indices in token order (LLaVA-NeXT: `(view, patch)` pairs, a
+        trailing dimension of 2); -1 past a sample's images and past an image's kept patches.
     """
 
     attention_mask: torch.LongTensor | None = None
     visual_token_counts: list[int] | None = None
-    visual_token_centers: list[torch.LongTensor] | None = None
+    visual_token_centers: torch.LongTensor | None = None
 
 
 @dataclass
 class VideoCompactionOutputFields:
     r"""
     video_token_counts (`list[int]`, *optional*): per video, how many tokens reached the language model.
-    video_token_centers (`list[torch.LongTensor]`, *optional*): per video, `(frame, patch)` of each kept patch in
-        token order (`[m, 2]`; the frames' [CLS] and summary tokens are not patches).
+    video_token_centers (`torch.LongTensor` of shape `(batch_size, videos, tokens, 2)`, *optional*): per sample
+        and video, `(frame, patch)` of each kept patch in token order (the frames' [CLS] and summary tokens are
+        not patches); -1 past a sample's videos and past a video's kept patches.
     """
 
     video_token_counts: list[int] | None = None
-    video_token_centers: list[torch.LongTensor] | None = None
+    video_token_centers: torch.LongTensor | None = None
 
 
 # Per modality, the output fields that report how many tokens of each item reached the language model.
@@ -112,21 +128,24 @@ def visual_features_output(tokens: VisualTokens, **fields):
 
 
 def visual_tokens_of_encoder_outputs(model, mm_encoder_outputs: dict | None) -> list[VisualTokens]:
-    """The visual tokens in transformers 5's `mm_encoder_outputs` (`get_image_features` outputs by modality)."""
+    """The visual tokens in `mm_encoder_outputs` (`get_image_features` outputs by modality). An output without
+    `placeholder_lengths` (the one `generate` makes, or one that beam search copied) is for a compacted prompt:
+    each item has as many placeholders as tokens."""
     visual = []
     for modality in model.modality_inputs:
         output = (mm_encoder_outputs or {}).get(modality)
         if output is None:
             continue
         features = list(output.pooler_output)
-        lengths = getattr(output, "placeholder_lengths", None) or [model.expanded_length(modality)] * len(
-            features
-        )
-        centers = getattr(output, "visual_token_centers", None) or [None] * len(features)
-        if len(lengths) != len(features):  # `generate` copied the features for beams: the prompt is compacted
-            lengths, centers = [len(tokens) for tokens in features], [None] * len(features)
+        counts = [len(tokens) for tokens in features]
+        lengths = getattr(output, "placeholder_lengths", None)
+        centers = getattr(output, "visual_token_centers", None)
+        if lengths is None or len(lengths) != len(features):
+            lengths = counts
+        if centers is None or len(centers) != len(features):
+            centers = [None] * len(features)
         token_id = getattr(model.config, f"{modality}_token_id")
-        visual.append(VisualTokens(modality, token_id, features, lengths, centers))
+        visual.append(VisualTokens(modality, token_id, features, list(lengths), list(centers)))
     return visual
 
 
@@ -216,12 +235,34 @@ class PruMergeModelMixin:
         )
         return self.reduce_patches(encoded, reduction)
 
-    def image_tokens(self, reduced: ReducedTokens) -> VisualTokens:
+    def tokens_of_images(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        reduction: ReductionSettings | None = None,
+    ) -> VisualTokens:
+        """Images through the tower, the reducer and the projector, ready for compaction."""
+        encoded = self.encode_patches(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
+        )
+        return self.image_tokens(self.reduce_patches(encoded, reduction), vision_feature_select_strategy)
+
+    def image_placeholder_count(self, vision_feature_select_strategy: str | None = None) -> int:
+        """How many placeholders the stock processor writes for an image, as it derives them: the tower's
+        patches, plus the [CLS] token with the "full" strategy."""
+        vision = self.config.vision_config
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        return (vision.image_size // vision.patch_size) ** 2 + (strategy == "full")
+
+    def image_tokens(
+        self, reduced: ReducedTokens, vision_feature_select_strategy: str | None = None
+    ) -> VisualTokens:
         """Reduced image tokens projected into the language model's space, ready for compaction."""
         projected = self.multi_modal_projector(torch.cat(reduced.features, dim=0))  # [sum n_i, hidden]
-        return self.modality_tokens(
-            "image", list(projected.split(reduced.num_tokens, dim=0)), reduced.centers
-        )
+        features = list(projected.split(reduced.num_tokens, dim=0))
+        expanded = [self.image_placeholder_count(vision_feature_select_strategy)] * len(features)
+        return VisualTokens("image", self.config.image_token_id, features, expanded, reduced.centers)
 
     def image_features(
         self, pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction, kwargs: dict
@@ -235,7 +276,8 @@ class PruMergeModelMixin:
         tower = getattr(self, self.image_tower_attribute)
         outputs, hidden_states = self.run_whole_tower(tower, pixel_values, kwargs)
         encoded = patches_from_hidden_states(tower, hidden_states, feature_layer, keep_class_token, settings)
-        return visual_features_output(self.image_tokens(encoded.reduce(settings)), **outputs)
+        tokens = self.image_tokens(encoded.reduce(settings), vision_feature_select_strategy)
+        return visual_features_output(tokens, **outputs)
 
     @staticmethod
     def run_whole_tower(tower, pixel_values: torch.Tensor, kwargs: dict) -> tuple[dict, tuple]:
@@ -253,42 +295,12 @@ class PruMergeModelMixin:
 
     # ---- the forward every architecture shares
 
-    def modality_tokens(self, modality: str, features: list[torch.Tensor], centers: list) -> VisualTokens:
-        """One modality's projected tokens, per item, ready for compaction."""
-        return VisualTokens(
-            modality=modality,
-            token_id=getattr(self.config, f"{modality}_token_id"),
-            features=features,
-            expanded_lengths=[self.expanded_length(modality)] * len(features),
-            centers=centers,
-        )
-
-    def expanded_length(self, modality: str) -> int:
-        """How many placeholders the stock processor writes for one item of `modality`."""
-        return self.config.image_seq_length
-
-    def placeholder_masks(
-        self,
-        visual: list[VisualTokens],
-        input_ids: torch.LongTensor | None,
-        inputs_embeds: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
-        """Per modality, where its placeholders are: from `input_ids`, else by comparing `inputs_embeds`
-        with the placeholder token's embedding (as stock transformers 5.x does)."""
-        masks = {}
-        for tokens in visual:
-            if input_ids is not None:
-                masks[tokens.modality] = input_ids == tokens.token_id
-            else:
-                token = torch.full((), tokens.token_id, dtype=torch.long, device=inputs_embeds.device)
-                masks[tokens.modality] = (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
-        return masks
-
     def compact_inputs(
         self,
         input_ids: torch.LongTensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         *,
         visual: list[VisualTokens],
         inputs_embeds: torch.Tensor | None = None,
@@ -301,50 +313,101 @@ class PruMergeModelMixin:
         compacted batch has no `input_ids`. `padding_side` defaults to the right when the input was
         right-padded, else to the left, so that position -1 is every sample's last token.
         """
+        text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
+        visual, spans = self.item_spans(visual, input_ids, inputs_embeds, labels)
+        if fits_in_place(visual, spans):  # nothing to compact: the prompt keeps its layout
+            mask = self.padding_mask(text_embeds, attention_mask)
+            return placed_batch(
+                text_embeds,
+                mask,
+                visual,
+                spans,
+                input_ids=input_ids,
+                labels=labels,
+                position_ids=position_ids,
+            )
+        return self.compact(
+            text_embeds, attention_mask, visual, spans, input_ids, labels, position_ids, padding_side
+        )
+
+    def item_spans(self, visual: list[VisualTokens], input_ids, inputs_embeds, labels):
+        """Where each item's placeholders are, per sample (see `compaction.item_spans`), and the items (repeated
+        where the batch holds copies of its prompts)."""
+        self.check_prompt(input_ids, inputs_embeds, labels)
+        placeholders = self.placeholder_masks(visual, input_ids, inputs_embeds)
+        visual = repeat_for_copies(visual, placeholders)
+        return visual, item_spans(visual, placeholders)
+
+    def compact(
+        self, text_embeds, attention_mask, visual, spans, input_ids, labels, position_ids, padding_side=None
+    ) -> CompactedBatch:
+        """`compaction.compact_batch` with this model's padding token."""
+        pad_token_id = self.config.text_config.pad_token_id
+        return compact_batch(
+            text_embeds,
+            self.padding_mask(text_embeds, attention_mask),
+            visual,
+            spans,
+            input_ids=input_ids,
+            labels=labels,
+            position_ids=position_ids,
+            padding_side=padding_side,
+            pad_token_id=0 if pad_token_id is None else pad_token_id,
+        )
+
+    def check_prompt(self, input_ids, inputs_embeds, labels) -> torch.Tensor:
+        """The prompt (`input_ids`, else `inputs_embeds`) that visual inputs go into, with `labels` of its shape."""
         prompt = input_ids if input_ids is not None else inputs_embeds
         if prompt is None:
             raise VisualInputError("visual inputs need the prompt: pass input_ids (or inputs_embeds)")
         if prompt.shape[0] == 0:
             raise VisualInputError("Empty batch: input_ids has no samples")
-        if attention_mask is not None and attention_mask.shape != prompt.shape[:2]:
-            raise VisualInputError(
-                f"With visual inputs, attention_mask must be the [batch, length] padding mask of the prompt, "
-                f"{tuple(prompt.shape[:2])}, got {tuple(attention_mask.shape)} (a 4-D mask cannot be compacted: "
-                "the language model builds its own from the compacted prompt)"
-            )
         if labels is not None and labels.shape != prompt.shape[:2]:
             raise VisualInputError(
                 f"labels must have the prompt's shape [batch, length] = {tuple(prompt.shape[:2])}, got "
                 f"{tuple(labels.shape)}; use -100 where no loss is wanted"
             )
-        if attention_mask is None:
-            attention_mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
-        self.check_every_modality_given(input_ids, attention_mask, visual)
-        text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
-        pad_token_id = self.config.text_config.pad_token_id
-        return compact_batch(
-            text_embeds,
-            attention_mask,
-            visual,
-            self.placeholder_masks(visual, input_ids, inputs_embeds),
-            input_ids=input_ids,
-            labels=labels,
-            padding_side=padding_side,
-            pad_token_id=0 if pad_token_id is None else pad_token_id,
-        )
+        return prompt
 
-    def check_every_modality_given(self, input_ids, attention_mask, visual: list[VisualTokens]) -> None:
-        """With visual inputs, placeholders of a modality whose inputs are missing would be read as text."""
+    @staticmethod
+    def padding_mask(prompt: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The [B, L] padding mask that compaction rebuilds (ones when none is given)."""
+        if attention_mask is None:
+            return torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
+        if attention_mask.shape != prompt.shape[:2]:
+            raise VisualInputError(
+                f"With visual inputs, attention_mask must be the [batch, length] padding mask of the prompt, "
+                f"{tuple(prompt.shape[:2])}, got {tuple(attention_mask.shape)} (a 4-D mask cannot be compacted: "
+                "the language model builds its own from the compacted prompt)"
+            )
+        return attention_mask
+
+    def placeholder_masks(
+        self,
+        visual: list[VisualTokens],
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """Per modality given, where its placeholders are: from `input_ids`, else by comparing `inputs_embeds`
+        with the placeholder token's embedding (as stock transformers 5.x does). Placeholders of a modality
+        whose inputs are missing would be read as text: an error."""
         given = {tokens.modality for tokens in visual}
+        masks = {}
         for modality, argument in self.modality_inputs.items():
-            if modality in given or input_ids is None:
-                continue
             token_id = getattr(self.config, f"{modality}_token_id")
-            if (input_ids[attention_mask.bool()] == token_id).any():
+            if input_ids is not None:
+                mask = input_ids == token_id
+            else:
+                token = torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
+                mask = (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
+            if modality in given:
+                masks[modality] = mask
+            elif input_ids is not None and bool(mask.any()):
                 raise VisualInputError(
                     f"The prompt holds `<{modality}>` tokens but no {argument} were given: pass the "
                     f"{modality}(s) as {argument}, or remove `<{modality}>` from the text"
                 )
+        return masks
 
     def check_prefill(self, cache, kwargs: dict) -> None:
         """Compaction rewrites the whole prompt, so visual inputs need an empty KV cache."""
@@ -355,6 +418,20 @@ class PruMergeModelMixin:
                 "returned (plus any new tokens) as input_ids, with its cache and no visual inputs"
             )
         kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; the LLM recomputes them
+
+    def visual_inputs_tokens(
+        self, mm_encoder_outputs: dict | None, visual_inputs: dict
+    ) -> list[VisualTokens]:
+        """The visual tokens of one call: from raw visual inputs (options such as `image_sizes` alone are none),
+        or encoded beforehand in `mm_encoder_outputs`; not both."""
+        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs)
+        if any(value is not None for key, value in visual_inputs.items() if key not in VISUAL_OPTIONS):
+            if visual:
+                raise VisualInputError(
+                    "Pass the visual inputs once: as pixel values or in mm_encoder_outputs"
+                )
+            visual = self.visual_tokens(**visual_inputs)
+        return visual
 
     def compacted_forward(
         self,
@@ -372,13 +449,7 @@ class PruMergeModelMixin:
         """The base model's forward: visual inputs (raw, or encoded beforehand in `mm_encoder_outputs`) ->
         reduced tokens -> the language model on the compacted prompt -> `output_class`."""
         cache = pop_cache(kwargs, past_key_values)
-        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs)
-        if any(value is not None for key, value in visual_inputs.items() if key not in VISUAL_OPTIONS):
-            if visual:
-                raise VisualInputError(
-                    "Pass the visual inputs once: as pixel values or in mm_encoder_outputs"
-                )
-            visual = self.visual_tokens(**visual_inputs)
+        visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs)
         if visual:
             self.check_prefill(cache, kwargs)
         fields = self.language_model_outputs(
@@ -399,29 +470,41 @@ class PruMergeModelMixin:
     ) -> dict:
         """The fields of the base model's output: the language model on the compacted prompt (or on the
         prompt as given, without visual inputs: placeholders are then ordinary tokens, as in stock LLaVA),
-        the compacted mask, positions and labels, and per item the tokens that reached the language model."""
+        the compacted mask, positions and labels, and per item the tokens that reached the language model.
+
+        Where every item has exactly as many placeholders as tokens (no reduction, or a prompt compacted
+        before, as `generate` passes it), the tokens are written in place as stock writes features, and the
+        mask, positions and labels go to the language model as given."""
         fields = {"labels": labels}
-        if not visual:
-            if inputs_embeds is None:
-                inputs_embeds = self.get_input_embeddings()(input_ids)
-        else:
-            compact = self.compact_inputs(
-                input_ids, attention_mask, labels, visual=visual, inputs_embeds=inputs_embeds
-            )
-            inputs_embeds, attention_mask, position_ids = (
-                compact.inputs_embeds,
-                compact.attention_mask,
-                compact.position_ids,
-            )
-            fields = {
-                "labels": compact.labels,
-                "attention_mask": attention_mask,
-                "position_ids": position_ids,
-            }
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if visual:
+            visual, spans = self.item_spans(visual, input_ids, inputs_embeds, labels)
+            if fits_in_place(visual, spans):
+                inputs_embeds = write_in_place(inputs_embeds, visual, spans)
+                reported_mask = (
+                    attention_mask if attention_mask is None or attention_mask.dim() == 2 else None
+                )
+                fields["attention_mask"] = self.padding_mask(inputs_embeds, reported_mask)
+            else:
+                compact = self.compact(
+                    inputs_embeds, attention_mask, visual, spans, input_ids, labels, position_ids
+                )
+                inputs_embeds, attention_mask, position_ids = (
+                    compact.inputs_embeds,
+                    compact.attention_mask,
+                    compact.position_ids,
+                )
+                fields = {
+                    "labels": compact.labels,
+                    "attention_mask": attention_mask,
+                    "position_ids": position_ids,
+                }
+            centers = centers_by_sample(visual, spans)
             for tokens in visual:
                 fields.update(encoder_output_fields(tokens.modality, tokens.features))
-                counts, centers = COUNT_FIELDS[tokens.modality]
-                fields.update({counts: tokens.counts, centers: tokens.centers})
+                counts, centers_field = COUNT_FIELDS[tokens.modality]
+                fields.update({counts: tokens.counts, centers_field: centers[tokens.modality]})
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -437,10 +520,11 @@ class PruMergeForConditionalGenerationMixin:
     """The head's part: `lm_head` and the loss on what the base model returns; `generate` on the compacted prompt.
 
     A subclass (listed first among the bases) names the keyword arguments that carry visual inputs
-    in `visual_input_names`.
+    in `visual_input_names`, and those that only describe them (e.g. `image_sizes`) in `visual_option_names`.
     """
 
     visual_input_names: tuple[str, ...] = ("pixel_values",)
+    visual_option_names: tuple[str, ...] = ()
 
     @classmethod
     def is_custom_code(cls) -> bool:
@@ -474,28 +558,32 @@ class PruMergeForConditionalGenerationMixin:
         }
         return {"loss": loss, "logits": logits, **passed_on}
 
-    def prepare_inputs_for_generation(
-        self, input_ids, *args, attention_mask=None, inputs_embeds=None, **kwargs
-    ):
-        """Overridden: a prefill with visual inputs keeps its [B, L] padding mask, which compaction needs
-        (for compilable caches, transformers would pass a 4-D mask of the uncompacted prompt)."""
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, **kwargs):
+        """Overridden: the reduced tokens reach the prefill only (transformers 5 drops `mm_encoder_outputs` once
+        the cache holds the prompt; 4.x would pass them to every step)."""
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, *args, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            input_ids, *args, inputs_embeds=inputs_embeds, **kwargs
         )
-        visual_names = ("mm_encoder_outputs", *self.visual_input_names)
-        if any(model_inputs.get(name) is not None for name in visual_names):
-            model_inputs["attention_mask"] = attention_mask
+        cache = next(
+            (model_inputs[name] for name in CACHE_ARGUMENT_NAMES if model_inputs.get(name) is not None), None
+        )
+        if hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+            model_inputs.pop("mm_encoder_outputs", None)
         return model_inputs
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """Overridden: with visual inputs, the prompt is compacted (left-padded) once and decoded from its
-        embeddings. As for stock models, the output is the prompt as passed followed by the new tokens
-        (only the new tokens for a prompt given as `inputs_embeds` alone), `max_length` / `min_length`
-        count the prompt as passed, and a cache filled here continues from the returned sequences.
-        `reduction` (ReductionSettings) overrides the config's."""
+        """Overridden: with visual inputs, the vision tower, the reducer and compaction run once, here; the
+        decoding starts from the compacted (left-padded) ids, whose placeholders the prefill fills with the
+        reduced tokens in place. As for stock models, the output is the prompt as passed followed by the new
+        tokens (only the new tokens for a prompt given as `inputs_embeds` alone), `max_length` /
+        `min_length` count the prompt as passed, and a cache filled here continues from the returned
+        sequences. A static cache is sized from the prompt as passed (see `_static_cache`), so that calls of
+        one shape share one compiled graph. `reduction` (ReductionSettings) overrides the config's."""
         visual_inputs = {name: kwargs.pop(name, None) for name in self.visual_input_names}
         visual_inputs = {name: value for name, value in visual_inputs.items() if value is not None}
+        options = {name: kwargs.pop(name, None) for name in self.visual_option_names}
+        encoded = kwargs.pop("mm_encoder_outputs", None)
         reduction = kwargs.pop("reduction", None)
         input_ids = kwargs.pop("input_ids", None)
         if inputs is not None and input_ids is not None:
@@ -503,17 +591,19 @@ class PruMergeForConditionalGenerationMixin:
         input_ids = inputs if input_ids is None else input_ids
         cache = next((kwargs[name] for name in CACHE_ARGUMENT_NAMES if kwargs.get(name) is not None), None)
         cached_prompt = getattr(cache, CachedPrompt.attribute, None)
-        if visual_inputs:
+        if visual_inputs or encoded:
             prompt_length = (input_ids if input_ids is not None else kwargs.get("inputs_embeds")).shape[1]
-            compact = self._compacted_prompt(input_ids, visual_inputs, reduction, cache, kwargs)
+            compact = self._compacted_prompt(
+                input_ids, {**visual_inputs, **options}, encoded, reduction, cache, kwargs
+            )
             ids, mask = compact.input_ids, compact.attention_mask
-            if ids is not None and GENERATE_TAKES_ENCODER_OUTPUTS:
-                # The compacted ids with their visual tokens: every prefill (assisted decoding's too) rebuilds the
-                # embeddings, beams get copies, assistants get them, as for stock models' encoded images.
+            if ids is not None:
                 prompt = {"input_ids": ids, "mm_encoder_outputs": encoder_outputs_of(compact.visual)}
+                if not GENERATE_TAKES_ENCODER_OUTPUTS:
+                    _refuse_candidate_decoding(kwargs)
             else:
                 _refuse_candidate_decoding(kwargs)
-                prompt = {"input_ids": ids, "inputs_embeds": compact.inputs_embeds}
+                prompt = {"inputs_embeds": compact.inputs_embeds}
         elif cached_prompt is not None and cache.get_seq_length() > 0:
             prompt_length = input_ids.shape[1] if input_ids is not None else 0
             ids, mask = cached_prompt.continuation(input_ids, kwargs.pop("attention_mask", None))
@@ -523,6 +613,8 @@ class PruMergeForConditionalGenerationMixin:
             return super().generate(input_ids, generation_config, **kwargs)
 
         kwargs.update(self._lengths_from_the_callers_prompt(generation_config, kwargs, prompt_length))
+        if cache is None and ids is not None:
+            kwargs.update(self._static_cache(generation_config, kwargs, max(prompt_length, ids.shape[1])))
         if kwargs.get("streamer") is not None and input_ids is not None:
             kwargs["streamer"] = CallersPromptStreamer(kwargs["streamer"], input_ids)
         outputs = super().generate(
@@ -537,23 +629,48 @@ class PruMergeForConditionalGenerationMixin:
         return _with_callers_prompt(outputs, input_ids, ids.shape[1])
 
     def _compacted_prompt(
-        self, input_ids, visual_inputs: dict, reduction, cache, kwargs: dict
+        self, input_ids, visual_inputs: dict, encoded: dict | None, reduction, cache, kwargs: dict
     ) -> CompactedBatch:
         """The prompt with its visual inputs reduced and compacted, left-padded for decoding."""
         self.model.check_prefill(cache, kwargs)
-        visual = self.model.visual_tokens(
-            reduction=reduction,
-            vision_feature_layer=kwargs.pop("vision_feature_layer", None),
-            vision_feature_select_strategy=kwargs.pop("vision_feature_select_strategy", None),
-            **visual_inputs,
+        visual = self.model.visual_inputs_tokens(
+            encoded,
+            {
+                "reduction": reduction,
+                "vision_feature_layer": kwargs.pop("vision_feature_layer", None),
+                "vision_feature_select_strategy": kwargs.pop("vision_feature_select_strategy", None),
+                **visual_inputs,
+            },
         )
         return self.model.compact_inputs(
             input_ids,
             kwargs.pop("attention_mask", None),
+            position_ids=kwargs.pop("position_ids", None),
             visual=visual,
             inputs_embeds=kwargs.pop("inputs_embeds", None),
             padding_side="left",
         )
+
+    def _static_cache(self, generation_config, kwargs: dict, prompt_length: int) -> dict:
+        """For `cache_implementation="static"` (or "offloaded_static"), the cache itself, sized for the prompt as
+        passed (or the compacted one, when a single `<image>` made it longer) plus the new tokens: the
+        compacted length differs from call to call, and a cache sized from it would recompile compiled
+        decoding whenever it grows."""
+        config = generation_config if generation_config is not None else self.generation_config
+        implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
+        if implementation not in ("static", "offloaded_static"):
+            return {}
+        new_tokens = kwargs.get("max_new_tokens") or config.max_new_tokens
+        if (
+            new_tokens is None
+        ):  # `max_length` counts the prompt as passed (see `_lengths_from_the_callers_prompt`)
+            new_tokens = max(config.max_length - prompt_length, 1)
+        cache = StaticCache(
+            config=self.config.get_text_config(decoder=True),
+            max_cache_len=prompt_length + new_tokens,
+            offloading=implementation == "offloaded_static",
+        )
+        return {"cache_implementation": None, CACHE_ARGUMENT: cache}
 
     def _warn_if_placeholders_without_visual_inputs(self, input_ids, cache) -> None:
         """A prompt with placeholders but no visual inputs is usually a mistake, yet stock LLaVA embeds them as
@@ -638,12 +755,11 @@ class CachedPrompt:
 
 
 def encoder_outputs_of(visual: list[VisualTokens]) -> dict:
-    """Visual tokens as transformers 5's `mm_encoder_outputs`: `get_image_features`-style outputs by modality."""
+    """The visual tokens of a compacted prompt as `mm_encoder_outputs` (`get_image_features`-style outputs by
+    modality), without `placeholder_lengths`: each item has as many placeholders as tokens."""
     return {
         tokens.modality: ReducedVisualFeaturesOutput(
-            pooler_output=tokens.features,
-            visual_token_centers=tokens.centers,
-            placeholder_lengths=tokens.expanded_lengths,
+            pooler_output=tokens.features, visual_token_centers=tokens.centers
         )
         for tokens in visual
     }

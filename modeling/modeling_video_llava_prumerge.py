@@ -138,10 +138,6 @@ class VideoLlavaPruMergeModel(PruMergeModelMixin, VideoLlavaModel):
     modality_inputs = {"image": "pixel_values", "video": "pixel_values_videos"}
     image_tower_attribute = "image_tower"
 
-    def expanded_length(self, modality: str) -> int:
-        """Overridden: a video's placeholders are its frames' [CLS] and patch tokens (video_seq_length)."""
-        return self.config.video_seq_length if modality == "video" else self.config.image_seq_length
-
     def encode_video_frames(
         self,
         pixel_values_videos: torch.Tensor,
@@ -214,10 +210,9 @@ class VideoLlavaPruMergeModel(PruMergeModelMixin, VideoLlavaModel):
         tokens = []
         images = _images(pixel_values, pixel_values_images)
         if images is not None:
-            reduced = self.reduce_image_tokens(
-                images, vision_feature_layer, vision_feature_select_strategy, reduction
+            tokens.append(
+                self.tokens_of_images(images, vision_feature_layer, vision_feature_select_strategy, reduction)
             )
-            tokens.append(self.image_tokens(reduced))
         if pixel_values_videos is not None:
             encoded = self.encode_video_frames(pixel_values_videos, vision_feature_layer, reduction)
             num_frames = pixel_values_videos.shape[1]

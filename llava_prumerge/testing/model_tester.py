@@ -40,6 +40,18 @@ REDUCTION_VARIANTS = {
 }
 
 
+def kept_patches(centers: torch.Tensor) -> list[torch.Tensor]:
+    """The per-item kept patches of a batch-first `visual_token_centers` / `video_token_centers` output field
+    ([batch, items, tokens] or [..., 2]; -1 pads), items in prompt order, sample after sample."""
+    real = centers >= 0 if centers.dim() == 3 else (centers >= 0).all(-1)  # [batch, items, tokens]
+    return [
+        item[keep]
+        for sample, sample_keep in zip(centers, real)
+        for item, keep in zip(sample, sample_keep)
+        if keep.any()
+    ]
+
+
 def make_image(seed: int, width: int = TINY_IMAGE_SIZE, height: int = TINY_IMAGE_SIZE) -> Image.Image:
     """A random dark image with a few bright blocks, so that images differ in where attention goes."""
     rng = np.random.default_rng(seed)

@@ -52,6 +52,7 @@ from llava_prumerge.demo.visualize_video import (
 )
 from llava_prumerge.errors import UsageError
 from llava_prumerge.modeling.token_reduction import iqr_outlier_counts
+from llava_prumerge.testing.model_tester import kept_patches
 from llava_prumerge.testing.tiny import tiny_config
 
 # A 5x5 grid: two attention centers (12, 3), then two PruMerge+ spatial samples (0, 24), each
@@ -254,7 +255,7 @@ def test_video_pictures_show_what_reaches_the_language_model(video_tester, metho
         for index, frame in enumerate(reduction.frames)
         for patch in np.flatnonzero(frame.roles != PRUNED)
     }
-    assert {tuple(pair) for pair in outputs.video_token_centers[0].tolist()} == kept
+    assert {tuple(pair) for pair in kept_patches(outputs.video_token_centers)[0].tolist()} == kept
     assert any((frame.roles == SAMPLE).any() for frame in reduction.frames) == (method == "prumerge_plus")
     assert reduction.stock_tokens == 8 * (14 * 14 + 1) > reduction.num_tokens
 

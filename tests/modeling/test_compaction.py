@@ -8,8 +8,13 @@ from llava_prumerge.modeling.compaction import (
     IGNORE_INDEX,
     VisualTokens,
     assign_runs,
+    centers_by_sample,
     compact_batch,
+    fits_in_place,
+    item_spans,
     placeholder_runs,
+    repeat_for_copies,
+    write_in_place,
 )
 
 IMAGE, VIDEO, PAD = 9, 8, 0
@@ -48,41 +53,93 @@ def test_a_run_is_one_item_or_is_split_into_adjacent_expansions():
         assign_runs([[(0, 5)]], [4, 4], "video")
 
 
+def compacted(input_ids, mask, visual, **kwargs):
+    """`compact_batch` on embeddings whose text rows are 100 x the token id."""
+    masks = {tokens.modality: input_ids == tokens.token_id for tokens in visual}
+    embeds = input_ids[..., None].float().expand(-1, -1, 2) * 100
+    return compact_batch(embeds, mask, visual, item_spans(visual, masks), input_ids=input_ids, **kwargs)
+
+
 def test_compaction_replaces_runs_keeps_text_and_repads_on_the_input_side():
     input_ids = torch.tensor([[PAD, 1, IMAGE, IMAGE, IMAGE, 2], [3, IMAGE, IMAGE, IMAGE, 4, 5]])
     mask = (input_ids != PAD).long()
     labels = torch.where(input_ids == IMAGE, IGNORE_INDEX, input_ids)
-    embeds = input_ids[..., None].float().expand(-1, -1, 2) * 100  # text rows: 100 x id
     images = tokens("image", IMAGE, [1, 2], 3, base=0.5)
-    batch = compact_batch(
-        embeds,
-        mask,
-        [images],
-        {"image": input_ids == IMAGE},
-        input_ids=input_ids,
-        labels=labels,
-        pad_token_id=PAD,
-    )
-    assert batch.input_ids.tolist() == [[PAD, PAD, 1, IMAGE, 2], [3, IMAGE, IMAGE, 4, 5]]  # left, as given
+    batch = compacted(input_ids, mask, [images], labels=labels, pad_token_id=PAD)
+    # the padding is text the mask hides: it stays, and the shorter row is padded again on its side
+    assert batch.input_ids.tolist() == [[PAD, PAD, 1, IMAGE, 2], [3, IMAGE, IMAGE, 4, 5]]
     assert batch.attention_mask.tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
-    assert batch.position_ids.tolist() == [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert batch.position_ids.tolist() == [[1, 0, 1, 2, 3], [0, 1, 2, 3, 4]]  # 0, 1, ... moved past each item
     assert batch.labels.tolist() == [
-        [IGNORE_INDEX, IGNORE_INDEX, 1, IGNORE_INDEX, 2],
+        [IGNORE_INDEX, IGNORE_INDEX, 1, IGNORE_INDEX, 2],  # the row's first label stays unpredicted
         [3, IGNORE_INDEX, IGNORE_INDEX, 4, 5],
     ]
     assert batch.inputs_embeds[0, :, 0].tolist() == [0, 0, 100, 0.5, 200]
     assert batch.inputs_embeds[1, :, 0].tolist() == [300, 1.5, 1.5, 400, 500]
-    right = compact_batch(embeds, mask, [images], {"image": input_ids == IMAGE}, padding_side="right")
-    assert right.attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]] and right.input_ids is None
+    right = compacted(input_ids, mask, [images], padding_side="right")
+    assert right.attention_mask.tolist() == [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+
+
+def test_the_mask_hides_text_and_items_but_never_removes_them():
+    """As stock: the attention mask decides what attention sees, not which positions exist."""
+    input_ids = torch.tensor([[1, IMAGE, IMAGE, IMAGE, 2, 3]])
+    images = tokens("image", IMAGE, [2], 3, base=0.5)
+    partly_hidden = compacted(input_ids, torch.tensor([[1, 0, 1, 1, 0, 1]]), [images])
+    assert partly_hidden.input_ids.tolist() == [[1, IMAGE, IMAGE, 2, 3]]  # one item, whatever its mask
+    assert partly_hidden.attention_mask.tolist() == [[1, 1, 1, 0, 1]]  # visible where any placeholder was
+    hidden = compacted(input_ids, torch.tensor([[1, 0, 0, 0, 1, 1]]), [images])
+    assert hidden.attention_mask.tolist() == [[1, 0, 0, 1, 1]] and hidden.inputs_embeds[0, 1, 0] == 0.5
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5]]) + 7
+    given = compacted(input_ids, torch.ones_like(input_ids), [images], position_ids=positions)
+    assert given.position_ids.tolist() == [[7, 8, 9, 10, 11]]
+    unreduced = tokens("image", IMAGE, [3], 3, base=0.5)  # as many tokens as placeholders: written in place
+    labels = input_ids.clone()
+    mask = torch.tensor([[1, 0, 1, 0, 1, 0]])
+    in_place = compacted(input_ids, mask, [unreduced], labels=labels, position_ids=positions)
+    assert (
+        in_place.input_ids.tolist() == input_ids.tolist()
+        and in_place.attention_mask.tolist() == mask.tolist()
+    )
+    assert (
+        in_place.labels.tolist() == labels.tolist() and in_place.position_ids.tolist() == positions.tolist()
+    )
+
+
+def test_items_fit_in_place_when_their_runs_have_their_token_counts():
+    input_ids = torch.tensor([[1, IMAGE, IMAGE, 2, IMAGE, IMAGE, IMAGE]])
+    masks = {"image": input_ids == IMAGE}
+    images = tokens("image", IMAGE, [2, 3], 9, base=0.5)
+    spans = item_spans([images], masks)
+    assert [(span.start, span.length, span.item) for span in spans[0]] == [(1, 2, 0), (4, 3, 1)]
+    assert fits_in_place([images], spans)
+    embeds = torch.zeros(1, 7, 2)
+    assert write_in_place(embeds, [images], spans)[0, :, 0].tolist() == [0, 0.5, 0.5, 0, 1.5, 1.5, 1.5]
+    single = tokens("image", IMAGE, [2], 9, base=0)
+    written_once = torch.tensor([[1, IMAGE, 2]])  # one `<image>` for an item of two tokens: compacted
+    assert not fits_in_place([single], item_spans([single], {"image": written_once == IMAGE}))
+
+
+def test_items_of_copied_prompts_are_repeated_for_each_copy():
+    """Beams and num_return_sequences copy each prompt in place ([a, a, b, b]); its items are copied with it."""
+    input_ids = torch.tensor([[IMAGE, IMAGE, 1], [IMAGE, IMAGE, 1], [1, IMAGE, 2], [1, IMAGE, 2]])
+    images = tokens("image", IMAGE, [2, 1], 9, base=0.5)
+    repeated = repeat_for_copies([images], {"image": input_ids == IMAGE})[0]
+    assert [float(item[0, 0]) for item in repeated.features] == [0.5, 0.5, 1.5, 1.5]
+    assert repeat_for_copies([images], {"image": input_ids[::2] == IMAGE})[0] is images
+
+
+def test_kept_patches_are_reported_per_sample_and_item():
+    input_ids = torch.tensor([[IMAGE, 1, IMAGE], [2, IMAGE, 3]])
+    images = tokens("image", IMAGE, [2, 1, 3], 1, base=0)
+    centers = centers_by_sample([images], item_spans([images], {"image": input_ids == IMAGE}))["image"]
+    assert centers.tolist() == [[[0, 1, -1], [0, -1, -1]], [[0, 1, 2], [-1, -1, -1]]]
 
 
 def test_modalities_interleave_in_prompt_order():
     input_ids = torch.tensor([[VIDEO, VIDEO, 1, IMAGE, VIDEO, VIDEO, 2]])
-    embeds = torch.zeros(1, 7, 2)
     images = tokens("image", IMAGE, [2], 1, base=10)
     videos = tokens("video", VIDEO, [1, 3], 2, base=20)
-    masks = {"image": input_ids == IMAGE, "video": input_ids == VIDEO}
-    batch = compact_batch(embeds, torch.ones_like(input_ids), [images, videos], masks, input_ids=input_ids)
+    batch = compacted(input_ids, torch.ones_like(input_ids), [images, videos])
     assert batch.input_ids.tolist() == [[VIDEO, 1, IMAGE, IMAGE, VIDEO, VIDEO, VIDEO, 2]]
-    assert batch.inputs_embeds[0, :, 0].tolist() == [20, 0, 10, 10, 21, 21, 21, 0]
+    assert batch.inputs_embeds[0, :, 0].tolist() == [20, 100, 10, 10, 21, 21, 21, 200]
     assert batch.visual == [images, videos] and videos.counts == [1, 3]

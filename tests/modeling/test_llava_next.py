@@ -14,7 +14,7 @@ from llava_prumerge import LlavaNextPruMergeConfig, LlavaNextPruMergeForConditio
 from llava_prumerge.errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from llava_prumerge.modeling.modeling_llava_next_prumerge import anyres_layout, split_budget
 from llava_prumerge.modeling.runtime_compat import IMAGE_FEATURES_AS_OUTPUT, image_text_auto_classes
-from llava_prumerge.testing.model_tester import make_image, stock_twin
+from llava_prumerge.testing.model_tester import kept_patches, make_image, stock_twin
 from llava_prumerge.testing.tiny_next import TINY_GRID_PINPOINTS, tiny_next_model, tiny_next_processor
 
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
@@ -74,7 +74,7 @@ def test_each_view_is_reduced_and_the_crops_keep_stocks_order(models, batch, var
     features = features.pooler_output if IMAGE_FEATURES_AS_OUTPUT else features
     newline = model.model.image_newline
     for image, (size, tokens, centers) in enumerate(
-        zip(batch["image_sizes"], features, out.visual_token_centers, strict=True)
+        zip(batch["image_sizes"], features, kept_patches(out.visual_token_centers), strict=True)
     ):
         layout = anyres_layout(size.tolist(), TINY_GRID_PINPOINTS, 56, SIDE)
         assert out.visual_token_counts[image] == tokens.shape[0] < (SIDE * SIDE + layout.stock_length) / 3

@@ -19,6 +19,7 @@ from llava_prumerge.modeling.runtime_compat import (
     VIDEO_LLAVA_IMAGES_ARGUMENT,
     image_text_auto_classes,
 )
+from llava_prumerge.testing.model_tester import kept_patches
 from llava_prumerge.testing.tiny_video import TINY_PATCHES, TINY_VIDEO_FRAMES
 
 VIDEO_PROMPT = "USER: <video>\nWhat happens in the video? ASSISTANT:"
@@ -63,7 +64,7 @@ def test_reduced_counts_centers_and_the_compacted_prompt(models, mixed, variant)
         assert TINY_VIDEO_FRAMES * 2 <= video_count < PLACEHOLDERS / 2
     settings = models[variant].config.reduction_settings
     per_frame = 1 + (settings.summary_token and settings.prunes)  # [CLS] and summary tokens have no patch
-    for centers, count in zip(out.video_token_centers, out.video_token_counts, strict=True):
+    for centers, count in zip(kept_patches(out.video_token_centers), out.video_token_counts, strict=True):
         assert centers.shape == (count - per_frame * TINY_VIDEO_FRAMES, 2)
         frames, patches = centers.unbind(-1)
         assert frames.unique().tolist() == list(range(TINY_VIDEO_FRAMES))
