@@ -40,14 +40,21 @@ REDUCTION_VARIANTS = {
 }
 
 
+def visible_log_probs(model, inputs) -> torch.Tensor:
+    """[visible positions, vocab]: the log-probabilities two paths of one model must agree on (padding aside)."""
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
+
+
 def kept_patches(centers: torch.Tensor) -> list[torch.Tensor]:
     """The per-item kept patches of a batch-first `visual_token_centers` / `video_token_centers` output field
     ([batch, items, tokens] or [..., 2]; -1 pads), items in prompt order, sample after sample."""
     real = centers >= 0 if centers.dim() == 3 else (centers >= 0).all(-1)  # [batch, items, tokens]
     return [
         item[keep]
-        for sample, sample_keep in zip(centers, real)
-        for item, keep in zip(sample, sample_keep)
+        for sample, sample_keep in zip(centers, real, strict=True)
+        for item, keep in zip(sample, sample_keep, strict=True)
         if keep.any()
     ]
 

@@ -115,3 +115,49 @@ def language_model_logits(stock, embeddings: torch.Tensor) -> torch.Tensor:
     """The stock language model and `lm_head` on one unpadded prompt: [L, hidden] -> [L, vocab]."""
     hidden = stock.model.language_model(inputs_embeds=embeddings[None]).last_hidden_state
     return stock.lm_head(hidden)[0]
+
+
+def video_llava_video_items(stock, inputs, token_reduction: str) -> dict:
+    """Video-LLaVA's reference items by placeholder id: its videos' tokens, and its images' when it has some."""
+    items = {
+        stock.config.video_token_id: video_llava_video_tokens(
+            stock, inputs["pixel_values_videos"], token_reduction
+        )
+    }
+    # the images under transformers 5.23's name or 4.x's (which 5.x processors still return by default)
+    images = inputs.get("pixel_values", inputs.get("pixel_values_images"))
+    if images is not None:
+        items[stock.config.image_token_id] = llava_image_tokens(
+            stock, images, token_reduction, stock.model.image_tower
+        )
+    return items
+
+
+def received_by_language_model(model, inputs):
+    """The model's output and the embeddings its language model received [B, L', hidden]."""
+    received = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: received.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            out = model(**inputs)
+    finally:
+        hook.remove()
+    return out, received[0]
+
+
+def assert_matches_reference(model, stock, inputs, items: dict):
+    """Per prompt, the embeddings received and the log-probabilities (padding aside) match the reference."""
+    out, received = received_by_language_model(model, inputs)
+    with torch.no_grad():
+        expected = spliced_embeddings(stock, inputs["input_ids"], inputs["attention_mask"], items)
+        for row, embeddings in enumerate(expected):
+            kept = out.attention_mask[row].bool()
+            torch.testing.assert_close(received[row][kept], embeddings, rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                out.logits[row][kept].log_softmax(-1),
+                language_model_logits(stock, embeddings).log_softmax(-1),
+                rtol=0,
+                atol=1e-4,
+            )

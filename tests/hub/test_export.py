@@ -17,7 +17,7 @@ from llava_prumerge.cli import main
 from llava_prumerge.hub_upload import export
 from llava_prumerge.hub_upload.validate import validate_hub_folder
 from llava_prumerge.modeling.reduction_settings import REDUCTION_FIELDS
-from llava_prumerge.testing.model_tester import make_image
+from llava_prumerge.testing.model_tester import make_image, visible_log_probs
 from llava_prumerge.testing.subprocesses import run_offline
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
@@ -85,8 +85,15 @@ REMOTE_LOAD_SCRIPT = r"""
 import sys
 sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
 import json
+import torch
 import transformers
 from PIL import Image
+
+def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
+
 
 spec = json.loads(open(sys.argv[1]).read())
 folder = spec["folder"]
@@ -111,10 +118,12 @@ assert abs(float(inputs["pixel_values"].sum()) - spec["pixel_sum"]) < 1e-2, "ima
 n = len(spec["new_tokens"])
 sequences = model.generate(**inputs, max_new_tokens=n, do_sample=False)
 assert sequences[0, -n:].tolist() == spec["new_tokens"], sequences[0, -n:].tolist()
+torch.testing.assert_close(visible_log_probs(model, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 
 mapped = auto.from_pretrained(folder, trust_remote_code=True, device_map="auto")
 mapped_sequences = mapped.generate(**inputs.to(mapped.device), max_new_tokens=n, do_sample=False)
 assert mapped_sequences[0, -n:].tolist() == spec["new_tokens"]
+torch.testing.assert_close(visible_log_probs(mapped, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 
 pipe = transformers.pipeline("image-text-to-text", model=folder, trust_remote_code=True)
 out = pipe(images=image, text=prompt, max_new_tokens=n, return_full_text=False)
@@ -150,6 +159,7 @@ def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, hu
         "new_tokens": sequences[0, -NEW_TOKENS:].tolist(),
         "new_text": processor.decode(sequences[0, -NEW_TOKENS:], skip_special_tokens=True),
         "visual_token_counts": counts,
+        "log_probs": visible_log_probs(model, inputs).tolist(),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     for output in run_offline(REMOTE_LOAD_SCRIPT, ["spec.json"], tmp_path).values():

@@ -9,7 +9,7 @@ from transformers import AutoProcessor
 
 from llava_prumerge import LlavaNextPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
-from llava_prumerge.testing.model_tester import make_image, stock_twin
+from llava_prumerge.testing.model_tester import make_image, stock_twin, visible_log_probs
 from llava_prumerge.testing.subprocesses import run_offline
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
@@ -42,8 +42,15 @@ REMOTE_LOAD_SCRIPT = r"""
 import sys
 sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
 import json
+import torch
 import transformers
 from PIL import Image
+
+def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
+
 
 spec = json.loads(open(sys.argv[1]).read())
 folder = spec["folder"]
@@ -59,8 +66,10 @@ assert inputs["image_sizes"].tolist() == spec["image_sizes"]
 sequences = model.generate(**inputs, max_new_tokens=spec["n"], do_sample=False)
 assert sequences[:, -spec["n"]:].tolist() == spec["new_tokens"], sequences[:, -spec["n"]:].tolist()
 assert model(**inputs).visual_token_counts == spec["counts"]
+torch.testing.assert_close(visible_log_probs(model, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 mapped = auto.from_pretrained(folder, trust_remote_code=True, device_map="auto")
 assert mapped.generate(**inputs, max_new_tokens=spec["n"], do_sample=False)[:, -spec["n"]:].tolist() == spec["new_tokens"]
+torch.testing.assert_close(visible_log_probs(mapped, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 print("remote code OK under transformers", transformers.__version__)
 """
 
@@ -83,6 +92,7 @@ def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, ne
         "folder": str(next_folder), "images": paths, "prompt": PROMPT, "n": NEW_TOKENS,
         "input_ids": inputs["input_ids"].tolist(), "image_sizes": inputs["image_sizes"].tolist(),
         "new_tokens": sequences[:, -NEW_TOKENS:].tolist(), "counts": counts,
+        "log_probs": visible_log_probs(model, inputs).tolist(),
     }  # fmt: skip
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     for output in run_offline(REMOTE_LOAD_SCRIPT, ["spec.json"], tmp_path).values():

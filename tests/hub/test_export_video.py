@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from llava_prumerge import VideoLlavaPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
+from llava_prumerge.testing.model_tester import visible_log_probs
 from llava_prumerge.testing.subprocesses import run_offline
 from llava_prumerge.testing.tiny_video import TINY_PATCHES, TINY_VIDEO_FRAMES
 
@@ -97,8 +98,15 @@ REMOTE_LOAD_SCRIPT = r"""
 import sys
 sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
 import json
+import torch
 import transformers
 from safetensors.torch import load_file
+
+def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
+
 
 spec = json.loads(open(sys.argv[1]).read())
 folder = spec["folder"]
@@ -115,8 +123,10 @@ inputs["pixel_values_videos"] = load_file("pixels.safetensors")["pixel_values_vi
 n = len(spec["new_tokens"])
 sequences = model.generate(**inputs, max_new_tokens=n, do_sample=False)
 assert sequences[0, -n:].tolist() == spec["new_tokens"], sequences[0, -n:].tolist()
+torch.testing.assert_close(visible_log_probs(model, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 mapped = auto.from_pretrained(folder, trust_remote_code=True, device_map="auto")
 assert mapped.generate(**inputs, max_new_tokens=n, do_sample=False)[0, -n:].tolist() == spec["new_tokens"]
+torch.testing.assert_close(visible_log_probs(mapped, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 for method, count in spec["video_token_counts"].items():
     variant = auto.from_pretrained(folder, trust_remote_code=True, token_reduction=method)
     assert variant(**inputs).video_token_counts == [count], (method, variant(**inputs).video_token_counts)
@@ -147,6 +157,7 @@ def test_exported_folder_loads_without_the_package_under_each_major(
         "input_ids": inputs["input_ids"][0].tolist(),
         "new_tokens": sequences[0, -NEW_TOKENS:].tolist(),
         "video_token_counts": counts,
+        "log_probs": visible_log_probs(exported, inputs).tolist(),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     for output in run_offline(REMOTE_LOAD_SCRIPT, ["spec.json"], tmp_path).values():

@@ -191,7 +191,9 @@ def test_decode_steps_compile_without_graph_breaks(models, batch, variant):
         tokens = [int(prefill.logits[0, -1].argmax())]
         for step in range(NEW_TOKENS - 1):
             position = torch.tensor([[length + step]])
-            mask = torch.nn.functional.pad(prefill.attention_mask, (0, step + 1), value=1)  # the padding stays hidden
+            mask = torch.nn.functional.pad(
+                prefill.attention_mask, (0, step + 1), value=1
+            )  # the padding stays hidden
             # transformers 4.x's generate hands decode steps their cache position (5.x reads it off the cache)
             positions = {"cache_position": position[0]} if TRANSFORMERS_MAJOR < 5 else {}
             output = decode(

@@ -6,55 +6,28 @@ embeddings the language model receives must be the reference's, and the log-prob
 stock language model reading the reference's prompt. Each prompt is checked alone and in a padded batch.
 """
 
-import pytest
-import torch
+import os
 
-from llava_prumerge.modeling.runtime_compat import VIDEO_LLAVA_IMAGES_ARGUMENT
+import pytest
+
 from llava_prumerge.testing.model_tester import LONG_PROMPT, PROMPT, make_image, stock_twin
 from llava_prumerge.testing.references import (
-    language_model_logits,
+    assert_matches_reference,
     llava_image_tokens,
     llava_next_image_tokens,
-    spliced_embeddings,
-    video_llava_video_tokens,
+    video_llava_video_items,
 )
+from llava_prumerge.testing.subprocesses import run_offline
 from llava_prumerge.testing.tiny_next import tiny_next_model, tiny_next_processor
 
+VISION_PYTHONS = [
+    python for python in os.environ.get("PRUMERGE_TEST_VISION_PYTHONS", "").split(":") if python
+]
 METHODS = ["prumerge", "prumerge_plus"]
 SEED = 3
 ROWS = {"first": [0], "second": [1], "batched": [0, 1]}
 VIDEO_PROMPT = "USER: <video>\nWhat happens in the video? ASSISTANT:"
 MIXED_PROMPT = "USER: <image>\nThis picture, then <video>\nwhich came first? ASSISTANT:"
-
-
-def received_by_language_model(model, inputs):
-    """The model's output and the embeddings its language model received [B, L', hidden]."""
-    received = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: received.append(kwargs["inputs_embeds"]), with_kwargs=True
-    )
-    try:
-        with torch.no_grad():
-            out = model(**inputs)
-    finally:
-        hook.remove()
-    return out, received[0]
-
-
-def assert_matches_reference(model, stock, inputs, items: dict):
-    """Per prompt, the embeddings received and the log-probabilities (padding aside) match the reference."""
-    out, received = received_by_language_model(model, inputs)
-    with torch.no_grad():
-        expected = spliced_embeddings(stock, inputs["input_ids"], inputs["attention_mask"], items)
-        for row, embeddings in enumerate(expected):
-            kept = out.attention_mask[row].bool()
-            torch.testing.assert_close(received[row][kept], embeddings, rtol=0, atol=1e-5)
-            torch.testing.assert_close(
-                out.logits[row][kept].log_softmax(-1),
-                language_model_logits(stock, embeddings).log_softmax(-1),
-                rtol=0,
-                atol=1e-4,
-            )
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +92,37 @@ def test_video_llava_feeds_the_reference_tokens(video_tester, video_llava, metho
     inputs = video_tester.prepare_inputs(
         [texts[row] for row in rows], images=images, videos=[clips[row] for row in rows]
     )
-    items = {
-        stock.config.video_token_id: video_llava_video_tokens(stock, inputs["pixel_values_videos"], method)
-    }
-    if images:
-        pixels = inputs[VIDEO_LLAVA_IMAGES_ARGUMENT]
-        items[stock.config.image_token_id] = llava_image_tokens(
-            stock, pixels, method, stock.model.image_tower
-        )
+    items = video_llava_video_items(stock, inputs, method)
     assert_matches_reference(models[method], stock, inputs, items)
+
+
+VIDEO_PROCESSOR_SCRIPT = r"""
+import numpy as np
+import transformers
+
+from llava_prumerge.testing.model_tester import VideoLlavaPruMergeModelTester
+from llava_prumerge.testing.references import assert_matches_reference, video_llava_video_items
+from llava_prumerge.testing.tiny_video import tiny_video_processor
+
+tester = VideoLlavaPruMergeModelTester()
+processor = tiny_video_processor(tester.tokenizer)
+clip, image = np.stack(tester.clips(1)[0]), tester.images(1)[0]
+inputs = processor(
+    text="USER: <image>\nThis picture, then <video>\nwhich came first? ASSISTANT:", images=image, videos=clip,
+    return_tensors="pt",
+)
+stock = tester.get_stock_model(3)
+for method in ("prumerge", "prumerge_plus"):
+    assert_matches_reference(tester.get_model(3, token_reduction=method), stock, inputs, video_llava_video_items(stock, inputs, method))
+print("reference OK under transformers", transformers.__version__)
+"""
+
+
+@pytest.mark.skipif(
+    not VISION_PYTHONS, reason="needs the torchvision overlays (PRUMERGE_TEST_VISION_PYTHONS)"
+)
+def test_video_llava_with_its_stock_processor_feeds_the_reference_tokens(tmp_path, monkeypatch):
+    """The inputs of stock `VideoLlavaProcessor` (its video processor needs torchvision: the test overlays)."""
+    monkeypatch.setattr("llava_prumerge.testing.subprocesses.TEST_PYTHONS", VISION_PYTHONS)
+    for output in run_offline(VIDEO_PROCESSOR_SCRIPT, [], tmp_path).values():
+        assert "reference OK" in output
