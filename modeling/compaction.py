@@ -144,48 +144,28 @@ def _split_runs(runs: list[list[tuple[int, int]]], expanded_lengths: list[int]) 
     return None if pending else spans
 
 
-def repeat_for_copies(
-    visual: list[VisualTokens], placeholders: dict[str, torch.Tensor]
-) -> list[VisualTokens]:
-    """Items made for P prompts when the batch holds each prompt k times in a row ([a, a, b, b]: beams or
-    `num_return_sequences`, which transformers 4.x's `generate` does not copy visual inputs for): each
-    prompt's items repeated k times. Items that already match their placeholders come back as they are.
+def repeat_per_prompt(tokens: VisualTokens, items_per_prompt: list[int], copies: int) -> VisualTokens:
+    """Items made for P prompts (`items_per_prompt[p]` each, in order) when the batch holds each prompt `copies`
+    times in a row ([a, a, b, b]: beams or `num_return_sequences`): each prompt's items repeated with it."""
+    starts = [sum(items_per_prompt[:prompt]) for prompt in range(len(items_per_prompt))]
+    order = [
+        start + item
+        for start, count in zip(starts, items_per_prompt, strict=True)
+        for _ in range(copies)
+        for item in range(count)
+    ]
+    return VisualTokens(
+        tokens.modality,
+        tokens.token_id,
+        [tokens.features[i] for i in order],
+        [tokens.expanded_lengths[i] for i in order],
+        [tokens.centers[i] for i in order],
+    )
 
-    A prompt's items are found as transformers 5 finds them: by where the items' running token count
-    meets the running placeholder count of the first copy of each prompt.
-    """
-    repeated = []
-    for tokens in visual:
-        per_row = placeholders[tokens.modality].sum(dim=1).tolist()  # [B]
-        counts = tokens.counts
-        if sum(counts) == sum(per_row) or not counts:
-            repeated.append(tokens)
-            continue
-        copies = next(
-            (k for k in range(2, len(per_row) + 1) if len(per_row) % k == 0
-             and sum(per_row[::k]) == sum(counts) and all(n == per_row[r - r % k] for r, n in enumerate(per_row))),
-            None,
-        )  # fmt: skip
-        if copies is None:  # not copies of the prompts: `item_spans` says what does not match
-            repeated.append(tokens)
-            continue
-        groups, item = [], 0
-        for needed in per_row[::copies]:  # the items of each prompt: their counts add up to its placeholders
-            start, total = item, 0
-            while total < needed:
-                total, item = total + counts[item], item + 1
-            groups.append(range(start, item))
-        order = [index for group in groups for _ in range(copies) for index in group]
-        repeated.append(
-            VisualTokens(
-                tokens.modality,
-                tokens.token_id,
-                [tokens.features[i] for i in order],
-                [tokens.expanded_lengths[i] for i in order],
-                [tokens.centers[i] for i in order],
-            )
-        )
-    return repeated
+
+def items_per_sample(spans: list[list[Span]], modality: str) -> list[int]:
+    """Per sample, how many items of `modality` it holds."""
+    return [sum(span.modality == modality for span in sample) for sample in spans]
 
 
 def item_spans(visual: list[VisualTokens], placeholders: dict[str, torch.Tensor]) -> list[list[Span]]:
@@ -226,10 +206,8 @@ def write_in_place(
     for sample, sample_spans in enumerate(spans):
         for span in sample_spans:
             where[sample, span.start : span.end] = True
-    values = torch.cat(ordered).to(
-        text_embeds.device, text_embeds.dtype
-    )  # [sum n_i, hidden], row-major order
-    return text_embeds.masked_scatter(where[..., None], values)
+    values = torch.cat(ordered).to(text_embeds.device, text_embeds.dtype)  # [sum n_i, hidden]
+    return text_embeds.masked_scatter(where[..., None], values)  # row-major, as the spans are ordered
 
 
 def placed_batch(

@@ -28,8 +28,9 @@ from .compaction import (
     compact_batch,
     fits_in_place,
     item_spans,
+    items_per_sample,
     placed_batch,
-    repeat_for_copies,
+    repeat_per_prompt,
     write_in_place,
 )
 from .errors import VisualInputError
@@ -109,10 +110,13 @@ class ReducedVisualFeaturesOutput(BaseModelOutputWithPooling):
 
     visual_token_centers (`list[torch.LongTensor]`, *optional*): per item, the kept patches in token order.
     placeholder_lengths (`list[int]`, *optional*): per item, the placeholders the stock processor writes for it.
+    items_per_prompt (`list[int]`, *optional*): for the tokens of a compacted prompt (`generate`'s), how many
+        items each prompt row holds.
     """
 
     visual_token_centers: list[torch.LongTensor] | None = None
     placeholder_lengths: list[int] | None = None
+    items_per_prompt: list[int] | None = None
 
 
 def visual_features_output(tokens: VisualTokens, **fields):
@@ -127,10 +131,14 @@ def visual_features_output(tokens: VisualTokens, **fields):
     )
 
 
-def visual_tokens_of_encoder_outputs(model, mm_encoder_outputs: dict | None) -> list[VisualTokens]:
-    """The visual tokens in `mm_encoder_outputs` (`get_image_features` outputs by modality). An output without
-    `placeholder_lengths` (the one `generate` makes, or one that beam search copied) is for a compacted prompt:
-    each item has as many placeholders as tokens."""
+def visual_tokens_of_encoder_outputs(model, mm_encoder_outputs: dict | None, rows: int) -> list[VisualTokens]:
+    """The visual tokens in `mm_encoder_outputs` (`get_image_features` outputs by modality) for a batch of `rows`.
+
+    An output without `placeholder_lengths` (`generate`'s) is for a compacted prompt: each item has as many
+    placeholders as tokens. Where the batch holds each of its prompts several times (beams, and
+    `num_return_sequences`: transformers 5 copies the items itself, 4.x does not), `items_per_prompt` says
+    which items to copy with each prompt.
+    """
     visual = []
     for modality in model.modality_inputs:
         output = (mm_encoder_outputs or {}).get(modality)
@@ -145,7 +153,12 @@ def visual_tokens_of_encoder_outputs(model, mm_encoder_outputs: dict | None) -> 
         if centers is None or len(centers) != len(features):
             centers = [None] * len(features)
         token_id = getattr(model.config, f"{modality}_token_id")
-        visual.append(VisualTokens(modality, token_id, features, list(lengths), list(centers)))
+        tokens = VisualTokens(modality, token_id, features, list(lengths), list(centers))
+        per_prompt = getattr(output, "items_per_prompt", None)
+        copies = rows // len(per_prompt) if per_prompt else 1
+        if copies > 1 and sum(per_prompt) == len(features):  # not copied yet
+            tokens = repeat_per_prompt(tokens, per_prompt, copies)
+        visual.append(tokens)
     return visual
 
 
@@ -243,10 +256,10 @@ class PruMergeModelMixin:
         reduction: ReductionSettings | None = None,
     ) -> VisualTokens:
         """Images through the tower, the reducer and the projector, ready for compaction."""
-        encoded = self.encode_patches(
+        reduced = self.reduce_image_tokens(
             pixel_values, vision_feature_layer, vision_feature_select_strategy, reduction
         )
-        return self.image_tokens(self.reduce_patches(encoded, reduction), vision_feature_select_strategy)
+        return self.image_tokens(reduced, vision_feature_select_strategy)
 
     def image_placeholder_count(self, vision_feature_select_strategy: str | None = None) -> int:
         """How many placeholders the stock processor writes for an image, as it derives them: the tower's
@@ -335,7 +348,6 @@ class PruMergeModelMixin:
         where the batch holds copies of its prompts)."""
         self.check_prompt(input_ids, inputs_embeds, labels)
         placeholders = self.placeholder_masks(visual, input_ids, inputs_embeds)
-        visual = repeat_for_copies(visual, placeholders)
         return visual, item_spans(visual, placeholders)
 
     def compact(
@@ -420,11 +432,11 @@ class PruMergeModelMixin:
         kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; the LLM recomputes them
 
     def visual_inputs_tokens(
-        self, mm_encoder_outputs: dict | None, visual_inputs: dict
+        self, mm_encoder_outputs: dict | None, visual_inputs: dict, rows: int
     ) -> list[VisualTokens]:
-        """The visual tokens of one call: from raw visual inputs (options such as `image_sizes` alone are none),
-        or encoded beforehand in `mm_encoder_outputs`; not both."""
-        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs)
+        """The visual tokens of one call for a batch of `rows` prompts: from raw visual inputs (options such as
+        `image_sizes` alone are none), or encoded beforehand in `mm_encoder_outputs`; not both."""
+        visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs, rows)
         if any(value is not None for key, value in visual_inputs.items() if key not in VISUAL_OPTIONS):
             if visual:
                 raise VisualInputError(
@@ -449,7 +461,8 @@ class PruMergeModelMixin:
         """The base model's forward: visual inputs (raw, or encoded beforehand in `mm_encoder_outputs`) ->
         reduced tokens -> the language model on the compacted prompt -> `output_class`."""
         cache = pop_cache(kwargs, past_key_values)
-        visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs)
+        rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs, rows)
         if visual:
             self.check_prefill(cache, kwargs)
         fields = self.language_model_outputs(
@@ -482,10 +495,8 @@ class PruMergeModelMixin:
             visual, spans = self.item_spans(visual, input_ids, inputs_embeds, labels)
             if fits_in_place(visual, spans):
                 inputs_embeds = write_in_place(inputs_embeds, visual, spans)
-                reported_mask = (
-                    attention_mask if attention_mask is None or attention_mask.dim() == 2 else None
-                )
-                fields["attention_mask"] = self.padding_mask(inputs_embeds, reported_mask)
+                if attention_mask is None or attention_mask.dim() == 2:  # a 4-D mask is not reported
+                    fields["attention_mask"] = self.padding_mask(inputs_embeds, attention_mask)
             else:
                 compact = self.compact(
                     inputs_embeds, attention_mask, visual, spans, input_ids, labels, position_ids
@@ -598,7 +609,7 @@ class PruMergeForConditionalGenerationMixin:
             )
             ids, mask = compact.input_ids, compact.attention_mask
             if ids is not None:
-                prompt = {"input_ids": ids, "mm_encoder_outputs": encoder_outputs_of(compact.visual)}
+                prompt = {"input_ids": ids, "mm_encoder_outputs": encoder_outputs_of(compact)}
                 if not GENERATE_TAKES_ENCODER_OUTPUTS:
                     _refuse_candidate_decoding(kwargs)
             else:
@@ -633,21 +644,20 @@ class PruMergeForConditionalGenerationMixin:
     ) -> CompactedBatch:
         """The prompt with its visual inputs reduced and compacted, left-padded for decoding."""
         self.model.check_prefill(cache, kwargs)
-        visual = self.model.visual_inputs_tokens(
-            encoded,
-            {
-                "reduction": reduction,
-                "vision_feature_layer": kwargs.pop("vision_feature_layer", None),
-                "vision_feature_select_strategy": kwargs.pop("vision_feature_select_strategy", None),
-                **visual_inputs,
-            },
-        )
+        inputs_embeds = kwargs.pop("inputs_embeds", None)
+        rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        options = {
+            "reduction": reduction,
+            "vision_feature_layer": kwargs.pop("vision_feature_layer", None),
+            "vision_feature_select_strategy": kwargs.pop("vision_feature_select_strategy", None),
+        }
+        visual = self.model.visual_inputs_tokens(encoded, {**options, **visual_inputs}, rows)
         return self.model.compact_inputs(
             input_ids,
             kwargs.pop("attention_mask", None),
             position_ids=kwargs.pop("position_ids", None),
             visual=visual,
-            inputs_embeds=kwargs.pop("inputs_embeds", None),
+            inputs_embeds=inputs_embeds,
             padding_side="left",
         )
 
@@ -754,14 +764,16 @@ class CachedPrompt:
         return ids, torch.cat([mask, new_mask.to(mask.dtype)], dim=1)
 
 
-def encoder_outputs_of(visual: list[VisualTokens]) -> dict:
-    """The visual tokens of a compacted prompt as `mm_encoder_outputs` (`get_image_features`-style outputs by
+def encoder_outputs_of(compact: CompactedBatch) -> dict:
+    """A compacted prompt's visual tokens as `mm_encoder_outputs` (`get_image_features`-style outputs by
     modality), without `placeholder_lengths`: each item has as many placeholders as tokens."""
     return {
         tokens.modality: ReducedVisualFeaturesOutput(
-            pooler_output=tokens.features, visual_token_centers=tokens.centers
+            pooler_output=tokens.features,
+            visual_token_centers=tokens.centers,
+            items_per_prompt=items_per_sample(compact.spans, tokens.modality),
         )
-        for tokens in visual
+        for tokens in compact.visual
     }
 
 

@@ -12,8 +12,9 @@ from llava_prumerge.modeling.compaction import (
     compact_batch,
     fits_in_place,
     item_spans,
+    items_per_sample,
     placeholder_runs,
-    repeat_for_copies,
+    repeat_per_prompt,
     write_in_place,
 )
 
@@ -121,11 +122,11 @@ def test_items_fit_in_place_when_their_runs_have_their_token_counts():
 
 def test_items_of_copied_prompts_are_repeated_for_each_copy():
     """Beams and num_return_sequences copy each prompt in place ([a, a, b, b]); its items are copied with it."""
-    input_ids = torch.tensor([[IMAGE, IMAGE, 1], [IMAGE, IMAGE, 1], [1, IMAGE, 2], [1, IMAGE, 2]])
-    images = tokens("image", IMAGE, [2, 1], 9, base=0.5)
-    repeated = repeat_for_copies([images], {"image": input_ids == IMAGE})[0]
-    assert [float(item[0, 0]) for item in repeated.features] == [0.5, 0.5, 1.5, 1.5]
-    assert repeat_for_copies([images], {"image": input_ids[::2] == IMAGE})[0] is images
+    images = tokens("image", IMAGE, [2, 1, 3], 9, base=0.5)  # the first prompt holds two images
+    repeated = repeat_per_prompt(images, items_per_prompt=[2, 1], copies=2)
+    assert [float(item[0, 0]) for item in repeated.features] == [0.5, 1.5, 0.5, 1.5, 2.5, 2.5]
+    input_ids = torch.tensor([[IMAGE, 1, IMAGE], [2, IMAGE, 3]])
+    assert items_per_sample(item_spans([images], {"image": input_ids == IMAGE}), "image") == [2, 1]
 
 
 def test_kept_patches_are_reported_per_sample_and_item():

@@ -119,13 +119,16 @@ def placeholder_mask(model, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.isin(input_ids, torch.tensor(ids))
 
 
-def holed_masks(batch) -> dict[str, torch.Tensor]:
-    """Masks as transformers' testers make them: holes in the text and inside placeholder runs, and lower-triangular."""
-    mask = batch["attention_mask"].clone()
-    length = mask.shape[1]
-    mask[:, length - 6 : length - 3] = 0  # text near the end
-    mask[:, length // 2] = 0  # most likely inside a placeholder run
-    return {"holes": mask, "lower-triangular": torch.tril(torch.ones_like(mask))}
+def holed_masks(model, batch) -> dict[str, torch.Tensor]:
+    """Masks as transformers' testers make them: holes in the text and inside a placeholder run, a mask that
+    covers each sample's first placeholder run whole, and a lower-triangular one."""
+    mask = batch["attention_mask"]
+    holes, covered = mask.clone(), mask.clone()
+    holes[:, -6:-3] = 0  # text near the end
+    for row, runs in enumerate(runs_of(placeholder_mask(model, batch["input_ids"]))):
+        holes[row, runs[0].start + 1] = 0  # one placeholder of the first run
+        covered[row, runs[0]] = 0
+    return {"holes": holes, "covered": covered, "lower-triangular": torch.tril(torch.ones_like(mask))}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -134,7 +137,7 @@ def test_masks_hide_positions_but_never_remove_them(case, variant):
     placeholders = placeholder_mask(model, batch["input_ids"])
     with torch.no_grad():
         unmasked = model(**batch)
-        for name, mask in holed_masks(batch).items():
+        for name, mask in holed_masks(model, batch).items():
             out = model(**{**batch, "attention_mask": mask})
             if variant == "none":
                 stock = case.stock()(**{**batch, "attention_mask": mask})
