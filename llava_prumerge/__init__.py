@@ -29,6 +29,7 @@ _PUBLIC = {
     "REDUCTION_DEFAULTS": ".modeling.reduction_settings",
     "ReducedTokens": ".modeling.token_reduction",
     "class_attention": ".modeling.token_reduction",
+    "patch_importance": ".modeling.token_reduction",
     "reduce_visual_tokens": ".modeling.token_reduction",
     "PruMergeError": ".modeling.errors",
 }

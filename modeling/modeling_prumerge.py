@@ -44,7 +44,13 @@ from .runtime_compat import (
     pop_cache,
 )
 from .token_reduction import ReducedTokens
-from .vision_encoding import EncodedPatches, check_pixel_values, encode_patches, patches_from_hidden_states
+from .vision_encoding import (
+    EncodedPatches,
+    check_pixel_values,
+    encode_patches,
+    has_class_token,
+    patches_from_hidden_states,
+)
 
 # Keyword arguments of `visual_tokens` that choose how visual inputs are read, not visual inputs themselves.
 VISUAL_OPTIONS = ("vision_feature_layer", "vision_feature_select_strategy", "reduction", "image_sizes")
@@ -206,7 +212,8 @@ class PruMergeModelMixin:
             raise VisualInputError(
                 f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}"
             )
-        if strategy == "full" and settings.reduces:
+        tower = getattr(self, self.image_tower_attribute)
+        if strategy == "full" and settings.reduces and has_class_token(tower):
             raise VisualInputError(
                 f"token_reduction={settings.token_reduction!r} reduces patch tokens and needs "
                 "vision_feature_select_strategy='default' (the [CLS] token is not a patch)"
@@ -263,10 +270,13 @@ class PruMergeModelMixin:
 
     def image_placeholder_count(self, vision_feature_select_strategy: str | None = None) -> int:
         """How many placeholders the stock processor writes for an image, as it derives them: the tower's
-        patches, plus the [CLS] token with the "full" strategy."""
+        sequence (its patches and [CLS] token, if it has one), less the first row with the "default" strategy."""
         vision = self.config.vision_config
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        return (vision.image_size // vision.patch_size) ** 2 + (strategy == "full")
+        tower = getattr(self, self.image_tower_attribute)
+        return (
+            (vision.image_size // vision.patch_size) ** 2 + has_class_token(tower) - (strategy == "default")
+        )
 
     def image_tokens(
         self, reduced: ReducedTokens, vision_feature_select_strategy: str | None = None

@@ -19,12 +19,19 @@ TOKEN_REDUCTION_METHODS = ("prumerge", "prumerge_plus", "none", "spatial", "sequ
 PRUNING_METHODS = ("prumerge", "prumerge_plus")  # attention-selected tokens, merging, summary token
 MERGE_WEIGHTINGS = ("reference", "mean")
 CLASS_ATTENTION_MODES = ("reference", "heads_mean")
+# Where each patch's importance comes from: "cls" the [CLS] row of the reduction layer's attention (the
+# published score); for towers without a [CLS] token (SigLIP), "mean_query" one synthetic query, the mean of
+# the patches' queries, and "mean_attention" the mean attention each patch receives; "auto" the [CLS] row
+# where the tower has one, else `STAND_IN_IMPORTANCE`.
+IMPORTANCE_SCORES = ("auto", "cls", "mean_query", "mean_attention")
+STAND_IN_IMPORTANCE = "mean_query"
 TOKEN_ORDERS = ("attention", "spatial")
 
 _CHOICES = {
     "token_reduction": TOKEN_REDUCTION_METHODS,
     "merge_weighting": MERGE_WEIGHTINGS,
     "class_attention": CLASS_ATTENTION_MODES,
+    "importance": IMPORTANCE_SCORES,
     "token_order": TOKEN_ORDERS,
 }
 
@@ -57,7 +64,11 @@ class ReductionSettings:
         attention-weighted mean, as the paper's text describes).
     summary_token: append the attention-weighted sum of every patch not kept.
     class_attention: "reference" (one head over the full width, as published) or "heads_mean"
-        (the layer's true per-head attention, averaged).
+        (the layer's true per-head attention, averaged); applies to every importance score.
+    importance: where each patch's importance comes from: "cls" (the [CLS] row, published), "mean_query"
+        (softmax(mean(q) K^T / sqrt(d)): one synthetic query), "mean_attention" (the mean attention each
+        patch receives from the patches), or "auto" ("cls" where the tower has a [CLS] token, else
+        "mean_query"). The stand-ins read patches only, on any tower.
     reduction_layer: the vision layer whose q/k projections give the [CLS] attention and the keys.
     token_order: "attention" (descending attention, then spatial samples: published) or "spatial"
         (raster order of the kept patches).
@@ -74,6 +85,7 @@ class ReductionSettings:
     merge_weighting: str = "reference"
     summary_token: bool = True
     class_attention: str = "reference"
+    importance: str = "auto"
     reduction_layer: int = -1
     token_order: str = "attention"
 
@@ -137,10 +149,12 @@ REDUCTION_DEFAULTS = ReductionSettings().to_dict()
 
 __all__ = [
     "CLASS_ATTENTION_MODES",
+    "IMPORTANCE_SCORES",
     "MERGE_WEIGHTINGS",
     "PRUNING_METHODS",
     "REDUCTION_DEFAULTS",
     "REDUCTION_FIELDS",
+    "STAND_IN_IMPORTANCE",
     "TOKEN_ORDERS",
     "TOKEN_REDUCTION_METHODS",
     "ReductionSettings",

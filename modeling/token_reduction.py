@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
-from .reduction_settings import CLASS_ATTENTION_MODES, ReductionSettings
+from .reduction_settings import CLASS_ATTENTION_MODES, STAND_IN_IMPORTANCE, ReductionSettings
 
 
 @dataclass
@@ -68,29 +68,80 @@ def class_attention(
         raise VisualInputError(
             f"queries and keys must both be [batch, 1 + patches, dim]; got {tuple(queries.shape)} and {tuple(keys.shape)}"
         )
-    batch, length, dim = queries.shape
-    if length < 2:
-        raise VisualInputError(f"need a [CLS] token and at least one patch, got sequence length {length}")
-    cls_query = queries[:, :1].float()  # [B, 1, D]
-    keys32 = keys.float()  # [B, 1+N, D]
-    if mode == "reference":
-        scores = cls_query @ keys32.transpose(1, 2) * dim**-0.5  # [B, 1, 1+N]
-        attention = scores.softmax(dim=-1)[:, 0]  # [B, 1+N]
-    elif mode == "heads_mean":
-        if not num_heads or dim % num_heads:
+    if queries.shape[1] < 2:
+        raise VisualInputError(
+            f"need a [CLS] token and at least one patch, got sequence length {queries.shape[1]}"
+        )
+    q = _split_heads(queries[:, :1].float(), mode, num_heads)  # [B, H, 1, d]
+    k = _split_heads(keys.float(), mode, num_heads)  # [B, H, 1+N, d]
+    scores = q @ k.transpose(2, 3) * q.shape[-1] ** -0.5  # [B, H, 1, 1+N]
+    attention = scores.softmax(dim=-1).mean(dim=1)[:, 0]  # [B, 1+N]
+    return attention[:, 1:].to(queries.dtype)  # [B, N]
+
+
+def patch_importance(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    score: str = ReductionSettings.importance,
+    mode: str = ReductionSettings.class_attention,
+    num_heads: int | None = None,
+    class_token: bool = True,
+) -> torch.Tensor:
+    """Each patch's importance [B, N] from the reduction layer's q/k projections [B, T, D] (T = 1 + N with a
+    [CLS] token first, else N), as `score` says (see `ReductionSettings.importance`).
+
+    "cls" is `class_attention`. The stand-ins read the patch rows only: "mean_query" is the attention of one
+    synthetic query, the patches' mean query, softmax(mean(q) K^T / sqrt(d)): one 1 x N row; "mean_attention"
+    the attention each patch receives, averaged over the patches' queries (the N x N map is made one head at
+    a time). `mode` combines heads as for the [CLS] row: one head over the full width ("reference"), or
+    every head's attention, averaged ("heads_mean"). Rounded to the projections' dtype, as `class_attention`.
+    """
+    if score == "auto":
+        score = "cls" if class_token else STAND_IN_IMPORTANCE
+    if score == "cls":
+        if not class_token:
             raise ReductionSettingsError(
-                f"class_attention='heads_mean' needs num_heads dividing {dim}, got {num_heads!r}"
+                "importance='cls' reads the [CLS] token's attention, and this vision tower has none; use "
+                "importance='auto' (or 'mean_query' / 'mean_attention')"
             )
-        head_dim = dim // num_heads
-        q = cls_query.view(batch, 1, num_heads, head_dim).transpose(1, 2)  # [B, H, 1, d]
-        k = keys32.view(batch, length, num_heads, head_dim).transpose(1, 2)  # [B, H, 1+N, d]
-        scores = q @ k.transpose(2, 3) * head_dim**-0.5  # [B, H, 1, 1+N]
-        attention = scores.softmax(dim=-1).mean(dim=1)[:, 0]  # [B, 1+N]
+        return class_attention(queries, keys, mode, num_heads)
+    if score not in ("mean_query", "mean_attention"):
+        raise ReductionSettingsError(f"importance={score!r} is not supported")
+    patches = slice(1, None) if class_token else slice(None)
+    q, k = (
+        _split_heads(queries[:, patches].float(), mode, num_heads),
+        _split_heads(keys[:, patches].float(), mode, num_heads),
+    )
+    scale = q.shape[-1] ** -0.5
+    if score == "mean_query":
+        attention = (q.mean(dim=2, keepdim=True) @ k.transpose(2, 3) * scale).softmax(dim=-1)[
+            :, :, 0
+        ]  # [B, H, N]
     else:
+        attention = torch.stack(
+            [
+                (q[:, h] @ k[:, h].transpose(1, 2) * scale).softmax(dim=-1).mean(dim=1)
+                for h in range(q.shape[1])
+            ],
+            dim=1,
+        )  # [B, H, N]: per head, the mean over the queries of the [N, N] map
+    return attention.mean(dim=1).to(queries.dtype)  # [B, N]
+
+
+def _split_heads(projections: torch.Tensor, mode: str, num_heads: int | None) -> torch.Tensor:
+    """[B, N, D] -> [B, H, N, D / H]: one head over the full width ("reference") or the layer's heads."""
+    if mode == "reference":
+        return projections[:, None]
+    if mode != "heads_mean":
         raise ReductionSettingsError(
             f"class_attention={mode!r} is not supported; choose one of {list(CLASS_ATTENTION_MODES)}"
         )
-    return attention[:, 1:].to(queries.dtype)  # [B, N]
+    batch, length, dim = projections.shape
+    if not num_heads or dim % num_heads:
+        raise ReductionSettingsError(
+            f"class_attention='heads_mean' needs num_heads dividing {dim}, got {num_heads!r}"
+        )
+    return projections.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
 
 
 def iqr_outlier_counts(attention: torch.Tensor, iqr_scale: float) -> torch.Tensor:
@@ -393,7 +444,7 @@ def reduce_visual_tokens(
     attention [B, N] is the [CLS]-to-patch attention (see `class_attention`), keys [B, N, Dk] the
     patch keys of the same layer (no [CLS] row). `settings` (default: the published PruMerge) may
     be adjusted by keyword, e.g. `token_reduction="prumerge_plus"`; `class_attention` and
-    `reduction_layer` choose the attention and keys, so they are not keywords here.
+    `reduction_layer` (and `importance`) choose the attention and keys, so they are not keywords here.
     "none" keeps every patch; "sequential" and "spatial" (the paper's ablation baselines) keep
     `num_visual_tokens` patches (or N * reduction_ratio), the first ones or a uniform grid,
     without merging or a summary token.
@@ -402,11 +453,11 @@ def reduce_visual_tokens(
     row does). Rows that no token reads are not checked: the check costs a pass over the output,
     not over [B, N, C].
     """
-    encoder_fields = sorted({"class_attention", "reduction_layer"} & set(fields))
+    encoder_fields = sorted({"class_attention", "importance", "reduction_layer"} & set(fields))
     if encoder_fields:
         raise ReductionSettingsError(
             f"{encoder_fields} choose the attention and keys passed in, not how they are reduced; "
-            "compute them with class_attention(queries, keys, mode) from the layer you want"
+            "compute them with patch_importance(queries, keys, score, mode) from the layer you want"
         )
     settings = (settings or ReductionSettings()).replace(**fields)
     _check_shapes(features, attention, keys)

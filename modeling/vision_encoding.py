@@ -1,5 +1,5 @@
 # Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
-"""The vision tower's part of PruMerge, for any CLIP-style tower: patch features plus [CLS] attention and keys.
+"""The vision tower's part of PruMerge, for CLIP- and SigLIP-style towers: patch features plus importance and keys.
 
 A LLaVA-family model reads the hidden state of one (or a few) encoder layers, -2 by default, so the
 layers after the deepest one it reads never need to run; PruMerge needs only the q/k projections of
@@ -7,8 +7,10 @@ its reduction layer (the last by default), not that layer's attention output or 
 runs exactly that much. It serves an image tower, a video tower (frames as a batch) and the views
 of an AnyRes image alike.
 
-A CLIP-style tower has `embeddings`, `pre_layrnorm` and `encoder.layers`, each layer with
-`layer_norm1` and `self_attn.q_proj` / `k_proj` (transformers 4.x wraps it in `vision_model`).
+A CLIP-style tower has `embeddings` (with a [CLS] `class_embedding`), `pre_layrnorm` and
+`encoder.layers`, each layer with `layer_norm1` and `self_attn.q_proj` / `k_proj` (transformers 4.x
+wraps it in `vision_model`); a SigLIP tower has the same layers, no [CLS] token and no pre-norm, so
+its patches are scored by a stand-in for the [CLS] row (`ReductionSettings.importance`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
 from .runtime_compat import encoder_layer_mask_kwargs
-from .token_reduction import ReducedTokens, class_attention, keep_all_tokens, reduce_visual_tokens
+from .token_reduction import ReducedTokens, keep_all_tokens, patch_importance, reduce_visual_tokens
 
 
 @dataclass
@@ -31,7 +33,7 @@ class EncodedPatches:
 
     features: torch.Tensor  # [n, N, C] the selected hidden state(s), patch rows only
     class_features: torch.Tensor | None = None  # [n, 1, C] the [CLS] rows, when the strategy keeps them
-    attention: torch.Tensor | None = None  # [n, N] [CLS]-to-patch attention; None without reduction
+    attention: torch.Tensor | None = None  # [n, N] each patch's importance; None without reduction
     keys: torch.Tensor | None = None  # [n, N, Dk] patch keys of the reduction layer
 
     def select(self, indices: torch.Tensor) -> EncodedPatches:
@@ -68,14 +70,21 @@ class EncodedPatches:
 
 
 def clip_transformer(tower: nn.Module) -> nn.Module:
-    """The transformer inside a CLIP-style tower (4.x wraps it in `vision_model`); refuses other towers."""
+    """The transformer inside a CLIP- or SigLIP-style tower (4.x wraps it in `vision_model`); refuses others."""
     transformer = getattr(tower, "vision_model", tower)
-    if not all(hasattr(transformer, name) for name in ("embeddings", "pre_layrnorm", "encoder")):
+    if not all(hasattr(transformer, name) for name in ("embeddings", "encoder")) or not hasattr(
+        transformer.encoder, "layers"
+    ):
         raise VisualInputError(
-            f"PruMerge needs a CLIP-style vision tower (embeddings, pre_layrnorm, encoder.layers); got "
+            f"PruMerge needs a CLIP- or SigLIP-style vision tower (embeddings, encoder.layers); got "
             f"{type(tower).__name__}. Use token_reduction='none' for other towers."
         )
     return transformer
+
+
+def has_class_token(tower: nn.Module) -> bool:
+    """Whether the tower's sequence starts with a [CLS] token (CLIP's does; SigLIP's holds patches only)."""
+    return hasattr(clip_transformer(tower).embeddings, "class_embedding")
 
 
 def check_pixel_values(pixel_values: torch.Tensor, vision_config, name: str = "pixel_values") -> None:
@@ -153,7 +162,8 @@ def encode_patches(
 
     feature_layers: the hidden state(s) the model reads (index into the tower's hidden states, as
     `vision_feature_layer`: -2 is the input of the last layer); several are concatenated on channels.
-    keep_class_token: whether the model reads the [CLS] row too (LLaVA's "full" strategy).
+    keep_class_token: LLaVA's "full" strategy: the [CLS] row is read too (a tower without one: every row is a
+        patch; "default" drops the first row, as stock does).
     Only the layers up to the deepest one needed run.
     """
     transformer = clip_transformer(tower)
@@ -163,7 +173,9 @@ def encode_patches(
     deepest = max(feature_indices + ([reduction_index] if settings.reduces else []))
     with weights_in_place([tower, transformer, transformer.encoder]):
         pixel_values = to_device_of(pixel_values, transformer.embeddings.patch_embedding.weight)
-        hidden = transformer.pre_layrnorm(transformer.embeddings(pixel_values))  # [n, 1+N, D]
+        hidden = transformer.embeddings(pixel_values)  # [n, 1+N, D] ([CLS] first), or [n, N, D] without one
+        if hasattr(transformer, "pre_layrnorm"):  # CLIP's; SigLIP has none
+            hidden = transformer.pre_layrnorm(hidden)
         hidden_states = [hidden]
         masks = encoder_layer_mask_kwargs(layers[0])
         for layer in layers[:deepest]:
@@ -184,17 +196,30 @@ def patches_from_hidden_states(
     `output_hidden_states=True` run): the feature layer(s), and the reduction layer's q/k on its input."""
     layers = clip_transformer(tower).encoder.layers
     feature_indices, reduction_index = _layer_indices(len(layers), feature_layers, settings)
-    selected = torch.cat([hidden_states[i] for i in feature_indices], dim=-1)  # [n, 1+N, C]
-    encoded = EncodedPatches(selected[:, 1:], selected[:, :1] if keep_class_token else None)
+    selected = torch.cat([hidden_states[i] for i in feature_indices], dim=-1)  # [n, (1+)N, C]
+    class_token = has_class_token(tower)
+    # the [CLS] row is never a patch; stock's "default" strategy drops the first row whatever it holds
+    patches = slice(1, None) if class_token or not keep_class_token else slice(None)
+    encoded = EncodedPatches(
+        selected[:, patches], selected[:, :1] if keep_class_token and class_token else None
+    )
     if not settings.reduces:
         return encoded
     layer = layers[reduction_index]
     with weights_in_place([layer]):
         normed = layer.layer_norm1(to_device_of(hidden_states[reduction_index], layer.layer_norm1.weight))
-        queries = layer.self_attn.q_proj(normed)  # [n, 1+N, D]
-        keys = layer.self_attn.k_proj(normed)  # [n, 1+N, D]
+        queries = layer.self_attn.q_proj(normed)  # [n, (1+)N, D]
+        keys = layer.self_attn.k_proj(normed)  # [n, (1+)N, D]
     num_heads = getattr(layer.self_attn, "num_heads", None)
-    attention = class_attention(queries, keys, settings.class_attention, num_heads=num_heads)  # [n, N]
-    encoded.attention = attention.to(encoded.features.device)
-    encoded.keys = keys[:, 1:].to(encoded.features.device)
+    scored = slice(None) if class_token else patches  # the [CLS] row scores its patches
+    importance = patch_importance(
+        queries[:, scored],
+        keys[:, scored],
+        settings.importance,
+        settings.class_attention,
+        num_heads,
+        class_token,
+    )  # [n, N]
+    encoded.attention = importance.to(encoded.features.device)
+    encoded.keys = keys[:, patches].to(encoded.features.device)
     return encoded

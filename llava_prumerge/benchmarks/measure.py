@@ -15,7 +15,7 @@ from ..common.timing import PhaseTimer
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.runtime_compat import CACHE_ARGUMENT
-from ..modeling.token_reduction import class_attention
+from ..modeling.token_reduction import patch_importance
 from ..modeling.vision_encoding import clip_transformer
 from .models import BenchInputs, BenchSubject, make_inputs
 
@@ -193,7 +193,7 @@ def time_reduction_layer_qk(subject: BenchSubject, batch_size: int) -> float:
     with timer("qk"):
         normed = layer.layer_norm1(hidden)
         queries, keys = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
-        class_attention(queries, keys, config.class_attention, num_heads=vision.num_attention_heads)
+        patch_importance(queries, keys, config.importance, config.class_attention, vision.num_attention_heads)
     return timer.seconds["qk"]
 
 

@@ -26,7 +26,7 @@ from vllm.model_executor.models.llava import (
 from vllm.model_executor.models.utils import maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from ..modeling.token_reduction import class_attention
+from ..modeling.token_reduction import patch_importance
 from ..modeling.vision_encoding import EncodedPatches, _layer_indices
 from .budget import image_token_count
 
@@ -85,7 +85,7 @@ class LlavaPruMergeForConditionalGeneration(LlavaForConditionalGeneration):
 
     def _encode_patches(self, pixel_values: torch.Tensor) -> EncodedPatches:
         """Patch features [n, N, C] of pixel_values [n, 3, H, W] and, when reducing, the reduction layer's
-        [CLS] attention [n, N] and patch keys [n, N, D], as `vision_encoding.encode_patches` on vLLM's CLIP."""
+        patch importance [n, N] and patch keys [n, N, D], as `vision_encoding.encode_patches` on vLLM's CLIP."""
         transformer = self.vision_tower.vision_model
         hidden = transformer.pre_layrnorm(transformer.embeddings(pixel_values))  # [n, 1+N, D]
         hidden_states = [hidden]  # hidden_states[i]: the input of layer i
@@ -98,8 +98,12 @@ class LlavaPruMergeForConditionalGeneration(LlavaForConditionalGeneration):
         if self.settings.reduces:
             layer = transformer.encoder.layers[self.reduction_layer]
             queries, keys = _queries_and_keys(layer, hidden_states[self.reduction_layer])
-            encoded.attention = class_attention(
-                queries, keys, self.settings.class_attention, num_heads=layer.self_attn.num_heads
+            encoded.attention = patch_importance(
+                queries,
+                keys,
+                self.settings.importance,
+                self.settings.class_attention,
+                layer.self_attn.num_heads,
             )
             encoded.keys = keys[:, 1:]
         return encoded

@@ -86,3 +86,30 @@ def reduce_visual_tokens_loop(
         out_tokens.append(torch.stack(tokens + summary))
         out_centers.append(centers)
     return out_tokens, out_centers
+
+
+def importance_loop(queries: torch.Tensor, keys: torch.Tensor, score: str) -> torch.Tensor:
+    """The stand-ins for the [CLS] row, one patch at a time, in float64: queries and keys [B, N, D] of the
+    patches (one head over the full width) -> [B, N].
+
+    "mean_query": patch j's share of the attention of the patches' mean query; "mean_attention": the mean
+    over queries i of patch j's share of query i's attention.
+    """
+    batch, num_patches, dim = queries.shape
+    scale = dim**-0.5
+    out = torch.empty(batch, num_patches, dtype=torch.float64)
+    for image in range(batch):
+        q, k = queries[image].double(), keys[image].double()
+        if score == "mean_query":
+            mean_query = sum(q[i] for i in range(num_patches)) / num_patches
+            weights = [torch.exp(mean_query @ k[j] * scale) for j in range(num_patches)]
+            total = sum(weights)
+            for j in range(num_patches):
+                out[image, j] = weights[j] / total
+        else:
+            shares = torch.zeros(num_patches, dtype=torch.float64)
+            for i in range(num_patches):
+                row = torch.exp(k @ q[i] * scale)  # query i's weights over the patches
+                shares += row / row.sum()
+            out[image] = shares / num_patches
+    return out

@@ -87,6 +87,19 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaPro
     )
 
 
+def tiny_siglip_vision_config() -> dict:
+    """A tiny SigLIP tower (no [CLS] token, no pre-norm: LLaVA-OneVision's kind), the CLIP tower's shapes."""
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "image_size": TINY_IMAGE_SIZE,
+        "patch_size": TINY_PATCH_SIZE,
+    }
+
+
 def tiny_config(
     tokenizer: PreTrainedTokenizerFast | None = None, text_heads: int = TINY_TEXT_HEADS, **reduction_fields
 ) -> LlavaPruMergeConfig:

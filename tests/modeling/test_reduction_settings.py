@@ -19,7 +19,7 @@ def test_defaults_are_the_published_reducer_everywhere():
     assert ReductionSettings().to_dict() == {
         "token_reduction": "prumerge", "adaptive": True, "reduction_ratio": 1 / 8, "num_visual_tokens": None, "num_video_tokens": None,
         "iqr_scale": 1.5, "merge": True, "merge_k": 32, "merge_weighting": "reference", "summary_token": True,
-        "class_attention": "reference", "reduction_layer": -1, "token_order": "attention",
+        "class_attention": "reference", "importance": "auto", "reduction_layer": -1, "token_order": "attention",
     }  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     features, keys = torch.randn(2, 2, 64, 8, generator=generator)
