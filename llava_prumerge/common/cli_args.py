@@ -96,7 +96,7 @@ def compared_method_labels(text: str) -> list[str]:
 
 def add_reduction_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
     """Flags for the reducer fields people set most; unset flags keep `default_help`'s values."""
-    from ..modeling.reduction_settings import TOKEN_REDUCTION_METHODS
+    from ..modeling.reduction_settings import IMPORTANCE_SCORES, TOKEN_REDUCTION_METHODS
 
     group = parser.add_argument_group("token reduction", f"unset flags keep {default_help}")
     group.add_argument("--token-reduction", choices=TOKEN_REDUCTION_METHODS)
@@ -113,9 +113,21 @@ def add_reduction_arguments(parser: argparse.ArgumentParser, default_help: str) 
         type=positive_int,
         help="with --no-adaptive: tokens per video, split over its frames (Video-LLaVA; 256 / 512 for 8 frames)",
     )
+    group.add_argument(
+        "--importance",
+        choices=IMPORTANCE_SCORES,
+        help="where patch importance comes from: the [CLS] row (cls), or a stand-in for towers without one",
+    )
 
 
 def reduction_fields_from_args(args: argparse.Namespace) -> dict:
     """The reducer fields set on the command line (see `add_reduction_arguments`)."""
-    names = ("token_reduction", "adaptive", "num_visual_tokens", "reduction_ratio", "num_video_tokens")
+    names = (
+        "token_reduction",
+        "adaptive",
+        "num_visual_tokens",
+        "reduction_ratio",
+        "num_video_tokens",
+        "importance",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}

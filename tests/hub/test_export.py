@@ -185,6 +185,8 @@ def test_export_tiny_command_shards_by_size_and_records_the_settings(tmp_path, c
         "--tiny",
         "--token-reduction",
         "prumerge_plus",
+        "--importance",
+        "mean_query",
         "--dtype",
         "bfloat16",
         "--max-shard-size",
@@ -197,6 +199,7 @@ def test_export_tiny_command_shards_by_size_and_records_the_settings(tmp_path, c
     assert len(shards) > 1 and shards == sorted(path.name for path in out.glob("*.safetensors"))
     loaded = LlavaPruMergeForConditionalGeneration.from_pretrained(out, dtype="auto")
     assert loaded.config.token_reduction == "prumerge_plus" and loaded.dtype == torch.bfloat16
+    assert loaded.config.importance == "mean_query"
     card = (out / "README.md").read_text()
     assert 'model_id = "org/tiny"' in card and "| `token_reduction` | `'prumerge_plus'` |" in card
     assert "\n# tiny\n" in card  # the title is the model's name
