@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..common.cli_args import positive_int, positive_int_list, subset_of
+from ..modeling.reduction_settings import IMPORTANCE_SCORES
 
 EVAL_METHODS = ("none", "prumerge", "prumerge_plus", "spatial", "sequential")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -33,6 +34,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="fixed visual-token budgets per image, summary token included (default 16,32,64)",
     )
     parser.add_argument("--no-budgets", action="store_true", help="only the adaptive counts and none")
+    parser.add_argument(
+        "--importance",
+        choices=IMPORTANCE_SCORES,
+        help="where patch importance comes from (default: the model's; auto = the [CLS] row where there is one)",
+    )
     parser.add_argument("--split", choices=SPLIT_NAMES, default="test")
     parser.add_argument("--limit", type=positive_int, help="only the first N questions")
     parser.add_argument("--batch-size", type=positive_int, default=32)

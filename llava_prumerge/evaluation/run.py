@@ -38,6 +38,8 @@ def run_eval_command(args: argparse.Namespace) -> dict:
     budgets = [] if args.no_budgets else args.budgets
     print(f"Loading {args.model} ...", flush=True)
     model, processor, description = load_for_eval(args.model)
+    if args.importance is not None:
+        model.config.importance = args.importance
     threads = torch_threads(args.threads) if args.threads else contextlib.nullcontext()
     with threads:
         results, pairs = evaluate_shapes_vqa(
@@ -50,10 +52,11 @@ def run_eval_command(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             log=lambda line: print(line, flush=True),
         )
-    patches = model.config.image_seq_length
+    patches = model.model.image_placeholder_count()
+    scored_by = model.config.importance
     note = (
         f"Shapes-VQA {args.split} split, {len(pairs)} questions; model: {description}; "
-        f"{patches} patches per image; accuracy in %"
+        f"{patches} patches per image; importance: {scored_by}; accuracy in %"
     )
     print()
     print(results_table(results, note))
@@ -63,6 +66,7 @@ def run_eval_command(args: argparse.Namespace) -> dict:
         "questions": len(pairs),
         "model": args.model,
         "patches_per_image": patches,
+        "importance": scored_by,
         "results": [result.to_dict() for result in results],
     }
     if args.json:

@@ -12,6 +12,16 @@ head's 45 pair bits: dense labels that a 4-layer language model trained for minu
 CLIP's features came from 400 M images. The per-patch scene labels make every patch carry a summary
 of the whole image, as patch tokens of real ViTs carry global information.
 
+With --tower siglip (MiniRecipe.tower; the shipped weights are "clip") the tower is a
+`SiglipVisionModel` of the same size, which has no [CLS] token: the image-level heads read its pooled
+output, that of its attention-pooling head (`head`: a learned probe attending over the last layer's
+output), and the patch heads read every row of the layer -2 hidden state, each a patch. No [CLS]
+attention is taught, for there is no [CLS] row: PruMerge scores the patches with a stand-in
+(`ReductionSettings.importance` "auto" picks `STAND_IN_IMPORTANCE` there, the last layer's attention of
+the mean patch query), and the variant exists to try the stand-ins on a tower trained here. LLaVA reads
+the SigLIP tower with the "full" strategy: the language model sees 144 visual tokens with either tower,
+visual token k being patch k, which stage 2's grounding loss relies on.
+
 Stage 2, LLaVA's instruction tuning: the tower frozen (as LLaVA-1.5's CLIP), the projector and a
 Llama language model, both from scratch (drawn at std 0.1, not transformers' 0.02:
 `initialize_language_side`), trained on Shapes-VQA conversations (one image and its questions as
@@ -72,12 +82,14 @@ from ..evaluation.shapes_vqa import (
     object_map,
 )
 from ..modeling.compaction import IGNORE_INDEX
+from ..modeling.vision_encoding import has_class_token
 from ..testing.tiny import llava_fast_tokenizer
 from ..training.data import Conversation, ConversationCollator, encode_conversations
 from .model import (
     IMAGE_SIZE,
     MODEL_CARD_TAGS,
     TEXT_CONFIG,
+    TOWERS,
     TRAINING_RECORD,
     build_tokenizer,
     mini_processor,
@@ -93,6 +105,7 @@ class MiniRecipe:
     """Everything that decides the trained weights (written to training.json beside them)."""
 
     seed: int = 0
+    tower: str = "clip"  # "clip" (the shipped weights) or "siglip" (no [CLS] token: the module docstring)
     train_images: int = 12_000
     vision_steps: int = 10_000
     vision_batch_size: int = 32
@@ -127,6 +140,10 @@ class MiniRecipe:
             raise UsageError(
                 f"MiniRecipe.grounding_layer is {self.grounding_layer}; the language model's layers are 0 to "
                 f"{TEXT_CONFIG['num_hidden_layers'] - 1}"
+            )
+        if self.tower not in TOWERS:
+            raise UsageError(
+                f"MiniRecipe.tower is {self.tower!r}; use one of {', '.join(map(repr, TOWERS))} (--tower)"
             )
         if self.questions not in ("all", "task"):
             raise UsageError(f"MiniRecipe.questions is {self.questions!r}; use 'all' or 'task'")
@@ -177,7 +194,7 @@ class VisionTargets:
 
 
 def vision_targets(pool: list[Example], patch_size: int) -> VisionTargets:
-    """The [CLS] labels (45 bits, the count) and the patch labels of each image."""
+    """The image-level labels (45 bits, the count) and the patch labels of each image."""
     bits = np.zeros((len(pool), 3, len(PAIRS)), dtype=np.float32)
     grid = IMAGE_SIZE // patch_size
     patches = np.zeros((len(pool), grid * grid), dtype=np.int64)
@@ -294,12 +311,13 @@ def _optimizer(parameters, lr: float, weight_decay: float, total: int, warmup_fr
 
 
 class VisionObjective(nn.Module):
-    """The tower's objective. On the pooled [CLS] output of the last layer: the 45 pair bits (binary
-    cross-entropy) and the object count (cross-entropy); this is what teaches the last layer's [CLS]
-    attention, which PruMerge reads, where the objects are. On the patch rows of the layer -2 hidden
-    state (the features the language model reads): each patch's object, as (color, shape) or background,
-    and the image's count (cross-entropies), the image's 45 pair bits and whether the patch is in the
-    left half (binary cross-entropies)."""
+    """The tower's objective. On its pooled output of the last layer (CLIP: the [CLS] row; SigLIP: the
+    attention-pooling head's output): the 45 pair bits (binary cross-entropy) and the object count
+    (cross-entropy); on CLIP this is what teaches the last layer's [CLS] attention, which PruMerge reads,
+    where the objects are. On the patch rows of the layer -2 hidden state (the features the language
+    model reads; CLIP's less its [CLS] row 0, SigLIP's all): each patch's object, as (color, shape) or
+    background, and the image's count (cross-entropies), the image's 45 pair bits and whether the patch
+    is in the left half (binary cross-entropies)."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -311,14 +329,15 @@ class VisionObjective(nn.Module):
 
     def forward(self, tower, pixel_values, targets: VisionTargets) -> torch.Tensor:
         output = tower(pixel_values=pixel_values, output_hidden_states=True)
-        return self.loss(output.pooler_output, output.hidden_states[-2], targets)
+        patches = output.hidden_states[-2][:, int(has_class_token(tower)) :]
+        return self.loss(output.pooler_output, patches, targets)
 
-    def loss(self, pooled, hidden, targets: VisionTargets) -> torch.Tensor:
+    def loss(self, pooled, patches, targets: VisionTargets) -> torch.Tensor:
+        """pooled [batch, hidden]; patches [batch, patches, hidden], the patch rows in patch order."""
         cross_entropy = nn.functional.cross_entropy
         logits = self.class_head(pooled)
         loss = nn.functional.binary_cross_entropy_with_logits(logits[:, : self.num_bits], targets.bits)
         loss = loss + cross_entropy(logits[:, self.num_bits :], targets.counts)
-        patches = hidden[:, 1:]
         patch_logits = self.patch_head(patches)
         loss = loss + cross_entropy(patch_logits[..., :-1].flatten(0, 1), targets.patches.flatten())
         left = targets.left.expand(len(patches), -1)
@@ -512,6 +531,11 @@ def train_language_model(
 
     everything = ReductionSettings(token_reduction="none")
     visual_tokens = patch_labels.shape[1]
+    if model.model.image_placeholder_count() != visual_tokens:
+        raise ValueError(
+            f"the model gives its language model {model.model.image_placeholder_count()} visual tokens per "
+            f"image, not the {visual_tokens} patches: the grounding loss needs visual token k to be patch k"
+        )
     model.model.vision_tower.requires_grad_(False)
     parameters = [param for param in model.parameters() if param.requires_grad]
     optimizer, scheduler = _optimizer(
@@ -671,8 +695,8 @@ def _train_mini(out_dir: Path | None, recipe: MiniRecipe, log) -> dict | None:
 
     torch.set_num_threads(recipe.threads)
     tokenizer = llava_fast_tokenizer(build_tokenizer())
-    processor = mini_processor(tokenizer)
-    model = new_mini_model(tokenizer, seed=recipe.seed)
+    processor = mini_processor(tokenizer, recipe.tower)
+    model = new_mini_model(tokenizer, seed=recipe.seed, tower=recipe.tower)
 
     log(f"generating {recipe.train_images} training images ...")
     pool = examples("train", recipe.train_images, image_size=IMAGE_SIZE)

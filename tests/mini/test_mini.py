@@ -51,7 +51,11 @@ def test_train_mini_defaults_are_the_shipped_weights_recipe(tmp_path, monkeypatc
     import llava_prumerge.mini.train as train
 
     record = json.loads((WEIGHTS_DIR / TRAINING_RECORD).read_text())
-    assert MiniRecipe(**record["recipe"]) == MiniRecipe()
+    # The shipped record predates MiniRecipe.tower; its weights have the CLIP tower (load_mini reads it from
+    # them: test_the_mini_model_is_llava_shaped). Stated, not left to the field's default, so that another
+    # default would fail here.
+    assert record["recipe"].get("tower", "clip") == "clip"
+    assert MiniRecipe(**{"tower": "clip", **record["recipe"]}) == MiniRecipe()
     recipes = []
     monkeypatch.setattr(train, "train_mini", lambda out, recipe: recipes.append(recipe))
     main(["train-mini", "--out", str(tmp_path / "weights")])

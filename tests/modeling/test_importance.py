@@ -44,7 +44,10 @@ def test_scores_are_batch_invariant(score, mode):
     queries, keys = projections(batch=4)
     together = patch_importance(queries, keys, score, mode, num_heads=4)
     alone = torch.cat(
-        [patch_importance(q[None], k[None], score, mode, num_heads=4) for q, k in zip(queries, keys, strict=True)]
+        [
+            patch_importance(q[None], k[None], score, mode, num_heads=4)
+            for q, k in zip(queries, keys, strict=True)
+        ]
     )
     torch.testing.assert_close(together, alone, rtol=0, atol=0)
 
