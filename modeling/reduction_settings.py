@@ -20,11 +20,12 @@ PRUNING_METHODS = ("prumerge", "prumerge_plus")  # attention-selected tokens, me
 MERGE_WEIGHTINGS = ("reference", "mean")
 CLASS_ATTENTION_MODES = ("reference", "heads_mean")
 # Where each patch's importance comes from: "cls" the [CLS] row of the reduction layer's attention (the
-# published score); for towers without a [CLS] token (SigLIP), "mean_query" one synthetic query, the mean of
-# the patches' queries, and "mean_attention" the mean attention each patch receives; "auto" the [CLS] row
-# where the tower has one, else `STAND_IN_IMPORTANCE`.
+# published score); for towers without a [CLS] token (SigLIP), "mean_attention" the mean attention each
+# patch receives and "mean_query" that of one synthetic query, the patches' mean; "auto" the [CLS] row
+# where the tower has one, else `STAND_IN_IMPORTANCE`: "mean_attention", which on the mini model trained
+# here without a [CLS] token kept patches on objects 77% of the time against mean_query's 66% (README).
 IMPORTANCE_SCORES = ("auto", "cls", "mean_query", "mean_attention")
-STAND_IN_IMPORTANCE = "mean_query"
+STAND_IN_IMPORTANCE = "mean_attention"
 TOKEN_ORDERS = ("attention", "spatial")
 
 _CHOICES = {
@@ -68,7 +69,7 @@ class ReductionSettings:
     importance: where each patch's importance comes from: "cls" (the [CLS] row, published), "mean_query"
         (softmax(mean(q) K^T / sqrt(d)): one synthetic query), "mean_attention" (the mean attention each
         patch receives from the patches), or "auto" ("cls" where the tower has a [CLS] token, else
-        "mean_query"). The stand-ins read patches only, on any tower.
+        "mean_attention", measured). The stand-ins read patches only, on any tower.
     reduction_layer: the vision layer whose q/k projections give the [CLS] attention and the keys.
     token_order: "attention" (descending attention, then spatial samples: published) or "spatial"
         (raster order of the kept patches).

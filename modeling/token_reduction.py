@@ -96,8 +96,7 @@ def patch_importance(
     a time). `mode` combines heads as for the [CLS] row: one head over the full width ("reference"), or
     every head's attention, averaged ("heads_mean"). Rounded to the projections' dtype, as `class_attention`.
     """
-    if score == "auto":
-        score = "cls" if class_token else STAND_IN_IMPORTANCE
+    score = resolved_importance(score, class_token)
     if score == "cls":
         if not class_token:
             raise ReductionSettingsError(
@@ -126,6 +125,13 @@ def patch_importance(
             dim=1,
         )  # [B, H, N]: per head, the mean over the queries of the [N, N] map
     return attention.mean(dim=1).to(queries.dtype)  # [B, N]
+
+
+def resolved_importance(score: str, class_token: bool) -> str:
+    """The score `importance` names on a tower with or without a [CLS] token ("auto" resolved)."""
+    if score == "auto":
+        return "cls" if class_token else STAND_IN_IMPORTANCE
+    return score
 
 
 def _split_heads(projections: torch.Tensor, mode: str, num_heads: int | None) -> torch.Tensor:

@@ -42,6 +42,9 @@ def test_wheel_holds_only_the_llava_prumerge_package(tmp_path):
             and f"llava_prumerge/{wing}/cli.py" in names
             or wing == "common"
         )
+    for weights in ("weights", "weights-siglip"):  # the two shipped mini models
+        for file in ("model.safetensors", "tokenizer.json", "training.json"):
+            assert f"llava_prumerge/mini/{weights}/{file}" in names
     samples = [name for name in names if name.startswith("llava_prumerge/demo/samples/")]
     assert sorted(samples) == [
         f"llava_prumerge/demo/samples/{n}"

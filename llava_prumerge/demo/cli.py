@@ -7,18 +7,20 @@ from pathlib import Path
 
 from ..common.cli_args import positive_int
 from ..errors import UsageError
+from ..mini import SHIPPED_MINI_MODELS
 
 DRAWN_METHODS = ("prumerge", "prumerge_plus")  # "none" keeps every patch: nothing to draw
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_CLIP = SAMPLES / "4_moving_shapes.gif"
 MODEL_HELP = (
     "a PruMerge or stock LLaVA-1.5 checkpoint (with --video: Video-LLaVA), folder or Hub id; or 'mini' (the "
-    "default for images: the mini model trained on Shapes-VQA, shipped in the package) or 'tiny' (tiny "
-    "random weights; the default for videos)"
+    "default for images: the mini model trained on Shapes-VQA, shipped in the package), 'mini-siglip' (its "
+    "twin whose tower has no [CLS] token) or 'tiny' (tiny random weights; the default for videos)"
 )
 VISUALIZE_MODEL_HELP = (
     "a PruMerge or stock LLaVA-1.5 or LLaVA-NeXT checkpoint (with --video: Video-LLaVA), folder or Hub id, "
-    "or 'tiny' (the tiny random-weight LLaVA); default: the mini model (--video: the tiny Video-LLaVA; "
+    "'mini-siglip' (the mini model whose tower has no [CLS] token) or 'tiny' (the tiny random-weight LLaVA); "
+    "default: the mini model (--video: the tiny Video-LLaVA; "
     "--arch llava-next: the tiny LLaVA-NeXT)"
 )
 VIDEO_HELP = (
@@ -90,7 +92,7 @@ def run_demo(args: argparse.Namespace):
         raise UsageError(
             "Pass --image or --video, not both: the image demo runs LLaVA-1.5, the video demo Video-LLaVA"
         )
-    if args.video and args.model == "mini":
+    if args.video and args.model in SHIPPED_MINI_MODELS:
         raise UsageError("The mini model takes images only; --video runs the tiny Video-LLaVA or --model DIR")
     if args.video and args.model == "tiny":
         args.model = None  # the tiny Video-LLaVA, the video demo's default
@@ -149,7 +151,7 @@ def run_visualize(args: argparse.Namespace) -> Path:
             f"--arch {args.arch} picks the tiny model for an IMAGE; with --model the checkpoint decides and "
             "--video takes a Video-LLaVA"
         )
-    if args.video and args.model == "mini":
+    if args.video and args.model in SHIPPED_MINI_MODELS:
         raise UsageError(
             "The mini model takes images only; --video draws the tiny Video-LLaVA or --model DIR"
         )

@@ -15,16 +15,26 @@ from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import timed, torch_threads
 from ..errors import MissingInputError, UsageError
 from ..evaluation.scoring import normalize_answer
+from ..mini import SHIPPED_MINI_MODELS
 from ..modeling.compaction import CompactedBatch
 from ..modeling.token_reduction import ReducedTokens
 from ..modeling.vision_encoding import EncodedPatches
 from .cli import DRAWN_METHODS, SAMPLES
 from .media import load_image
-from .visualize import TINY_MODEL_NOTE, draw, drawn_settings, load_model, patch_reduction, picture_title
+from .visualize import (
+    TINY_MODEL_NOTE,
+    draw,
+    drawn_settings,
+    importance_label,
+    load_model,
+    patch_reduction,
+    picture_title,
+)
 
-MINI, TINY = "mini", "tiny"  # --model names of the models built in the package
-BUILT_IN_MODELS = (None, MINI, TINY)  # None: the default, mini for images (tiny for videos)
+MINI, TINY = "mini", "tiny"  # --model names of the models built in the package (and SHIPPED_MINI_MODELS)
+BUILT_IN_MODELS = (None, *SHIPPED_MINI_MODELS, TINY)  # None: the default, mini for images (tiny for videos)
 MINI_MODEL_NOTE = "mini model trained here on synthetic Shapes-VQA (not CLIP, not the paper's weights)"
+MINI_SIGLIP_MODEL_NOTE = "mini model with a SigLIP-architecture tower (no [CLS]) trained here on Shapes-VQA"
 MINI_NOTICE = (
     "NOTE: no checkpoint given (--model), so this runs the mini LLaVA-PruMerge model shipped in the\n"
     "package: trained on this project's CPUs on Shapes-VQA, a synthetic task (colored circles, squares and\n"
@@ -52,11 +62,12 @@ class DemoImage:
 def load_demo_model(name: str | None):
     """(model, processor, description): the shipped mini model (None or "mini"), the tiny random-weight
     model ("tiny"), or a checkpoint folder / Hub id."""
-    if name in (None, MINI):
-        from ..mini.model import load_mini
+    if name is None or name in SHIPPED_MINI_MODELS:
+        from ..mini.model import load_shipped_mini
 
-        model, processor = load_mini()
-        return model, processor, MINI_MODEL_NOTE
+        model, processor = load_shipped_mini(name or MINI)
+        note = MINI_MODEL_NOTE if name in (None, MINI) else MINI_SIGLIP_MODEL_NOTE
+        return model, processor, note
     if name == TINY:
         model, processor = load_model(None)
         return model, processor, TINY_MODEL_NOTE
@@ -80,7 +91,7 @@ def shapes_vqa_images(out: Path) -> list[DemoImage]:
 
 def demo_images(args: argparse.Namespace) -> list[DemoImage]:
     """--image files with --prompt; else Shapes-VQA test images for the mini model, the samples otherwise."""
-    if args.image is None and args.model in (None, MINI):
+    if args.image is None and (args.model is None or args.model in SHIPPED_MINI_MODELS):
         return shapes_vqa_images(args.out)
     image_paths = args.image or sorted(SAMPLES.glob("*.png"))
     if not image_paths:
@@ -218,8 +229,9 @@ def run_one(
         )
         picture = None
         if method in DRAWN_METHODS:
+            score = importance_label(model, settings)
             reduction = patch_reduction(
-                settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced
+                settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced, score
             )
             picture = args.out / f"{path.stem}-{method}.png"
             draw(reduction, picture_title(path.name, method, description)).savefig(picture)

@@ -23,7 +23,8 @@ from transformers import AutoProcessor
 from ..common.loading import load_prumerge_model
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
-from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
+from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts, resolved_importance
+from ..modeling.vision_encoding import has_class_token
 from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
 from ..testing.tiny_next import tiny_next_model, tiny_next_processor
 
@@ -137,6 +138,7 @@ class PatchReduction:
     iqr_scale: float = ReductionSettings.iqr_scale
     summary_tokens: int = 0  # 1 when a summary token stands for the pruned patches
     centers_are_outliers: bool = True  # adaptive: the centers are the IQR outliers (at least one)
+    score: str = "[CLS] attention"  # what `attention` is: see `importance_label`
 
 
 def draw(reduction: PatchReduction, title: str) -> Figure:
@@ -262,9 +264,9 @@ def patch_legend_handles(counts: dict[str, int]) -> list[Patch]:
 
 def _draw_histogram(axes, reduction: PatchReduction) -> None:
     draw_attention_histogram(axes, reduction, fontsize=8)
-    axes.set_xlabel("[CLS] attention to the patch")
+    axes.set_xlabel(f"{reduction.score} of the patch")
     axes.set_ylabel("patches")
-    axes.set_title(f"[CLS] attention of the {len(reduction.attention)} patches", fontsize=10)
+    axes.set_title(f"{reduction.score} of the {len(reduction.attention)} patches", fontsize=10)
 
 
 def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, histtype: str = "bar") -> None:
@@ -367,8 +369,10 @@ def patch_reduction(
     pixel_values: torch.Tensor,
     attention: torch.Tensor,
     reduced: ReducedTokens,
+    score: str = PatchReduction.score,
 ) -> PatchReduction:
-    """The picture's data from one image's reducer inputs and output, under the reducer `settings` used."""
+    """The picture's data from one image's reducer inputs and output, under the reducer `settings` used;
+    `score` names the importance the reducer read (`importance_label`)."""
     num_patches = len(attention)  # the grid is its square root: 24 x 24 for LLaVA-1.5
     centers, neighbors = reduced.centers[0].cpu(), reduced.neighbors[0].cpu()
     num_centers = attention_center_count(settings, attention, len(centers))
@@ -381,7 +385,15 @@ def patch_reduction(
         iqr_scale=settings.iqr_scale,
         summary_tokens=int(settings.summary_token and len(centers) < num_patches),  # none when all are kept
         centers_are_outliers=settings.adaptive,
+        score=score,
     )
+
+
+def importance_label(model, settings: ReductionSettings) -> str:
+    """What the histogram shows: the [CLS] attention, or the stand-in that scores a tower without one."""
+    tower = getattr(model.model, model.model.image_tower_attribute)
+    score = resolved_importance(settings.importance, has_class_token(tower))
+    return PatchReduction.score if score == "cls" else f"importance ({score})"
 
 
 @torch.inference_mode()
@@ -391,7 +403,8 @@ def reduce_image(model, processor, image: Image.Image, token_reduction: str) -> 
     settings = drawn_settings(model, token_reduction)
     encoded = model.model.encode_patches(pixel_values, reduction=settings)
     reduced = model.model.reduce_patches(encoded, reduction=settings)
-    return patch_reduction(settings, processor, pixel_values, encoded.attention[0], reduced)
+    score = importance_label(model, settings)
+    return patch_reduction(settings, processor, pixel_values, encoded.attention[0], reduced, score)
 
 
 def picture_title(image_name: str, token_reduction: str, model_name: str | None) -> str:

@@ -18,7 +18,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=MINI,
         metavar="DIR_OR_REPO",
-        help="a PruMerge or stock LLaVA checkpoint (folder or Hub id); default: the shipped mini model",
+        help="a PruMerge or stock LLaVA checkpoint (folder or Hub id); default: the shipped mini model "
+        "('mini'; 'mini-siglip': the one whose tower has no [CLS] token)",
     )
     parser.add_argument("--task", choices=("shapes-vqa",), default="shapes-vqa")
     parser.add_argument(

@@ -11,7 +11,7 @@ from transformers import AutoProcessor
 
 from ..common.loading import load_prumerge_model
 from ..common.timing import torch_threads
-from .cli import MINI
+from ..mini import SHIPPED_MINI_MODELS
 from .evaluate import evaluate_shapes_vqa
 from .report import accuracy_plot, results_table
 
@@ -20,11 +20,15 @@ def load_for_eval(name_or_path: str):
     """(model, processor, description) of --model: the shipped mini model, or a checkpoint (float32 on a
     CPU, float16 on a GPU)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if name_or_path == MINI:
-        from ..mini.model import load_mini
+    if name_or_path in SHIPPED_MINI_MODELS:
+        from ..mini.model import load_shipped_mini
 
-        model, processor = load_mini()
-        return model.to(device), processor, "the mini model shipped in llava-prumerge (Shapes-VQA only)"
+        model, processor = load_shipped_mini(name_or_path)
+        tower = model.config.vision_config.model_type.split("_")[0].upper().replace("SIGLIP", "SigLIP")
+        description = (
+            f"the mini model shipped in llava-prumerge ({name_or_path}: {tower} tower; Shapes-VQA only)"
+        )
+        return model.to(device), processor, description
     dtype = torch.float16 if device == "cuda" else torch.float32
     model = load_prumerge_model(name_or_path, dtype=dtype).to(device)
     return model, AutoProcessor.from_pretrained(name_or_path), name_or_path

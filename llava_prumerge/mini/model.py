@@ -40,6 +40,7 @@ from ..errors import MissingInputError, UsageError
 from ..evaluation.shapes_vqa import question_corpus
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 from ..testing.tiny import SPECIAL_TOKENS, byte_level_bpe, llava_fast_tokenizer
+from . import SHIPPED_MINI_MODELS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_FILE = "model.safetensors"
@@ -162,6 +163,11 @@ def new_mini_model(tokenizer: PreTrainedTokenizerFast, seed: int, tower: str = "
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def load_shipped_mini(name: str = "mini", **reduction_fields):
+    """(model, processor) of a mini model shipped in the package, by its --model name (`SHIPPED_MINI_MODELS`)."""
+    return load_mini(Path(__file__).parent / SHIPPED_MINI_MODELS[name], **reduction_fields)
 
 
 def load_mini(weights_dir: str | Path = WEIGHTS_DIR, **reduction_fields):

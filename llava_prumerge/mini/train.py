@@ -12,13 +12,13 @@ head's 45 pair bits: dense labels that a 4-layer language model trained for minu
 CLIP's features came from 400 M images. The per-patch scene labels make every patch carry a summary
 of the whole image, as patch tokens of real ViTs carry global information.
 
-With --tower siglip (MiniRecipe.tower; the shipped weights are "clip") the tower is a
-`SiglipVisionModel` of the same size, which has no [CLS] token: the image-level heads read its pooled
-output, that of its attention-pooling head (`head`: a learned probe attending over the last layer's
-output), and the patch heads read every row of the layer -2 hidden state, each a patch. No [CLS]
-attention is taught, for there is no [CLS] row: PruMerge scores the patches with a stand-in
-(`ReductionSettings.importance` "auto" picks `STAND_IN_IMPORTANCE` there, the last layer's attention of
-the mean patch query), and the variant exists to try the stand-ins on a tower trained here. LLaVA reads
+With --tower siglip (MiniRecipe.tower; the package ships both: weights/ the "clip" one, weights-siglip/
+the "siglip" one) the tower is a `SiglipVisionModel` of the same size, which has no [CLS] token: the
+image-level heads read its pooled output, that of its attention-pooling head (`head`: a learned probe
+attending over the last layer's output), and the patch heads read every row of the layer -2 hidden
+state, each a patch. No [CLS] attention is taught, for there is no [CLS] row: PruMerge scores the
+patches with a stand-in (`ReductionSettings.importance` "auto" picks `STAND_IN_IMPORTANCE` there), and
+the variant exists to prove the stand-ins on a tower trained here (the README has what it measured). LLaVA reads
 the SigLIP tower with the "full" strategy: the language model sees 144 visual tokens with either tower,
 visual token k being patch k, which stage 2's grounding loss relies on.
 
