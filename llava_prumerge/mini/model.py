@@ -61,13 +61,8 @@ VISION_CONFIG = {
     "projection_dim": 64,
 }
 SIGLIP_VISION_CONFIG = {  # the CLIP tower's size; no [CLS] token, no pre-norm, an attention-pooling head
+    **{name: value for name, value in VISION_CONFIG.items() if name != "projection_dim"},
     "model_type": "siglip_vision_model",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 2,
-    "image_size": IMAGE_SIZE,
-    "patch_size": PATCH_SIZE,
 }
 VISION_CONFIGS = {"clip": VISION_CONFIG, "siglip": SIGLIP_VISION_CONFIG}
 TOWERS = tuple(VISION_CONFIGS)

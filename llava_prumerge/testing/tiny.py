@@ -87,17 +87,32 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaPro
     )
 
 
+TINY_VISION_CONFIG = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "image_size": TINY_IMAGE_SIZE,
+    "patch_size": TINY_PATCH_SIZE,
+    "projection_dim": 32,
+    # A wider initialization gives the random tower a peaked [CLS] attention, as a trained CLIP
+    # has, so PruMerge keeps a few percent of the patches and the count varies per image.
+    "initializer_factor": 3.0,
+}
+
+
 def tiny_siglip_vision_config() -> dict:
     """A tiny SigLIP tower (no [CLS] token, no pre-norm: LLaVA-OneVision's kind), the CLIP tower's shapes."""
-    return {
-        "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "image_size": TINY_IMAGE_SIZE,
-        "patch_size": TINY_PATCH_SIZE,
-    }
+    shape = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+    )
+    return {"model_type": "siglip_vision_model", **{name: TINY_VISION_CONFIG[name] for name in shape}}
 
 
 def tiny_config(
@@ -105,19 +120,7 @@ def tiny_config(
 ) -> LlavaPruMergeConfig:
     """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
     tokenizer = tokenizer or tiny_tokenizer()
-    vision_config = {
-        "model_type": "clip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "image_size": TINY_IMAGE_SIZE,
-        "patch_size": TINY_PATCH_SIZE,
-        "projection_dim": 32,
-        # A wider initialization gives the random tower a peaked [CLS] attention, as a trained CLIP
-        # has, so PruMerge keeps a few percent of the patches and the count varies per image.
-        "initializer_factor": 3.0,
-    }
+    vision_config = dict(TINY_VISION_CONFIG)
     text_config = {
         "model_type": "llama",
         "hidden_size": 64,
