@@ -618,12 +618,11 @@ class PruMergeForConditionalGenerationMixin:
                 input_ids, {**visual_inputs, **options}, encoded, reduction, cache, kwargs
             )
             ids, mask = compact.input_ids, compact.attention_mask
+            if ids is None or not GENERATE_TAKES_ENCODER_OUTPUTS:
+                _refuse_candidate_decoding(kwargs)
             if ids is not None:
                 prompt = {"input_ids": ids, "mm_encoder_outputs": encoder_outputs_of(compact)}
-                if not GENERATE_TAKES_ENCODER_OUTPUTS:
-                    _refuse_candidate_decoding(kwargs)
             else:
-                _refuse_candidate_decoding(kwargs)
                 prompt = {"inputs_embeds": compact.inputs_embeds}
         elif cached_prompt is not None and cache.get_seq_length() > 0:
             prompt_length = input_ids.shape[1] if input_ids is not None else 0

@@ -24,10 +24,7 @@ def load_for_eval(name_or_path: str):
         from ..mini.model import load_shipped_mini
 
         model, processor = load_shipped_mini(name_or_path)
-        tower = model.config.vision_config.model_type.split("_")[0].upper().replace("SIGLIP", "SigLIP")
-        description = (
-            f"the mini model shipped in llava-prumerge ({name_or_path}: {tower} tower; Shapes-VQA only)"
-        )
+        description = f"the mini model shipped in llava-prumerge ({name_or_path}; Shapes-VQA only)"
         return model.to(device), processor, description
     dtype = torch.float16 if device == "cuda" else torch.float32
     model = load_prumerge_model(name_or_path, dtype=dtype).to(device)
