@@ -17,6 +17,7 @@ SHARED_REMOTE_MODULES = (
     "modeling.runtime_compat",
     "modeling.token_reduction",
     "modeling.vision_encoding",
+    "modeling.anyres",
     "modeling.compaction",
     "modeling.modeling_prumerge",
     "configuration.configuration_prumerge",

@@ -1,20 +1,12 @@
 # Copyright 2026 The llava-prumerge developers. Licensed under the Apache License, Version 2.0.
 """LLaVA-NeXT (AnyRes) whose language model sees only the PruMerge-reduced visual tokens.
 
-LLaVA-NeXT splits an image into a base view (the whole image at the tower's resolution) and a grid of
-high-resolution crops; stock feeds the LLM the base view's patches, then the crops' patches as one
-map in raster order, with the padding that made the image fit the grid removed ("unpadded") and an
-`image_newline` token closing every row of patches. Each view keeps CLIP's [CLS] token, so PruMerge
-applies per view with the view's own [CLS] attention:
-- the base view is reduced as a LLaVA-1.5 image (tokens in the order the settings ask for);
-- a crop is reduced over its patches that survive unpadding only (padding is neither kept nor merged);
-- the crops' kept tokens are laid out in stock's order, the raster order of the unpadded map, and one
-  `image_newline` closes each row of crops (it stands where stock's last newline of those patch rows
-  stands), after that row's summary tokens. The reduced sequence is thus stock's sequence with tokens
-  left out: what the model learned about order and row ends still holds, where a layout per crop or
-  a merged whole map would show it sequences it never saw.
-Budgets: adaptive per view, or `num_visual_tokens` for the whole image (newlines included), shared by
-the views in proportion to their (unpadded) patches.
+Each view keeps CLIP's [CLS] token, so PruMerge applies per view with the view's own [CLS]
+attention, and the reduced views are laid out in stock's order (`anyres`: the base view, then the
+crops' kept tokens in the raster order of the unpadded map, one `image_newline` per row of crops):
+what the model learned about order and row ends still holds, where a layout per crop or a merged
+whole map would show it sequences it never saw. Budgets: adaptive per view, or `num_visual_tokens`
+for the whole image (newlines included), shared by the views in proportion to their patches.
 
 Modifications to the stock classes, beside the shared parts (`modeling_prumerge`):
 - `LlavaNextPruMergeModel.visual_tokens`: AnyRes views -> partial CLIP -> per-view reducer -> layout.
@@ -27,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.generation import GenerationMixin
-from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextCausalLMOutputWithPast,
     LlavaNextForConditionalGeneration,
@@ -40,8 +31,8 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
+from .anyres import AnyresLayout, AnyresModelMixin, ReducedViews, check_anyres_inputs, used_views
 from .compaction import VisualTokens
-from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from .modeling_prumerge import (
     CompactedModelOutputFields,
     CompactionOutputFields,
@@ -51,8 +42,7 @@ from .modeling_prumerge import (
 )
 from .reduction_settings import ReductionSettings
 from .runtime_compat import declare_cache_argument, share_checkpoint_layout
-from .token_reduction import ReducedTokens
-from .vision_encoding import EncodedPatches, encode_patches, patches_from_hidden_states
+from .vision_encoding import patches_from_hidden_states
 
 # llava-hf LLaVA-NeXT checkpoints load unchanged: their weight names map as for stock LLaVA-NeXT.
 share_checkpoint_layout("llava_next_prumerge", "llava_next", {"LlavaNextPruMergeModel": "LlavaNextModel"})
@@ -68,230 +58,14 @@ class LlavaNextPruMergeCausalLMOutputWithPast(CompactionOutputFields, LlavaNextC
     """[`LlavaNextCausalLMOutputWithPast`] plus the compaction fields: `logits` has the compacted length."""
 
 
-@dataclass(frozen=True)
-class AnyresLayout:
-    """Where an image's crops sit: a grid of crops, each `side` x `side` patches, and the window of the
-    whole crop map that unpadding keeps (rows [top, bottom), columns [left, right))."""
-
-    grid_rows: int
-    grid_cols: int
-    side: int
-    top: int
-    bottom: int
-    left: int
-    right: int
-
-    @property
-    def stock_length(self) -> int:
-        """The crops' tokens in stock LLaVA-NeXT: the unpadded patches and one newline per patch row."""
-        return (self.bottom - self.top) * (self.right - self.left + 1)
-
-    def crop_patches(self, crop: int) -> torch.Tensor:
-        """The patches of crop `crop` (raster order over the grid) that unpadding keeps, as local indices."""
-        grid_row, grid_col = divmod(crop, self.grid_cols)
-        local = torch.arange(self.side * self.side)
-        rows = grid_row * self.side + local // self.side
-        cols = grid_col * self.side + local % self.side
-        kept = (rows >= self.top) & (rows < self.bottom) & (cols >= self.left) & (cols < self.right)
-        return local[kept]
-
-
-@dataclass
-class ReducedViews:
-    """Every image's views after the reducer, before the projector: with reduction, per image and view (base
-    first) its tokens [n, C] and the local patches it kept; without, every view's tokens (`unreduced`)."""
-
-    layouts: list[AnyresLayout]
-    views: list[list[tuple[torch.Tensor, torch.Tensor]]] | None
-    unreduced: ReducedTokens | None = None
-
-    @property
-    def num_tokens(self) -> list[int]:
-        """Per image, the tokens the LLM gets: its views' tokens and its `image_newline` tokens."""
-        if self.views is None:
-            return [layout.side * layout.side + layout.stock_length for layout in self.layouts]
-        return [
-            sum(len(tokens) for tokens, _ in views) + layout.grid_rows
-            for views, layout in zip(self.views, self.layouts, strict=True)
-        ]
-
-
-def anyres_layout(image_size, grid_pinpoints: list, view_size: int, side: int) -> AnyresLayout:
-    """The layout of an image of `image_size` (height, width), as stock LLaVA-NeXT computes it: the best
-    grid resolution, then the padding it removes (`unpad_image`'s arithmetic, on patch counts)."""
-    height, width = (int(value) for value in image_size)
-    best_height, best_width = select_best_resolution((height, width), grid_pinpoints)
-    grid_rows, grid_cols = best_height // view_size, best_width // view_size
-    map_height, map_width = grid_rows * side, grid_cols * side
-    if width / height > map_width / map_height:
-        new_height = int(round(height * (map_width / width), 7))
-        padding = (map_height - new_height) // 2
-        return AnyresLayout(grid_rows, grid_cols, side, padding, map_height - padding, 0, map_width)
-    new_width = int(round(width * (map_height / height), 7))
-    padding = (map_width - new_width) // 2
-    return AnyresLayout(grid_rows, grid_cols, side, 0, map_height, padding, map_width - padding)
-
-
-def split_budget(total: int, sizes: list[int], smallest: int) -> list[int]:
-    """`total` tokens shared by views of `sizes` patches, in proportion to them (largest remainder), each
-    view at least `smallest`."""
-    spare = total - smallest * len(sizes)
-    shares = [spare * size / sum(sizes) for size in sizes]
-    budgets = [smallest + int(share) for share in shares]
-    by_remainder = sorted(range(len(sizes)), key=lambda view: (int(shares[view]) - shares[view], view))
-    for view in by_remainder[: total - sum(budgets)]:
-        budgets[view] += 1
-    return budgets
-
-
-def view_budgets(settings: ReductionSettings, layout: AnyresLayout, crop_sizes: list[int]):
-    """Per view (base, then the crops, of `crop_sizes` unpadded patches), the settings: a whole-image
-    `num_visual_tokens` (newlines included) becomes per-view budgets; one that cannot fit is refused."""
-    views = 1 + len(crop_sizes)
-    adaptive_pruning = settings.adaptive and settings.prunes  # counts come from each view's attention
-    if not settings.reduces or adaptive_pruning or settings.num_visual_tokens is None:
-        return [settings] * views
-    smallest = 1 + (settings.summary_token and settings.prunes)
-    newlines = layout.grid_rows
-    patches = [layout.side * layout.side, *crop_sizes]
-    largest = sum(patches) + newlines  # every patch kept: no summary token is left to add
-    if not smallest * views + newlines <= settings.num_visual_tokens <= largest:
-        raise ReductionSettingsError(
-            f"num_visual_tokens={settings.num_visual_tokens} does not fit an image of {views} views "
-            f"({newlines} newline token(s)): choose between {smallest * views + newlines} and {largest}"
-        )
-    budgets = split_budget(settings.num_visual_tokens - newlines, patches, smallest)
-    return [settings.replace(num_visual_tokens=budget) for budget in budgets]
-
-
-def check_anyres_inputs(pixel_values, image_sizes, config) -> list[AnyresLayout]:
-    """[images, views, 3, size, size] pixels (padded with unused views, as the processor makes them) and one
-    (height, width) per image; per image its layout, whose view count must fit in `pixel_values`."""
-    vision = config.vision_config
-    expected = (vision.num_channels, vision.image_size, vision.image_size)
-    if (
-        not isinstance(pixel_values, torch.Tensor)
-        or pixel_values.dim() != 5
-        or tuple(pixel_values.shape[2:]) != expected
-    ):
-        shape = (
-            tuple(pixel_values.shape)
-            if isinstance(pixel_values, torch.Tensor)
-            else type(pixel_values).__name__
-        )
-        raise VisualInputError(
-            f"pixel_values must be [num_images, num_views, {expected[0]}, {expected[1]}, {expected[2]}] for "
-            f"LLaVA-NeXT (the base view and the crops of each image), got {shape}; preprocess images with the "
-            "model's LlavaNextImageProcessor"
-        )
-    if image_sizes is None:
-        raise VisualInputError(
-            "LLaVA-NeXT needs image_sizes with pixel_values (the processor returns both): each image's "
-            "(height, width) decides its crop grid"
-        )
-    sizes = torch.as_tensor(image_sizes)
-    if sizes.dim() != 2 or sizes.shape != (pixel_values.shape[0], 2) or bool((sizes <= 0).any()):
-        raise VisualInputError(
-            f"image_sizes must hold one positive (height, width) per image: shape ({pixel_values.shape[0]}, 2) "
-            f"for pixel_values of {pixel_values.shape[0]} image(s), got {tuple(sizes.shape)}"
-        )
-    side = vision.image_size // vision.patch_size
-    layouts = [
-        anyres_layout(size.tolist(), config.image_grid_pinpoints, vision.image_size, side) for size in sizes
-    ]
-    for index, layout in enumerate(layouts):
-        views = 1 + layout.grid_rows * layout.grid_cols
-        if views > pixel_values.shape[1]:
-            raise VisualInputError(
-                f"Image {index} of size {tuple(sizes[index].tolist())} has {views} views (the base view and a "
-                f"{layout.grid_rows}x{layout.grid_cols} grid of crops) but pixel_values holds {pixel_values.shape[1]} "
-                "per image: image_sizes and pixel_values do not come from the same processor call"
-            )
-    if not torch.isfinite(pixel_values).all():
-        raise NonFiniteError("pixel_values contain NaN or inf; check the image loading and preprocessing")
-    return layouts
-
-
-def used_views(pixel_values: torch.Tensor, layouts: list[AnyresLayout]) -> torch.Tensor:
-    """[total views, 3, size, size]: each image's base view and crops, without the processor's padding views."""
-    return torch.cat(
-        [
-            pixels[: 1 + layout.grid_rows * layout.grid_cols]
-            for pixels, layout in zip(pixel_values, layouts, strict=True)
-        ]
-    )
-
-
-class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
+class LlavaNextPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaNextModel):
     """[`LlavaNextModel`] that feeds the language model the PruMerge-reduced tokens of every AnyRes view."""
 
     config_class = LlavaNextPruMergeConfig
 
-    def encode_views(
-        self, pixel_values, layouts, vision_feature_layer, vision_feature_select_strategy, reduction
-    ):
-        """Every image's views (base first, then its crops) through the partial tower as one batch."""
-        feature_layer, keep_class_token, settings = self.image_feature_settings(
-            vision_feature_layer, vision_feature_select_strategy, reduction
-        )
-        views = used_views(pixel_values, layouts)
-        return encode_patches(self.vision_tower, views, feature_layer, keep_class_token, settings), settings
-
-    def view_settings(self, settings: ReductionSettings, layout: AnyresLayout, crop_sizes: list[int]):
-        """Per view (base, then crops), the settings: see `view_budgets`."""
-        return view_budgets(settings, layout, crop_sizes)
-
-    def reduce_each_view(
-        self, encoded: EncodedPatches, first: int, layout: AnyresLayout, settings: ReductionSettings
-    ) -> list[tuple[ReducedTokens | None, torch.Tensor | None]]:
-        """One image's views through the reducer, each with its own settings (`view_budgets`): the base view
-        whole, each crop over the patches unpadding keeps. Per view, the reducer's output (indices local to
-        the patches it saw; None for a crop of padding only) and those patches (None for the base view: all)."""
-        crops = [layout.crop_patches(crop) for crop in range(layout.grid_rows * layout.grid_cols)]
-        per_view = self.view_settings(settings, layout, [len(patches) for patches in crops])
-        views = [(encoded.select(torch.tensor([first])).reduce(per_view[0]), None)]
-        for crop, (patches, crop_settings) in enumerate(zip(crops, per_view[1:], strict=True)):
-            if len(patches) == 0:  # a crop of padding only: stock drops all its patches too
-                views.append((None, patches))
-                continue
-            views.append((encoded.subset(first + 1 + crop, patches).reduce(crop_settings), patches))
-        return views
-
-    def reduce_views(
-        self, encoded: EncodedPatches, first: int, layout: AnyresLayout, settings: ReductionSettings
-    ):
-        """One image's views reduced (see `reduce_each_view`). Returns per view (tokens, kept local patch
-        indices)."""
-        reduced = []
-        for tokens, patches in self.reduce_each_view(encoded, first, layout, settings):
-            if tokens is None:
-                reduced.append((encoded.features.new_zeros(0, encoded.features.shape[-1]), patches))
-            elif patches is None:
-                reduced.append((tokens.features[0], tokens.centers[0]))
-            else:
-                reduced.append((tokens.features[0], patches[tokens.centers[0]]))
-        return reduced
-
-    def lay_out(self, projected: list[torch.Tensor], kept: list[torch.Tensor], layout: AnyresLayout):
-        """One image's projected view tokens in stock's order: the base view, then per row of crops its kept
-        tokens in the raster order of the unpadded map, its summary tokens, and an `image_newline`.
-        Returns ([n, hidden] tokens, [m, 2] (view, patch) of the kept tokens in that order)."""
-        newline = self.image_newline[None].to(projected[0])
-        pieces, centers = [projected[0]], [torch.stack([torch.zeros_like(kept[0]), kept[0]], dim=-1)]
-        row_width = layout.grid_cols * layout.side  # patches per row of the crop map
-        for grid_row in range(layout.grid_rows):
-            views = range(1 + grid_row * layout.grid_cols, 1 + (grid_row + 1) * layout.grid_cols)
-            positions = torch.cat(
-                [(kept[v] // layout.side) * row_width + ((v - 1) % layout.grid_cols) * layout.side + kept[v] % layout.side
-                 for v in views]
-            )  # fmt: skip
-            order = positions.argsort()
-            pieces.append(torch.cat([projected[v][: len(kept[v])] for v in views])[order])
-            pieces += [projected[v][len(kept[v]) :] for v in views]  # the summary tokens
-            pieces.append(newline)
-            view_of = torch.cat([torch.full_like(kept[v], v) for v in views])
-            centers.append(torch.stack([view_of, torch.cat([kept[v] for v in views])], dim=-1)[order])
-        return torch.cat(pieces), torch.cat(centers)
+    def stock_image_length(self, layout: AnyresLayout) -> int:
+        """Implemented: the base view's patches, then the unpadded crop map with a newline per patch row."""
+        return layout.side * layout.side + layout.stock_length
 
     def visual_tokens(
         self,
@@ -304,7 +78,7 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
         """Implemented: per image, its views' reduced tokens, projected and laid out as stock orders them."""
         if pixel_values is None:
             return []
-        layouts = check_anyres_inputs(pixel_values, image_sizes, self.config)
+        layouts = check_anyres_inputs(pixel_values, image_sizes, self.config, "LLaVA-NeXT")
         encoded, settings = self.encode_views(
             pixel_values, layouts, vision_feature_layer, vision_feature_select_strategy, reduction
         )
@@ -314,27 +88,13 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
         """The images' tokens from their encoded views: reduced, projected and laid out."""
         return self.anyres_tokens(self.reduce_images(encoded, layouts, settings), image_sizes, strategy)
 
-    def reduce_images(
-        self, encoded: EncodedPatches, layouts: list[AnyresLayout], settings: ReductionSettings
-    ) -> ReducedViews:
-        """The reducer's part: every image's views reduced (see `reduce_views`), or all kept without reduction."""
-        if not settings.reduces:
-            return ReducedViews(layouts, None, encoded.reduce(settings))
-        views, first = [], 0
-        for layout in layouts:
-            views.append(self.reduce_views(encoded, first, layout, settings))
-            first += 1 + layout.grid_rows * layout.grid_cols
-        return ReducedViews(layouts, views)
-
     def anyres_tokens(self, reduced: ReducedViews, image_sizes, strategy: str | None = None) -> VisualTokens:
         """Reduced views projected and laid out per image, ready for compaction: stock's packing without
         reduction, else `lay_out`."""
         layouts = reduced.layouts
-        expanded = [
-            layout.side * layout.side + layout.stock_length for layout in layouts
-        ]  # base view, then crops
+        expanded = [self.stock_image_length(layout) for layout in layouts]  # base view, then crops
         if reduced.views is None:
-            views = [1 + layout.grid_rows * layout.grid_cols for layout in layouts]
+            views = [layout.num_views for layout in layouts]
             projected = self.multi_modal_projector(torch.stack(reduced.unreduced.features))
             features, _ = self.pack_image_features(
                 list(projected.split(views)), image_sizes,
@@ -343,15 +103,7 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
             return VisualTokens(
                 "image", self.config.image_token_id, list(features), expanded, [None] * len(features)
             )
-        features, centers = [], []
-        for layout, image_views in zip(layouts, reduced.views, strict=True):
-            tokens = [view_tokens for view_tokens, _ in image_views]
-            projected = self.multi_modal_projector(torch.cat(tokens)).split([len(t) for t in tokens])
-            image_tokens, image_centers = self.lay_out(
-                list(projected), [patches for _, patches in image_views], layout
-            )
-            features.append(image_tokens)
-            centers.append(image_centers)
+        features, centers = self.lay_out_images(reduced)
         return VisualTokens("image", self.config.image_token_id, features, expanded, centers)
 
     @can_return_tuple
@@ -366,7 +118,7 @@ class LlavaNextPruMergeModel(PruMergeModelMixin, LlavaNextModel):
     ):
         """Overridden: as stock (the whole tower runs on every view, its outputs are returned), with the reduced,
         laid-out tokens, one [n_i, hidden] tensor per image, as `pooler_output`; 4.x: that list alone."""
-        layouts = check_anyres_inputs(pixel_values, image_sizes, self.config)
+        layouts = check_anyres_inputs(pixel_values, image_sizes, self.config, "LLaVA-NeXT")
         feature_layer, keep_class_token, settings = self.image_feature_settings(
             vision_feature_layer, vision_feature_select_strategy, reduction
         )

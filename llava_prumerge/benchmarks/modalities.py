@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import LlavaImageProcessor
 
-from ..modeling.modeling_llava_next_prumerge import AnyresLayout, check_anyres_inputs, view_budgets
+from ..modeling.anyres import AnyresLayout, check_anyres_inputs, view_budgets
 from ..modeling.modeling_video_llava_prumerge import frame_settings
 from ..modeling.reduction_settings import ReductionSettings
 from ..testing.tiny_video import make_clip
@@ -197,7 +197,9 @@ class AnyresPath(ImagePath):
         return torch.tensor([[self.image.height, self.image.width]] * count)
 
     def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
-        layouts = check_anyres_inputs(pixel_values, self.image_sizes(len(pixel_values)), inner.config)
+        layouts = check_anyres_inputs(
+            pixel_values, self.image_sizes(len(pixel_values)), inner.config, "LLaVA-NeXT"
+        )
         encoded, _ = inner.encode_views(pixel_values, layouts, None, None, settings)
         return encoded, layouts
 

@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..modeling.modeling_llava_next_prumerge import check_anyres_inputs, view_budgets
+from ..modeling.anyres import check_anyres_inputs, view_budgets
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.token_reduction import ReducedTokens
 from .visualize import PADDING, PatchReduction, drawn_settings, patch_reduction, vision_tower_view
@@ -78,7 +78,7 @@ def reduce_anyres_image(model, processor, image: Image.Image, token_reduction: s
     pixel_values = inputs["pixel_values"].to(model.device, model.dtype)  # [1, views, 3, H, W]
     image_sizes = inputs["image_sizes"]
     settings = drawn_settings(model, token_reduction)
-    (layout,) = check_anyres_inputs(pixel_values, image_sizes, model.config)
+    (layout,) = check_anyres_inputs(pixel_values, image_sizes, model.config, "LLaVA-NeXT")
     encoded, settings = model.model.encode_views(pixel_values, [layout], None, None, settings)
     reduced = model.model.reduce_each_view(encoded, 0, layout, settings)
     crop_sizes = [len(patches) for _, patches in reduced[1:]]

@@ -421,7 +421,7 @@ def test_anyres_count_is_the_llava_next_processors(height, width):
 @pytest.mark.parametrize(("height", "width"), [(672, 672), (400, 900), (1000, 300), (337, 500)])
 def test_anyres_views_are_the_models_layout(height, width):
     """The pure-Python views (analyze) and the model's torch layout (what it reduces) agree."""
-    from llava_prumerge.modeling.modeling_llava_next_prumerge import anyres_layout
+    from llava_prumerge.modeling.anyres import anyres_layout
 
     image = AnyresImage(height, width)
     layout = anyres_layout((height, width), [list(p) for p in LLAVA_NEXT_GRID_PINPOINTS], 336, 24)

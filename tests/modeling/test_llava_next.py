@@ -12,7 +12,7 @@ import transformers
 
 from llava_prumerge import LlavaNextPruMergeConfig, LlavaNextPruMergeForConditionalGeneration
 from llava_prumerge.errors import NonFiniteError, ReductionSettingsError, VisualInputError
-from llava_prumerge.modeling.modeling_llava_next_prumerge import anyres_layout, split_budget
+from llava_prumerge.modeling.anyres import anyres_layout, split_budget
 from llava_prumerge.modeling.runtime_compat import IMAGE_FEATURES_AS_OUTPUT, image_text_auto_classes
 from llava_prumerge.testing.model_tester import kept_patches, make_image, stock_twin
 from llava_prumerge.testing.tiny_next import TINY_GRID_PINPOINTS, tiny_next_model, tiny_next_processor
