@@ -18,6 +18,7 @@ SHARED_REMOTE_MODULES = (
     "modeling.token_reduction",
     "modeling.vision_encoding",
     "modeling.anyres",
+    "modeling.frames",
     "modeling.compaction",
     "modeling.modeling_prumerge",
     "configuration.configuration_prumerge",

@@ -36,7 +36,8 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_video_llava_prumerge import VideoLlavaPruMergeConfig
 from .compaction import VisualTokens
-from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
+from .errors import VisualInputError
+from .frames import check_video_values, frame_settings, reduce_per_frame
 from .modeling_prumerge import (
     CompactedModelOutputFields,
     CompactionOutputFields,
@@ -67,59 +68,6 @@ class VideoLlavaPruMergeCausalLMOutputWithPast(
 ):
     """[`VideoLlavaCausalLMOutputWithPast`] plus the compaction fields, per image and per video: `logits`
     has the compacted length."""
-
-
-def frame_settings(settings: ReductionSettings, num_frames: int) -> list[ReductionSettings]:
-    """The reducer settings of each frame position of a video: those of images, with budgets counting
-    the frame's [CLS] token, and `num_video_tokens` split evenly over the frames (earlier frames get
-    the remainder)."""
-    fixed = not settings.adaptive or not settings.prunes  # the baselines always count
-    if not settings.reduces or not fixed:
-        return [settings] * num_frames
-    if settings.num_video_tokens is not None:
-        share, extra = divmod(settings.num_video_tokens, num_frames)
-        budgets, name = [share + 1] * extra + [share] * (num_frames - extra), "num_video_tokens"
-    elif settings.num_visual_tokens is not None:
-        budgets, name = [settings.num_visual_tokens] * num_frames, "num_visual_tokens"
-    else:
-        return [settings] * num_frames
-    smallest = 1 + 1 + (settings.summary_token and settings.prunes)  # [CLS], one kept patch, summary token
-    if min(budgets) < smallest:
-        raise ReductionSettingsError(
-            f"{name}={getattr(settings, name)} leaves {min(budgets)} token(s) for a frame of a {num_frames}-frame "
-            f"video, which needs at least {smallest} (its [CLS] token, a kept patch"
-            + (", the summary token)" if smallest == 3 else ")")
-        )
-    return [settings.replace(num_visual_tokens=budget - 1, num_video_tokens=None) for budget in budgets]
-
-
-def check_video_values(pixel_values_videos, vision_config) -> None:
-    """[videos, frames, channels, size, size] finite values, as the video processor makes them."""
-    expected = (vision_config.num_channels, vision_config.image_size, vision_config.image_size)
-    if (
-        not isinstance(pixel_values_videos, torch.Tensor)
-        or pixel_values_videos.dim() != 5
-        or tuple(pixel_values_videos.shape[2:]) != expected
-    ):
-        shape = (
-            tuple(pixel_values_videos.shape)
-            if isinstance(pixel_values_videos, torch.Tensor)
-            else type(pixel_values_videos).__name__
-        )
-        raise VisualInputError(
-            f"pixel_values_videos must be one tensor [num_videos, num_frames, {expected[0]}, {expected[1]}, "
-            f"{expected[2]}] (the videos of a batch with the same number of frames), got {shape}; preprocess "
-            "videos with the model's video processor, and pass single images as pixel_values"
-        )
-    if pixel_values_videos.shape[0] == 0 or pixel_values_videos.shape[1] == 0:
-        raise VisualInputError(
-            f"pixel_values_videos holds no frames (shape {tuple(pixel_values_videos.shape)}); pass "
-            "pixel_values_videos=None for prompts without videos"
-        )
-    if not torch.isfinite(pixel_values_videos).all():
-        raise NonFiniteError(
-            "pixel_values_videos contain NaN or inf; check the video decoding and preprocessing"
-        )
 
 
 def _images(pixel_values, pixel_values_images):
@@ -159,19 +107,7 @@ class VideoLlavaPruMergeModel(PruMergeModelMixin, VideoLlavaModel):
         self, encoded: EncodedPatches, num_frames: int, reduction: ReductionSettings | None = None
     ) -> ReducedTokens:
         """The reducer on every frame, with its frame position's settings: per frame, its [CLS] token first."""
-        per_position = frame_settings(self.reduction_settings(reduction), num_frames)
-        if len(set(per_position)) == 1:
-            return encoded.reduce(per_position[0])
-        num_items = encoded.features.shape[0]
-        features, centers, neighbors = [None] * num_items, [None] * num_items, [None] * num_items
-        for settings in dict.fromkeys(per_position):  # two: the budget split unevenly over the frames
-            indices = [i for i in range(num_items) if per_position[i % num_frames] == settings]
-            reduced = encoded.select(torch.tensor(indices, device=encoded.features.device)).reduce(settings)
-            for index, tokens, kept, absorbed in zip(
-                indices, reduced.features, reduced.centers, reduced.neighbors, strict=True
-            ):
-                features[index], centers[index], neighbors[index] = tokens, kept, absorbed
-        return ReducedTokens(features, centers, neighbors)
+        return reduce_per_frame(encoded, frame_settings(self.reduction_settings(reduction), num_frames))
 
     def video_tokens(self, reduced: ReducedTokens, num_frames: int) -> VisualTokens:
         """Reduced frame tokens projected and gathered per video, ready for compaction."""

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import LlavaImageProcessor
 
 from ..modeling.anyres import AnyresLayout, check_anyres_inputs, view_budgets
-from ..modeling.modeling_video_llava_prumerge import frame_settings
+from ..modeling.frames import frame_settings
 from ..modeling.reduction_settings import ReductionSettings
 from ..testing.tiny_video import make_clip
 from .roofline import IMAGE_PROMPT, AnyresImage, PromptShape, anyres_prompt, bench_anyres_image, video_prompt

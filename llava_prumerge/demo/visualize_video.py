@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Batch
 
 from ..common.loading import prumerge_config
 from ..errors import UsageError
-from ..modeling.modeling_video_llava_prumerge import frame_settings
+from ..modeling.frames import frame_settings
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.token_reduction import ReducedTokens
 from ..modeling.vision_encoding import EncodedPatches

@@ -12,7 +12,7 @@ import transformers
 
 from llava_prumerge import VideoLlavaPruMergeConfig, VideoLlavaPruMergeForConditionalGeneration
 from llava_prumerge.errors import NonFiniteError, ReductionSettingsError, VisualInputError
-from llava_prumerge.modeling.modeling_video_llava_prumerge import frame_settings
+from llava_prumerge.modeling.frames import frame_settings
 from llava_prumerge.modeling.reduction_settings import ReductionSettings
 from llava_prumerge.modeling.runtime_compat import (
     IMAGE_FEATURES_AS_OUTPUT,
