@@ -111,6 +111,19 @@ ARCHITECTURES = (
         image_processor_type="VideoLlavaImageProcessor",
         video_processor_type="VideoLlavaVideoProcessor",
     ),
+    Architecture(
+        name="llava-onevision",
+        stock_model_type="llava_onevision",
+        model_type="llava_onevision_prumerge",
+        config_module="configuration.configuration_llava_onevision_prumerge",
+        config_class="LlavaOnevisionPruMergeConfig",
+        modeling_module="modeling.modeling_llava_onevision_prumerge",
+        model_class="LlavaOnevisionPruMergeModel",
+        head_class="LlavaOnevisionPruMergeForConditionalGeneration",
+        processor_class="LlavaOnevisionProcessor",
+        image_processor_type="LlavaOnevisionImageProcessor",
+        video_processor_type="LlavaOnevisionVideoProcessor",
+    ),
 )
 
 

@@ -53,7 +53,15 @@ from .vision_encoding import (
 )
 
 # Keyword arguments of `visual_tokens` that choose how visual inputs are read, not visual inputs themselves.
-VISUAL_OPTIONS = ("vision_feature_layer", "vision_feature_select_strategy", "reduction", "image_sizes")
+VISUAL_OPTIONS = (
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "reduction",
+    "image_sizes",
+    "image_sizes_videos",
+    "batch_num_images",
+    "vision_aspect_ratio",
+)
 
 logger = logging.get_logger(__name__)
 
@@ -396,10 +404,15 @@ class PruMergeModelMixin:
         """The [B, L] padding mask that compaction rebuilds (ones when none is given)."""
         if attention_mask is None:
             return torch.ones(prompt.shape[:2], dtype=torch.long, device=prompt.device)
-        if attention_mask.shape != prompt.shape[:2]:
+        if not torch.is_tensor(attention_mask) or attention_mask.shape != prompt.shape[:2]:
+            shape = (
+                tuple(attention_mask.shape)
+                if torch.is_tensor(attention_mask)
+                else type(attention_mask).__name__
+            )
             raise VisualInputError(
                 f"With visual inputs, attention_mask must be the [batch, length] padding mask of the prompt, "
-                f"{tuple(prompt.shape[:2])}, got {tuple(attention_mask.shape)} (a 4-D mask cannot be compacted: "
+                f"{tuple(prompt.shape[:2])}, got {shape} (a 4-D mask cannot be compacted: "
                 "the language model builds its own from the compacted prompt)"
             )
         return attention_mask
@@ -505,7 +518,8 @@ class PruMergeModelMixin:
             visual, spans = self.item_spans(visual, input_ids, inputs_embeds, labels)
             if fits_in_place(visual, spans):
                 inputs_embeds = write_in_place(inputs_embeds, visual, spans)
-                if attention_mask is None or attention_mask.dim() == 2:  # a 4-D mask is not reported
+                # a 4-D mask, or masks per layer type (compiled decoding's), is not reported
+                if attention_mask is None or (torch.is_tensor(attention_mask) and attention_mask.dim() == 2):
                     fields["attention_mask"] = self.padding_mask(inputs_embeds, attention_mask)
             else:
                 compact = self.compact(

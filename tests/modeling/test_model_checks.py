@@ -27,6 +27,12 @@ from llava_prumerge.testing.model_tester import (
 )
 from llava_prumerge.testing.tiny import tiny_config, tiny_tokenizer
 from llava_prumerge.testing.tiny_next import tiny_next_model, tiny_next_processor
+from llava_prumerge.testing.tiny_onevision import (
+    tiny_clips,
+    tiny_onevision_inputs,
+    tiny_onevision_model,
+    tiny_onevision_processor,
+)
 
 VARIANTS = ["none", "prumerge", "prumerge_plus"]
 VIDEO_PROMPT = "USER: <video>\nWhat happens in the video? ASSISTANT:"
@@ -100,11 +106,34 @@ def video_llava_case() -> Case:
     )
 
 
-@pytest.fixture(scope="module", params=["llava", "llava_next", "video_llava"])
+def llava_onevision_case() -> Case:
+    processor = tiny_onevision_processor()
+    texts = [MIXED_PROMPT, "USER: <image> and <image>\nWhich is brighter? ASSISTANT:"]
+    shots = [(120, 112), (60, 70), (50, 40)]  # sample 0: a 2x2 grid and a video; sample 1: two base views
+
+    def inputs(samples, seed):
+        images = [[make_image(seed, *shots[0])] if s == 0 else [make_image(seed + 1, *shots[1]),
+                  make_image(seed + 2, *shots[2])] for s in samples]  # fmt: skip
+        videos = tiny_clips(processor, 1, 4, seed) if 0 in samples else None
+        return tiny_onevision_inputs(processor, [texts[s] for s in samples], images, videos)
+
+    def build(variant):
+        return tiny_onevision_model(seed=3, tokenizer=processor.tokenizer, token_reduction=variant)
+
+    return Case("llava_onevision", build, lambda: stock_twin(build("none").config, seed=3), inputs)
+
+
+CASES = {
+    "llava": llava_case,
+    "llava_next": llava_next_case,
+    "video_llava": video_llava_case,
+    "llava_onevision": llava_onevision_case,
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
 def case(request):
-    return {"llava": llava_case, "llava_next": llava_next_case, "video_llava": video_llava_case}[
-        request.param
-    ]()
+    return CASES[request.param]()
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -345,8 +374,8 @@ def test_generate_runs_the_tower_the_reducer_and_compaction_once(case, variant, 
 
         return wrapper
 
-    for module in model.modules():  # every CLIP tower's patch embeddings: one call per run of the tower
-        if type(module).__name__ == "CLIPVisionEmbeddings":
+    for module in model.modules():  # every tower's patch embeddings: one call per run of the tower
+        if type(module).__name__ in ("CLIPVisionEmbeddings", "SiglipVisionEmbeddings"):
             monkeypatch.setattr(module, "forward", counted("tower", module.forward))
     monkeypatch.setattr(
         vision_encoding, "reduce_visual_tokens", counted("reducer", vision_encoding.reduce_visual_tokens)
@@ -360,7 +389,8 @@ def test_generate_runs_the_tower_the_reducer_and_compaction_once(case, variant, 
     calls.update({name: 0 for name in calls})
     model.generate(**batch, max_new_tokens=3, do_sample=False, num_beams=num_beams)
     assert calls == once
-    assert once["tower"] == 1 + (case.name == "video_llava")  # Video-LLaVA: its image and its video tower
+    # Video-LLaVA: its image and its video tower; LLaVA-OneVision: its tower on the images, then the videos
+    assert once["tower"] == 1 + (case.name in ("video_llava", "llava_onevision"))
     assert once["compaction"] == (variant != "none") and (once["reducer"] > 0) == (variant != "none")
 
 
