@@ -141,7 +141,9 @@ def test_the_score_of_a_tower_without_cls_is_the_measured_stand_in(processor, ba
         with torch.no_grad():
             kept[importance] = model(**batch).visual_token_centers
     assert torch.equal(kept["auto"], kept["mean_attention"])
-    with pytest.raises(ReductionSettingsError, match="importance='cls' reads the \\[CLS\\] token's attention"):
+    with pytest.raises(
+        ReductionSettingsError, match="importance='cls' reads the \\[CLS\\] token's attention"
+    ):
         tiny_onevision_model(tokenizer=processor.tokenizer, importance="cls")(**batch)
 
 
