@@ -137,6 +137,11 @@ def _tiny_model_and_processor(arch_name: str, fields: dict):
 
         tokenizer = tiny_tokenizer()
         return tiny_next_model(tokenizer=tokenizer, **fields), tiny_next_processor(tokenizer)
+    if arch_name == "llava-onevision":
+        from ..testing.tiny_onevision import tiny_onevision_model, tiny_onevision_parts
+
+        processor = tiny_onevision_parts()
+        return tiny_onevision_model(tokenizer=processor.tokenizer, **fields), processor
     if arch_name == "video-llava":
         from ..common.conversation import VICUNA_CHAT_TEMPLATE
         from ..testing.tiny import TINY_PATCH_SIZE

@@ -24,7 +24,7 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 IMAGE_PROCESSOR_KEYS = (
     "do_pad", "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
     "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
-    "image_grid_pinpoints",  # LLaVA-NeXT's AnyRes grids
+    "image_grid_pinpoints",  # LLaVA-NeXT's and LLaVA-OneVision's AnyRes grids
 )  # fmt: skip
 # The video processor settings both majors read; Video-LLaVA's frames take its image processor's transforms.
 VIDEO_PROCESSOR_KEYS = tuple(
@@ -105,13 +105,15 @@ class ProcessorParts:
 
     tokenizer: object
     image_processor: object
-    patch_size: int
+    patch_size: int | None = None  # LLaVA, LLaVA-NeXT and Video-LLaVA processors count patches from it
     vision_feature_select_strategy: str = "default"
     num_additional_image_tokens: int = 1
     image_token: str = "<image>"
     video_token: str | None = None
     chat_template: str | None = None
     video_processor: object = None
+    num_image_tokens: int | None = None  # LLaVA-OneVision's: a view's placeholders
+    vision_aspect_ratio: str | None = None  # LLaVA-OneVision's: anyres_max_<crops>
 
 
 def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
@@ -159,9 +161,7 @@ def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
         {
             "processor_class": arch.processor_class,
             **token_settings,
-            "num_additional_image_tokens": processor.num_additional_image_tokens,
-            "patch_size": processor.patch_size,
-            "vision_feature_select_strategy": processor.vision_feature_select_strategy,
+            **{key: getattr(processor, key) for key in arch.processor_keys},
         },
     )
     template = processor.chat_template or processor.tokenizer.chat_template

@@ -122,6 +122,7 @@ def wrap_stock_checkpoint(
         "llava": _llava_processor,
         "llava-next": _llava_next_processor,
         "video-llava": _video_llava_processor,
+        "llava-onevision": _llava_onevision_processor,
     }
     return model.eval(), stock_processors[arch.name](folder, config)
 
@@ -175,6 +176,42 @@ def _video_llava_processor(folder: Path, config) -> ProcessorParts:
         video_token=tokenizer.convert_ids_to_tokens(config.video_token_id),
         chat_template=template,
     )
+
+
+def _llava_onevision_processor(folder: Path, config) -> ProcessorParts:
+    """LLaVA-OneVision's processor as its parts (building `LlavaOnevisionProcessor` needs torchvision, for its
+    video processor): the tokenizer, the image processor, and the processor's own settings from
+    processor_config.json (llava-hf's: 729 tokens a view, anyres_max_9), the model's where it has none."""
+    from transformers import (
+        LlavaOnevisionImageProcessor,  # transformers 5 warns when resolved without torchvision
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    settings_path = folder / "processor_config.json"
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    template = tokenizer.chat_template or settings.get("chat_template") or _chat_template_file(folder)
+    tokenizer.chat_template = template
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return ProcessorParts(
+        tokenizer=tokenizer,
+        image_processor=LlavaOnevisionImageProcessor.from_pretrained(folder),
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token=tokenizer.convert_ids_to_tokens(config.image_token_id),
+        video_token=tokenizer.convert_ids_to_tokens(config.video_token_id),
+        chat_template=template,
+        num_image_tokens=settings.get("num_image_tokens", side * side),
+        vision_aspect_ratio=settings.get("vision_aspect_ratio", config.vision_aspect_ratio),
+    )
+
+
+def _chat_template_file(folder: Path) -> str | None:
+    """The chat template a stock folder keeps beside its tokenizer (chat_template.jinja, or chat_template.json
+    as older processors saved it), if any."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    return None
 
 
 def report_written(folder: Path) -> None:

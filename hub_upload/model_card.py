@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCardData
 
-from ..modeling.reduction_settings import REDUCTION_FIELDS
+from ..modeling.reduction_settings import REDUCTION_FIELDS, resolved_importance
 
 PAPER_URL = "https://arxiv.org/abs/2403.15388"
 # Defaults describe a LLaVA-1.5 derivative (Vicuna, hence Llama 2's licence); callers override them.
@@ -118,10 +118,13 @@ each view of an image (the base view and up to {crops} high-resolution crops) is
 attention; of its {patches} CLIP patch tokens the language model sees {summary}. The crops' tokens keep
 stock LLaVA-NeXT's order (the raster order of the unpadded crop map), one `image_newline` closing each row of
 crops. {"With `adaptive=False`, `num_visual_tokens` fixes each image's tokens, newlines included, shared by its views in proportion to their patches." if config.num_visual_tokens is None else f"Each image reaches the language model as exactly {config.num_visual_tokens} tokens, newlines included."}"""
+    elif config.model_type == "llava_onevision_prumerge":
+        what = _onevision_summary(config, patches, summary)
     else:
         what = f"""LLaVA-1.5 with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})): of the
 {patches} CLIP patch tokens per image, the language model sees {summary}."""
-    do_pad = getattr(processor.image_processor, "do_pad", False)
+    # LLaVA-1.5's processor pads images to a square; AnyRes processors' do_pad pads their batch of views
+    do_pad = config.model_type == "llava_prumerge" and getattr(processor.image_processor, "do_pad", False)
     body = f"""
 # {model_id.rstrip("/").rpartition("/")[2]}
 
@@ -151,6 +154,25 @@ Stored in `config.json`; override any of them at load time, e.g.
 {CITATION}
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _onevision_summary(config, patches: int, summary: str) -> str:
+    """What a LLaVA-OneVision card says the model does: the stand-in score, what is reduced, the budgets."""
+    score = resolved_importance(config.importance, class_token=False)
+    budget = (
+        "With `adaptive=False`, `num_visual_tokens` fixes each image's tokens and `num_video_tokens` each "
+        "video's, newlines included."
+        if config.num_visual_tokens is None and config.num_video_tokens is None
+        else f"Fixed budgets: `num_visual_tokens={config.num_visual_tokens}` per image, "
+        f"`num_video_tokens={config.num_video_tokens}` per video, newlines included."
+    )
+    return f"""LLaVA-OneVision with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})).
+Its SigLIP tower has no [CLS] token, so each patch is scored by `{score}` (see `importance`) where the paper
+reads the [CLS] attention. Each view of an image (the base view and the AnyRes crops), the base view of each
+image in a multi-image prompt, and each video frame after stock's 2 x 2 pooling is reduced: of its {patches}
+patch tokens (a frame: its pooled tokens) the language model sees {summary.replace("[CLS] attention", "importance")}.
+Tokens keep stock's order and its `image_newline` tokens (one per row of crops, one after a lone base view
+and after a video). {budget} `AutoProcessor` also builds the video processor, which needs torchvision."""
 
 
 def _video_budget(config, frames: int) -> str:

@@ -40,6 +40,12 @@ class Architecture:
     processor_class: str  # the stock processor its Hub folders name (processor_config.json)
     image_processor_type: str  # the stock image processor (preprocessor_config.json)
     video_processor_type: str | None = None  # the stock video processor (video_preprocessor_config.json)
+    # the stock processor's own settings (processor_config.json), beside its image and video tokens
+    processor_keys: tuple[str, ...] = (
+        "num_additional_image_tokens",
+        "patch_size",
+        "vision_feature_select_strategy",
+    )
     # "module.Class" (module relative to the package) of the processor of fixed-budget checkpoints, which
     # expands each image to exactly the budget; it travels as remote code in their Hub folders.
     budget_processor: str | None = None
@@ -123,6 +129,7 @@ ARCHITECTURES = (
         processor_class="LlavaOnevisionProcessor",
         image_processor_type="LlavaOnevisionImageProcessor",
         video_processor_type="LlavaOnevisionVideoProcessor",
+        processor_keys=("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio"),
     ),
 )
 

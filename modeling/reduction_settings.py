@@ -148,6 +148,14 @@ REDUCTION_FIELDS = tuple(field.name for field in dataclasses.fields(ReductionSet
 # The published reducer's settings, by field name (kept for callers of the 0.1 API).
 REDUCTION_DEFAULTS = ReductionSettings().to_dict()
 
+
+def resolved_importance(score: str, class_token: bool) -> str:
+    """The score `importance` names on a tower with or without a [CLS] token ("auto" resolved)."""
+    if score == "auto":
+        return "cls" if class_token else STAND_IN_IMPORTANCE
+    return score
+
+
 __all__ = [
     "CLASS_ATTENTION_MODES",
     "IMPORTANCE_SCORES",
@@ -156,6 +164,7 @@ __all__ = [
     "REDUCTION_DEFAULTS",
     "REDUCTION_FIELDS",
     "STAND_IN_IMPORTANCE",
+    "resolved_importance",
     "TOKEN_ORDERS",
     "TOKEN_REDUCTION_METHODS",
     "ReductionSettings",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
-from .reduction_settings import CLASS_ATTENTION_MODES, STAND_IN_IMPORTANCE, ReductionSettings
+from .reduction_settings import CLASS_ATTENTION_MODES, ReductionSettings, resolved_importance
 
 
 @dataclass
@@ -125,13 +125,6 @@ def patch_importance(
             dim=1,
         )  # [B, H, N]: per head, the mean over the queries of the [N, N] map
     return attention.mean(dim=1).to(queries.dtype)  # [B, N]
-
-
-def resolved_importance(score: str, class_token: bool) -> str:
-    """The score `importance` names on a tower with or without a [CLS] token ("auto" resolved)."""
-    if score == "auto":
-        return "cls" if class_token else STAND_IN_IMPORTANCE
-    return score
 
 
 def _split_heads(projections: torch.Tensor, mode: str, num_heads: int | None) -> torch.Tensor:

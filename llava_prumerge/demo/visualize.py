@@ -22,8 +22,8 @@ from transformers import AutoProcessor
 
 from ..common.loading import load_prumerge_model
 from ..errors import UsageError
-from ..modeling.reduction_settings import ReductionSettings
-from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts, resolved_importance
+from ..modeling.reduction_settings import ReductionSettings, resolved_importance
+from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
 from ..modeling.vision_encoding import has_class_token
 from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
 from ..testing.tiny_next import tiny_next_model, tiny_next_processor

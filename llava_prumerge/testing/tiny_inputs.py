@@ -9,6 +9,9 @@ OUT/llava-hf  a stock LlavaForConditionalGeneration and its processor, as llava-
 OUT/llava-next-hf  a stock LlavaNextForConditionalGeneration and its processor, as llava-hf/llava-v1.6-vicuna-7b-hf
 OUT/video-llava-hf  a stock VideoLlavaForConditionalGeneration, its tokenizer and image processor, as
               LanguageBind/Video-LLaVA-7B-hf (whose frames take the image processor's transforms)
+OUT/llava-onevision-hf  a stock LlavaOnevisionForConditionalGeneration, its tokenizer, image processor and
+              processor settings, as llava-hf/llava-onevision-qwen2-7b-ov-hf (the processor itself needs
+              torchvision to build)
 
 Shapes follow llava_prumerge.tiny; files are saved by the installed transformers. Nothing is downloaded.
 """
@@ -40,6 +43,7 @@ from ..modeling.reduction_settings import REDUCTION_FIELDS
 from .model_tester import stock_twin
 from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, byte_level_bpe, tiny_config, tiny_tokenizer
 from .tiny_next import tiny_next_config, tiny_next_processor
+from .tiny_onevision import tiny_onevision_config, tiny_onevision_parts
 from .tiny_video import tiny_video_config, tiny_video_image_processor, tiny_video_tokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -58,6 +62,7 @@ class TinyInputs:
     llava_hf: Path
     llava_next_hf: Path
     video_llava_hf: Path
+    llava_onevision_hf: Path
 
 
 def _vicuna_tokenizer() -> PreTrainedTokenizerFast:
@@ -175,6 +180,20 @@ def _write_video_llava_hf(folder: Path) -> None:
     tiny_video_image_processor().save_pretrained(folder)
 
 
+def _write_llava_onevision_hf(folder: Path) -> None:
+    parts = tiny_onevision_parts()
+    stock_twin(tiny_onevision_config(parts.tokenizer)).save_pretrained(folder)
+    parts.tokenizer.save_pretrained(folder)
+    parts.image_processor.save_pretrained(folder)
+    settings = {
+        "processor_class": "LlavaOnevisionProcessor", "image_token": parts.image_token,
+        "video_token": parts.video_token, "num_image_tokens": parts.num_image_tokens,
+        "vision_aspect_ratio": parts.vision_aspect_ratio,
+        "vision_feature_select_strategy": parts.vision_feature_select_strategy,
+    }  # fmt: skip
+    (folder / "processor_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
 def tiny_input_paths(root: str | Path) -> TinyInputs:
     root = Path(root)
     return TinyInputs(
@@ -184,6 +203,7 @@ def tiny_input_paths(root: str | Path) -> TinyInputs:
         root / "llava-hf",
         root / "llava-next-hf",
         root / "video-llava-hf",
+        root / "llava-onevision-hf",
     )
 
 
@@ -199,4 +219,5 @@ def write_tiny_inputs(root: str | Path, *, seed: int = 0, final_root: str | Path
     _write_llava_hf(inputs.llava_hf)
     _write_llava_next_hf(inputs.llava_next_hf)
     _write_video_llava_hf(inputs.video_llava_hf)
+    _write_llava_onevision_hf(inputs.llava_onevision_hf)
     return inputs

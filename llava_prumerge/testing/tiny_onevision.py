@@ -35,6 +35,8 @@ def tiny_onevision_image_processor():
         size={"height": SIZE, "width": SIZE},
         crop_size={"height": SIZE, "width": SIZE},
         image_grid_pinpoints=TINY_ONEVISION_PINPOINTS,
+        image_mean=[0.5, 0.5, 0.5],  # SigLIP's normalization
+        image_std=[0.5, 0.5, 0.5],
     )
 
 
@@ -140,3 +142,20 @@ def tiny_clips(processor, count: int, num_frames: int = 4, seed: int = 0) -> tor
     frames = [frame for clip in range(count) for frame in make_clip(seed + clip, num_frames)]
     views = processor.image_processor(images=frames, return_tensors="pt")["pixel_values"][:, 0]
     return views.reshape(count, num_frames, *views.shape[1:])
+
+
+def tiny_onevision_parts():
+    """The tiny model's processor as the parts `export` writes (the stock processor needs torchvision)."""
+    from ..hub_upload.compat import ProcessorParts
+
+    tokenizer = tiny_video_tokenizer()
+    return ProcessorParts(
+        tokenizer=tokenizer,
+        image_processor=tiny_onevision_image_processor(),
+        vision_feature_select_strategy="full",
+        image_token="<image>",
+        video_token="<video>",
+        chat_template=tokenizer.chat_template,
+        num_image_tokens=TINY_PATCHES,
+        vision_aspect_ratio=TINY_ASPECT_RATIO,
+    )

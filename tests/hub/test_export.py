@@ -35,7 +35,7 @@ def test_folder_holds_sharded_weights_remote_code_and_files_both_majors_read(hub
         "processor_config.json", "tokenizer.json", "tokenizer_config.json",
         # remote code: the shared parts, then LLaVA's configuration and modeling
         "errors.py", "reduction_settings.py", "runtime_compat.py", "token_reduction.py", "vision_encoding.py",
-        "compaction.py", "modeling_prumerge.py", "configuration_prumerge.py", "configuration_llava_prumerge.py",
+        "anyres.py", "frames.py", "compaction.py", "modeling_prumerge.py", "configuration_prumerge.py", "configuration_llava_prumerge.py",
         "modeling_llava_prumerge.py",
     }  # fmt: skip
     config = json.loads((hub_folder / "config.json").read_text())

@@ -101,7 +101,7 @@ def test_dry_run_lists_paths_and_sizes_and_makes_no_calls(hub_folder, monkeypatc
     run_cli("upload", hub_folder, "--repo-id", "org/llava-prumerge-7b", "--dry-run", "--private")
     files = upload.validate_hub_folder(hub_folder)
     out = capsys.readouterr().out
-    assert "Would push 20 files" in out and "org/llava-prumerge-7b@main (private)" in out
+    assert "Would push 22 files" in out and "org/llava-prumerge-7b@main (private)" in out
     listed = {
         line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.startswith("  ")
     }
