@@ -1,6 +1,6 @@
 """What differs between benchmarking images, AnyRes images and videos: the model's steps, the tower, the
 synthetic inputs and the names in the results. `bench` measures one modality per model: a Video-LLaVA
-its videos, a LLaVA-NeXT its images as base view and crops, a LLaVA its images."""
+its videos, a LLaVA-NeXT or LLaVA-OneVision its images as base view and crops, a LLaVA its images."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from transformers import LlavaImageProcessor
 
 from ..modeling.anyres import AnyresLayout, check_anyres_inputs, view_budgets
 from ..modeling.frames import frame_settings
+from ..modeling.modeling_llava_onevision_prumerge import max_crops
 from ..modeling.reduction_settings import ReductionSettings
 from ..testing.tiny_video import make_clip
 from .roofline import IMAGE_PROMPT, AnyresImage, PromptShape, anyres_prompt, bench_anyres_image, video_prompt
@@ -231,14 +232,45 @@ class AnyresPath(ImagePath):
         )
 
 
-VisualPath = ImagePath | AnyresPath | VideoPath
+class OnevisionPath(AnyresPath):
+    """One LLaVA-OneVision image a prompt (alone in it: AnyRes views), of the path's size: as AnyresPath, with
+    OneVision's image processor (SigLIP's normalization, views resized without cropping) and layouts."""
+
+    stock_path = "stock LLaVA-OneVision vision path"
+
+    def image_processor(self, image_size: int):
+        """LLaVA-OneVision's (imported here: transformers 5 warns when the name is first resolved without
+        torchvision, and falls back to the PIL one)."""
+        from transformers import LlavaOnevisionImageProcessor
+
+        return LlavaOnevisionImageProcessor(
+            size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=[list(resolution) for resolution in self.image.grid_pinpoints],
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+
+    def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
+        layouts = inner.image_layouts(pixel_values, self.image_sizes(len(pixel_values)), None)
+        encoded, _ = inner.encode_views(pixel_values, layouts, None, None, settings)
+        return encoded, layouts
+
+
+VisualPath = ImagePath | AnyresPath | OnevisionPath | VideoPath
 
 
 def visual_path(model) -> VisualPath:
-    """The modality `bench` measures for a PruMerge model: videos for a Video-LLaVA, AnyRes images of the
-    largest square grid resolution for a LLaVA-NeXT (672 x 672 for llava-v1.6: 5 views), else images."""
+    """The modality `bench` measures for a PruMerge model: AnyRes images of the largest square grid resolution
+    stock feeds unshrunk for a LLaVA-OneVision (1152 x 1152 for anyres_max_9: 10 views; its videos are not
+    benchmarked), videos for a Video-LLaVA, AnyRes images of the largest square grid resolution for a
+    LLaVA-NeXT (672 x 672 for llava-v1.6: 5 views), else images."""
     config = model.config
     vision = config.vision_config
+    if getattr(config, "vision_aspect_ratio", None):  # LLaVA-OneVision: crops past anyres_max_<n> are shrunk
+        crops = max_crops(config.vision_aspect_ratio)
+        return OnevisionPath(
+            bench_anyres_image(vision.image_size, vision.patch_size, config.image_grid_pinpoints, crops)
+        )
     if "video" in model.model.modality_inputs:
         patches = (vision.image_size // vision.patch_size) ** 2
         return VideoPath(config.video_seq_length // (patches + 1), patches)

@@ -11,6 +11,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PretrainedC
 
 from ..common.loading import load_prumerge_model
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
+from ..configuration.configuration_llava_onevision_prumerge import LlavaOnevisionPruMergeConfig
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
 from ..configuration.configuration_video_llava_prumerge import VideoLlavaPruMergeConfig
 from ..errors import UsageError
@@ -18,6 +19,7 @@ from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGenera
 from ..testing.tiny import SPECIAL_TOKENS as TINY_SPECIAL_TOKENS
 from ..testing.tiny import tiny_config
 from ..testing.tiny_next import tiny_next_config
+from ..testing.tiny_onevision import tiny_onevision_config
 from ..testing.tiny_video import tiny_video_config
 from .modalities import VisualPath, visual_path
 from .roofline import ARCHITECTURES, Architecture
@@ -39,6 +41,19 @@ CLIP_VIT_L_14_336 = {
     "initializer_factor": PEAKED_ATTENTION_INIT,
 }
 CLIP_VIT_L_14_224 = {**CLIP_VIT_L_14_336, "image_size": 224}  # Video-LLaVA's image and video towers
+# LLaVA-OneVision's tower (google/siglip-so400m-patch14-384 without its pooling head): no [CLS] token, so the
+# random tower is scored by the stand-in (mean_attention) with transformers' own SigLIP initialization.
+SIGLIP_SO400M_14_384 = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
+QWEN2_SPECIAL_TOKENS_START = 151643  # <|endoftext|>: Qwen2's special and placeholder ids follow
 # llava-hf's LLaVA-1.5 adds <image> (id 32000) and <pad> (32001) to Llama's 32000 ids and pads to 32064.
 LLAVA_HF_VOCAB_PADDING = 64
 LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
@@ -132,8 +147,51 @@ def llava_next_config(shape: Architecture) -> LlavaNextPruMergeConfig:
     )
 
 
-TINY_CONFIGS = {"tiny": tiny_config, "tiny-video": tiny_video_config, "tiny-next": tiny_next_config}
-FULL_SIZE_CONFIGS = {"image": llava_config, "video": video_llava_config, "anyres": llava_next_config}
+def llava_onevision_config(shape: Architecture) -> LlavaOnevisionPruMergeConfig:
+    """LLaVA-OneVision (llava-hf/llava-onevision-qwen2-7b-ov-hf): SigLIP so400m at 384 px, every row of the
+    last layer ("full", -1), AnyRes up to 6 x 6 crops with anyres_max_9, a Qwen2 LLM; `<image>` (151646),
+    `<video>` (151647) and Qwen2's `<|endoftext|>` as padding."""
+    return LlavaOnevisionPruMergeConfig(
+        vision_config=SIGLIP_SO400M_14_384,
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size,
+            "num_hidden_layers": shape.num_layers,
+            "num_attention_heads": shape.num_heads,
+            "num_key_value_heads": shape.num_kv_heads,
+            "vocab_size": shape.vocab_size,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "pad_token_id": QWEN2_SPECIAL_TOKENS_START,
+        },
+        image_token_index=QWEN2_SPECIAL_TOKENS_START + 3,
+        video_token_index=QWEN2_SPECIAL_TOKENS_START + 4,
+        image_grid_pinpoints=[list(resolution) for resolution in shape.prompt.anyres.grid_pinpoints],
+        vision_aspect_ratio=f"anyres_max_{shape.prompt.anyres.max_crops}",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=False,
+        pad_token_id=QWEN2_SPECIAL_TOKENS_START,
+    )
+
+
+TINY_CONFIGS = {
+    "tiny": tiny_config,
+    "tiny-video": tiny_video_config,
+    "tiny-next": tiny_next_config,
+    "tiny-onevision": tiny_onevision_config,
+}
+FULL_SIZE_CONFIGS = {
+    "llava-1.5-7b": llava_config,
+    "llava-1.5-13b": llava_config,
+    "video-llava-7b": video_llava_config,
+    "llava-next-7b": llava_next_config,
+    "llava-onevision-7b": llava_onevision_config,
+}
+# The ordinary text ids of each full-size LLM: past Llama's special tokens, before Qwen2's
+TEXT_ID_RANGES = {"llava-onevision-7b": (0, QWEN2_SPECIAL_TOKENS_START)}
 
 
 def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.Tensor:
@@ -144,14 +202,14 @@ def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.T
 
 def random_architecture(arch: str, layers: int | None = None) -> RandomArchitecture:
     """The config of LLaVA-1.5 (CLIP ViT-L/14-336, layer -2 features, Llama LLM), of LLaVA-NeXT, of
-    Video-LLaVA, or of a tiny test model, with `layers` LLM layers (default: all)."""
+    Video-LLaVA, of LLaVA-OneVision, or of a tiny test model, with `layers` LLM layers (default: all)."""
     shape = ARCHITECTURES[arch]
     if arch in TINY_CONFIGS:
         config = TINY_CONFIGS[arch]()
         first_text_id, end_text_id = len(TINY_SPECIAL_TOKENS), config.text_config.vocab_size
     else:
-        config = FULL_SIZE_CONFIGS[shape.prompt.kind](shape)
-        first_text_id, end_text_id = len(LLAMA_SPECIAL_TOKENS), shape.vocab_size
+        config = FULL_SIZE_CONFIGS[arch](shape)
+        first_text_id, end_text_id = TEXT_ID_RANGES.get(arch, (len(LLAMA_SPECIAL_TOKENS), shape.vocab_size))
     full_depth = config.text_config.num_hidden_layers
     if layers is not None:
         if layers > full_depth:

@@ -110,7 +110,8 @@ def format_report(subject: BenchSubject, rows: list[dict]) -> str:
             )
         else:
             lines.append(
-                f"  {row['method']} vision path ({visual.encoder_step}: layers up to -2, reduction-layer q/k): "
+                f"  {row['method']} vision path ({visual.encoder_step}: layers up to "
+                f"{subject.model.config.vision_feature_layer}, reduction-layer q/k): "
                 f"{row['vision_ms']:.1f} ms = {row['vision_vs_stock']:.3f} x stock"
             )
     if rows[0]["ttft_ms_range"] is not None and rows[0]["repeats"] > 1:

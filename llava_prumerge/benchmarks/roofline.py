@@ -46,6 +46,7 @@ budgets for the whole image, prumerge_plus@160, @320 and @640, are compared too.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,14 +143,16 @@ def select_best_resolution(height: int, width: int, grid_pinpoints) -> tuple[int
 
 @dataclass(frozen=True)
 class AnyresImage:
-    """One LLaVA-NeXT image: its size, the tower's view size and patch size, and the grid resolutions.
-    Counts as `LlavaNextProcessor` computes them (`_get_number_of_features`, default strategy: no [CLS])."""
+    """One LLaVA-NeXT or LLaVA-OneVision image: its size, the tower's view size and patch size, the grid
+    resolutions, and (OneVision's `anyres_max_<n>`) the crops' worth of patches past which stock shrinks
+    the crop map. Counts as the processors compute them (LLaVA-NeXT's default strategy: no [CLS])."""
 
     height: int
     width: int
     view_size: int = 336
     patch_size: int = 14
     grid_pinpoints: tuple = LLAVA_NEXT_GRID_PINPOINTS
+    max_crops: int | None = None
 
     @property
     def side(self) -> int:
@@ -193,15 +196,24 @@ class AnyresImage:
         return [side * side, *crops]
 
     @property
+    def fed_map(self) -> tuple[int, int]:
+        """(rows, columns) of the crops' patch map stock feeds the LLM: the unpadded map, shrunk bilinearly by
+        LLaVA-OneVision when it holds more than about `max_crops` crops' patches (by more than 1.1x a side)."""
+        top, bottom, left, right = self.unpadded_window
+        rows, cols = bottom - top, right - left
+        ratio = math.sqrt(rows * cols / (self.max_crops * self.side**2)) if self.max_crops else 0
+        return (int(rows // ratio), int(cols // ratio)) if ratio > 1.1 else (rows, cols)
+
+    @property
     def newlines(self) -> int:
-        """`image_newline` tokens without reduction: one per row of the unpadded map."""
-        top, bottom, _, _ = self.unpadded_window
-        return bottom - top
+        """`image_newline` tokens without reduction: one per row of the crop map stock feeds."""
+        return self.fed_map[0]
 
     @property
     def stock_tokens(self) -> int:
-        """The placeholders `LlavaNextProcessor` writes for the image."""
-        return sum(self.view_patches) + self.newlines
+        """The placeholders the stock processor writes for the image: the base view, the crop map, newlines."""
+        rows, cols = self.fed_map
+        return self.side * self.side + rows * cols + rows
 
     def reduced_tokens(self, image_tokens: int) -> int:
         """The image's tokens when each view keeps `image_tokens` of every 576 (DEFAULT_VISUAL_TOKENS) of its
@@ -228,17 +240,34 @@ def anyres_prompt(image: AnyresImage) -> PromptShape:
     )
 
 
-def bench_anyres_image(view_size: int, patch_size: int, grid_pinpoints) -> AnyresImage:
-    """The image `analyze` and `bench` cost a LLaVA-NeXT with: the largest square grid resolution (672 x 672
-    for llava-v1.6: the base view and 2 x 2 crops), else two views a side."""
-    squares = [height for height, width in grid_pinpoints if height == width]
+def bench_anyres_image(
+    view_size: int, patch_size: int, grid_pinpoints, max_crops: int | None = None
+) -> AnyresImage:
+    """The image `analyze` and `bench` cost an AnyRes model with: the largest square grid resolution (672 x 672
+    for llava-v1.6: the base view and 2 x 2 crops) whose crops stock feeds unshrunk (at most `max_crops`:
+    1152 x 1152 for LLaVA-OneVision's anyres_max_9, 3 x 3 crops), else two views a side."""
+    squares = [
+        height
+        for height, width in grid_pinpoints
+        if height == width and (max_crops is None or (height // view_size) ** 2 <= max_crops)
+    ]
     side = max(squares) if squares else 2 * view_size
-    return AnyresImage(side, side, view_size, patch_size, tuple(tuple(p) for p in grid_pinpoints))
+    return AnyresImage(side, side, view_size, patch_size, tuple(tuple(p) for p in grid_pinpoints), max_crops)
 
 
 LLAVA_NEXT_PROMPT = anyres_prompt(bench_anyres_image(336, 14, LLAVA_NEXT_GRID_PINPOINTS))
 # The tiny LLaVA-NeXT's (testing/tiny_next.py): 56 px views of 14 x 14 patches, grids up to 2 x 2 crops
 TINY_NEXT_IMAGE = bench_anyres_image(56, 4, ((56, 112), (112, 56), (112, 112)))
+# llava-onevision-qwen2-*-ov-hf: SigLIP at 384 px (27 x 27 patches a view), grids of 1 x 1 to 6 x 6 crops,
+# anyres_max_9; costed with a 1152 x 1152 image (3 x 3 crops: 10 views, 7371 stock tokens)
+LLAVA_ONEVISION_GRID_PINPOINTS = tuple(
+    (384 * rows, 384 * cols) for rows in range(1, 7) for cols in range(1, 7)
+)
+LLAVA_ONEVISION_PROMPT = anyres_prompt(bench_anyres_image(384, 14, LLAVA_ONEVISION_GRID_PINPOINTS, 9))
+# The tiny LLaVA-OneVision's (testing/tiny_onevision.py): 56 px views, grids up to 3 x 3 crops, anyres_max_2
+TINY_ONEVISION_IMAGE = bench_anyres_image(
+    56, 4, tuple((56 * rows, 56 * cols) for rows in range(1, 4) for cols in range(1, 4)), 2
+)
 
 
 @dataclass(frozen=True)
@@ -270,12 +299,16 @@ ARCHITECTURES = {
         Architecture("llava-1.5-13b", 5120, 40, 40, 40, 13824, 32000),  # Vicuna-13B v1.5
         Architecture("video-llava-7b", 4096, 32, 32, 32, 11008, 32000, VIDEO_LLAVA_PROMPT),  # Vicuna-7B v1.5
         Architecture("llava-next-7b", 4096, 32, 32, 32, 11008, 32000, LLAVA_NEXT_PROMPT),  # Vicuna-7B v1.5
+        # Qwen2-7B (q/k/v biases: negligible cost); llava-onevision-qwen2-7b-ov-hf
+        Architecture("llava-onevision-7b", 3584, 28, 28, 4, 18944, 152064, LLAVA_ONEVISION_PROMPT),
         # for tests: 2 KV heads exercise GQA; the tiny LLaVA's 14 x 14 patches
         Architecture("tiny", 64, 2, 4, 2, 160, 100, image_prompt(14 * 14)),
         # for tests: the tiny Video-LLaVA's 8 frames of 14 x 14 patches
         Architecture("tiny-video", 64, 2, 4, 2, 160, 100, video_prompt(VIDEO_FRAMES, 14 * 14)),
         # for tests: the tiny LLaVA-NeXT's 112 x 112 image, 5 views of 14 x 14 patches (56 px, patch 4)
         Architecture("tiny-next", 64, 2, 4, 2, 160, 100, anyres_prompt(TINY_NEXT_IMAGE)),
+        # for tests: the tiny LLaVA-OneVision's 56 x 56 image, 2 views of 14 x 14 patches
+        Architecture("tiny-onevision", 64, 2, 4, 2, 160, 100, anyres_prompt(TINY_ONEVISION_IMAGE)),
     )
 }
 
