@@ -26,7 +26,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model",
         metavar="PATH_OR_HUB_ID",
-        help="a LLaVA, LLaVA-NeXT or Video-LLaVA checkpoint, stock or PruMerge",
+        help="a LLaVA, LLaVA-NeXT, LLaVA-OneVision or Video-LLaVA checkpoint, stock or PruMerge",
     )
     source.add_argument(
         "--arch",
@@ -193,7 +193,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         "--arch",
         type=_architecture,
         default="llava-1.5-7b",
-        help=f"{', '.join(roofline.ARCHITECTURES)}, or a folder with a LLaVA, LLaVA-NeXT or Video-LLaVA config.json "
+        help=f"{', '.join(roofline.ARCHITECTURES)}, or a folder with a LLaVA, LLaVA-NeXT, LLaVA-OneVision or Video-LLaVA config.json "
         "(default llava-1.5-7b)",
     )
     parser.add_argument("--hardware", choices=list(roofline.HARDWARE), default="v100", help="(default v100)")
@@ -201,7 +201,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         "--visual-tokens",
         type=positive_int,
         help="visual tokens per image or video without reduction (default: the architecture's, 576 for LLaVA-1.5, "
-        "2928 for LLaVA-NeXT's 672x672 image, 2056 for Video-LLaVA's 8 frames)",
+        "2928 for LLaVA-NeXT's 672x672 image, 7371 for LLaVA-OneVision's 1152x1152 one, 2056 for Video-LLaVA's 8 "
+        "frames)",
     )
     parser.add_argument(
         "--text-tokens",
@@ -228,14 +229,16 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         help=f"adaptive PruMerge's tokens (default {roofline.PRUMERGE_TOKENS}: the paper's mean; Video-LLaVA: "
         f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_tokens}, LLaVA-NeXT: {roofline.LLAVA_NEXT_PROMPT.prumerge_tokens}, "
-        "the same share of each frame's or view's patches)",
+        f"LLaVA-OneVision: {roofline.LLAVA_ONEVISION_PROMPT.prumerge_tokens}, the same share of each frame's or "
+        "view's patches)",
     )
     parser.add_argument(
         "--prumerge-plus-tokens",
         type=positive_int,
         help=f"adaptive PruMerge+'s tokens (default {roofline.PRUMERGE_PLUS_TOKENS}: 25%%; Video-LLaVA: "
         f"{roofline.VIDEO_LLAVA_PROMPT.prumerge_plus_tokens}, LLaVA-NeXT: "
-        f"{roofline.LLAVA_NEXT_PROMPT.prumerge_plus_tokens}, the same share of each frame's or view's patches)",
+        f"{roofline.LLAVA_NEXT_PROMPT.prumerge_plus_tokens}, LLaVA-OneVision: "
+        f"{roofline.LLAVA_ONEVISION_PROMPT.prumerge_plus_tokens}, the same share of each frame's or view's patches)",
     )
     parser.add_argument(
         "--peak", type=positive_float, metavar="TFLOPS", help="replace the selected peak (FP16 or INT8)"

@@ -41,6 +41,13 @@ counts them (`AnyresImage` computes the count for any image size). Reduced, each
 image share of its patches and one image_newline closes each row of crops, as the model lays them out
 (an estimate: 5 x 33 + 2 = 167 with PruMerge, 5 x 144 + 2 = 722 with PruMerge+); the field's fixed
 budgets for the whole image, prumerge_plus@160, @320 and @640, are compared too.
+
+LLaVA-OneVision (`--arch llava-onevision-7b`: Qwen2-7B, 28 layers, 4 KV heads) sees one 1152x1152 image, the
+largest square it feeds unshrunk under anyres_max_9: the base view and 3x3 crops of 384 px (SigLIP, 27 x 27
+patches), 10 x 729 patches, 7371 tokens with the 81 newlines of the 81 x 81 crop map (a larger map is
+shrunk bilinearly to about 9 crops' patches: `AnyresImage.fed_map`). Reduced as LLaVA-NeXT's views are
+(an estimate: 10 x 42 + 3 = 423 with PruMerge, 1823 with PruMerge+), the field's budgets scaled to its
+7290 patches (405, 810 and 1620).
 """
 
 from __future__ import annotations
@@ -491,9 +498,17 @@ def method_visual_tokens(
 def prompt_of_config(config: dict) -> PromptShape:
     """A LLaVA config's prompt shape: a Video-LLaVA's (stock or PruMerge) is its videos', from its frames and
     patches (VideoLlavaConfig's defaults where the file leaves them out); a LLaVA-NeXT's its AnyRes image's
-    (`bench_anyres_image`, LlavaNextConfig's defaults where the file leaves them out); other configs' is
-    LLaVA-1.5's."""
+    (`bench_anyres_image`, LlavaNextConfig's defaults where the file leaves them out); a LLaVA-OneVision's
+    its AnyRes image's too, with its anyres_max_<n> shrink (LlavaOnevisionConfig's defaults: 384 px SigLIP
+    views, anyres_max_9); other configs' is LLaVA-1.5's."""
     vision = config.get("vision_config") or {}
+    if config.get("model_type") in ("llava_onevision", "llava_onevision_prumerge"):
+        pinpoints = config.get("image_grid_pinpoints") or LLAVA_ONEVISION_GRID_PINPOINTS
+        crops = int(config.get("vision_aspect_ratio", "anyres_max_9").removeprefix("anyres_max_"))
+        image = bench_anyres_image(
+            vision.get("image_size", 384), vision.get("patch_size", 14), pinpoints, crops
+        )
+        return anyres_prompt(image)
     if config.get("model_type") in ("llava_next", "llava_next_prumerge"):
         pinpoints = config.get("image_grid_pinpoints") or LLAVA_NEXT_GRID_PINPOINTS
         image = bench_anyres_image(vision.get("image_size", 336), vision.get("patch_size", 14), pinpoints)
