@@ -206,12 +206,19 @@ def used_views(pixel_values: torch.Tensor, layouts: list[AnyresLayout]) -> torch
 
 class AnyresModelMixin:
     """The encode and reduce stages of AnyRes images, and the layout of their reduced views (see the module
-    docstring); a model with `vision_tower`, `image_newline` and the `PruMergeModelMixin` stages that
-    implements `stock_image_length`."""
+    docstring); a model with `vision_tower`, `image_newline` and the `PruMergeModelMixin` stages that names
+    `model_name` and implements `stock_image_length`."""
+
+    model_name: str  # the family's name in messages ("LLaVA-NeXT")
 
     def stock_image_length(self, layout: AnyresLayout) -> int:
         """How many tokens the stock model feeds the LLM for an image of this layout."""
         raise NotImplementedError(f"{type(self).__name__} must implement stock_image_length")
+
+    def image_layouts(self, pixel_values, image_sizes, batch_num_images=None) -> list[AnyresLayout]:
+        """Per image its layout, the inputs checked (`check_anyres_inputs`); every image is split into crops,
+        unless the architecture overrides this."""
+        return check_anyres_inputs(pixel_values, image_sizes, self.config, self.model_name)
 
     def encode_views(
         self, pixel_values, layouts, vision_feature_layer, vision_feature_select_strategy, reduction

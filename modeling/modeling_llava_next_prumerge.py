@@ -31,7 +31,7 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
-from .anyres import AnyresLayout, AnyresModelMixin, ReducedViews, check_anyres_inputs, used_views
+from .anyres import AnyresLayout, AnyresModelMixin, ReducedViews, used_views
 from .compaction import VisualTokens
 from .modeling_prumerge import (
     CompactedModelOutputFields,
@@ -62,6 +62,7 @@ class LlavaNextPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaNextMode
     """[`LlavaNextModel`] that feeds the language model the PruMerge-reduced tokens of every AnyRes view."""
 
     config_class = LlavaNextPruMergeConfig
+    model_name = "LLaVA-NeXT"
 
     def stock_image_length(self, layout: AnyresLayout) -> int:
         """Implemented: the base view's patches, then the unpadded crop map with a newline per patch row."""
@@ -78,7 +79,7 @@ class LlavaNextPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaNextMode
         """Implemented: per image, its views' reduced tokens, projected and laid out as stock orders them."""
         if pixel_values is None:
             return []
-        layouts = check_anyres_inputs(pixel_values, image_sizes, self.config, "LLaVA-NeXT")
+        layouts = self.image_layouts(pixel_values, image_sizes)
         encoded, settings = self.encode_views(
             pixel_values, layouts, vision_feature_layer, vision_feature_select_strategy, reduction
         )
@@ -118,7 +119,7 @@ class LlavaNextPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaNextMode
     ):
         """Overridden: as stock (the whole tower runs on every view, its outputs are returned), with the reduced,
         laid-out tokens, one [n_i, hidden] tensor per image, as `pooler_output`; 4.x: that list alone."""
-        layouts = check_anyres_inputs(pixel_values, image_sizes, self.config, "LLaVA-NeXT")
+        layouts = self.image_layouts(pixel_values, image_sizes)
         feature_layer, keep_class_token, settings = self.image_feature_settings(
             vision_feature_layer, vision_feature_select_strategy, reduction
         )

@@ -121,6 +121,7 @@ class LlavaOnevisionPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaOne
     multi-image base view and video frame."""
 
     config_class = LlavaOnevisionPruMergeConfig
+    model_name = "LLaVA-OneVision"
     modality_inputs = {"image": "pixel_values", "video": "pixel_values_videos"}
 
     def check_reading(self, vision_feature_select_strategy: str | None, vision_aspect_ratio: str | None):
@@ -147,11 +148,11 @@ class LlavaOnevisionPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaOne
         rows, cols = shrunk_map(layout, self.config.vision_aspect_ratio)
         return layout.side * layout.side + rows * (cols + 1)
 
-    def image_layouts(self, pixel_values, image_sizes, batch_num_images) -> list[AnyresLayout]:
-        """Per image its layout: AnyRes crops for an image alone in its prompt, else its base view alone."""
+    def image_layouts(self, pixel_values, image_sizes, batch_num_images=None) -> list[AnyresLayout]:
+        """Overridden: AnyRes crops for an image alone in its prompt, else its base view alone."""
         num_images = pixel_values.shape[0] if isinstance(pixel_values, torch.Tensor) else 0
         crops = anyres_crops(batch_num_images, num_images)
-        return check_anyres_inputs(pixel_values, image_sizes, self.config, "LLaVA-OneVision", crops)
+        return check_anyres_inputs(pixel_values, image_sizes, self.config, self.model_name, crops)
 
     def anyres_tokens(self, reduced: ReducedViews, image_sizes) -> VisualTokens:
         """Reduced views projected and laid out per image, ready for compaction: stock's packing (with its

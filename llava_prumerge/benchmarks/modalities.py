@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import LlavaImageProcessor
 
-from ..modeling.anyres import AnyresLayout, check_anyres_inputs, view_budgets
+from ..modeling.anyres import AnyresLayout, view_budgets
 from ..modeling.frames import frame_settings
 from ..modeling.modeling_llava_onevision_prumerge import max_crops
 from ..modeling.reduction_settings import ReductionSettings
@@ -198,9 +198,7 @@ class AnyresPath(ImagePath):
         return torch.tensor([[self.image.height, self.image.width]] * count)
 
     def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
-        layouts = check_anyres_inputs(
-            pixel_values, self.image_sizes(len(pixel_values)), inner.config, "LLaVA-NeXT"
-        )
+        layouts = inner.image_layouts(pixel_values, self.image_sizes(len(pixel_values)))
         encoded, _ = inner.encode_views(pixel_values, layouts, None, None, settings)
         return encoded, layouts
 
@@ -234,7 +232,7 @@ class AnyresPath(ImagePath):
 
 class OnevisionPath(AnyresPath):
     """One LLaVA-OneVision image a prompt (alone in it: AnyRes views), of the path's size: as AnyresPath, with
-    OneVision's image processor (SigLIP's normalization, views resized without cropping) and layouts."""
+    OneVision's image processor (SigLIP's normalization, views resized without cropping)."""
 
     stock_path = "stock LLaVA-OneVision vision path"
 
@@ -249,11 +247,6 @@ class OnevisionPath(AnyresPath):
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         )
-
-    def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
-        layouts = inner.image_layouts(pixel_values, self.image_sizes(len(pixel_values)), None)
-        encoded, _ = inner.encode_views(pixel_values, layouts, None, None, settings)
-        return encoded, layouts
 
 
 VisualPath = ImagePath | AnyresPath | OnevisionPath | VideoPath

@@ -111,9 +111,10 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="DIR_OR_REPO", help=VISUALIZE_MODEL_HELP)
     parser.add_argument(
         "--arch",
-        choices=("llava", "llava-next"),
+        choices=("llava", "llava-next", "llava-onevision"),
         default="llava",
-        help="without --model, for an IMAGE: the tiny random-weight LLaVA-1.5 (default) or LLaVA-NeXT",
+        help="without --model, for an IMAGE: the tiny random-weight LLaVA-1.5 (default), LLaVA-NeXT or "
+        "LLaVA-OneVision",
     )
     parser.add_argument("--token-reduction", choices=DRAWN_METHODS, default="prumerge")
     parser.add_argument(
@@ -133,15 +134,17 @@ def run_visualize(args: argparse.Namespace) -> Path:
     the kept token it was merged into. Right: the histogram of the [CLS] attention with the IQR fence
     above which patches become centers (the paper's sparsity figure).
 
-    With a LLaVA-NeXT model (a checkpoint, or --arch llava-next for the tiny one): the same for each of the
-    image's AnyRes views, the base view beside its grid of crops (their padding blacked out), each view's
-    patch picture above its histogram, and the tokens reaching the LLM against stock LLaVA-NeXT's.
+    With a LLaVA-NeXT or LLaVA-OneVision model (a checkpoint, or --arch llava-next / llava-onevision for the
+    tiny one): the same for each of the image's AnyRes views, the base view beside its grid of crops (their
+    padding blacked out), each view's patch picture above its histogram (OneVision: of the stand-in score of
+    its SigLIP tower), and the tokens reaching the LLM against the stock model's.
 
     With --video PATH (a Video-LLaVA model): the same for each of the video's 8 sampled frames, each
     frame's patch picture above its histogram, and the video tokens reaching the LLM against stock's.
 
     llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
     llava-prumerge visualize photo.jpg --arch llava-next --out photo-views.png
+    llava-prumerge visualize photo.jpg --arch llava-onevision --out photo-onevision-views.png
     llava-prumerge visualize --video clip.gif --out clip-prumerge.png
     """
     if (args.image is None) == (args.video is None):
@@ -191,15 +194,16 @@ def _visualize_image(path: Path, args: argparse.Namespace):
 
 
 def _visualize_anyres(model, processor, image, path: Path, args: argparse.Namespace):
-    """(picture, summary line) of one image's AnyRes views (a LLaVA-NeXT model)."""
+    """(picture, summary line) of one image's AnyRes views (a LLaVA-NeXT or LLaVA-OneVision model)."""
     from .visualize import picture_title
-    from .visualize_next import TINY_NEXT_MODEL_NOTE, draw_anyres, reduce_anyres_image
+    from .visualize_next import TINY_ANYRES_MODEL_NOTE, draw_anyres, reduce_anyres_image
 
     reduction = reduce_anyres_image(model, processor, image, args.token_reduction)
-    title = picture_title(path.name, args.token_reduction, args.model or TINY_NEXT_MODEL_NOTE)
+    note = args.model or TINY_ANYRES_MODEL_NOTE.format(name=reduction.model_name)
+    title = picture_title(path.name, args.token_reduction, note)
     summary = (
-        f"{reduction.num_tokens} visual tokens from {len(reduction.views)} views; stock LLaVA-NeXT: "
-        f"{reduction.stock_tokens}"
+        f"{reduction.num_tokens} visual tokens from {len(reduction.views)} views; stock "
+        f"{reduction.model_name}: {reduction.stock_tokens}"
     )
     return draw_anyres(reduction, title), summary
 

@@ -27,6 +27,7 @@ from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
 from ..modeling.vision_encoding import has_class_token
 from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
 from ..testing.tiny_next import tiny_next_model, tiny_next_processor
+from ..testing.tiny_onevision import tiny_onevision_model, tiny_onevision_processor
 
 PRUNED, CENTER, SAMPLE, PADDING = 0, 1, 2, 3  # patch roles; PADDING: an AnyRes crop's, never reduced
 CENTER_COLOR = "#ff1a1a"
@@ -303,13 +304,16 @@ def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, h
 
 
 def load_model(name_or_path: str | None = None, tiny_arch: str = "llava"):
-    """(model, processor): the tiny random-weight LLaVA (`tiny_arch` "llava-next": LLaVA-NeXT) when
-    `name_or_path` is None, else a checkpoint.
+    """(model, processor): the tiny random-weight LLaVA (`tiny_arch` "llava-next": LLaVA-NeXT,
+    "llava-onevision": LLaVA-OneVision) when `name_or_path` is None, else a checkpoint.
 
     A checkpoint is a local folder or Hub id of a PruMerge model or of a stock LLaVA-family model
     (e.g. llava-hf/llava-1.5-7b-hf), which is turned into a PruMerge model on load. On a GPU when
     there is one, in float16 there.
     """
+    if name_or_path is None and tiny_arch == "llava-onevision":
+        processor = tiny_onevision_processor()
+        return tiny_onevision_model(tokenizer=processor.tokenizer).to(demo_device()), processor
     if name_or_path is None and tiny_arch == "llava-next":
         tokenizer = tiny_tokenizer()
         return tiny_next_model(tokenizer=tokenizer).to(demo_device()), tiny_next_processor(tokenizer)

@@ -1,11 +1,12 @@
-"""What PruMerge did to a LLaVA-NeXT image's views, as data and as a picture (`llava-prumerge visualize`
-with a LLaVA-NeXT model).
+"""What PruMerge did to an AnyRes image's views, as data and as a picture (`llava-prumerge visualize`
+with a LLaVA-NeXT or LLaVA-OneVision model).
 
-LLaVA-NeXT (AnyRes) sees an image as a base view (the whole image at the tower's resolution) and a grid
-of crops; the model reduces every view with its own [CLS] attention, each crop over the patches that
-survive unpadding only. The picture puts each view's patch picture (as `visualize` draws an image)
-above its [CLS] attention histogram: the base view in the first column, the crops beside it where they
-sit in the grid, their padding blacked out.
+LLaVA-NeXT and LLaVA-OneVision see an image as a base view (the whole image at the tower's resolution)
+and a grid of crops; the model reduces every view with its own importance scores ([CLS] attention, or
+the stand-in of a tower without [CLS]), each crop over the patches that survive unpadding only. The
+picture puts each view's patch picture (as `visualize` draws an image) above its importance
+histogram: the base view in the first column, the crops beside it where they sit in the grid, their
+padding blacked out.
 """
 
 from __future__ import annotations
@@ -17,19 +18,26 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..modeling.anyres import check_anyres_inputs, view_budgets
+from ..modeling.anyres import view_budgets
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.token_reduction import ReducedTokens
-from .visualize import PADDING, PatchReduction, drawn_settings, patch_reduction, vision_tower_view
+from .visualize import (
+    PADDING,
+    PatchReduction,
+    drawn_settings,
+    importance_label,
+    patch_reduction,
+    vision_tower_view,
+)
 from .visualize_video import draw_panels
 
-TINY_NEXT_MODEL_NOTE = (
-    "tiny random-weight LLaVA-NeXT: the selection shows the mechanics, not a trained CLIP's choices"
+TINY_ANYRES_MODEL_NOTE = (
+    "tiny random-weight {name}: the selection shows the mechanics, not a trained tower's choices"
 )
 
 
 def is_anyres(model) -> bool:
-    """Whether `model` sees images as AnyRes views (a LLaVA-NeXT)."""
+    """Whether `model` sees images as AnyRes views (a LLaVA-NeXT or LLaVA-OneVision)."""
     return getattr(model.config, "image_grid_pinpoints", None) is not None
 
 
@@ -40,7 +48,8 @@ class AnyresReduction:
     views: list[PatchReduction]  # the base view, then the crops in raster order of the grid
     grid: tuple[int, int]  # rows and columns of crops
     image_size: tuple[int, int]  # (height, width) of the image
-    stock_tokens: int  # what stock LLaVA-NeXT feeds the LLM: every unpadded patch and a newline a patch row
+    stock_tokens: int  # what the stock model feeds the LLM: the base view, the crop map and a newline a row
+    model_name: str  # "LLaVA-NeXT" or "LLaVA-OneVision"
 
     @property
     def num_tokens(self) -> int:
@@ -55,6 +64,7 @@ def crop_reduction(
     attention: torch.Tensor,
     reduced: ReducedTokens | None,
     patches: torch.Tensor,
+    score: str = PatchReduction.score,
 ) -> PatchReduction:
     """`patch_reduction` of a crop whose reducer saw only `patches` (those unpadding keeps; `reduced` is None
     when none is kept): the histogram shows their attention, the picture the whole crop, its padding as
@@ -63,8 +73,9 @@ def crop_reduction(
     roles, clusters = np.full(num_patches, PADDING, dtype=np.int8), np.full(num_patches, -1, dtype=np.int64)
     if reduced is None:
         view = vision_tower_view(processor, pixel_values)
-        return PatchReduction(view, attention.float().cpu().numpy(), roles, clusters, 0, settings.iqr_scale)
-    seen = patch_reduction(settings, processor, pixel_values, attention[patches], reduced)
+        attention = attention.float().cpu().numpy()
+        return PatchReduction(view, attention, roles, clusters, 0, settings.iqr_scale, score=score)
+    seen = patch_reduction(settings, processor, pixel_values, attention[patches], reduced, score)
     kept = patches.cpu().numpy()
     roles[kept], clusters[kept] = seen.roles, seen.clusters
     return replace(seen, roles=roles, clusters=clusters)
@@ -78,8 +89,9 @@ def reduce_anyres_image(model, processor, image: Image.Image, token_reduction: s
     pixel_values = inputs["pixel_values"].to(model.device, model.dtype)  # [1, views, 3, H, W]
     image_sizes = inputs["image_sizes"]
     settings = drawn_settings(model, token_reduction)
-    (layout,) = check_anyres_inputs(pixel_values, image_sizes, model.config, "LLaVA-NeXT")
+    (layout,) = model.model.image_layouts(pixel_values, image_sizes)
     encoded, settings = model.model.encode_views(pixel_values, [layout], None, None, settings)
+    score = importance_label(model, settings)
     reduced = model.model.reduce_each_view(encoded, 0, layout, settings)
     crop_sizes = [len(patches) for _, patches in reduced[1:]]
     per_view = view_budgets(settings, layout, crop_sizes)
@@ -87,12 +99,13 @@ def reduce_anyres_image(model, processor, image: Image.Image, token_reduction: s
     for index, ((tokens, patches), view_settings) in enumerate(zip(reduced, per_view, strict=True)):
         pixels, attention = pixel_values[0, index : index + 1], encoded.attention[index]
         if patches is None:  # the base view: every patch
-            views.append(patch_reduction(view_settings, processor, pixels, attention, tokens))
+            views.append(patch_reduction(view_settings, processor, pixels, attention, tokens, score))
         else:
-            views.append(crop_reduction(view_settings, processor, pixels, attention, tokens, patches))
-    stock = layout.side * layout.side + layout.stock_length
+            views.append(crop_reduction(view_settings, processor, pixels, attention, tokens, patches, score))
+    stock = model.model.stock_image_length(layout)
     height, width = (int(value) for value in image_sizes[0])
-    return AnyresReduction(views, (layout.grid_rows, layout.grid_cols), (height, width), stock)
+    grid = (layout.grid_rows, layout.grid_cols)
+    return AnyresReduction(views, grid, (height, width), stock, model.model.model_name)
 
 
 def draw_anyres(reduction: AnyresReduction, title: str) -> Figure:
@@ -111,6 +124,7 @@ def draw_anyres(reduction: AnyresReduction, title: str) -> Figure:
         titles,
         cells,
         f"{title}\n{reduction.num_tokens} visual tokens reach the LLM (every view's kept and summary tokens, "
-        f"{rows} image_newline); stock LLaVA-NeXT for this {width}x{height} image ({1 + rows * columns} views): "
+        f"{rows} image_newline); stock {reduction.model_name} for this {width}x{height} image "
+        f"({1 + rows * columns} views): "
         f"{reduction.stock_tokens}",
     )

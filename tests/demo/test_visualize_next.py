@@ -109,3 +109,23 @@ def test_arch_only_picks_the_tiny_image_model(arguments, capsys):
         main(["visualize", *arguments])
     assert exit_info.value.code == 2
     assert "--arch llava-next picks the tiny model for an IMAGE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["prumerge", "prumerge_plus"])
+def test_each_onevision_view_is_reduced_as_the_model_reduces_it_and_scored_by_the_stand_in(method, tmp_path):
+    """LLaVA-OneVision: a panel per view, the model's own count, stock's count with its anyres_max shrink, the
+    histogram of the SigLIP tower's stand-in score; and the command on the tiny model."""
+    model, processor = load_model(None, "llava-onevision")
+    image = noise(150, 160)  # a 3 x 3 grid, shrunk by stock (anyres_max_2)
+    reduction = reduce_anyres_image(model, processor, image, method)
+    assert reduction.grid == (3, 3) and len(reduction.views) == 10 and reduction.model_name == "LLaVA-OneVision"
+    inputs = processor(images=[image], text=["USER: <image>\nhi ASSISTANT:"], return_tensors="pt")
+    with torch.inference_mode():
+        output = model(**inputs, reduction=drawn_settings(model, method))
+    assert output.visual_token_counts == [reduction.num_tokens]
+    assert reduction.stock_tokens == int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert {view.score for view in reduction.views} == {"importance (mean_attention)"}
+    out = tmp_path / "views.png"
+    image.save(tmp_path / "image.png")
+    main(["visualize", str(tmp_path / "image.png"), "--arch", "llava-onevision", "--out", str(out)])
+    assert out.is_file()
