@@ -118,7 +118,9 @@ def test_each_onevision_view_is_reduced_as_the_model_reduces_it_and_scored_by_th
     model, processor = load_model(None, "llava-onevision")
     image = noise(150, 160)  # a 3 x 3 grid, shrunk by stock (anyres_max_2)
     reduction = reduce_anyres_image(model, processor, image, method)
-    assert reduction.grid == (3, 3) and len(reduction.views) == 10 and reduction.model_name == "LLaVA-OneVision"
+    assert (
+        reduction.grid == (3, 3) and len(reduction.views) == 10 and reduction.model_name == "LLaVA-OneVision"
+    )
     inputs = processor(images=[image], text=["USER: <image>\nhi ASSISTANT:"], return_tensors="pt")
     with torch.inference_mode():
         output = model(**inputs, reduction=drawn_settings(model, method))
