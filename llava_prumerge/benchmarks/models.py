@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PretrainedConfig
+from transformers import AutoModelForImageTextToText, PretrainedConfig
 
-from ..common.loading import load_prumerge_model
+from ..common.loading import load_processor, load_prumerge_model
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
 from ..configuration.configuration_llava_onevision_prumerge import LlavaOnevisionPruMergeConfig
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
@@ -270,7 +270,7 @@ def build_random_subject(
 def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device) -> BenchSubject:
     model = load_prumerge_model(spec, dtype=dtype)
     config = model.config
-    processor = AutoProcessor.from_pretrained(spec)
+    processor = load_processor(spec)
     tokenizer = processor.tokenizer
     excluded = {*tokenizer.all_special_ids, config.image_token_id, getattr(config, "video_token_id", None)}
     layers = config.text_config.num_hidden_layers

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoProcessor
 
 from ..architectures import ARCHITECTURES, architecture_for
 from ..errors import MissingInputError, UsageError
@@ -73,3 +73,16 @@ def load_prumerge_model(name_or_path: str, dtype: torch.dtype | str = "auto", **
     config = prumerge_config(name_or_path, **reduction_fields)
     head = architecture_for(config.model_type).load("head_class")
     return head.from_pretrained(name_or_path, config=config, dtype=dtype).eval()
+
+
+def load_processor(name_or_path: str):
+    """The checkpoint's processor; one that needs a library this Python lacks (LLaVA-OneVision's video
+    processor: torchvision) is one clear error naming it, not a traceback."""
+    try:
+        return AutoProcessor.from_pretrained(name_or_path)
+    except ImportError as error:
+        reason = " ".join(str(error).split()).split(". ")[0]  # its first sentence
+        raise UsageError(
+            f"The processor of {name_or_path} cannot be built here: {reason}. Install torchvision built for "
+            f"torch {torch.__version__} (see https://pytorch.org/get-started/locally/)"
+        ) from error

@@ -18,9 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.legend_handler import HandlerBase
 from matplotlib.patches import Circle, Patch, Rectangle
 from PIL import Image
-from transformers import AutoProcessor
 
-from ..common.loading import load_prumerge_model
+from ..common.loading import load_processor, load_prumerge_model
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings, resolved_importance
 from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
@@ -319,7 +318,7 @@ def load_model(name_or_path: str | None = None, tiny_arch: str = "llava"):
         return tiny_next_model(tokenizer=tokenizer).to(demo_device()), tiny_next_processor(tokenizer)
     if name_or_path is None:
         return tiny_model().to(demo_device()), tiny_processor()
-    return load_checkpoint(name_or_path), AutoProcessor.from_pretrained(name_or_path)
+    return load_checkpoint(name_or_path), load_processor(name_or_path)
 
 
 def demo_device() -> str:

@@ -7,9 +7,8 @@ import contextlib
 import json
 
 import torch
-from transformers import AutoProcessor
 
-from ..common.loading import load_prumerge_model
+from ..common.loading import load_processor, load_prumerge_model
 from ..common.timing import torch_threads
 from ..mini import SHIPPED_MINI_MODELS
 from .evaluate import evaluate_shapes_vqa
@@ -28,7 +27,7 @@ def load_for_eval(name_or_path: str):
         return model.to(device), processor, description
     dtype = torch.float16 if device == "cuda" else torch.float32
     model = load_prumerge_model(name_or_path, dtype=dtype).to(device)
-    return model, AutoProcessor.from_pretrained(name_or_path), name_or_path
+    return model, load_processor(name_or_path), name_or_path
 
 
 def run_eval_command(args: argparse.Namespace) -> dict:

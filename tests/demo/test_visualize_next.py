@@ -131,3 +131,32 @@ def test_each_onevision_view_is_reduced_as_the_model_reduces_it_and_scored_by_th
     image.save(tmp_path / "image.png")
     main(["visualize", str(tmp_path / "image.png"), "--arch", "llava-onevision", "--out", str(out)])
     assert out.is_file()
+
+
+def test_visualize_takes_a_llava_onevision_checkpoint_or_names_what_its_processor_needs(tmp_path, capsys):
+    """The stock OneVision processor builds a video processor, which needs torchvision: where it loads, the
+    views are drawn; where it does not, one line says what to install."""
+    folder = tmp_path / "tiny-llava-onevision-prumerge"
+    main(["export", "--tiny", "--arch", "llava-onevision", "--out", str(folder)])
+    capsys.readouterr()
+    noise(100, 260).save(tmp_path / "wide.png")
+    arguments = [
+        "visualize",
+        str(tmp_path / "wide.png"),
+        "--model",
+        str(folder),
+        "--out",
+        str(tmp_path / "v.png"),
+    ]
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError):  # the registry's CUDA build does not load beside CPU torch
+        with pytest.raises(SystemExit) as exit_info:
+            main(arguments)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert "LlavaOnevisionVideoProcessor requires the Torchvision library" in error
+        assert "Install torchvision built for torch" in error and "Traceback" not in error
+        return
+    main(arguments)
+    assert "stock LLaVA-OneVision: " in capsys.readouterr().out
