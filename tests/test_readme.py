@@ -11,8 +11,9 @@ Conventions, so that the blocks run inside the test suite:
 - The Hub id `org/llava-prumerge-7b` becomes the folder `llava-prumerge export --tiny` writes,
   `llava-hf/llava-1.5-7b-hf` the stock LLaVA folder `llava-prumerge tiny-inputs` writes, and the Hub
   is offline (HF_HUB_OFFLINE=1).
-- `org/video-llava-prumerge-7b` and `org/llava-next-prumerge-7b` become the folders
-  `llava-prumerge export --tiny --arch video-llava` / `--arch llava-next` write.
+- `org/video-llava-prumerge-7b`, `org/llava-next-prumerge-7b` and `org/llava-onevision-prumerge-7b` become
+  the folders `llava-prumerge export --tiny --arch video-llava` / `--arch llava-next` /
+  `--arch llava-onevision` write.
 - A python block whose first line is `# needs torchvision ...` runs with the torchvision overlay of this
   interpreter's environment (`<venv>-vision`, see scripts/setup_vision_overlay.sh), which scripts/test.sh
   builds; the test fails if it is missing.
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "org/llava-prumerge-7b"
 VIDEO_HUB_ID = "org/video-llava-prumerge-7b"
 NEXT_HUB_ID = "org/llava-next-prumerge-7b"
+ONEVISION_HUB_ID = "org/llava-onevision-prumerge-7b"
 STOCK_HUB_ID = "llava-hf/llava-1.5-7b-hf"
 VLLM_HUB_ID = "org/llava-prumerge-plus-64-7b"
 VLLM_PORT = "8000"
@@ -71,11 +73,22 @@ def tiny_checkpoints(tmp_path_factory):
     main(["export", "--tiny", "--out", str(folder / "tiny-llava-prumerge")])
     main(["export", "--tiny", "--arch", "video-llava", "--out", str(folder / "tiny-video-llava-prumerge")])
     main(["export", "--tiny", "--arch", "llava-next", "--out", str(folder / "tiny-llava-next-prumerge")])
+    main(
+        [
+            "export",
+            "--tiny",
+            "--arch",
+            "llava-onevision",
+            "--out",
+            str(folder / "tiny-llava-onevision-prumerge"),
+        ]
+    )
     main(["tiny-inputs", str(folder / "inputs")])
     return {
         HUB_ID: folder / "tiny-llava-prumerge",
         VIDEO_HUB_ID: folder / "tiny-video-llava-prumerge",
         NEXT_HUB_ID: folder / "tiny-llava-next-prumerge",
+        ONEVISION_HUB_ID: folder / "tiny-llava-onevision-prumerge",
         STOCK_HUB_ID: folder / "inputs" / "llava-hf",
     }
 
