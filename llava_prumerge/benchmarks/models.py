@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, PretrainedConfig
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, PretrainedConfig
 
-from ..common.loading import load_processor, load_prumerge_model
+from ..common.loading import load_prumerge_model
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
 from ..configuration.configuration_llava_onevision_prumerge import LlavaOnevisionPruMergeConfig
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
@@ -270,13 +270,14 @@ def build_random_subject(
 def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device) -> BenchSubject:
     model = load_prumerge_model(spec, dtype=dtype)
     config = model.config
-    processor = load_processor(spec)
-    tokenizer = processor.tokenizer
+    # the bench needs the tokenizer and the image processor only: a processor with a video processor (Video-LLaVA's,
+    # LLaVA-OneVision's) would need torchvision to be built
+    tokenizer = AutoTokenizer.from_pretrained(spec)
     excluded = {*tokenizer.all_special_ids, config.image_token_id, getattr(config, "video_token_id", None)}
     layers = config.text_config.num_hidden_layers
     return BenchSubject(
         model=model.to(device).eval(),
-        image_processor=processor.image_processor,
+        image_processor=AutoImageProcessor.from_pretrained(spec),
         visual=visual_path(model),
         arch=None,
         checkpoint=spec,

@@ -5,7 +5,6 @@ this machine is shared and timings are noise here."""
 import contextlib
 import io
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -372,13 +371,12 @@ def test_video_llava_7b_config_has_the_published_shapes():
     assert ids.min() == 3 and ids.max() == 31999  # no special, placeholder or padding ids
 
 
-def test_a_video_llava_checkpoint_is_benchmarked_on_videos(tmp_path, monkeypatch, capsys):
+def test_a_video_llava_checkpoint_is_benchmarked_on_videos(tmp_path, capsys):
+    """The stock processor's video part needs torchvision: the bench reads only the folder's tokenizer and image
+    processor."""
     tiny_video_model().save_pretrained(tmp_path)
-    # the stock processor's video part needs torchvision: the bench reads only its tokenizer and image processor
-    processor = SimpleNamespace(
-        tokenizer=tiny_video_tokenizer(), image_processor=tiny_video_image_processor()
-    )
-    monkeypatch.setattr(models.AutoProcessor, "from_pretrained", lambda spec: processor)
+    tiny_video_tokenizer().save_pretrained(tmp_path)
+    tiny_video_image_processor().save_pretrained(tmp_path)
     cli_main(["bench", "--model", str(tmp_path), *QUICK, "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == [

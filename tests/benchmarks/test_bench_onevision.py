@@ -96,3 +96,16 @@ def test_analyze_reads_a_onevision_config(tmp_path, model_type, capsys):
 def test_visual_path_of_a_onevision_model_is_its_images():
     path = visual_path(tiny_onevision_model())
     assert isinstance(path, OnevisionPath) and path.prompt == ARCHITECTURES["tiny-onevision"].prompt
+
+
+def test_a_llava_onevision_checkpoint_is_benchmarked_on_its_views_without_torchvision(tmp_path, capsys):
+    """The bench reads the folder's tokenizer and image processor, not its processor (whose video part needs
+    torchvision)."""
+    folder = tmp_path / "tiny-llava-onevision-prumerge"
+    cli_main(["export", "--tiny", "--arch", "llava-onevision", "--out", str(folder)])
+    capsys.readouterr()
+    cli_main(["bench", "--model", str(folder), *QUICK, "--methods", "none,prumerge", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["method"] for row in rows] == ["none", "prumerge"]
+    assert rows[0]["visual_tokens_per_image"] == ARCHITECTURES["tiny-onevision"].prompt.stock_tokens
+    assert rows[1]["visual_tokens_per_image"] < rows[0]["visual_tokens_per_image"] / 4
