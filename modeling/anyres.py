@@ -25,7 +25,7 @@ from transformers.image_processing_utils import select_best_resolution
 from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
 from .token_reduction import ReducedTokens
-from .vision_encoding import EncodedPatches, encode_patches
+from .vision_encoding import EncodedPatches, described_shape, encode_patches
 
 
 @dataclass(frozen=True)
@@ -155,15 +155,10 @@ def check_anyres_inputs(
         or pixel_values.dim() != 5
         or tuple(pixel_values.shape[2:]) != expected
     ):
-        shape = (
-            tuple(pixel_values.shape)
-            if isinstance(pixel_values, torch.Tensor)
-            else type(pixel_values).__name__
-        )
         raise VisualInputError(
             f"pixel_values must be [num_images, num_views, {expected[0]}, {expected[1]}, {expected[2]}] for "
-            f"{model_name} (the base view and the crops of each image), got {shape}; preprocess images with "
-            "the model's image processor"
+            f"{model_name} (the base view and the crops of each image), got {described_shape(pixel_values)}; "
+            "preprocess images with the model's image processor"
         )
     if image_sizes is None:
         raise VisualInputError(

@@ -14,7 +14,7 @@ import torch
 from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
 from .token_reduction import ReducedTokens
-from .vision_encoding import EncodedPatches
+from .vision_encoding import EncodedPatches, described_shape
 
 
 def check_video_values(pixel_values_videos, vision_config) -> None:
@@ -25,15 +25,11 @@ def check_video_values(pixel_values_videos, vision_config) -> None:
         or pixel_values_videos.dim() != 5
         or tuple(pixel_values_videos.shape[2:]) != expected
     ):
-        shape = (
-            tuple(pixel_values_videos.shape)
-            if isinstance(pixel_values_videos, torch.Tensor)
-            else type(pixel_values_videos).__name__
-        )
         raise VisualInputError(
             f"pixel_values_videos must be one tensor [num_videos, num_frames, {expected[0]}, {expected[1]}, "
-            f"{expected[2]}] (the videos of a batch with the same number of frames), got {shape}; preprocess "
-            "videos with the model's video processor, and pass single images as pixel_values"
+            f"{expected[2]}] (the videos of a batch with the same number of frames), got "
+            f"{described_shape(pixel_values_videos)}; preprocess videos with the model's video processor, and pass "
+            "single images as pixel_values"
         )
     if pixel_values_videos.shape[0] == 0 or pixel_values_videos.shape[1] == 0:
         raise VisualInputError(

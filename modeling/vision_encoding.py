@@ -87,6 +87,11 @@ def has_class_token(tower: nn.Module) -> bool:
     return hasattr(clip_transformer(tower).embeddings, "class_embedding")
 
 
+def described_shape(value) -> tuple | str:
+    """How an input that should be a tensor shows in an error message: its shape, else its type."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def check_pixel_values(pixel_values: torch.Tensor, vision_config, name: str = "pixel_values") -> None:
     """[n, channels, size, size] finite values, as the tower's image processor makes them."""
     expected = (vision_config.num_channels, vision_config.image_size, vision_config.image_size)
@@ -95,14 +100,9 @@ def check_pixel_values(pixel_values: torch.Tensor, vision_config, name: str = "p
         or pixel_values.dim() != 4
         or tuple(pixel_values.shape[1:]) != expected
     ):
-        shape = (
-            tuple(pixel_values.shape)
-            if isinstance(pixel_values, torch.Tensor)
-            else type(pixel_values).__name__
-        )
         raise VisualInputError(
             f"{name} must be [num_images, {expected[0]}, {expected[1]}, {expected[2]}] for this vision tower, "
-            f"got {shape}; preprocess images with the model's image processor"
+            f"got {described_shape(pixel_values)}; preprocess images with the model's image processor"
         )
     if not torch.isfinite(pixel_values).all():
         raise NonFiniteError(f"{name} contain NaN or inf; check the image loading and preprocessing")

@@ -7,6 +7,8 @@ code. Tests parametrize over `REDUCTION_VARIANTS` instead of writing their confi
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from PIL import Image
@@ -45,6 +47,38 @@ def visible_log_probs(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs)
     return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
+
+
+def assert_offload_half_precision_and_peft(model, batch: dict, folder) -> None:
+    """What users run an AnyRes model with (LLaVA-NeXT, LLaVA-OneVision), on `batch`: an accelerate device map
+    with the vision tower offloaded to disk generates as the model does; bfloat16 stays finite; a LoRA on
+    the language model trains (finite loss, gradients) and merges back into the model's class."""
+    import pytest  # here: the commands that use this module's fixtures run without pytest
+
+    model.save_pretrained(folder / "model")
+    device_map = {"model.vision_tower": "disk", "model.multi_modal_projector": "cpu", "model.image_newline": "cpu",
+                  "model.language_model": "cpu", "lm_head": "cpu"}  # fmt: skip
+    offloaded = type(model).from_pretrained(
+        folder / "model", device_map=device_map, offload_folder=str(folder / "offload")
+    )
+    expected = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert torch.equal(offloaded.generate(**batch, max_new_tokens=3, do_sample=False), expected)
+
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    pixels = {
+        name: value.to(torch.bfloat16) for name, value in batch.items() if name.startswith("pixel_values")
+    }
+    with torch.no_grad():
+        assert torch.isfinite(half(**{**batch, **pixels}).logits).all()
+
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    peft_model = peft.get_peft_model(copy.deepcopy(model), lora)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    loss = peft_model(**batch, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert type(peft_model.merge_and_unload()) is type(model)
 
 
 def kept_patches(centers: torch.Tensor) -> list[torch.Tensor]:

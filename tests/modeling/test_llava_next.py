@@ -4,8 +4,6 @@ The tiny model's views are 56 px (14 x 14 patches); its grids are 1x2, 2x1 or 2x
 of different sizes have 3 or 5 views.
 """
 
-import copy
-
 import pytest
 import torch
 import transformers
@@ -14,7 +12,12 @@ from llava_prumerge import LlavaNextPruMergeConfig, LlavaNextPruMergeForConditio
 from llava_prumerge.errors import NonFiniteError, ReductionSettingsError, VisualInputError
 from llava_prumerge.modeling.anyres import anyres_layout, split_budget
 from llava_prumerge.modeling.runtime_compat import IMAGE_FEATURES_AS_OUTPUT, image_text_auto_classes
-from llava_prumerge.testing.model_tester import kept_patches, make_image, stock_twin
+from llava_prumerge.testing.model_tester import (
+    assert_offload_half_precision_and_peft,
+    kept_patches,
+    make_image,
+    stock_twin,
+)
 from llava_prumerge.testing.tiny_next import TINY_GRID_PINPOINTS, tiny_next_model, tiny_next_processor
 
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
@@ -179,27 +182,4 @@ def test_bad_anyres_inputs_are_clear_errors(models, next_processor, pictures, ch
 
 
 def test_device_map_half_precision_and_peft(tmp_path, models, batch):
-    model = models["prumerge"]
-    model.save_pretrained(tmp_path / "model")
-    device_map = {"model.vision_tower": "disk", "model.multi_modal_projector": "cpu", "model.image_newline": "cpu",
-                  "model.language_model": "cpu", "lm_head": "cpu"}  # fmt: skip
-    offloaded = LlavaNextPruMergeForConditionalGeneration.from_pretrained(
-        tmp_path / "model", device_map=device_map, offload_folder=str(tmp_path / "offload")
-    )
-    expected = model.generate(**batch, max_new_tokens=3, do_sample=False)
-    assert torch.equal(offloaded.generate(**batch, max_new_tokens=3, do_sample=False), expected)
-
-    half = copy.deepcopy(model).to(torch.bfloat16)
-    inputs = {**batch, "pixel_values": batch["pixel_values"].to(torch.bfloat16)}
-    with torch.no_grad():
-        assert torch.isfinite(half(**inputs).logits).all()
-
-    peft = pytest.importorskip("peft")
-    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
-    peft_model = peft.get_peft_model(copy.deepcopy(model), lora)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    loss = peft_model(**batch, labels=labels).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    merged = peft_model.merge_and_unload()
-    assert type(merged) is LlavaNextPruMergeForConditionalGeneration
+    assert_offload_half_precision_and_peft(models["prumerge"], batch, tmp_path)
