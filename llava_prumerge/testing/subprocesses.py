@@ -11,6 +11,28 @@ from pathlib import Path
 TEST_PYTHONS = os.environ.get("PRUMERGE_TEST_PYTHONS", sys.executable).split(":")
 
 
+# The opening of a script that loads a Hub folder as a user's machine would, without this package: the spec
+# (JSON, first argument) names the folder; `auto` is the image-text Auto class of the installed major.
+REMOTE_PRELUDE = r"""
+import sys
+sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
+import json
+import torch
+import transformers
+
+def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
+
+
+spec = json.loads(open(sys.argv[1]).read())
+folder = spec["folder"]
+major = int(transformers.__version__.split(".")[0])
+auto = transformers.AutoModelForImageTextToText if major >= 5 else transformers.AutoModelForVision2Seq
+"""
+
+
 def run_offline(script: str, args: list[str], folder: Path, timeout: int = 300) -> dict[str, str]:
     """Write `script` into `folder` and run it there under every TEST_PYTHONS interpreter at once, with
     the Hub offline and an empty HF_HOME; returns each interpreter's output, after asserting it exited 0."""

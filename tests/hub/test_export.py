@@ -18,7 +18,7 @@ from llava_prumerge.hub_upload import export
 from llava_prumerge.hub_upload.validate import validate_hub_folder
 from llava_prumerge.modeling.reduction_settings import REDUCTION_FIELDS
 from llava_prumerge.testing.model_tester import make_image, visible_log_probs
-from llava_prumerge.testing.subprocesses import run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
 NEW_TOKENS = 6
@@ -81,29 +81,15 @@ def test_model_card_has_hub_metadata_usage_for_both_majors_and_the_reducer_setti
         assert f"| `{field}` |" in card
 
 
-REMOTE_LOAD_SCRIPT = r"""
-import sys
-sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
-import json
-import torch
-import transformers
+REMOTE_LOAD_SCRIPT = (
+    REMOTE_PRELUDE
+    + r"""
 from PIL import Image
-
-def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
-
-
-spec = json.loads(open(sys.argv[1]).read())
-folder = spec["folder"]
 try:
     import llava_prumerge  # noqa: F401
     raise AssertionError("llava_prumerge must not be importable here")
 except ImportError:
     pass
-major = int(transformers.__version__.split(".")[0])
-auto = transformers.AutoModelForImageTextToText if major >= 5 else transformers.AutoModelForVision2Seq
 model = auto.from_pretrained(folder, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
 processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -138,6 +124,7 @@ for method, count in spec["visual_token_counts"].items():
     assert variant(**inputs).visual_token_counts == [count], (method, variant.config.token_reduction)
 print("remote code OK under transformers", transformers.__version__)
 """
+)
 
 
 def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, hub_folder, model, processor):

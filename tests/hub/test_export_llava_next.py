@@ -10,7 +10,7 @@ from transformers import AutoProcessor
 from llava_prumerge import LlavaNextPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
 from llava_prumerge.testing.model_tester import make_image, stock_twin, visible_log_probs
-from llava_prumerge.testing.subprocesses import run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
 NEW_TOKENS = 5
@@ -38,24 +38,10 @@ def test_folder_holds_the_anyres_processor_files_and_the_llava_hf_layout(next_fo
     assert "LLaVA-NeXT (AnyRes) with **PruMerge**" in card and "up to 4 high-resolution crops" in card
 
 
-REMOTE_LOAD_SCRIPT = r"""
-import sys
-sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
-import json
-import torch
-import transformers
+REMOTE_LOAD_SCRIPT = (
+    REMOTE_PRELUDE
+    + r"""
 from PIL import Image
-
-def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
-
-
-spec = json.loads(open(sys.argv[1]).read())
-folder = spec["folder"]
-major = int(transformers.__version__.split(".")[0])
-auto = transformers.AutoModelForImageTextToText if major >= 5 else transformers.AutoModelForVision2Seq
 model = auto.from_pretrained(folder, trust_remote_code=True)
 assert type(model).__name__ == "LlavaNextPruMergeForConditionalGeneration", type(model)
 processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -72,6 +58,7 @@ assert mapped.generate(**inputs, max_new_tokens=spec["n"], do_sample=False)[:, -
 torch.testing.assert_close(visible_log_probs(mapped, inputs), torch.tensor(spec["log_probs"]), rtol=0, atol=1e-4)
 print("remote code OK under transformers", transformers.__version__)
 """
+)
 
 
 def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, next_folder):

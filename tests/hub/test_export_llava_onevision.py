@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from llava_prumerge import LlavaOnevisionPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
 from llava_prumerge.testing.model_tester import make_image, stock_twin, visible_log_probs
-from llava_prumerge.testing.subprocesses import run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
 from llava_prumerge.testing.tiny_onevision import tiny_clips, tiny_onevision_inputs, tiny_onevision_processor
 
 TEXTS = [
@@ -69,24 +69,10 @@ def test_folder_holds_the_onevision_processor_files_and_the_llava_hf_layout(onev
     assert "LLaVA-OneVision with **PruMerge**" in card and "scored by `mean_attention`" in card
 
 
-REMOTE_LOAD_SCRIPT = r"""
-import sys
-sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
-import json
-import torch
-import transformers
+REMOTE_LOAD_SCRIPT = (
+    REMOTE_PRELUDE
+    + r"""
 from safetensors.torch import load_file
-
-def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
-
-
-spec = json.loads(open(sys.argv[1]).read())
-folder = spec["folder"]
-major = int(transformers.__version__.split(".")[0])
-auto = transformers.AutoModelForImageTextToText if major >= 5 else transformers.AutoModelForVision2Seq
 model = auto.from_pretrained(folder, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
 assert type(model).__name__ == "LlavaOnevisionPruMergeForConditionalGeneration"
@@ -104,6 +90,7 @@ mapped = auto.from_pretrained(folder, trust_remote_code=True, device_map="auto")
 assert mapped.generate(**inputs, max_new_tokens=n, do_sample=False)[:, -n:].tolist() == spec["new_tokens"]
 print("remote code OK under transformers", transformers.__version__)
 """
+)
 
 
 def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, onevision_folder, processor):

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from llava_prumerge import VideoLlavaPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
 from llava_prumerge.testing.model_tester import visible_log_probs
-from llava_prumerge.testing.subprocesses import run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
 from llava_prumerge.testing.tiny_video import TINY_PATCHES, TINY_VIDEO_FRAMES
 
 PROMPT = "USER: <video>\nWhat happens? ASSISTANT:"
@@ -94,24 +94,10 @@ def test_a_fixed_video_budget_is_stated_on_the_card(tmp_path):
     assert json.loads((out / "config.json").read_text())["num_video_tokens"] == 64
 
 
-REMOTE_LOAD_SCRIPT = r"""
-import sys
-sys.modules["llava_prumerge"] = None  # a user's machine: this package is not installed
-import json
-import torch
-import transformers
+REMOTE_LOAD_SCRIPT = (
+    REMOTE_PRELUDE
+    + r"""
 from safetensors.torch import load_file
-
-def visible_log_probs(model, inputs):  # [visible positions, vocab]: what both sides must agree on
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.logits[out.attention_mask.bool()].float().log_softmax(-1)
-
-
-spec = json.loads(open(sys.argv[1]).read())
-folder = spec["folder"]
-major = int(transformers.__version__.split(".")[0])
-auto = transformers.AutoModelForImageTextToText if major >= 5 else transformers.AutoModelForVision2Seq
 model = auto.from_pretrained(folder, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
 assert type(model).__name__ == "VideoLlavaPruMergeForConditionalGeneration"
@@ -132,6 +118,7 @@ for method, count in spec["video_token_counts"].items():
     assert variant(**inputs).video_token_counts == [count], (method, variant(**inputs).video_token_counts)
 print("remote code OK under transformers", transformers.__version__)
 """
+)
 
 
 def test_exported_folder_loads_without_the_package_under_each_major(
