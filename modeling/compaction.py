@@ -41,6 +41,9 @@ class VisualTokens:
     features: list[torch.Tensor]  # per item [n_i, hidden], projected into the language model's space
     expanded_lengths: list[int]  # per item, how many placeholders the stock processor writes for it
     centers: list[torch.Tensor | None]  # per item, the patch index behind each token (summary token excepted)
+    # per item, for each token, the placeholder of its run whose position it takes; needed only where the
+    # language model places tokens by multi-row positions (mRoPE: [rows, B, L] position_ids)
+    places: list[torch.Tensor] | None = None
 
     @property
     def counts(self) -> list[int]:
@@ -247,15 +250,18 @@ def compact_batch(
     span's mask values, labels and positions, as stock; otherwise its tokens are visible when any of its
     placeholders was, get IGNORE_INDEX labels and consecutive positions from the span's first, and what
     follows moves by the difference. Without `position_ids`, positions are those the language model uses
-    by default (0, 1, ... over the input). `padding_side` defaults to the right when the input was
-    right-padded, else to the left (so that position -1 is every sample's last token).
+    by default (0, 1, ... over the input). Multi-row positions ([rows, B, L]: mRoPE's time, height and
+    width) are the places themselves: text keeps its own, each token takes that of its place in the run
+    (`VisualTokens.places`), so the language model sees every token where stock puts it. `padding_side`
+    defaults to the right when the input was right-padded, else to the left (so that position -1 is every
+    sample's last token).
     """
     batch, length = text_embeds.shape[:2]
     if position_ids is None:
         position_ids = torch.arange(length, device=text_embeds.device).expand(batch, length)
     if padding_side is None:  # right only where the input was right-padded: position -1 is the last token
         padding_side = "right" if bool((attention_mask[:, -1] == 0).any()) else "left"
-    features = {tokens.modality: (tokens.features, tokens.token_id) for tokens in visual}
+    features = {tokens.modality: (tokens.features, tokens.token_id, tokens.places) for tokens in visual}
     rows = [
         _compact_row(
             sample, spans[sample], features, text_embeds, attention_mask, position_ids, input_ids, labels
@@ -264,13 +270,14 @@ def compact_batch(
     ]
     compacted_length = max(row["embeds"].shape[0] for row in rows)
 
-    def stacked(name: str, value) -> torch.Tensor:
+    def stacked(name: str, value, rows_first: bool = False) -> torch.Tensor:
         padded = []
         for row in rows:
-            tensor = row[name]
+            tensor = row[name].movedim(-1, 0) if rows_first else row[name]  # the sequence first
             filler = tensor.new_full((compacted_length - tensor.shape[0], *tensor.shape[1:]), value)
             padded.append(torch.cat([filler, tensor] if padding_side == "left" else [tensor, filler]))
-        return torch.stack(padded)
+        batch_first = torch.stack(padded)  # [B, L', ...]
+        return batch_first.movedim(-1, 0) if rows_first else batch_first  # positions: [rows, B, L']
 
     if labels is not None and padding_side == "left":
         for row in rows:  # nothing came before a row's first token: it stays unpredicted behind the filler
@@ -279,7 +286,7 @@ def compact_batch(
     return CompactedBatch(
         inputs_embeds=stacked("embeds", 0.0),
         attention_mask=stacked("mask", 0),
-        position_ids=stacked("positions", 1),
+        position_ids=stacked("positions", 1, rows_first=position_ids.dim() == 3),
         input_ids=None if input_ids is None else stacked("ids", pad_token_id),
         labels=None if labels is None else stacked("labels", IGNORE_INDEX),
         visual=visual,
@@ -299,30 +306,34 @@ def _compact_row(
         "ids": input_ids,
         "labels": labels,
     }
+    placed = positions.dim() == 3  # [rows, B, L]: every token takes the position of its place
+    sources["positions"] = positions[:, sample] if placed else positions[sample]  # [(rows,) L]
     cursor, shift = 0, 0
     for span in [*spans, None]:
         end = text_embeds.shape[1] if span is None else span.start
         for name, source in sources.items():  # the text before the span, as it is
-            if source is not None:
-                piece = source[sample, cursor:end]
-                pieces[name].append(piece + shift if name == "positions" else piece)
+            if source is None:
+                continue
+            if name == "positions":
+                pieces[name].append(source[..., cursor:end] + (0 if placed else shift))
+            else:
+                pieces[name].append(source[sample, cursor:end])
         if span is None:
             break
-        item_features, token_id = features[span.modality]
+        item_features, token_id, places = features[span.modality]
         tokens = item_features[span.item].to(text_embeds.device, text_embeds.dtype)  # [n, hidden]
         count = tokens.shape[0]
         pieces["embeds"].append(tokens)
+        run_positions = sources["positions"][..., span.start : span.end]
         if count == span.length:  # written in place: the span's own mask values, labels and positions
             kept = {name: source[sample, span.start : span.end] for name, source in sources.items()
-                    if source is not None and name != "embeds"}  # fmt: skip
-            kept["positions"] = kept["positions"] + shift
+                    if source is not None and name not in ("embeds", "positions")}  # fmt: skip
+            kept["positions"] = run_positions + (0 if placed else shift)
         else:
             visible = mask[sample, span.start : span.end].max()
             kept = {
                 "mask": visible.expand(count),
-                "positions": positions[sample, span.start]
-                + shift
-                + torch.arange(count, device=positions.device),
+                "positions": _run_positions(run_positions, places, span, count, placed, shift),
                 "ids": None if input_ids is None else input_ids.new_full((count,), token_id),
                 "labels": None if labels is None else labels.new_full((count,), IGNORE_INDEX),
             }
@@ -331,7 +342,21 @@ def _compact_row(
                 pieces[name].append(piece)
         shift += count - span.length
         cursor = span.end
-    return {name: torch.cat(parts) if parts else None for name, parts in pieces.items()}
+    return {name: torch.cat(parts, dim=-1 if name == "positions" else 0) if parts else None
+            for name, parts in pieces.items()}  # fmt: skip
+
+
+def _run_positions(run_positions, places, span: Span, count: int, placed: bool, shift: int) -> torch.Tensor:
+    """The positions of an item's `count` tokens replacing its placeholder run (`run_positions`: [(rows,)
+    length]): those of their places (multi-row positions), else consecutive from the run's first."""
+    if not placed:
+        return run_positions[0] + shift + torch.arange(count, device=run_positions.device)
+    if places is None or places[span.item] is None:
+        raise VisualInputError(
+            f"Multi-row position_ids need each {span.modality} token's place in its placeholder run; this "
+            "model's visual tokens do not name them"
+        )
+    return run_positions[:, places[span.item].to(run_positions.device)]
 
 
 def centers_by_sample(visual: list[VisualTokens], spans: list[list[Span]]) -> dict[str, torch.Tensor | None]:

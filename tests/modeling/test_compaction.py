@@ -144,3 +144,26 @@ def test_modalities_interleave_in_prompt_order():
     assert batch.input_ids.tolist() == [[VIDEO, 1, IMAGE, IMAGE, VIDEO, VIDEO, VIDEO, 2]]
     assert batch.inputs_embeds[0, :, 0].tolist() == [20, 100, 10, 10, 21, 21, 21, 200]
     assert batch.visual == [images, videos] and videos.counts == [1, 3]
+
+
+def test_multi_row_positions_keep_every_token_at_its_place():
+    """mRoPE-style positions [rows, B, L]: text keeps its own, each reduced token takes the position of its
+    place in the run; rows without reduction keep theirs; re-padding fills positions with 1."""
+    ids = torch.tensor([[5, IMAGE, IMAGE, IMAGE, IMAGE, 6, 7], [PAD, PAD, 5, IMAGE, IMAGE, IMAGE, IMAGE]])
+    mask = (ids != PAD).long()
+    positions = torch.stack([torch.arange(7).expand(2, 7) * (row + 1) for row in range(3)])  # [3, 2, 7]
+    visual = tokens("image", IMAGE, [2, 4], 4, 10)
+    visual.places = [torch.tensor([3, 1]), torch.arange(4)]
+    spans = item_spans([visual], {"image": ids == IMAGE})
+    embeds = torch.zeros(2, 7, 2)
+    batch = compact_batch(
+        embeds, mask, [visual], spans, input_ids=ids, position_ids=positions, padding_side="left"
+    )
+    assert batch.position_ids.shape == (3, 2, 7 - 0)  # the longer row keeps its length
+    first = batch.position_ids[:, 0]  # [3, 7]: two left-padding slots, then 5, place 3, place 1, 6, 7
+    assert batch.attention_mask[0].tolist() == [0, 0, 1, 1, 1, 1, 1]
+    assert first[:, 2:].tolist() == [[r * p for p in (0, 4, 2, 5, 6)] for r in (1, 2, 3)]
+    assert torch.equal(batch.position_ids[:, 1], positions[:, 1])  # in place: as given
+    visual.places = None
+    with pytest.raises(VisualInputError, match="need each image token's place"):
+        compact_batch(embeds, mask, [visual], spans, input_ids=ids, position_ids=positions)
