@@ -61,6 +61,10 @@ VISUAL_OPTIONS = (
     "image_sizes_videos",
     "batch_num_images",
     "vision_aspect_ratio",
+    "image_grid_thw",
+    "video_grid_thw",
+    "second_per_grid_ts",
+    "mm_token_type_ids",
 )
 
 logger = logging.get_logger(__name__)
@@ -326,6 +330,16 @@ class PruMergeModelMixin:
 
     # ---- the forward every architecture shares
 
+    def prompt_positions(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs: dict
+    ):
+        """The positions of this call's prompt before compaction: as given (LLaVA-family language models count
+        0, 1, ... themselves). Qwen-VL overrides it with its 3-D positions."""
+        return position_ids
+
+    def remember_positions(self, position_ids, attention_mask, cache) -> None:
+        """Called with the positions the language model is about to read; LLaVA-family models keep nothing."""
+
     def compact_inputs(
         self,
         input_ids: torch.LongTensor | None,
@@ -488,6 +502,9 @@ class PruMergeModelMixin:
         visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs, rows)
         if visual:
             self.check_prefill(cache, kwargs)
+        position_ids = self.prompt_positions(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs
+        )
         fields = self.language_model_outputs(
             input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, visual, **kwargs
         )
@@ -540,6 +557,7 @@ class PruMergeModelMixin:
                 fields.update(encoder_output_fields(tokens.modality, tokens.features))
                 counts, centers_field = COUNT_FIELDS[tokens.modality]
                 fields.update({counts: tokens.counts, centers_field: centers[tokens.modality]})
+        self.remember_positions(position_ids, attention_mask, cache)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -638,6 +656,7 @@ class PruMergeForConditionalGenerationMixin:
                 prompt = {"input_ids": ids, "mm_encoder_outputs": encoder_outputs_of(compact)}
             else:
                 prompt = {"inputs_embeds": compact.inputs_embeds}
+            prompt.update(self.generation_positions(compact))
         elif cached_prompt is not None and cache.get_seq_length() > 0:
             prompt_length = input_ids.shape[1] if input_ids is not None else 0
             ids, mask = cached_prompt.continuation(input_ids, kwargs.pop("attention_mask", None))
@@ -662,6 +681,11 @@ class PruMergeForConditionalGenerationMixin:
             CachedPrompt(input_ids, ids, mask).record(filled_cache)
         return _with_callers_prompt(outputs, input_ids, ids.shape[1])
 
+    def generation_positions(self, compact: CompactedBatch) -> dict:
+        """What `generate` passes besides the compacted prompt to place it: nothing for LLaVA-family models
+        (generate counts positions over the compacted mask); Qwen-VL passes its 3-D positions."""
+        return {}
+
     def _compacted_prompt(
         self, input_ids, visual_inputs: dict, encoded: dict | None, reduction, cache, kwargs: dict
     ) -> CompactedBatch:
@@ -675,10 +699,14 @@ class PruMergeForConditionalGenerationMixin:
             "vision_feature_select_strategy": kwargs.pop("vision_feature_select_strategy", None),
         }
         visual = self.model.visual_inputs_tokens(encoded, {**options, **visual_inputs}, rows)
+        attention_mask = kwargs.pop("attention_mask", None)
+        position_ids = self.model.prompt_positions(
+            input_ids, inputs_embeds, attention_mask, kwargs.pop("position_ids", None), cache, visual_inputs
+        )
         return self.model.compact_inputs(
             input_ids,
-            kwargs.pop("attention_mask", None),
-            position_ids=kwargs.pop("position_ids", None),
+            attention_mask,
+            position_ids=position_ids,
             visual=visual,
             inputs_embeds=inputs_embeds,
             padding_side="left",

@@ -15,6 +15,7 @@ import warnings
 
 import transformers
 from torch import nn
+from transformers.generation import GenerationMixin
 from transformers.models.llava.modeling_llava import (
     LlavaCausalLMOutputWithPast,
     LlavaForConditionalGeneration,
@@ -109,6 +110,16 @@ def declare_cache_argument(forward):
     return forward
 
 
+def cache_length(cache) -> int:
+    """Tokens a KV cache holds (0 for none, or for a legacy tuple cache's absence)."""
+    return cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+
+
+# transformers 5's generate builds (and extends each step) `position_ids` before the first forward; 4.x leaves
+# them to each model's `prepare_inputs_for_generation`.
+GENERATE_BUILDS_POSITIONS = hasattr(GenerationMixin, "_prepare_position_ids_for_generation")
+
+
 def pop_cache(kwargs: dict, past_key_values=None):
     """The KV cache, whichever name it was passed under (the old one with the deprecation warning stock
     models give); both at once is an error."""
@@ -151,3 +162,30 @@ def encoder_output_fields(modality: str, per_item: list) -> dict:
     import torch
 
     return {f"{modality}_hidden_states": torch.cat(per_item, dim=0)}  # [sum n_i, hidden]
+
+
+def vision_window_index(tower, grid_thw):
+    """Qwen2.5-VL's window order of the merged tokens (slot -> merged token), as its tower computes it; None
+    for a tower without windows (Qwen2-VL). transformers 4.x: a method of the tower; 5.x: a function."""
+    if not getattr(tower.config, "fullatt_block_indexes", None):
+        return None
+    if hasattr(tower, "get_window_index"):  # transformers 4.x
+        return tower.get_window_index(grid_thw)[0]
+    from transformers.vision_utils import get_vision_window_index
+
+    window_size, merge, patch = tower.window_size, tower.spatial_merge_size, tower.patch_size
+    return get_vision_window_index(grid_thw, merge, window_size, patch)[0]
+
+
+def stock_output_classes(module, prefix: str) -> tuple[type, type]:
+    """(base model output, head output) of a stock modeling module: transformers 4.x's own
+    (`{prefix}ModelOutputWithPast`, `{prefix}CausalLMOutputWithPast`), else 5.x's shared multimodal ones."""
+    own = getattr(module, f"{prefix}ModelOutputWithPast", None)
+    if own is not None:
+        return own, getattr(module, f"{prefix}CausalLMOutputWithPast")
+    from transformers.modeling_outputs import (
+        MultimodalBaseModelOutputWithPast,
+        MultimodalCausalLMOutputWithPast,
+    )
+
+    return MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
