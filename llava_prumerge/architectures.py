@@ -46,6 +46,7 @@ class Architecture:
         "patch_size",
         "vision_feature_select_strategy",
     )
+    family_modules: tuple[str, ...] = ()  # remote-code modules its family shares (after the shared ones)
     # "module.Class" (module relative to the package) of the processor of fixed-budget checkpoints, which
     # expands each image to exactly the budget; it travels as remote code in their Hub folders.
     budget_processor: str | None = None
@@ -53,7 +54,7 @@ class Architecture:
     @property
     def remote_modules(self) -> tuple[str, ...]:
         """Package modules that travel in its Hub folders, dependencies first."""
-        return (*SHARED_REMOTE_MODULES, self.config_module, self.modeling_module)
+        return (*SHARED_REMOTE_MODULES, *self.family_modules, self.config_module, self.modeling_module)
 
     @property
     def auto_map(self) -> dict[str, str]:
@@ -130,6 +131,36 @@ ARCHITECTURES = (
         image_processor_type="LlavaOnevisionImageProcessor",
         video_processor_type="LlavaOnevisionVideoProcessor",
         processor_keys=("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio"),
+    ),
+    Architecture(
+        name="qwen2.5-vl",
+        stock_model_type="qwen2_5_vl",
+        model_type="qwen2_5_vl_prumerge",
+        config_module="configuration.configuration_qwen2_5_vl_prumerge",
+        config_class="Qwen2_5_VLPruMergeConfig",
+        modeling_module="modeling.modeling_qwen2_5_vl_prumerge",
+        model_class="Qwen2_5_VLPruMergeModel",
+        head_class="Qwen2_5_VLPruMergeForConditionalGeneration",
+        processor_class="Qwen2_5_VLProcessor",
+        image_processor_type="Qwen2VLImageProcessor",
+        video_processor_type="Qwen2VLVideoProcessor",
+        processor_keys=(),
+        family_modules=("modeling.qwen_vision", "modeling.qwen_vl"),
+    ),
+    Architecture(
+        name="qwen2-vl",
+        stock_model_type="qwen2_vl",
+        model_type="qwen2_vl_prumerge",
+        config_module="configuration.configuration_qwen2_vl_prumerge",
+        config_class="Qwen2VLPruMergeConfig",
+        modeling_module="modeling.modeling_qwen2_vl_prumerge",
+        model_class="Qwen2VLPruMergeModel",
+        head_class="Qwen2VLPruMergeForConditionalGeneration",
+        processor_class="Qwen2VLProcessor",
+        image_processor_type="Qwen2VLImageProcessor",
+        video_processor_type="Qwen2VLVideoProcessor",
+        processor_keys=(),
+        family_modules=("modeling.qwen_vision", "modeling.qwen_vl"),
     ),
 )
 

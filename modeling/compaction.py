@@ -189,11 +189,18 @@ def item_spans(visual: list[VisualTokens], placeholders: dict[str, torch.Tensor]
 
 
 def fits_in_place(visual: list[VisualTokens], spans: list[list[Span]]) -> bool:
-    """Whether every item has exactly as many placeholders as tokens (no reduction, or compacted already)."""
-    features = {tokens.modality: tokens.features for tokens in visual}
-    return all(
-        span.length == features[span.modality][span.item].shape[0] for sample in spans for span in sample
-    )
+    """Whether every item's tokens stand one on each of its placeholders, in order (no reduction, or compacted
+    already): as many tokens as placeholders, each (where tokens name their places) at its own."""
+    by_modality = {tokens.modality: tokens for tokens in visual}
+    return all(_in_place(by_modality[span.modality], span) for sample in spans for span in sample)
+
+
+def _in_place(tokens: VisualTokens, span: Span) -> bool:
+    """Whether the item of `span` has one token per placeholder, the k-th on the k-th."""
+    if tokens.features[span.item].shape[0] != span.length:
+        return False
+    places = None if tokens.places is None else tokens.places[span.item]
+    return places is None or torch.equal(places.cpu(), torch.arange(span.length))
 
 
 def write_in_place(
@@ -261,7 +268,7 @@ def compact_batch(
         position_ids = torch.arange(length, device=text_embeds.device).expand(batch, length)
     if padding_side is None:  # right only where the input was right-padded: position -1 is the last token
         padding_side = "right" if bool((attention_mask[:, -1] == 0).any()) else "left"
-    features = {tokens.modality: (tokens.features, tokens.token_id, tokens.places) for tokens in visual}
+    features = {tokens.modality: tokens for tokens in visual}
     rows = [
         _compact_row(
             sample, spans[sample], features, text_embeds, attention_mask, position_ids, input_ids, labels
@@ -320,12 +327,12 @@ def _compact_row(
                 pieces[name].append(source[sample, cursor:end])
         if span is None:
             break
-        item_features, token_id, places = features[span.modality]
-        tokens = item_features[span.item].to(text_embeds.device, text_embeds.dtype)  # [n, hidden]
+        item = features[span.modality]
+        tokens = item.features[span.item].to(text_embeds.device, text_embeds.dtype)  # [n, hidden]
         count = tokens.shape[0]
         pieces["embeds"].append(tokens)
         run_positions = sources["positions"][..., span.start : span.end]
-        if count == span.length:  # written in place: the span's own mask values, labels and positions
+        if _in_place(item, span):  # written in place: the span's own mask values, labels and positions
             kept = {name: source[sample, span.start : span.end] for name, source in sources.items()
                     if source is not None and name not in ("embeds", "positions")}  # fmt: skip
             kept["positions"] = run_positions + (0 if placed else shift)
@@ -333,8 +340,8 @@ def _compact_row(
             visible = mask[sample, span.start : span.end].max()
             kept = {
                 "mask": visible.expand(count),
-                "positions": _run_positions(run_positions, places, span, count, placed, shift),
-                "ids": None if input_ids is None else input_ids.new_full((count,), token_id),
+                "positions": _run_positions(run_positions, item.places, span, count, placed, shift),
+                "ids": None if input_ids is None else input_ids.new_full((count,), item.token_id),
                 "labels": None if labels is None else labels.new_full((count,), IGNORE_INDEX),
             }
         for name, piece in kept.items():

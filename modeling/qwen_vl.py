@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .compaction import VisualTokens
+from .errors import ReductionSettingsError, VisualInputError
 from .frames import frame_settings
 from .modeling_prumerge import visual_features_output
 from .qwen_vision import check_grid, encode_merged_tokens
@@ -51,6 +52,18 @@ class ProjectedTokensFields:
 PROJECTED_TOKENS_FIELDS = () if ENCODER_OUTPUTS_IN_OUTPUTS else (ProjectedTokensFields,)
 
 
+def check_budget(settings: ReductionSettings, count: int, modality: str) -> None:
+    """A fixed budget larger than an image's (a frame group's) merged tokens is refused: native-resolution
+    images differ in size, and a budget cannot add tokens the image does not have."""
+    fixed = settings.reduces and (not settings.adaptive or not settings.prunes)
+    if fixed and settings.num_visual_tokens is not None and settings.num_visual_tokens > count:
+        where = "an image" if modality == "image" else "a video frame group"
+        raise ReductionSettingsError(
+            f"A budget of {settings.num_visual_tokens} tokens exceeds the {count} merged tokens of {where} "
+            "here; choose a smaller budget, or larger images (the processor's min_pixels)"
+        )
+
+
 class QwenVLModelMixin:
     """The base model's part for Qwen-VL, listed before `PruMergeModelMixin`: merged tokens reduced per attention
     sequence, and the stock positions of the prompt carried through compaction."""
@@ -67,9 +80,10 @@ class QwenVLModelMixin:
             )
             item_features, item_centers, item_places, offset = [], [], [], 0
             for group_settings in per_group:
+                count = int(merged.features[sequence].shape[0])
+                check_budget(group_settings, count, modality)
                 reduced = merged.sequence(sequence).reduce(group_settings)
                 tokens, kept = reduced.features[0], reduced.centers[0]
-                count = int(merged.features[sequence].shape[0])
                 summary = torch.full(
                     (len(tokens) - len(kept),), count - 1, dtype=torch.long, device=kept.device
                 )
@@ -129,6 +143,7 @@ class QwenVLModelMixin:
             return position_ids
         if input_ids is None or all(grid is None for grid in grids.values()):
             return self.continuation_positions(input_ids if input_ids is not None else inputs_embeds, cache)
+        self.check_placeholders(input_ids, grids)
         parameters = inspect.signature(self.get_rope_index).parameters
         arguments = {**grids, "attention_mask": attention_mask}
         if "second_per_grid_ts" in parameters:  # Qwen2.5-VL: the time between a video's frame groups
@@ -141,6 +156,22 @@ class QwenVLModelMixin:
                 ).int()
         positions, _ = self.get_rope_index(input_ids, **arguments)
         return positions
+
+    def check_placeholders(self, input_ids: torch.Tensor, grids: dict) -> None:
+        """The prompts hold as many placeholders of each modality as its grids make merged tokens (stock's
+        position count would fail obscurely otherwise)."""
+        for modality, name in GRIDS.items():
+            if grids[name] is None:
+                continue
+            per_item = (torch.as_tensor(grids[name]).prod(-1) // self.visual.spatial_merge_size**2).tolist()
+            token_id = getattr(self.config, f"{modality}_token_id")
+            found = int((input_ids == token_id).sum())
+            if found != sum(per_item):
+                raise VisualInputError(
+                    f"The prompts hold {found} {modality} placeholder tokens (id {token_id}) but the {modality}s' "
+                    f"{name} make {sum(per_item)} merged tokens ({per_item} per {modality}): build the prompts "
+                    f"with the processor from these {modality}s"
+                )
 
     def continuation_positions(self, prompt: torch.Tensor, cache):
         """Positions of tokens (`prompt`: their ids or embeddings) that continue a cached prompt, as stock: past

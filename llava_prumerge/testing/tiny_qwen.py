@@ -15,6 +15,7 @@ from ..configuration.configuration_qwen2_5_vl_prumerge import Qwen2_5_VLPruMerge
 from ..configuration.configuration_qwen2_vl_prumerge import Qwen2VLPruMergeConfig
 from ..modeling.modeling_qwen2_5_vl_prumerge import Qwen2_5_VLPruMergeForConditionalGeneration
 from ..modeling.modeling_qwen2_vl_prumerge import Qwen2VLPruMergeForConditionalGeneration
+from ..modeling.runtime_compat import TRANSFORMERS_MAJOR
 from .tiny import tiny_config, tiny_tokenizer
 
 QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -96,8 +97,7 @@ def tiny_qwen_inputs(
     """A batch as the Qwen-VL processors build it: each `<image>` in `texts` becomes the vision tokens around as
     many `<|image_pad|>` as the image has merged tokens (`images[i]`: prompt i's images, through the image
     processor); each `<video>` a video of `videos[i]`'s (frame groups, rows, columns) of patches, random
-    pixels (the video processor needs torchvision); `mm_token_type_ids` as transformers 5's processor adds it."""
-    generator = torch.Generator().manual_seed(seed)
+    pixels (the video processor needs torchvision); `mm_token_type_ids` where transformers 5's processor adds it."""
     flat_images = [image for prompt_images in images for image in prompt_images]
     batch, expanded = {}, []
     if flat_images:
@@ -124,12 +124,18 @@ def tiny_qwen_inputs(
         expanded.append(text)
     batch.update(tokenizer(expanded, return_tensors="pt", padding=True))
     batch.pop("token_type_ids", None)
-    if video_grids:
-        grid = torch.tensor(video_grids)
-        patches = int(grid.prod(-1).sum())
-        batch["pixel_values_videos"] = torch.randn(patches, 3 * TEMPORAL * PATCH * PATCH, generator=generator)
-        batch["video_grid_thw"] = grid
-    ids = batch["input_ids"]
-    image_id, video_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
-    batch["mm_token_type_ids"] = (ids == image_id).int() + 2 * (ids == video_id).int()
+    if video_grids:  # each video's pixels seeded by its grid: the same video alone or in any batch
+        clips = [
+            torch.randn(
+                t * h * w,
+                3 * TEMPORAL * PATCH * PATCH,
+                generator=torch.Generator().manual_seed(seed + 7 * t + 11 * h + 13 * w),
+            )
+            for t, h, w in video_grids
+        ]
+        batch["pixel_values_videos"], batch["video_grid_thw"] = torch.cat(clips), torch.tensor(video_grids)
+    if TRANSFORMERS_MAJOR >= 5:  # 5.x's processors return it; 4.x's models do not take it
+        ids = batch["input_ids"]
+        image_id, video_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+        batch["mm_token_type_ids"] = (ids == image_id).int() + 2 * (ids == video_id).int()
     return batch
