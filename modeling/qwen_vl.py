@@ -141,8 +141,13 @@ class QwenVLModelMixin:
         grids = {name: visual_inputs.get(name) for name in GRIDS.values()}
         if position_ids is not None:
             return position_ids
-        if input_ids is None or all(grid is None for grid in grids.values()):
+        if all(grid is None for grid in grids.values()):
             return self.continuation_positions(input_ids if input_ids is not None else inputs_embeds, cache)
+        if input_ids is None:
+            raise VisualInputError(
+                "Qwen-VL places visual tokens by their ids (3-D positions from the placeholder runs): pass input_ids "
+                "with visual inputs, not inputs_embeds alone"
+            )
         self.check_placeholders(input_ids, grids)
         parameters = inspect.signature(self.get_rope_index).parameters
         arguments = {**grids, "attention_mask": attention_mask}
@@ -191,7 +196,9 @@ class QwenVLModelMixin:
         if position_ids is None or position_ids.dim() != 3 or cache_length(cache) > 0:
             return
         rows = position_ids[-3:]  # [3, B, L]: 5.x generate puts a text row first
-        if attention_mask is not None and attention_mask.dim() == 2:
+        if (
+            torch.is_tensor(attention_mask) and attention_mask.dim() == 2
+        ):  # not compiled decoding's per-layer masks
             rows = rows.masked_fill(attention_mask[None] == 0, -1)
         self.rope_deltas = rows.amax(dim=(0, 2))[:, None] + 1 - position_ids.shape[-1]
 
@@ -213,6 +220,19 @@ class QwenVLForConditionalGenerationMixin:
         self.prompt_position_ids = torch.cat([text[None], compact.position_ids.to(text)])
         self.model.remember_positions(self.prompt_position_ids, mask, None)
         return {"position_ids": self.prompt_position_ids} if GENERATE_BUILDS_POSITIONS else {}
+
+    def continuation_positions(self, ids: torch.Tensor) -> dict:
+        """Overridden: transformers 5's generate places the new tokens from the positions it is given: past the
+        prompt's largest by `rope_deltas`, as the first call decoded (4.x computes the same itself)."""
+        deltas = getattr(self.model, "rope_deltas", None)
+        if not GENERATE_BUILDS_POSITIONS or deltas is None:
+            return {}
+        batch, length = ids.shape
+        text = torch.arange(length, device=ids.device).expand(batch, length)
+        mrope = (text + deltas.to(ids.device).repeat_interleave(batch // deltas.shape[0], dim=0)).expand(
+            3, batch, length
+        )
+        return {"position_ids": torch.cat([text[None], mrope])}
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
         """Overridden: the prefill of a prompt `generate` compacted reads its carried positions (4.x's stock
