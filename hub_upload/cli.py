@@ -137,6 +137,11 @@ def _tiny_model_and_processor(arch_name: str, fields: dict):
 
         tokenizer = tiny_tokenizer()
         return tiny_next_model(tokenizer=tokenizer, **fields), tiny_next_processor(tokenizer)
+    if arch_name in ("qwen2.5-vl", "qwen2-vl"):
+        from ..testing.tiny_qwen import tiny_qwen_model, tiny_qwen_parts
+
+        processor = tiny_qwen_parts()
+        return tiny_qwen_model(arch_name, tokenizer=processor.tokenizer, **fields), processor
     if arch_name == "llava-onevision":
         from ..testing.tiny_onevision import tiny_onevision_model, tiny_onevision_parts
 

@@ -25,6 +25,7 @@ IMAGE_PROCESSOR_KEYS = (
     "do_pad", "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
     "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
     "image_grid_pinpoints",  # LLaVA-NeXT's and LLaVA-OneVision's AnyRes grids
+    "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size",  # Qwen-VL's native resolution
 )  # fmt: skip
 # The video processor settings both majors read; Video-LLaVA's frames take its image processor's transforms.
 VIDEO_PROCESSOR_KEYS = tuple(
@@ -50,6 +51,9 @@ def config_for_both_majors(config: dict) -> dict:
         text_config["rope_theta"] = rope["rope_theta"]
         scaling = {key: value for key, value in rope.items() if key != "rope_theta"}
         text_config["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
+    if isinstance(rope, dict) and "mrope_section" in rope and not text_config.get("rope_scaling"):
+        # Qwen-VL's 3-D rotary split, which 4.57 reads from rope_scaling only
+        text_config["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
     return {**config, "text_config": text_config}
 
 
@@ -143,7 +147,7 @@ def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
             "processor_class": arch.processor_class,
         },
     )
-    token_settings = {"image_token": processor.image_token}
+    token_settings = {"image_token": processor.image_token} if arch.processor_tokens else {}
     if arch.video_processor_type:
         video_processor = getattr(processor, "video_processor", None)
         video_settings = (video_processor or image_processor).to_dict()
@@ -155,7 +159,8 @@ def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
                 "processor_class": arch.processor_class,
             },
         )
-        token_settings["video_token"] = processor.video_token
+        if arch.processor_tokens:
+            token_settings["video_token"] = processor.video_token
     write_json(
         folder / "processor_config.json",
         {

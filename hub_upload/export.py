@@ -123,6 +123,8 @@ def wrap_stock_checkpoint(
         "llava-next": _llava_next_processor,
         "video-llava": _video_llava_processor,
         "llava-onevision": _llava_onevision_processor,
+        "qwen2.5-vl": _qwen_vl_processor,
+        "qwen2-vl": _qwen_vl_processor,
     }
     return model.eval(), stock_processors[arch.name](folder, config)
 
@@ -201,6 +203,21 @@ def _llava_onevision_processor(folder: Path, config) -> ProcessorParts:
         chat_template=template,
         num_image_tokens=settings.get("num_image_tokens", side * side),
         vision_aspect_ratio=settings.get("vision_aspect_ratio", config.vision_aspect_ratio),
+    )
+
+
+def _qwen_vl_processor(folder: Path, config) -> ProcessorParts:
+    """Qwen-VL's processor as its parts (building it needs torchvision, for its video processor): the tokenizer,
+    the image processor and the chat template."""
+    from transformers import Qwen2VLImageProcessor  # transformers 5 warns when resolved without torchvision
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = tokenizer.chat_template or _chat_template_file(folder)
+    tokenizer.chat_template = template
+    return ProcessorParts(
+        tokenizer=tokenizer,
+        image_processor=Qwen2VLImageProcessor.from_pretrained(folder),
+        chat_template=template,
     )
 
 

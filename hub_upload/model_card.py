@@ -99,7 +99,8 @@ def render_model_card(config, processor, *, model_id: str, metadata: dict | None
     is the model's name: the last part of `model_id` (a Hub id or the folder written)."""
     data = ModelCardData(**card_metadata(metadata))
     vision = config.vision_config
-    patches = (vision.image_size // vision.patch_size) ** 2
+    is_qwen = config.model_type in ("qwen2_5_vl_prumerge", "qwen2_vl_prumerge")
+    patches = None if is_qwen else (vision.image_size // vision.patch_size) ** 2  # Qwen-VL: native resolution
     settings = "\n".join(f"| `{name}` | `{getattr(config, name)!r}` |" for name in REDUCTION_FIELDS)
     is_video = config.model_type == "video_llava_prumerge"
     usage = (VIDEO_USAGE if is_video else IMAGE_USAGE).format(model_id=model_id)
@@ -120,6 +121,8 @@ stock LLaVA-NeXT's order (the raster order of the unpadded crop map), one `image
 crops. {"With `adaptive=False`, `num_visual_tokens` fixes each image's tokens, newlines included, shared by its views in proportion to their patches." if config.num_visual_tokens is None else f"Each image reaches the language model as exactly {config.num_visual_tokens} tokens, newlines included."}"""
     elif config.model_type == "llava_onevision_prumerge":
         what = _onevision_summary(config, patches, summary)
+    elif is_qwen:
+        what = _qwen_summary(config, summary)
     else:
         what = f"""LLaVA-1.5 with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})): of the
 {patches} CLIP patch tokens per image, the language model sees {summary}."""
@@ -137,8 +140,7 @@ So prefill is shorter and the KV cache smaller. The model code ships in this rep
 
 {usage}
 
-Images are {"padded to a square with the mean color, as in LLaVA-1.5 training, then resized" if do_pad else "resized and center-cropped"}
-({vision.image_size}x{vision.image_size}); vision features come from layer {config.vision_feature_layer}.
+{_preprocessing(config, do_pad)}
 
 ## Token-reduction settings
 
@@ -154,6 +156,37 @@ Stored in `config.json`; override any of them at load time, e.g.
 {CITATION}
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _preprocessing(config, do_pad: bool) -> str:
+    """How images reach the tower, in one sentence."""
+    vision = config.vision_config
+    if not hasattr(vision, "image_size"):  # Qwen-VL
+        return (
+            f"Images keep their native resolution (resized to multiples of {vision.patch_size * vision.spatial_merge_size} px "
+            "within the processor's pixel bounds); the last block's 2 x 2 merged patches are the visual tokens."
+        )
+    how = (
+        "padded to a square with the mean color, as in LLaVA-1.5 training, then resized"
+        if do_pad
+        else "resized and center-cropped"
+    )
+    return (
+        f"Images are {how}\n({vision.image_size}x{vision.image_size}); vision features come from layer "
+        f"{config.vision_feature_layer}."
+    )
+
+
+def _qwen_summary(config, summary: str) -> str:
+    """What a Qwen2-VL / Qwen2.5-VL card says the model does."""
+    family = "Qwen2.5-VL" if config.model_type == "qwen2_5_vl_prumerge" else "Qwen2-VL"
+    score = resolved_importance(config.importance, class_token=False)
+    return f"""{family} with **PruMerge** adaptive visual-token reduction ([LLaVA-PruMerge]({PAPER_URL})).
+Its vision tower has no [CLS] token, so each merged token (2 x 2 patches) is scored by `{score}` on the last
+full-attention block, where the paper reads the [CLS] attention. Each image, and each frame group of a
+video, is reduced: of its merged tokens the language model sees {summary.replace("[CLS] attention", "importance")}.
+Every kept token keeps the 3-D rotary position (time, row, column) of its place, and text the positions stock
+gives it. `AutoProcessor` also builds the video processor, which needs torchvision."""
 
 
 def _onevision_summary(config, patches: int, summary: str) -> str:

@@ -38,16 +38,29 @@ CHECKPOINT_PREFIXES = (
     ("model.video_tower.", "video_tower.vision_model."),
 )
 TIED_HEAD = "language_model.lm_head.weight"
+# Qwen-VL's own layout (that of Qwen/Qwen2.5-VL-7B-Instruct), which both majors' conversion mappings read
+QWEN_CHECKPOINT_PREFIXES = (
+    ("model.visual.", "visual."),
+    ("model.language_model.", "model."),
+    ("lm_head.", "lm_head."),
+)
+QWEN_MODEL_TYPES = ("qwen2_5_vl_prumerge", "qwen2_vl_prumerge")
 
 
-def checkpoint_key(module_key: str) -> str:
-    """The llava-hf checkpoint name of a PruMerge model's state-dict entry."""
-    for module_prefix, checkpoint_prefix in CHECKPOINT_PREFIXES:
+def checkpoint_layout(model_type: str) -> tuple[tuple, str]:
+    """(module prefix -> checkpoint prefix pairs, the tied head's checkpoint name) of a model type's Hub folders."""
+    if model_type in QWEN_MODEL_TYPES:
+        return QWEN_CHECKPOINT_PREFIXES, "lm_head.weight"
+    return CHECKPOINT_PREFIXES, TIED_HEAD
+
+
+def checkpoint_key(module_key: str, model_type: str = "llava_prumerge") -> str:
+    """The checkpoint name of a PruMerge model's state-dict entry: llava-hf's layout, or Qwen-VL's own."""
+    prefixes, _ = checkpoint_layout(model_type)
+    for module_prefix, checkpoint_prefix in prefixes:
         if module_key.startswith(module_prefix):
             return checkpoint_prefix + module_key[len(module_prefix) :]
-    raise UsageError(
-        f"{module_key} is not a LLaVA-family parameter name (no llava-hf checkpoint name for it)"
-    )
+    raise UsageError(f"{module_key} is not a {model_type} parameter name (no checkpoint name for it)")
 
 
 def _head_is_tied(model: torch.nn.Module) -> bool:
@@ -63,9 +76,9 @@ def write_weights(model: torch.nn.Module, folder: Path, max_shard_size: int | st
                 f"{name} is offloaded (on the meta device); load the model without disk offloading "
                 "(no device_map offload) before exporting it"
             )
-        state[checkpoint_key(name)] = tensor
+        state[checkpoint_key(name, model.config.model_type)] = tensor
     if _head_is_tied(model):
-        state.pop(TIED_HEAD)  # re-tied on load from the config's tie_word_embeddings
+        state.pop(checkpoint_layout(model.config.model_type)[1])  # re-tied on load from tie_word_embeddings
     save_torch_state_dict(state, folder, max_shard_size=max_shard_size)
     single = folder / "model.safetensors"
     if single.is_file():
@@ -152,9 +165,14 @@ def _coverage_problems(shapes: dict[str, tuple], config) -> list[str]:
     """Every weight the config's model needs is in the shards, in its shape (the model is built on the meta device)."""
     with init_empty_weights():
         skeleton = architecture_for(config.model_type).load("head_class")(config)
-    expected = {checkpoint_key(name): tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
-    if getattr(config.text_config, "tie_word_embeddings", False):
-        expected.pop(TIED_HEAD, None)
+    expected = {
+        checkpoint_key(name, config.model_type): tuple(tensor.shape)
+        for name, tensor in skeleton.state_dict().items()
+    }
+    if getattr(config.text_config, "tie_word_embeddings", False) or getattr(
+        config, "tie_word_embeddings", False
+    ):
+        expected.pop(checkpoint_layout(config.model_type)[1], None)
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     wrong = [

@@ -47,6 +47,9 @@ class Architecture:
         "vision_feature_select_strategy",
     )
     family_modules: tuple[str, ...] = ()  # remote-code modules its family shares (after the shared ones)
+    processor_tokens: bool = (
+        True  # whether processor_config.json names the placeholder tokens (Qwen-VL's takes none)
+    )
     # "module.Class" (module relative to the package) of the processor of fixed-budget checkpoints, which
     # expands each image to exactly the budget; it travels as remote code in their Hub folders.
     budget_processor: str | None = None
@@ -146,6 +149,7 @@ ARCHITECTURES = (
         video_processor_type="Qwen2VLVideoProcessor",
         processor_keys=(),
         family_modules=("modeling.qwen_vision", "modeling.qwen_vl"),
+        processor_tokens=False,
     ),
     Architecture(
         name="qwen2-vl",
@@ -161,6 +165,7 @@ ARCHITECTURES = (
         video_processor_type="Qwen2VLVideoProcessor",
         processor_keys=(),
         family_modules=("modeling.qwen_vision", "modeling.qwen_vl"),
+        processor_tokens=False,
     ),
 )
 

@@ -34,7 +34,14 @@ from .reduction_settings import ReductionSettings
 from .runtime_compat import declare_cache_argument, share_checkpoint_layout, stock_output_classes
 
 # Qwen/Qwen2.5-VL-*-Instruct checkpoints load unchanged: their weight names map as for stock Qwen2.5-VL.
-share_checkpoint_layout("qwen2_5_vl_prumerge", "qwen2_5_vl", {"Qwen2_5_VLPruMergeModel": "Qwen2_5_VLModel"})
+share_checkpoint_layout(
+    "qwen2_5_vl_prumerge",
+    "qwen2_5_vl",
+    {
+        "Qwen2_5_VLPruMergeModel": "Qwen2_5_VLModel",
+        "Qwen2_5_VLPruMergeForConditionalGeneration": "Qwen2_5_VLForConditionalGeneration",
+    },
+)
 StockModelOutput, StockCausalLMOutput = stock_output_classes(stock, "Qwen2_5_VL")
 
 

@@ -34,7 +34,14 @@ from .reduction_settings import ReductionSettings
 from .runtime_compat import declare_cache_argument, share_checkpoint_layout, stock_output_classes
 
 # Qwen/Qwen2-VL-*-Instruct checkpoints load unchanged: their weight names map as for stock Qwen2-VL.
-share_checkpoint_layout("qwen2_vl_prumerge", "qwen2_vl", {"Qwen2VLPruMergeModel": "Qwen2VLModel"})
+share_checkpoint_layout(
+    "qwen2_vl_prumerge",
+    "qwen2_vl",
+    {
+        "Qwen2VLPruMergeModel": "Qwen2VLModel",
+        "Qwen2VLPruMergeForConditionalGeneration": "Qwen2VLForConditionalGeneration",
+    },
+)
 StockModelOutput, StockCausalLMOutput = stock_output_classes(stock, "Qwen2VL")
 
 

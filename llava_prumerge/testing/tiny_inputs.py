@@ -9,6 +9,8 @@ OUT/llava-hf  a stock LlavaForConditionalGeneration and its processor, as llava-
 OUT/llava-next-hf  a stock LlavaNextForConditionalGeneration and its processor, as llava-hf/llava-v1.6-vicuna-7b-hf
 OUT/video-llava-hf  a stock VideoLlavaForConditionalGeneration, its tokenizer and image processor, as
               LanguageBind/Video-LLaVA-7B-hf (whose frames take the image processor's transforms)
+OUT/qwen2.5-vl-hf, OUT/qwen2-vl-hf  stock Qwen2.5-VL / Qwen2-VL models, their tokenizer and image processor, as
+              Qwen/Qwen2.5-VL-7B-Instruct and Qwen/Qwen2-VL-7B-Instruct (their processors need torchvision)
 OUT/llava-onevision-hf  a stock LlavaOnevisionForConditionalGeneration, its tokenizer, image processor and
               processor settings, as llava-hf/llava-onevision-qwen2-7b-ov-hf (the processor itself needs
               torchvision to build)
@@ -44,6 +46,7 @@ from .model_tester import stock_twin
 from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, byte_level_bpe, tiny_config, tiny_tokenizer
 from .tiny_next import tiny_next_config, tiny_next_processor
 from .tiny_onevision import tiny_onevision_config, tiny_onevision_parts
+from .tiny_qwen import tiny_qwen_config, tiny_qwen_parts
 from .tiny_video import tiny_video_config, tiny_video_image_processor, tiny_video_tokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -63,6 +66,8 @@ class TinyInputs:
     llava_next_hf: Path
     video_llava_hf: Path
     llava_onevision_hf: Path
+    qwen2_5_vl_hf: Path
+    qwen2_vl_hf: Path
 
 
 def _vicuna_tokenizer() -> PreTrainedTokenizerFast:
@@ -194,6 +199,13 @@ def _write_llava_onevision_hf(folder: Path) -> None:
     (folder / "processor_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
+def _write_qwen_vl_hf(folder: Path, arch: str) -> None:
+    parts = tiny_qwen_parts()
+    stock_twin(tiny_qwen_config(arch, parts.tokenizer)).save_pretrained(folder)
+    parts.tokenizer.save_pretrained(folder)
+    parts.image_processor.save_pretrained(folder)
+
+
 def tiny_input_paths(root: str | Path) -> TinyInputs:
     root = Path(root)
     return TinyInputs(
@@ -204,6 +216,8 @@ def tiny_input_paths(root: str | Path) -> TinyInputs:
         root / "llava-next-hf",
         root / "video-llava-hf",
         root / "llava-onevision-hf",
+        root / "qwen2.5-vl-hf",
+        root / "qwen2-vl-hf",
     )
 
 
@@ -220,4 +234,6 @@ def write_tiny_inputs(root: str | Path, *, seed: int = 0, final_root: str | Path
     _write_llava_next_hf(inputs.llava_next_hf)
     _write_video_llava_hf(inputs.video_llava_hf)
     _write_llava_onevision_hf(inputs.llava_onevision_hf)
+    _write_qwen_vl_hf(inputs.qwen2_5_vl_hf, "qwen2.5-vl")
+    _write_qwen_vl_hf(inputs.qwen2_vl_hf, "qwen2-vl")
     return inputs

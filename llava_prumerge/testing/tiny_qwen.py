@@ -139,3 +139,15 @@ def tiny_qwen_inputs(
         image_id, video_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
         batch["mm_token_type_ids"] = (ids == image_id).int() + 2 * (ids == video_id).int()
     return batch
+
+
+def tiny_qwen_parts():
+    """The tiny models' processor as the parts `export` writes (the stock processor needs torchvision)."""
+    from ..common.conversation import VICUNA_CHAT_TEMPLATE
+    from ..hub_upload.compat import ProcessorParts
+
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.chat_template = VICUNA_CHAT_TEMPLATE
+    return ProcessorParts(
+        tokenizer=tokenizer, image_processor=tiny_qwen_image_processor(), chat_template=VICUNA_CHAT_TEMPLATE
+    )
