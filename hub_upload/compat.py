@@ -57,6 +57,19 @@ def config_for_both_majors(config: dict) -> dict:
     return {**config, "text_config": text_config}
 
 
+def with_pixel_bounds(settings: dict) -> dict:
+    """Qwen-VL processor settings with `min_pixels` / `max_pixels` beside `size`: transformers 5 keeps the bounds
+    in `size` ({shortest_edge, longest_edge}) only, which 4.57 does not read (it would resize to its defaults)."""
+    size = settings.get("size") or {}
+    if (
+        "merge_size" in settings
+        and "min_pixels" not in settings
+        and {"shortest_edge", "longest_edge"} <= set(size)
+    ):
+        return {**settings, "min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
+    return settings
+
+
 def write_tokenizer_files(tokenizer, folder: Path) -> None:
     """`tokenizer.json` (the tokenizers pipeline, verbatim) and a 4.x-layout `tokenizer_config.json`.
 
@@ -138,7 +151,7 @@ def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
             )
         )
     write_tokenizer_files(processor.tokenizer, folder)
-    settings = image_processor.to_dict()
+    settings = with_pixel_bounds(image_processor.to_dict())
     write_json(
         folder / "preprocessor_config.json",
         {
@@ -150,7 +163,7 @@ def write_processor_files(processor, folder: Path, arch: Architecture) -> None:
     token_settings = {"image_token": processor.image_token} if arch.processor_tokens else {}
     if arch.video_processor_type:
         video_processor = getattr(processor, "video_processor", None)
-        video_settings = (video_processor or image_processor).to_dict()
+        video_settings = with_pixel_bounds((video_processor or image_processor).to_dict())
         write_json(
             folder / VIDEO_PROCESSOR_FILE,
             {

@@ -13,7 +13,7 @@ Conventions, so that the blocks run inside the test suite:
   is offline (HF_HUB_OFFLINE=1).
 - `org/video-llava-prumerge-7b`, `org/llava-next-prumerge-7b` and `org/llava-onevision-prumerge-7b` become
   the folders `llava-prumerge export --tiny --arch video-llava` / `--arch llava-next` /
-  `--arch llava-onevision` write.
+  `--arch llava-onevision` write, and `org/qwen2.5-vl-prumerge-7b` the one `--arch qwen2.5-vl` writes.
 - A python block whose first line is `# needs torchvision ...` runs with the torchvision overlay of this
   interpreter's environment (`<venv>-vision`, see scripts/setup_vision_overlay.sh), which scripts/test.sh
   builds; the test fails if it is missing.
@@ -42,6 +42,7 @@ HUB_ID = "org/llava-prumerge-7b"
 VIDEO_HUB_ID = "org/video-llava-prumerge-7b"
 NEXT_HUB_ID = "org/llava-next-prumerge-7b"
 ONEVISION_HUB_ID = "org/llava-onevision-prumerge-7b"
+QWEN_HUB_ID = "org/qwen2.5-vl-prumerge-7b"
 STOCK_HUB_ID = "llava-hf/llava-1.5-7b-hf"
 VLLM_HUB_ID = "org/llava-prumerge-plus-64-7b"
 VLLM_PORT = "8000"
@@ -89,6 +90,7 @@ def tiny_checkpoints(tmp_path_factory):
         VIDEO_HUB_ID: folder / "tiny-video-llava-prumerge",
         NEXT_HUB_ID: folder / "tiny-llava-next-prumerge",
         ONEVISION_HUB_ID: folder / "tiny-llava-onevision-prumerge",
+        QWEN_HUB_ID: folder / "tiny-qwen2.5-vl-prumerge",
         STOCK_HUB_ID: folder / "inputs" / "llava-hf",
     }
 

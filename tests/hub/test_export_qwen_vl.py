@@ -42,6 +42,7 @@ def test_folder_holds_qwens_weight_layout_and_processor_files(exported):
     image_settings = json.loads((folder / "preprocessor_config.json").read_text())
     assert image_settings["image_processor_type"] == "Qwen2VLImageProcessor"
     assert (image_settings["patch_size"], image_settings["merge_size"]) == (4, 2)
+    assert (image_settings["min_pixels"], image_settings["max_pixels"]) == (256, 4096)  # 4.57 reads these
     video_settings = json.loads((folder / "video_preprocessor_config.json").read_text())
     assert video_settings["video_processor_type"] == "Qwen2VLVideoProcessor"
     weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
