@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
-from .errors import VisualInputError
+from .errors import NonFiniteError, VisualInputError
 from .reduction_settings import ReductionSettings
 from .runtime_compat import vision_window_index
 from .token_reduction import patch_importance
@@ -87,7 +87,7 @@ def check_grid(pixel_values, grid_thw, tower: nn.Module, name: str) -> torch.Ten
             "grid_thw the processor returned with these pixel values"
         )
     if not torch.isfinite(pixel_values).all():
-        raise VisualInputError(f"{name} contain NaN or inf; check the image loading and preprocessing")
+        raise NonFiniteError(f"{name} contain NaN or inf; check the image loading and preprocessing")
     return grid
 
 

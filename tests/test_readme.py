@@ -84,6 +84,7 @@ def tiny_checkpoints(tmp_path_factory):
             str(folder / "tiny-llava-onevision-prumerge"),
         ]
     )
+    main(["export", "--tiny", "--arch", "qwen2.5-vl", "--out", str(folder / "tiny-qwen2.5-vl-prumerge")])
     main(["tiny-inputs", str(folder / "inputs")])
     return {
         HUB_ID: folder / "tiny-llava-prumerge",
