@@ -117,13 +117,13 @@ def encode_merged_tokens(
     per_sequence = [int(h * w) // merge_unit for t, h, w in grid_thw.tolist() for _ in range(int(t))]
     tokens = MergedTokens(list(merged.split(per_sequence)), [int(t) for t in grid_thw[:, 0].tolist()])
     if settings.reduces:
-        importance, keys = _merged_importance(tower, block, captured, grid_thw, settings, merge_unit)
+        importance, keys = merged_importance(tower, block, captured, grid_thw, settings, merge_unit)
         tokens.importance = list(importance.split(per_sequence))
         tokens.keys = list(keys.split(per_sequence))
     return tokens, output
 
 
-def _merged_importance(tower, block, captured: dict, grid_thw, settings: ReductionSettings, merge_unit: int):
+def merged_importance(tower, block, captured: dict, grid_thw, settings: ReductionSettings, merge_unit: int):
     """([merged tokens] importance, [merged tokens, Dk] keys) in the merger's output order, from the captured
     input of the full-attention block (rows in the tower's window order)."""
     hidden = captured["hidden"]  # [patches, C], window order

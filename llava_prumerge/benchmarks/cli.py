@@ -67,6 +67,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--image-size",
+        type=image_size,
+        metavar="WxH",
+        help="Qwen-VL (native resolution): the image's width and height in pixels (default 1280x720)",
+    )
+    parser.add_argument(
         "--vision-only",
         action="store_true",
         help="vision tower and reducer only (large batches on slow machines)",
@@ -159,9 +165,9 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
 
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     if args.model:
-        subject = load_checkpoint_subject(args.model, dtype, device)
+        subject = load_checkpoint_subject(args.model, dtype, device, args.image_size)
     else:
-        subject = build_random_subject(args.arch, args.layers, dtype, device, args.seed)
+        subject = build_random_subject(args.arch, args.layers, dtype, device, args.seed, args.image_size)
     rows = run_benchmark(
         subject,
         args.batch_size,
@@ -179,6 +185,14 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         plot_rows(rows, BENCH_PLOT_PANELS, args.plot, title)
         print(f"wrote {args.plot}", file=sys.stderr)
     return rows
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (height, width) in pixels."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels (e.g. 1280x720)")
+    return int(height), int(width)
 
 
 def _architecture(text: str) -> roofline.Architecture:

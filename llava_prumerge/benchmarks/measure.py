@@ -124,13 +124,14 @@ def measure_pass(
         encoded = visual.encode(inner, inputs.pixel_values, settings)
     with timer("reducer"):
         reduced = visual.reduce(inner, encoded, settings)
-    result = {"seconds": timer.seconds, "tokens": visual.item_counts(reduced.num_tokens)}
+    result = {"seconds": timer.seconds, "tokens": visual.item_counts(visual.token_counts(reduced))}
     if vision_only:
         return result
     with timer("projector_compaction"):  # the reduced tokens this pass has already computed and timed
         compact = inner.compact_inputs(
             inputs.input_ids,
             inputs.attention_mask,
+            position_ids=visual.prompt_positions(inner, inputs.input_ids, inputs.attention_mask),
             visual=[visual.tokens(inner, reduced)],
             padding_side="left",
         )
@@ -147,7 +148,7 @@ def measure_pass(
     cache = getattr(prefill, CACHE_ARGUMENT)
     result["kv_cache_bytes"] = kv_cache_bytes(cache)
     result["sequence_length"] = compact.attention_mask.shape[1]
-    attention_mask, positions = compact.attention_mask, compact.position_ids[:, -1:]
+    attention_mask, positions = compact.attention_mask, compact.position_ids[..., -1:]  # [(3,) B, 1]
     with timer("decode"):
         for _ in range(new_tokens):
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(next_tokens), 1)], dim=1)
@@ -171,7 +172,7 @@ def time_stock_vision(subject: BenchSubject, pixel_values: torch.Tensor) -> floa
     tower = visual.tower(subject.model.model)
     timer = PhaseTimer(subject.model.device)
     with timer("stock_vision"):
-        tower(visual.tower_inputs(pixel_values), output_hidden_states=True)
+        visual.run_stock_tower(tower, pixel_values)
     return timer.seconds["stock_vision"]
 
 
@@ -362,7 +363,11 @@ def run_benchmark(
                         passes[method].append(result)
                         peaks[method].append(memory.increase_bytes)
                 stock = time_stock_vision(subject, inputs.pixel_values)
-                qk = time_reduction_layer_qk(subject, batch_size)
+                qk = (  # Qwen-VL scores inside its tower's pass; the others on the reduction layer's q/k
+                    subject.visual.time_scoring(subject, batch_size)
+                    if hasattr(subject.visual, "time_scoring")
+                    else time_reduction_layer_qk(subject, batch_size)
+                )
                 if measured:
                     stock_vision_s.append(stock)
                     qk_s.append(qk)

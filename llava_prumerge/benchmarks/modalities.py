@@ -9,12 +9,27 @@ import torch
 from PIL import Image
 from transformers import LlavaImageProcessor
 
+from ..common.timing import PhaseTimer
 from ..modeling.anyres import AnyresLayout, view_budgets
 from ..modeling.frames import frame_settings
 from ..modeling.modeling_llava_onevision_prumerge import max_crops
+from ..modeling.qwen_vision import encode_merged_tokens, last_full_attention_block, merged_importance
+from ..modeling.qwen_vl import check_budget
 from ..modeling.reduction_settings import ReductionSettings
 from ..testing.tiny_video import make_clip
-from .roofline import IMAGE_PROMPT, AnyresImage, PromptShape, anyres_prompt, bench_anyres_image, video_prompt
+from .roofline import (
+    IMAGE_PROMPT,
+    QWEN_IMAGE_SIZE,
+    QWEN_MAX_PIXELS,
+    QWEN_MIN_PIXELS,
+    AnyresImage,
+    PromptShape,
+    anyres_prompt,
+    bench_anyres_image,
+    image_prompt,
+    qwen_grid,
+    video_prompt,
+)
 
 
 def synthetic_images(count: int, size: int, seed: int) -> list[Image.Image]:
@@ -39,7 +54,32 @@ def processed(image_processor, images: list[Image.Image]) -> torch.Tensor:
     return outputs["pixel_values"] if "pixel_values" in outputs else outputs["pixel_values_images"]
 
 
-class ImagePath:
+class VisualPathBase:
+    """What every path shares: the stock tower call, the placeholder ids and positions of a prompt, the
+    reducer's counts and the report's words for the vision path."""
+
+    def run_stock_tower(self, tower, pixel_values: torch.Tensor):
+        """The stock vision path's tower call: every layer, every hidden state kept."""
+        return tower(self.tower_inputs(pixel_values), output_hidden_states=True)
+
+    def vision_path(self, config) -> str:
+        """What PruMerge's vision path runs, in the report."""
+        return f"{self.encoder_step}: layers up to {config.vision_feature_layer}, reduction-layer q/k"
+
+    def placeholder_ids(self, config) -> list[int]:
+        """The ids the stock processor writes for one item."""
+        return [self.token_id(config)] * self.expanded_length(config)
+
+    def prompt_positions(self, inner, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The positions the language model places the prompt at: its own count (None), for LLaVA-family models."""
+        return None
+
+    def token_counts(self, reduced) -> list[int]:
+        """Per tower input, the tokens its reduction keeps."""
+        return reduced.num_tokens
+
+
+class ImagePath(VisualPathBase):
     """One image a prompt, through the image tower (LLaVA-1.5's)."""
 
     name = "image"
@@ -98,7 +138,7 @@ class ImagePath:
         return f"{config.image_seq_length} image placeholders"
 
 
-class VideoPath:
+class VideoPath(VisualPathBase):
     """One video a prompt, its frames through the video tower as a batch (Video-LLaVA's); each frame's
     [CLS] token reaches the LLM, first among its tokens. The same members as ImagePath."""
 
@@ -249,16 +289,122 @@ class OnevisionPath(AnyresPath):
         )
 
 
-VisualPath = ImagePath | AnyresPath | OnevisionPath | VideoPath
+class QwenPath(ImagePath):
+    """One Qwen-VL image a prompt, at its native resolution (`height` x `width` pixels): the whole tower on its
+    patches, each merged token scored on the last full-attention block and reduced, kept tokens at stock's
+    3-D positions. The same members as ImagePath."""
+
+    stock_path = "stock Qwen-VL vision path"
+    encoder_step = "encode_merged_tokens"
+
+    def __init__(self, height: int, width: int, patch_size: int, merge_size: int):
+        self.height, self.width = height, width
+        self.rows, self.cols = qwen_grid(height, width, patch_size, merge_size)
+        self.patch_size, self.merge_size = patch_size, merge_size
+        self.prompt = image_prompt(self.rows * self.cols // merge_size**2)
+        self.grid = None  # [B, 3] of the last synthetic batch
+
+    def expanded_length(self, config) -> int:
+        return self.prompt.stock_tokens
+
+    def vision_path(self, config) -> str:
+        return f"{self.encoder_step}: every block, the last full-attention block's q/k scored"
+
+    def placeholder_ids(self, config) -> list[int]:
+        """Overridden: the vision start and end tokens around the image's pads, as the processor writes them
+        (4.x's stock positions look for the start token)."""
+        pads = [config.image_token_id] * self.expanded_length(config)
+        return [config.vision_start_token_id, *pads, config.vision_end_token_id]
+
+    def image_processor(self, image_size: int):
+        """Qwen-VL's image processor, with bounds that keep the path's image at its native resolution (imported
+        here: transformers 5 warns when the name is first resolved without torchvision)."""
+        from transformers import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor(
+            patch_size=self.patch_size,
+            merge_size=self.merge_size,
+            min_pixels=QWEN_MIN_PIXELS,
+            max_pixels=QWEN_MAX_PIXELS,
+        )
+
+    def synthetic_pixels(self, image_processor, config, count: int, seed: int) -> torch.Tensor:
+        """Synthetic images of the path's size, as flattened patches [B * patches, C * T * P * P]."""
+        images = [image.resize((self.width, self.height)) for image in synthetic_images(count, 64, seed)]
+        outputs = image_processor(images=images, return_tensors="pt")
+        self.grid = outputs["image_grid_thw"]
+        return outputs["pixel_values"]
+
+    def tower(self, inner):
+        return inner.visual
+
+    def run_stock_tower(self, tower, pixel_values: torch.Tensor):
+        return tower(pixel_values, grid_thw=self.grid.to(pixel_values.device))
+
+    def encode(self, inner, pixel_values: torch.Tensor, settings: ReductionSettings):
+        return encode_merged_tokens(inner.visual, pixel_values, self.grid.to(pixel_values.device), settings)[
+            0
+        ]
+
+    def reduce(self, inner, encoded, settings: ReductionSettings):
+        return inner.reduce_merged_tokens("image", encoded, self.grid, settings)
+
+    def tokens(self, inner, reduced):
+        return reduced  # already the items' tokens in the LLM's space
+
+    def token_counts(self, reduced) -> list[int]:
+        return reduced.counts
+
+    def prompt_positions(self, inner, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Overridden: stock's 3-D positions of the prompt, which compaction carries."""
+        grid = self.grid.to(input_ids.device)
+        return inner.prompt_positions(input_ids, None, attention_mask, None, None, {"image_grid_thw": grid})
+
+    def time_scoring(self, subject, batch_size: int) -> float:
+        """Seconds of the work PruMerge adds to the tower: the full-attention block's norm, q/k and rotary
+        embedding and the stand-in score over each image's patches, on hidden states of the real shape."""
+        tower = subject.model.model.visual
+        block = tower.blocks[last_full_attention_block(tower)]
+        patches = self.rows * self.cols
+        hidden = torch.randn(
+            batch_size * patches, block.norm1.weight.shape[0], device=tower.device, dtype=tower.dtype
+        )
+        grid = torch.tensor([[1, self.rows, self.cols]] * batch_size, device=tower.device)
+        rotary = torch.randn(
+            batch_size * patches, block.attn.qkv.in_features // block.attn.num_heads, device=tower.device
+        )
+        captured = {"hidden": hidden, "position_embeddings": (rotary.cos(), rotary.sin()),
+                    "cu_seqlens": torch.arange(batch_size + 1) * patches}  # fmt: skip
+        settings = subject.model.config.reduction_settings
+        timer = PhaseTimer(subject.model.device)
+        with timer("scoring"):
+            merged_importance(tower, block, captured, grid, settings, self.merge_size**2)
+        return timer.seconds["scoring"]
+
+    def check_settings(self, settings: ReductionSettings) -> None:
+        """A budget larger than the image's merged tokens fails here, before any pass."""
+        check_budget(settings, self.prompt.stock_tokens, "image")
+
+    def describe_placeholders(self, config) -> str:
+        return (
+            f"{self.prompt.stock_tokens} image placeholders (a {self.width}x{self.height} image: {self.rows}x{self.cols} "
+            f"patches, merged {self.merge_size}x{self.merge_size})"
+        )
 
 
-def visual_path(model) -> VisualPath:
+VisualPath = ImagePath | AnyresPath | OnevisionPath | QwenPath | VideoPath
+
+
+def visual_path(model, image_size: tuple[int, int] | None = None) -> VisualPath:
     """The modality `bench` measures for a PruMerge model: AnyRes images of the largest square grid resolution
     stock feeds unshrunk for a LLaVA-OneVision (1152 x 1152 for anyres_max_9: 10 views; its videos are not
     benchmarked), videos for a Video-LLaVA, AnyRes images of the largest square grid resolution for a
     LLaVA-NeXT (672 x 672 for llava-v1.6: 5 views), else images."""
     config = model.config
     vision = config.vision_config
+    if hasattr(model.model, "reduce_merged_tokens"):  # Qwen-VL: native-resolution images
+        height, width = image_size or QWEN_IMAGE_SIZE
+        return QwenPath(height, width, vision.patch_size, vision.spatial_merge_size)
     if getattr(config, "vision_aspect_ratio", None):  # LLaVA-OneVision: crops past anyres_max_<n> are shrunk
         crops = max_crops(config.vision_aspect_ratio)
         return OnevisionPath(

@@ -13,6 +13,7 @@ from ..common.loading import load_prumerge_model
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
 from ..configuration.configuration_llava_onevision_prumerge import LlavaOnevisionPruMergeConfig
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
+from ..configuration.configuration_qwen2_5_vl_prumerge import Qwen2_5_VLPruMergeConfig
 from ..configuration.configuration_video_llava_prumerge import VideoLlavaPruMergeConfig
 from ..errors import UsageError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
@@ -20,9 +21,10 @@ from ..testing.tiny import SPECIAL_TOKENS as TINY_SPECIAL_TOKENS
 from ..testing.tiny import tiny_config
 from ..testing.tiny_next import tiny_next_config
 from ..testing.tiny_onevision import tiny_onevision_config
+from ..testing.tiny_qwen import tiny_qwen_config
 from ..testing.tiny_video import tiny_video_config
 from .modalities import VisualPath, visual_path
-from .roofline import ARCHITECTURES, Architecture
+from .roofline import ARCHITECTURES, QWEN_IMAGE_SIZES, Architecture
 
 # A random CLIP has a near-uniform [CLS] attention. A wider initialization makes it peaked, as a
 # trained CLIP's is; 13 was tuned on this benchmark's synthetic images so that PruMerge keeps about
@@ -177,11 +179,37 @@ def llava_onevision_config(shape: Architecture) -> LlavaOnevisionPruMergeConfig:
     )
 
 
+# Qwen/Qwen2.5-VL-7B-Instruct's tower: 32 blocks of 1280, windows of 112 px except 4 full-attention blocks
+QWEN2_5_VL_VISION = {
+    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+    "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2, "hidden_act": "silu", "in_channels": 3,
+}  # fmt: skip
+
+
+def qwen2_5_vl_config(shape: Architecture) -> Qwen2_5_VLPruMergeConfig:
+    """Qwen2.5-VL-7B (Qwen/Qwen2.5-VL-7B-Instruct): its tower, a Qwen2.5 LLM of the shape's size with mRoPE,
+    `<|image_pad|>` (151655) and the vision start / end tokens (151652, 151653)."""
+    return Qwen2_5_VLPruMergeConfig(
+        vision_config={**QWEN2_5_VL_VISION, "out_hidden_size": shape.hidden_size},
+        text_config={
+            "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
+            "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_heads,
+            "num_key_value_heads": shape.num_kv_heads, "vocab_size": shape.vocab_size, "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000, "rope_theta": 1000000.0,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "pad_token_id": QWEN2_SPECIAL_TOKENS_START,
+        },
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+
+
 TINY_CONFIGS = {
     "tiny": tiny_config,
     "tiny-video": tiny_video_config,
     "tiny-next": tiny_next_config,
     "tiny-onevision": tiny_onevision_config,
+    "tiny-qwen": tiny_qwen_config,
 }
 FULL_SIZE_CONFIGS = {
     "llava-1.5-7b": llava_config,
@@ -189,14 +217,21 @@ FULL_SIZE_CONFIGS = {
     "video-llava-7b": video_llava_config,
     "llava-next-7b": llava_next_config,
     "llava-onevision-7b": llava_onevision_config,
+    "qwen2.5-vl-7b": qwen2_5_vl_config,
 }
 # The ordinary text ids of each full-size LLM: past Llama's special tokens, before Qwen2's
-TEXT_ID_RANGES = {"llava-onevision-7b": (0, QWEN2_SPECIAL_TOKENS_START)}
+TEXT_ID_RANGES = {
+    "llava-onevision-7b": (0, QWEN2_SPECIAL_TOKENS_START),
+    "qwen2.5-vl-7b": (0, QWEN2_SPECIAL_TOKENS_START),
+}
 
 
 def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.Tensor:
     """The ids in [first, end) the random text is drawn from: no image or video placeholder among them."""
-    placeholders = {getattr(config, f"{modality}_token_id", None) for modality in ("image", "video")}
+    placeholders = {
+        getattr(config, f"{modality}_token_id", None)
+        for modality in ("image", "video", "vision_start", "vision_end")
+    }
     return torch.tensor([i for i in range(first, end) if i not in placeholders])
 
 
@@ -245,7 +280,12 @@ def _check_weights_fit(config: LlavaPruMergeConfig, dtype: torch.dtype, device: 
 
 
 def build_random_subject(
-    arch: str, layers: int | None, dtype: torch.dtype, device: torch.device, seed: int
+    arch: str,
+    layers: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    image_size: tuple[int, int] | None = None,
 ) -> BenchSubject:
     architecture = random_architecture(arch, layers)
     config = architecture.config
@@ -253,10 +293,10 @@ def build_random_subject(
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
-    visual = visual_path(model)
+    visual = visual_path(model, image_size or QWEN_IMAGE_SIZES.get(arch))
     return BenchSubject(
         model=model.eval(),
-        image_processor=visual.image_processor(config.vision_config.image_size),
+        image_processor=visual.image_processor(getattr(config.vision_config, "image_size", None)),
         visual=visual,
         arch=arch,
         checkpoint=None,
@@ -267,7 +307,9 @@ def build_random_subject(
     )
 
 
-def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device) -> BenchSubject:
+def load_checkpoint_subject(
+    spec: str, dtype: torch.dtype, device: torch.device, image_size: tuple[int, int] | None = None
+) -> BenchSubject:
     model = load_prumerge_model(spec, dtype=dtype)
     config = model.config
     # the bench needs the tokenizer and the image processor only: a processor with a video processor (Video-LLaVA's,
@@ -278,7 +320,7 @@ def load_checkpoint_subject(spec: str, dtype: torch.dtype, device: torch.device)
     return BenchSubject(
         model=model.to(device).eval(),
         image_processor=AutoImageProcessor.from_pretrained(spec),
-        visual=visual_path(model),
+        visual=visual_path(model, image_size),
         arch=None,
         checkpoint=spec,
         llm_layers=layers,
@@ -293,7 +335,7 @@ def make_inputs(subject: BenchSubject, batch_size: int, text_tokens: int, seed: 
     config, visual = subject.model.config, subject.visual
     generator = torch.Generator().manual_seed(seed)
     bos = [] if subject.bos_token_id is None else [subject.bos_token_id]
-    placeholders = [visual.token_id(config)] * visual.expanded_length(config)
+    placeholders = visual.placeholder_ids(config)
     pool = subject.text_token_ids
     rows = []
     for _ in range(batch_size):

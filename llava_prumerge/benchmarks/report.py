@@ -83,9 +83,13 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
     lines = [
         f"{subject.arch or subject.checkpoint} ({weights}) on {first['device']} ({counted(first['threads'], 'thread')}), {first['dtype']}; "
         f"median of {counted(first['repeats'], 'pass', 'passes')} after {first['warmup']} warm-up, methods interleaved",
-        f"vision: {vision.num_hidden_layers} layers x {vision.hidden_size}, "
-        f"{(vision.image_size // vision.patch_size) ** 2} patches; "
-        f"LLM: {subject.llm_layers} layers x {text.hidden_size}; "
+        f"vision: {tower_depth(vision)} layers x {vision.hidden_size}"
+        + (
+            f", {(vision.image_size // vision.patch_size) ** 2} patches; "
+            if hasattr(vision, "image_size")
+            else "; "
+        )
+        + f"LLM: {subject.llm_layers} layers x {text.hidden_size}; "
         f"prompt: {subject.visual.describe_placeholders(config)} + {first['text_tokens']} text tokens",
     ]
     if subject.llm_layers < subject.full_depth_layers:
@@ -94,6 +98,11 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
             "prefill, decode, KV cache and memory below are for these layers."
         )
     return lines
+
+
+def tower_depth(vision) -> int:
+    """The vision tower's layers (Qwen-VL's configs call them `depth`)."""
+    return getattr(vision, "num_hidden_layers", None) or vision.depth
 
 
 def format_report(subject: BenchSubject, rows: list[dict]) -> str:
@@ -105,13 +114,12 @@ def format_report(subject: BenchSubject, rows: list[dict]) -> str:
     for row in rows:
         if row["method"] == "none":
             lines.append(
-                f"{visual.stock_path} (all {subject.model.config.vision_config.num_hidden_layers} layers, "
+                f"{visual.stock_path} (all {tower_depth(subject.model.config.vision_config)} layers, "
                 f"output_hidden_states) at batch {row['batch_size']}: {row['stock_vision_ms']:.1f} ms"
             )
         else:
             lines.append(
-                f"  {row['method']} vision path ({visual.encoder_step}: layers up to "
-                f"{subject.model.config.vision_feature_layer}, reduction-layer q/k): "
+                f"  {row['method']} vision path ({visual.vision_path(subject.model.config)}): "
                 f"{row['vision_ms']:.1f} ms = {row['vision_vs_stock']:.3f} x stock"
             )
     if rows[0]["ttft_ms_range"] is not None and rows[0]["repeats"] > 1:

@@ -277,6 +277,39 @@ TINY_ONEVISION_IMAGE = bench_anyres_image(
 )
 
 
+# ---------------------------------------------------------------- Qwen-VL's native-resolution images
+
+QWEN_IMAGE_SIZE = (720, 1280)  # (height, width): the issue's 1280 x 720 image
+QWEN_PATCH, QWEN_MERGE = 14, 2
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 56 * 56, 28 * 28 * 1280  # Qwen2.5-VL's processor defaults
+
+
+def qwen_grid(height: int, width: int, patch: int = QWEN_PATCH, merge: int = QWEN_MERGE) -> tuple[int, int]:
+    """(rows, columns) of patches of an image as Qwen-VL's processor resizes it (`smart_resize`: each side a
+    multiple of patch * merge, the area within the processor's bounds)."""
+    factor = patch * merge
+    rows, cols = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if rows * cols > QWEN_MAX_PIXELS:
+        scale = math.sqrt(height * width / QWEN_MAX_PIXELS)
+        rows, cols = math.floor(height / scale / factor) * factor, math.floor(width / scale / factor) * factor
+    elif rows * cols < QWEN_MIN_PIXELS:
+        scale = math.sqrt(QWEN_MIN_PIXELS / (height * width))
+        rows, cols = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return rows // patch, cols // patch
+
+
+def qwen_prompt(height: int, width: int, patch: int = QWEN_PATCH) -> PromptShape:
+    """Qwen-VL's prompt for one image: one token per 2 x 2 merged patches, reduced at the paper's rates."""
+    rows, cols = qwen_grid(height, width, patch)
+    return image_prompt(rows * cols // QWEN_MERGE**2)
+
+
+QWEN_PROMPT = qwen_prompt(*QWEN_IMAGE_SIZE)
+TINY_QWEN_IMAGE_SIZE, TINY_QWEN_PATCH = (48, 64), 4  # the tiny Qwen2.5-VL's (testing/tiny_qwen.py)
+# The image each Qwen-VL architecture is measured with by default (`bench --image-size` picks another)
+QWEN_IMAGE_SIZES = {"qwen2.5-vl-7b": QWEN_IMAGE_SIZE, "tiny-qwen": TINY_QWEN_IMAGE_SIZE}
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The Llama decoder dimensions that set its cost, and the visual prompt it is costed with."""
@@ -308,12 +341,16 @@ ARCHITECTURES = {
         Architecture("llava-next-7b", 4096, 32, 32, 32, 11008, 32000, LLAVA_NEXT_PROMPT),  # Vicuna-7B v1.5
         # Qwen2-7B (q/k/v biases: negligible cost); llava-onevision-qwen2-7b-ov-hf
         Architecture("llava-onevision-7b", 3584, 28, 28, 4, 18944, 152064, LLAVA_ONEVISION_PROMPT),
+        # Qwen2.5-7B (q/k/v biases: negligible cost); Qwen/Qwen2.5-VL-7B-Instruct on a 1280 x 720 image
+        Architecture("qwen2.5-vl-7b", 3584, 28, 28, 4, 18944, 152064, QWEN_PROMPT),
         # for tests: 2 KV heads exercise GQA; the tiny LLaVA's 14 x 14 patches
         Architecture("tiny", 64, 2, 4, 2, 160, 100, image_prompt(14 * 14)),
         # for tests: the tiny Video-LLaVA's 8 frames of 14 x 14 patches
         Architecture("tiny-video", 64, 2, 4, 2, 160, 100, video_prompt(VIDEO_FRAMES, 14 * 14)),
         # for tests: the tiny LLaVA-NeXT's 112 x 112 image, 5 views of 14 x 14 patches (56 px, patch 4)
         Architecture("tiny-next", 64, 2, 4, 2, 160, 100, anyres_prompt(TINY_NEXT_IMAGE)),
+        # for tests: the tiny Qwen2.5-VL's 64 x 48 image in 4 px patches
+        Architecture("tiny-qwen", 64, 2, 4, 2, 160, 100, qwen_prompt(*TINY_QWEN_IMAGE_SIZE, TINY_QWEN_PATCH)),
         # for tests: the tiny LLaVA-OneVision's 56 x 56 image, 2 views of 14 x 14 patches
         Architecture("tiny-onevision", 64, 2, 4, 2, 160, 100, anyres_prompt(TINY_ONEVISION_IMAGE)),
     )
@@ -500,8 +537,11 @@ def prompt_of_config(config: dict) -> PromptShape:
     patches (VideoLlavaConfig's defaults where the file leaves them out); a LLaVA-NeXT's its AnyRes image's
     (`bench_anyres_image`, LlavaNextConfig's defaults where the file leaves them out); a LLaVA-OneVision's
     its AnyRes image's too, with its anyres_max_<n> shrink (LlavaOnevisionConfig's defaults: 384 px SigLIP
-    views, anyres_max_9); other configs' is LLaVA-1.5's."""
+    views, anyres_max_9); a Qwen-VL's that of a 1280 x 720 image at its patch size; other configs' is
+    LLaVA-1.5's."""
     vision = config.get("vision_config") or {}
+    if config.get("model_type") in ("qwen2_vl", "qwen2_vl_prumerge", "qwen2_5_vl", "qwen2_5_vl_prumerge"):
+        return qwen_prompt(*QWEN_IMAGE_SIZE, vision.get("patch_size", QWEN_PATCH))  # a 1280 x 720 image
     if config.get("model_type") in ("llava_onevision", "llava_onevision_prumerge"):
         pinpoints = config.get("image_grid_pinpoints") or LLAVA_ONEVISION_GRID_PINPOINTS
         crops = int(config.get("vision_aspect_ratio", "anyres_max_9").removeprefix("anyres_max_"))
