@@ -333,6 +333,9 @@ class QwenPath(ImagePath):
         images = [image.resize((self.width, self.height)) for image in synthetic_images(count, 64, seed)]
         outputs = image_processor(images=images, return_tensors="pt")
         self.grid = outputs["image_grid_thw"]
+        # a checkpoint's processor may bound the image's pixels otherwise: its grid decides the tokens
+        self.rows, self.cols = (int(value) for value in self.grid[0, 1:])
+        self.prompt = image_prompt(self.rows * self.cols // self.merge_size**2)
         return outputs["pixel_values"]
 
     def tower(self, inner):

@@ -333,6 +333,8 @@ def load_checkpoint_subject(
 def make_inputs(subject: BenchSubject, batch_size: int, text_tokens: int, seed: int) -> BenchInputs:
     """The expanded prompt a stock processor produces: bos, the image's (video's) placeholders, the text."""
     config, visual = subject.model.config, subject.visual
+    # the pixels first: a native-resolution image's placeholders follow from how its processor resized it
+    pixel_values = visual.synthetic_pixels(subject.image_processor, config, batch_size, seed)
     generator = torch.Generator().manual_seed(seed)
     bos = [] if subject.bos_token_id is None else [subject.bos_token_id]
     placeholders = visual.placeholder_ids(config)
@@ -341,7 +343,6 @@ def make_inputs(subject: BenchSubject, batch_size: int, text_tokens: int, seed: 
     for _ in range(batch_size):
         text = pool[torch.randint(len(pool), (text_tokens - len(bos),), generator=generator)].tolist()
         rows.append(bos + placeholders + text)
-    pixel_values = visual.synthetic_pixels(subject.image_processor, config, batch_size, seed)
     device = subject.model.device
     input_ids = torch.tensor(rows, device=device)
     return BenchInputs(

@@ -81,3 +81,16 @@ def _bench_json(arguments, capsys) -> str:
     capsys.readouterr()
     cli_main(["bench", *arguments, *QUICK, "--json"])
     return capsys.readouterr().out
+
+
+def test_a_qwen_checkpoint_is_benched_with_its_own_processors_bounds(tmp_path, capsys):
+    """The folder's image processor (tiny bounds: 256 to 4096 pixels) decides the image's tokens."""
+    folder = tmp_path / "tiny-qwen2.5-vl-prumerge"
+    cli_main(["export", "--tiny", "--arch", "qwen2.5-vl", "--out", str(folder)])
+    rows = json.loads(
+        _bench_json(["--model", str(folder), "--image-size", "64x48", "--methods", "none,prumerge"], capsys)
+    )
+    assert (
+        rows[0]["visual_tokens_per_image"] == 48
+    )  # 64 x 48 within 4096 pixels: 12 x 16 patches, merged 2 x 2
+    assert rows[1]["visual_tokens_per_image"] < 48
