@@ -48,6 +48,10 @@ patches), 10 x 729 patches, 7371 tokens with the 81 newlines of the 81 x 81 crop
 shrunk bilinearly to about 9 crops' patches: `AnyresImage.fed_map`). Reduced as LLaVA-NeXT's views are
 (an estimate: 10 x 42 + 3 = 423 with PruMerge, 1823 with PruMerge+), the field's budgets scaled to its
 7290 patches (405, 810 and 1620).
+
+Qwen2.5-VL (`--arch qwen2.5-vl-7b`: Qwen2.5-7B, 28 layers, 4 KV heads) sees one 1280x720 image at its native
+resolution: resized to multiples of 28 px (`qwen_grid`, the processor's `smart_resize`), 52 x 92 patches of
+14 px merged 2 x 2 into 1196 tokens; reduced at the paper's image rates (an estimate: 69 and 299).
 """
 
 from __future__ import annotations
