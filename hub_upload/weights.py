@@ -54,7 +54,7 @@ def checkpoint_layout(model_type: str) -> tuple[tuple, str]:
     return CHECKPOINT_PREFIXES, TIED_HEAD
 
 
-def checkpoint_key(module_key: str, model_type: str = "llava_prumerge") -> str:
+def checkpoint_key(module_key: str, model_type: str) -> str:
     """The checkpoint name of a PruMerge model's state-dict entry: llava-hf's layout, or Qwen-VL's own."""
     prefixes, _ = checkpoint_layout(model_type)
     for module_prefix, checkpoint_prefix in prefixes:

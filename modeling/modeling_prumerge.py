@@ -660,7 +660,7 @@ class PruMergeForConditionalGenerationMixin:
         elif cached_prompt is not None and cache.get_seq_length() > 0:
             prompt_length = input_ids.shape[1] if input_ids is not None else 0
             ids, mask = cached_prompt.continuation(input_ids, kwargs.pop("attention_mask", None))
-            prompt = {"input_ids": ids, **self.continuation_positions(ids)}
+            prompt = {"input_ids": ids, **self.continuation_generation_positions(ids)}
         else:
             self._warn_if_placeholders_without_visual_inputs(input_ids, cache)
             return super().generate(input_ids, generation_config, **kwargs)
@@ -686,7 +686,7 @@ class PruMergeForConditionalGenerationMixin:
         (generate counts positions over the compacted mask); Qwen-VL passes its 3-D positions."""
         return {}
 
-    def continuation_positions(self, ids: torch.Tensor) -> dict:
+    def continuation_generation_positions(self, ids: torch.Tensor) -> dict:
         """What `generate` passes to place tokens that continue a cached compacted prompt (`ids`: the compacted
         prompt and the new tokens): nothing for LLaVA-family models; Qwen-VL passes its 3-D positions."""
         return {}

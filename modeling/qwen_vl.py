@@ -221,7 +221,7 @@ class QwenVLForConditionalGenerationMixin:
         self.model.remember_positions(self.prompt_position_ids, mask, None)
         return {"position_ids": self.prompt_position_ids} if GENERATE_BUILDS_POSITIONS else {}
 
-    def continuation_positions(self, ids: torch.Tensor) -> dict:
+    def continuation_generation_positions(self, ids: torch.Tensor) -> dict:
         """Overridden: transformers 5's generate places the new tokens from the positions it is given: past the
         prompt's largest by `rope_deltas`, as the first call decoded (4.x computes the same itself)."""
         deltas = getattr(self.model, "rope_deltas", None)

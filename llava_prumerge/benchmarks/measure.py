@@ -15,8 +15,6 @@ from ..common.timing import PhaseTimer
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.runtime_compat import CACHE_ARGUMENT
-from ..modeling.token_reduction import patch_importance
-from ..modeling.vision_encoding import clip_transformer
 from .models import BenchInputs, BenchSubject, make_inputs
 
 
@@ -174,28 +172,6 @@ def time_stock_vision(subject: BenchSubject, pixel_values: torch.Tensor) -> floa
     with timer("stock_vision"):
         visual.run_stock_tower(tower, pixel_values)
     return timer.seconds["stock_vision"]
-
-
-def time_reduction_layer_qk(subject: BenchSubject, batch_size: int) -> float:
-    """The vision-tower work PruMerge adds: the reduction layer's norm and q/k projections, and the
-    [CLS] attention (as in encode_patches), on a hidden state of the real shape (every frame of a video)."""
-    config, visual = subject.model.config, subject.visual
-    vision = config.vision_config
-    layer = clip_transformer(visual.tower(subject.model.model)).encoder.layers[config.reduction_layer]
-    tokens = 1 + (vision.image_size // vision.patch_size) ** 2
-    hidden = torch.randn(
-        batch_size * visual.frames,
-        tokens,
-        vision.hidden_size,
-        device=subject.model.device,
-        dtype=subject.model.dtype,
-    )
-    timer = PhaseTimer(subject.model.device)
-    with timer("qk"):
-        normed = layer.layer_norm1(hidden)
-        queries, keys = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
-        patch_importance(queries, keys, config.importance, config.class_attention, vision.num_attention_heads)
-    return timer.seconds["qk"]
 
 
 def _median_ms(values: list[float]) -> float:
@@ -363,11 +339,7 @@ def run_benchmark(
                         passes[method].append(result)
                         peaks[method].append(memory.increase_bytes)
                 stock = time_stock_vision(subject, inputs.pixel_values)
-                qk = (  # Qwen-VL scores inside its tower's pass; the others on the reduction layer's q/k
-                    subject.visual.time_scoring(subject, batch_size)
-                    if hasattr(subject.visual, "time_scoring")
-                    else time_reduction_layer_qk(subject, batch_size)
-                )
+                qk = subject.visual.time_scoring(subject, batch_size)
                 if measured:
                     stock_vision_s.append(stock)
                     qk_s.append(qk)

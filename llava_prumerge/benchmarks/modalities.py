@@ -16,6 +16,8 @@ from ..modeling.modeling_llava_onevision_prumerge import max_crops
 from ..modeling.qwen_vision import encode_merged_tokens, last_full_attention_block, merged_importance
 from ..modeling.qwen_vl import check_budget
 from ..modeling.reduction_settings import ReductionSettings
+from ..modeling.token_reduction import patch_importance
+from ..modeling.vision_encoding import clip_transformer
 from ..testing.tiny_video import make_clip
 from .roofline import (
     IMAGE_PROMPT,
@@ -77,6 +79,30 @@ class VisualPathBase:
     def token_counts(self, reduced) -> list[int]:
         """Per tower input, the tokens its reduction keeps."""
         return reduced.num_tokens
+
+    def time_scoring(self, subject, batch_size: int) -> float:
+        """Seconds of the vision-tower work PruMerge adds: the reduction layer's norm and q/k projections, and
+        the patches' importance (as in encode_patches), on a hidden state of the real shape (every frame of a
+        video)."""
+        config = subject.model.config
+        vision = config.vision_config
+        layer = clip_transformer(self.tower(subject.model.model)).encoder.layers[config.reduction_layer]
+        tokens = 1 + (vision.image_size // vision.patch_size) ** 2
+        hidden = torch.randn(
+            batch_size * self.frames,
+            tokens,
+            vision.hidden_size,
+            device=subject.model.device,
+            dtype=subject.model.dtype,
+        )
+        timer = PhaseTimer(subject.model.device)
+        with timer("qk"):
+            normed = layer.layer_norm1(hidden)
+            queries, keys = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
+            patch_importance(
+                queries, keys, config.importance, config.class_attention, vision.num_attention_heads
+            )
+        return timer.seconds["qk"]
 
 
 class ImagePath(VisualPathBase):
@@ -364,7 +390,7 @@ class QwenPath(ImagePath):
         return inner.prompt_positions(input_ids, None, attention_mask, None, None, {"image_grid_thw": grid})
 
     def time_scoring(self, subject, batch_size: int) -> float:
-        """Seconds of the work PruMerge adds to the tower: the full-attention block's norm, q/k and rotary
+        """Overridden: seconds of the work PruMerge adds to the tower: the full-attention block's norm, q/k and rotary
         embedding and the stand-in score over each image's patches, on hidden states of the real shape."""
         tower = subject.model.model.visual
         block = tower.blocks[last_full_attention_block(tower)]
