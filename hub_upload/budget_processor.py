@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..architectures import Architecture
+from ..errors import UnservableBudgetError
 from ..serving.budget import image_token_count
 from .compat import write_json
 from .remote_code import budget_processor_code, defined_classes, remote_file_name
@@ -24,9 +25,15 @@ def _module_and_class(arch: Architecture) -> tuple[str, str]:
 
 
 def has_budget_processor(arch: Architecture, config) -> bool:
-    """Whether `config`'s folder gets the fixed-budget processor: it reduces, and by the same count for every image."""
-    settings = config.reduction_settings
-    return bool(arch.budget_processor) and settings.reduces and not (settings.prunes and settings.adaptive)
+    """Whether `config`'s folder gets the fixed-budget processor: it reduces, and by the same count for every image
+    (at native resolution: every image larger than the budget)."""
+    if not arch.budget_processor or not config.reduction_settings.reduces:
+        return False
+    try:
+        image_token_count(config)
+    except UnservableBudgetError:
+        return False
+    return True
 
 
 def write_budget_processor(folder: Path, arch: Architecture, config) -> None:

@@ -150,6 +150,7 @@ ARCHITECTURES = (
         processor_keys=(),
         family_modules=("modeling.qwen_vision", "modeling.qwen_vl"),
         processor_tokens=False,
+        budget_processor="modeling.processing_qwen_vl_prumerge.Qwen2_5_VLPruMergeProcessor",
     ),
     Architecture(
         name="qwen2-vl",
@@ -166,6 +167,7 @@ ARCHITECTURES = (
         processor_keys=(),
         family_modules=("modeling.qwen_vision", "modeling.qwen_vl"),
         processor_tokens=False,
+        budget_processor="modeling.processing_qwen_vl_prumerge.Qwen2VLPruMergeProcessor",
     ),
 )
 

@@ -220,6 +220,55 @@ def write_in_place(
     return text_embeds.masked_scatter(where[..., None], values)  # row-major, as the spans are ordered
 
 
+def widened_prompt(
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.LongTensor | None,
+    visual: list[VisualTokens],
+    spans: list[list[Span]],
+    pad_token_id: int,
+) -> tuple[torch.LongTensor, torch.Tensor | None, torch.LongTensor | None]:
+    """(input_ids, attention_mask, labels) with every item's run widened to the stock processor's expansion (from
+    one placeholder, or a fixed budget's count), for models whose positions follow stock rules over the stock
+    layout (Qwen-VL's 3-D positions); compaction narrows the runs again. A widened run is visible when any of its
+    placeholders was and gets IGNORE_INDEX labels; rows are re-padded on the side the input is padded."""
+    expanded = {tokens.modality: tokens.expanded_lengths for tokens in visual}
+    if all(span.length == expanded[span.modality][span.item] for sample in spans for span in sample):
+        return input_ids, attention_mask, labels
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    sources = {"ids": input_ids, "mask": attention_mask, "labels": labels}
+    rows = []
+    for sample, sample_spans in enumerate(spans):
+        pieces = {name: [] for name, source in sources.items() if source is not None}
+        cursor = 0
+        for span in [*sample_spans, None]:
+            end = input_ids.shape[1] if span is None else span.start
+            for name in pieces:  # the text before the span, as it is
+                pieces[name].append(sources[name][sample, cursor:end])
+            if span is None:
+                break
+            width = expanded[span.modality][span.item]
+            pieces["ids"].append(input_ids.new_full((width,), int(input_ids[sample, span.start])))
+            pieces["mask"].append(attention_mask[sample, span.start : span.end].max().expand(width))
+            if labels is not None:
+                pieces["labels"].append(labels.new_full((width,), IGNORE_INDEX))
+            cursor = span.end
+        rows.append({name: torch.cat(parts) for name, parts in pieces.items()})
+    left = not bool((attention_mask[:, -1] == 0).any())  # right only where the input was right-padded
+    length = max(row["ids"].shape[0] for row in rows)
+
+    def stacked(name: str, value: int) -> torch.Tensor:
+        padded = []
+        for row in rows:
+            filler = row[name].new_full((length - row[name].shape[0],), value)
+            padded.append(torch.cat([filler, row[name]] if left else [row[name], filler]))
+        return torch.stack(padded)
+
+    widened_labels = None if labels is None else stacked("labels", IGNORE_INDEX)
+    return stacked("ids", pad_token_id), stacked("mask", 0), widened_labels
+
+
 def placed_batch(
     text_embeds: torch.Tensor,
     attention_mask: torch.Tensor,

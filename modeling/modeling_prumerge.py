@@ -337,6 +337,11 @@ class PruMergeModelMixin:
         0, 1, ... themselves). Qwen-VL overrides it with its 3-D positions."""
         return position_ids
 
+    def stock_layout_prompt(self, visual: list[VisualTokens], input_ids, attention_mask, labels):
+        """(input_ids, attention_mask, labels) in the layout `prompt_positions` reads: as given for LLaVA-family
+        models, which take runs of any accepted length; Qwen-VL widens each run to stock's expansion."""
+        return input_ids, attention_mask, labels
+
     def remember_positions(self, position_ids, attention_mask, cache) -> None:
         """Called with the positions the language model is about to read; LLaVA-family models keep nothing."""
 
@@ -386,7 +391,6 @@ class PruMergeModelMixin:
         self, text_embeds, attention_mask, visual, spans, input_ids, labels, position_ids, padding_side=None
     ) -> CompactedBatch:
         """`compaction.compact_batch` with this model's padding token."""
-        pad_token_id = self.config.text_config.pad_token_id
         return compact_batch(
             text_embeds,
             self.padding_mask(text_embeds, attention_mask),
@@ -396,8 +400,15 @@ class PruMergeModelMixin:
             labels=labels,
             position_ids=position_ids,
             padding_side=padding_side,
-            pad_token_id=0 if pad_token_id is None else pad_token_id,
+            pad_token_id=self.padding_token_id,
         )
+
+    @property
+    def padding_token_id(self) -> int:
+        """The id that re-pads rebuilt prompts: the language model's padding token (0 when it has none; stock
+        LLaVA-NeXT 4.x sets its own `pad_token_id` attribute)."""
+        pad_token_id = self.config.text_config.pad_token_id
+        return 0 if pad_token_id is None else pad_token_id
 
     def check_prompt(self, input_ids, inputs_embeds, labels) -> torch.Tensor:
         """The prompt (`input_ids`, else `inputs_embeds`) that visual inputs go into, with `labels` of its shape."""
@@ -502,6 +513,9 @@ class PruMergeModelMixin:
         visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs, rows)
         if visual:
             self.check_prefill(cache, kwargs)
+            input_ids, attention_mask, labels = self.stock_layout_prompt(
+                visual, input_ids, attention_mask, labels
+            )
         position_ids = self.prompt_positions(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs
         )
@@ -705,6 +719,10 @@ class PruMergeForConditionalGenerationMixin:
         }
         visual = self.model.visual_inputs_tokens(encoded, {**options, **visual_inputs}, rows)
         attention_mask = kwargs.pop("attention_mask", None)
+        if visual:
+            input_ids, attention_mask, _ = self.model.stock_layout_prompt(
+                visual, input_ids, attention_mask, None
+            )
         position_ids = self.model.prompt_positions(
             input_ids, inputs_embeds, attention_mask, kwargs.pop("position_ids", None), cache, visual_inputs
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .compaction import VisualTokens
+from .compaction import VisualTokens, widened_prompt
 from .errors import ReductionSettingsError, VisualInputError
 from .frames import frame_settings
 from .modeling_prumerge import visual_features_output
@@ -132,6 +132,15 @@ class QwenVLModelMixin:
             return tokens.features
         return visual_features_output(tokens, last_hidden_state=output.last_hidden_state)
 
+    def stock_layout_prompt(self, visual: list[VisualTokens], input_ids, attention_mask, labels):
+        """Overridden: each run widened to stock's expansion (a fixed-budget processor writes the budget, or a
+        prompt one placeholder per item), as `get_rope_index` counts positions over stock's layout."""
+        if input_ids is None:  # refused by `prompt_positions`
+            return input_ids, attention_mask, labels
+        visual, spans = self.item_spans(visual, input_ids, None, labels)
+        self.padding_mask(input_ids, attention_mask)  # checks its shape
+        return widened_prompt(input_ids, attention_mask, labels, visual, spans, self.padding_token_id)
+
     def prompt_positions(
         self, input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs: dict
     ):
@@ -154,11 +163,10 @@ class QwenVLModelMixin:
         if "second_per_grid_ts" in parameters:  # Qwen2.5-VL: the time between a video's frame groups
             arguments["second_per_grid_ts"] = visual_inputs.get("second_per_grid_ts")
         if "mm_token_type_ids" in parameters:  # transformers 5 groups tokens by these
-            arguments["mm_token_type_ids"] = visual_inputs.get("mm_token_type_ids")
-            if arguments["mm_token_type_ids"] is None:
-                arguments["mm_token_type_ids"] = (input_ids == self.config.image_token_id).int() + 2 * (
-                    input_ids == self.config.video_token_id
-                ).int()
+            # derived from the ids as the processor derives them: a given one describes the prompt before widening
+            arguments["mm_token_type_ids"] = (input_ids == self.config.image_token_id).int() + 2 * (
+                input_ids == self.config.video_token_id
+            ).int()
         positions, _ = self.get_rope_index(input_ids, **arguments)
         return positions
 

@@ -22,14 +22,25 @@ COMPARED_BUDGETS = (64, 128, 192)
 
 
 def image_token_count(config) -> int:
-    """Tokens per image that a LLaVA PruMerge `config` sends to the language model.
+    """Tokens per image that a PruMerge `config` sends to the language model. A native-resolution model's
+    (Qwen-VL: no fixed image size) is that of every image with more merged tokens than `num_visual_tokens`;
+    smaller ones keep all theirs.
 
     Raises UnservableBudgetError when the count depends on the image (PruMerge or PruMerge+ with
-    adaptive=True); the message says which fixed budgets to use instead.
+    adaptive=True; at native resolution, also a share of the image or none); the message says which fixed
+    budgets to use instead.
     """
     settings = config.reduction_settings
     check_fixed_budget(settings)
     vision = config.vision_config
+    if getattr(vision, "image_size", None) is None:  # native resolution: images differ in merged tokens
+        if not settings.reduces or settings.num_visual_tokens is None:
+            raise UnservableBudgetError(
+                f"token_reduction={settings.token_reduction!r} without num_visual_tokens keeps a number of tokens "
+                "that follows each image's size at native resolution (Qwen-VL); a fixed count needs "
+                "num_visual_tokens: export with `--no-adaptive --num-visual-tokens 64`"
+            )
+        return _reduced_count(settings, settings.num_visual_tokens + 1, keep_class_token=False)
     num_patches = (vision.image_size // vision.patch_size) ** 2
     return _reduced_count(settings, num_patches, config.vision_feature_select_strategy == "full")
 

@@ -1,8 +1,11 @@
 """`export` of Qwen2.5-VL and Qwen2-VL: the Hub folder in Qwen's own weight layout with its processor files,
 its loading without the package under each major (PRUMERGE_TEST_PYTHONS) with images of different sizes, a
-multi-image prompt and a video in one batch, and `export --from-hf` of stock checkpoints."""
+multi-image prompt and a video in one batch, a fixed-budget folder's processor (in the torchvision overlays,
+PRUMERGE_TEST_VISION_PYTHONS: the stock processor builds a video processor), and `export --from-hf` of stock
+checkpoints."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -18,6 +21,10 @@ ARCHS = {"qwen2.5-vl": "Qwen2_5_VL", "qwen2-vl": "Qwen2VL"}
 TEXTS = ["USER: <image>\nWhat is it? ASSISTANT:", "USER: <image> and <image>\nWhich? ASSISTANT:",
          "USER: <video>\nWhat happens? ASSISTANT:"]  # fmt: skip
 NEW_TOKENS = 4
+BUDGET = 6
+VISION_PYTHONS = [
+    python for python in os.environ.get("PRUMERGE_TEST_VISION_PYTHONS", "").split(":") if python
+]
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
@@ -99,6 +106,65 @@ def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, ex
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     for output in run_offline(REMOTE_LOAD_SCRIPT, ["spec.json"], tmp_path).values():
         assert "remote code OK" in output
+
+
+def export_with_budget(arch: str, out, *flags: str):
+    main(["export", "--tiny", "--arch", arch, "--token-reduction", "prumerge_plus", "--no-adaptive", *flags,
+          "--out", str(out)])  # fmt: skip
+    return json.loads((out / "processor_config.json").read_text())
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_a_fixed_budget_folder_names_its_processor_and_a_share_of_each_image_keeps_stocks(tmp_path, arch):
+    """A budget is the same count for every image larger than it; a share (reduction_ratio) follows each
+    image's size, so its folder keeps the stock processor and the model compacts."""
+    name = f"{ARCHS[arch]}PruMergeProcessor"
+    assert export_with_budget(arch, tmp_path / "budget", "--num-visual-tokens", str(BUDGET)) == {
+        "processor_class": name,
+        "num_image_tokens": BUDGET,
+        "auto_map": {"AutoProcessor": f"processing_qwen_vl_prumerge.{name}"},
+    }
+    code = (tmp_path / "budget" / "processing_qwen_vl_prumerge.py").read_text()
+    assert f"class {name}(QwenVLBudgetMixin, {ARCHS[arch]}Processor)" in code
+    assert export_with_budget(arch, tmp_path / "share") == {"processor_class": f"{ARCHS[arch]}Processor"}
+
+
+BUDGET_PROCESSOR_SCRIPT = (
+    REMOTE_PRELUDE
+    + r"""
+from PIL import Image
+processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
+stock = getattr(transformers, spec["stock"]).from_pretrained(folder)
+images = [Image.new("RGB", size, color) for size, color in (((60, 40), "red"), ((32, 48), "blue"))]
+text = ["USER: <|vision_start|><|image_pad|><|vision_end|> and <|vision_start|><|image_pad|><|vision_end|>? ASSISTANT:"]
+prompts = [processor(images=images, text=text, return_tensors="pt"), stock(images=images, text=text, return_tensors="pt")]
+counts = [int((prompt["input_ids"] == processor.image_token_id).sum()) for prompt in prompts]
+assert counts == ([2 * spec["budget"]] if major >= 5 else [spec["stock_count"]]) + [spec["stock_count"]], counts
+auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
+model = auto.from_pretrained(folder, trust_remote_code=True)
+new = [model.generate(**prompt, max_new_tokens=4, do_sample=False)[0, -4:].tolist() for prompt in prompts]
+assert new[0] == new[1], new
+print("budget processor OK under transformers", transformers.__version__)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not VISION_PYTHONS, reason="needs the torchvision overlays (PRUMERGE_TEST_VISION_PYTHONS)"
+)
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_the_budget_processor_writes_the_budget_and_the_model_agrees(tmp_path, arch, monkeypatch):
+    """Without the package, under transformers 5 the folder's processor writes the budget per image (4.57's Qwen-VL
+    processors have no per-image hook: stock's count), and the model generates from it what it generates from
+    the stock processor's prompt."""
+    export_with_budget(arch, tmp_path / "budget", "--num-visual-tokens", str(BUDGET))
+    spec = {"folder": str(tmp_path / "budget"), "stock": f"{ARCHS[arch]}Processor", "budget": BUDGET,
+            "stock_count": 40 + 24}  # fmt: skip  # 60 x 40 px: 10 x 16 patches, 32 x 48 px: 12 x 8; 2 x 2 merge
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.setattr("llava_prumerge.testing.subprocesses.TEST_PYTHONS", VISION_PYTHONS)
+    for output in run_offline(BUDGET_PROCESSOR_SCRIPT, ["spec.json"], tmp_path).values():
+        assert "budget processor OK" in output
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

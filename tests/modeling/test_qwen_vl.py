@@ -148,6 +148,50 @@ def test_fixed_budgets_are_exact_and_larger_ones_are_refused(models, parts, batc
         too_large(**batch)
 
 
+def with_image_runs_of(batch, config, length: int):
+    """The batch with every run of image placeholders cut to `length` (a fixed-budget processor's prompt, or one
+    placeholder per image), re-padded on the left as the tokenizer pads."""
+    rows = []
+    for ids, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), strict=True):
+        row, run = [], 0
+        for token, visible in zip(ids, mask, strict=True):
+            run = run + 1 if token == config.image_token_id else 0
+            if visible and run <= length:
+                row.append(token)
+        rows.append(row)
+    width = max(map(len, rows))
+    pad = config.text_config.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+    narrowed = {**batch, "input_ids": input_ids,
+                "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])}  # fmt: skip
+    if "mm_token_type_ids" in batch:  # transformers 5's processors derive it from the ids
+        narrowed["mm_token_type_ids"] = (input_ids == config.image_token_id).int() + 2 * (
+            input_ids == config.video_token_id
+        ).int()
+    return narrowed
+
+
+@pytest.mark.parametrize("length", [6, 1], ids=["budget", "one-per-image"])
+def test_a_prompt_with_the_budgets_placeholders_reads_as_the_stock_expansion(models, parts, batch, length):
+    """A fixed-budget processor writes the budget per image (and a prompt may hold one placeholder per image):
+    the model widens each run to stock's to place it, so logits and generation equal the expanded prompt's."""
+    arch = "qwen2.5-vl" if "Qwen2_5" in type(models["none"]).__name__ else "qwen2-vl"
+    model = tiny_qwen_model(arch, seed=3, tokenizer=parts[0], token_reduction="prumerge_plus", adaptive=False,
+                            num_visual_tokens=6, num_video_tokens=4)  # fmt: skip
+    short = with_image_runs_of(batch, model.config, length)
+    assert short["input_ids"].shape[1] < batch["input_ids"].shape[1]
+    with torch.no_grad():
+        expected, given = model(**batch), model(**short)
+    for row in range(4):  # the same compacted prompts, behind different padding
+        seen = [outputs.attention_mask[row].bool() for outputs in (given, expected)]
+        torch.testing.assert_close(given.logits[row, seen[0]], expected.logits[row, seen[1]])  # positions too
+    options = {"max_new_tokens": 4, "do_sample": False}
+    new = batch["input_ids"].shape[1], short["input_ids"].shape[1]
+    assert torch.equal(
+        model.generate(**short, **options)[:, new[1] :], model.generate(**batch, **options)[:, new[0] :]
+    )
+
+
 def test_the_score_is_the_stand_in_and_the_cls_row_is_refused(models, parts, batch):
     arch = "qwen2.5-vl" if "Qwen2_5" in type(models["none"]).__name__ else "qwen2-vl"
     kept = {}
@@ -167,7 +211,7 @@ def test_the_score_is_the_stand_in_and_the_cls_row_is_refused(models, parts, bat
         ("grid missing", "pixel_values needs its grid_thw"),
         (
             "placeholders of another image",
-            r"hold 152 image placeholder tokens \(id 402\) but the images' image_grid_thw make 153",
+            "image number 1 has 39 `<image>` tokens, but the image given expands to 40",
         ),
     ],
 )
