@@ -337,7 +337,9 @@ class PruMergeModelMixin:
         0, 1, ... themselves). Qwen-VL overrides it with its 3-D positions."""
         return position_ids
 
-    def stock_layout_prompt(self, visual: list[VisualTokens], input_ids, attention_mask, labels):
+    def stock_layout_prompt(
+        self, visual: list[VisualTokens], input_ids, attention_mask, labels, position_ids
+    ):
         """(input_ids, attention_mask, labels) in the layout `prompt_positions` reads: as given for LLaVA-family
         models, which take runs of any accepted length; Qwen-VL widens each run to stock's expansion."""
         return input_ids, attention_mask, labels
@@ -514,7 +516,7 @@ class PruMergeModelMixin:
         if visual:
             self.check_prefill(cache, kwargs)
             input_ids, attention_mask, labels = self.stock_layout_prompt(
-                visual, input_ids, attention_mask, labels
+                visual, input_ids, attention_mask, labels, position_ids
             )
         position_ids = self.prompt_positions(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs
@@ -718,13 +720,13 @@ class PruMergeForConditionalGenerationMixin:
             "vision_feature_select_strategy": kwargs.pop("vision_feature_select_strategy", None),
         }
         visual = self.model.visual_inputs_tokens(encoded, {**options, **visual_inputs}, rows)
-        attention_mask = kwargs.pop("attention_mask", None)
+        attention_mask, position_ids = kwargs.pop("attention_mask", None), kwargs.pop("position_ids", None)
         if visual:
             input_ids, attention_mask, _ = self.model.stock_layout_prompt(
-                visual, input_ids, attention_mask, None
+                visual, input_ids, attention_mask, None, position_ids
             )
         position_ids = self.model.prompt_positions(
-            input_ids, inputs_embeds, attention_mask, kwargs.pop("position_ids", None), cache, visual_inputs
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs
         )
         return self.model.compact_inputs(
             input_ids,

@@ -111,9 +111,6 @@ class Qwen2_5_VLPruMergeModel(QwenVLModelMixin, PruMergeModelMixin, stock.Qwen2_
         """Overridden: with images or videos (raw, or features in `mm_encoder_outputs`), the language model runs
         on the compacted prompt at the positions stock gives each kept token; `labels` (optional) come back
         aligned with it. `rope_deltas` (4.x's argument) is not read: the model keeps its own."""
-        kwargs.pop(
-            "cache_position", None
-        )  # positions of the uncompacted prompt (4.x); the model places tokens
         visual_inputs = {
             "pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos,
             "image_grid_thw": image_grid_thw, "video_grid_thw": video_grid_thw,

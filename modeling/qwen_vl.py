@@ -132,10 +132,13 @@ class QwenVLModelMixin:
             return tokens.features
         return visual_features_output(tokens, last_hidden_state=output.last_hidden_state)
 
-    def stock_layout_prompt(self, visual: list[VisualTokens], input_ids, attention_mask, labels):
+    def stock_layout_prompt(
+        self, visual: list[VisualTokens], input_ids, attention_mask, labels, position_ids
+    ):
         """Overridden: each run widened to stock's expansion (a fixed-budget processor writes the budget, or a
-        prompt one placeholder per item), as `get_rope_index` counts positions over stock's layout."""
-        if input_ids is None:  # refused by `prompt_positions`
+        prompt one placeholder per item), as `get_rope_index` counts positions over stock's layout; a prompt whose
+        positions are given (`generate`'s compacted prefill) is placed by them."""
+        if input_ids is None or position_ids is not None:  # no ids: refused by `prompt_positions`
             return input_ids, attention_mask, labels
         visual, spans = self.item_spans(visual, input_ids, None, labels)
         self.padding_mask(input_ids, attention_mask)  # checks its shape
@@ -200,8 +203,11 @@ class QwenVLModelMixin:
 
     def remember_positions(self, position_ids, attention_mask, cache) -> None:
         """Overridden: a prompt's 3-D positions (a forward from an empty cache) set `rope_deltas`: per sample, its
-        largest position + 1 - the prompt's length, so that decoding continues as stock continues it."""
-        if position_ids is None or position_ids.dim() != 3 or cache_length(cache) > 0:
+        largest position + 1 - the prompt's length, so that decoding continues as stock continues it. A compiled
+        call is a decoding step (generate compiles only those): it keeps them without reading the cache's length."""
+        if torch.compiler.is_compiling() or position_ids is None or position_ids.dim() != 3:
+            return
+        if cache_length(cache) > 0:
             return
         rows = position_ids[-3:]  # [3, B, L]: 5.x generate puts a text row first
         if (
@@ -244,16 +250,27 @@ class QwenVLForConditionalGenerationMixin:
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
         """Overridden: the prefill of a prompt `generate` compacted reads its carried positions (4.x's stock
-        method would count them over the compacted ids)."""
+        method would count them over the compacted ids; 5.x's beams would repeat them along the wrong axis). A
+        prefill longer than the prompt (an assistant's candidates after it) keeps generate's extended positions."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
         cache = next(
             (model_inputs[name] for name in CACHE_ARGUMENT_NAMES if model_inputs.get(name) is not None), None
         )
-        if self.prompt_position_ids is not None and cache_length(cache) == 0:
+        prompt = self.prompt_position_ids
+        if prompt is not None and cache_length(cache) == 0 and input_ids.shape[1] == prompt.shape[-1]:
             copies = input_ids.shape[0] // self.prompt_position_ids.shape[1]  # beams, returned sequences
             positions = self.prompt_position_ids.repeat_interleave(copies, dim=1)
             model_inputs["position_ids"] = positions[..., -input_ids.shape[1] :].to(input_ids.device)
         return model_inputs
+
+    def _get_candidate_generator(self, *args, **kwargs):
+        """Overridden (transformers 5): an assistant, a text model, is placed by the text row of the 4-row positions
+        generate builds for Qwen-VL (its candidate generator copies them as they are, as stock's does)."""
+        generator = super()._get_candidate_generator(*args, **kwargs)
+        positions = getattr(generator, "assistant_kwargs", {}).get("position_ids")
+        if positions is not None and positions.dim() == 3:
+            generator.assistant_kwargs["position_ids"] = positions[0]
+        return generator
 
     def generate(self, *args, **kwargs):
         """Overridden: forgets the last prompt's positions once done (see `generation_positions`)."""
