@@ -123,8 +123,8 @@ def wrap_stock_checkpoint(
         "llava-next": _llava_next_processor,
         "video-llava": _video_llava_processor,
         "llava-onevision": _llava_onevision_processor,
-        "qwen2.5-vl": _qwen_vl_processor,
-        "qwen2-vl": _qwen_vl_processor,
+        "qwen2.5-vl": qwen_vl_processor,
+        "qwen2-vl": qwen_vl_processor,
     }
     return model.eval(), stock_processors[arch.name](folder, config)
 
@@ -206,9 +206,9 @@ def _llava_onevision_processor(folder: Path, config) -> ProcessorParts:
     )
 
 
-def _qwen_vl_processor(folder: Path, config) -> ProcessorParts:
-    """Qwen-VL's processor as its parts (building it needs torchvision, for its video processor): the tokenizer,
-    the image processor and the chat template."""
+def qwen_vl_processor(folder: Path | str, config=None) -> ProcessorParts:
+    """Qwen-VL's processor (of a folder or Hub id) as its parts, all that images need (building it needs
+    torchvision, for its video processor): the tokenizer, the image processor and the chat template."""
     from transformers import Qwen2VLImageProcessor  # transformers 5 warns when resolved without torchvision
 
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -18,10 +18,10 @@ MODEL_HELP = (
     "twin whose tower has no [CLS] token) or 'tiny' (tiny random weights; the default for videos)"
 )
 VISUALIZE_MODEL_HELP = (
-    "a PruMerge or stock LLaVA-1.5 or LLaVA-NeXT checkpoint (with --video: Video-LLaVA), folder or Hub id, "
-    "'mini-siglip' (the mini model whose tower has no [CLS] token) or 'tiny' (the tiny random-weight LLaVA); "
-    "default: the mini model (--video: the tiny Video-LLaVA; "
-    "--arch llava-next: the tiny LLaVA-NeXT)"
+    "a PruMerge or stock LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL or Qwen2-VL checkpoint "
+    "(with --video: Video-LLaVA), folder or Hub id, 'mini-siglip' (the mini model whose tower has no [CLS] "
+    "token) or 'tiny' (the tiny random-weight LLaVA); default: the mini model (--video: the tiny "
+    "Video-LLaVA; --arch ARCH: that tiny model)"
 )
 VIDEO_HELP = (
     "a video: a folder of frames, an animated GIF, or an MP4 (needs PyAV: pip install av); 8 frames are "
@@ -111,10 +111,10 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="DIR_OR_REPO", help=VISUALIZE_MODEL_HELP)
     parser.add_argument(
         "--arch",
-        choices=("llava", "llava-next", "llava-onevision"),
+        choices=("llava", "llava-next", "llava-onevision", "qwen2.5-vl", "qwen2-vl"),
         default="llava",
-        help="without --model, for an IMAGE: the tiny random-weight LLaVA-1.5 (default), LLaVA-NeXT or "
-        "LLaVA-OneVision",
+        help="without --model, for an IMAGE: the tiny random-weight LLaVA-1.5 (default), LLaVA-NeXT, "
+        "LLaVA-OneVision, Qwen2.5-VL or Qwen2-VL",
     )
     parser.add_argument("--token-reduction", choices=DRAWN_METHODS, default="prumerge")
     parser.add_argument(
@@ -139,12 +139,19 @@ def run_visualize(args: argparse.Namespace) -> Path:
     padding blacked out), each view's patch picture above its histogram (OneVision: of the stand-in score of
     its SigLIP tower), and the tokens reaching the LLM against the stock model's.
 
+    With a Qwen2.5-VL or Qwen2-VL model (a checkpoint, or --arch qwen2.5-vl / qwen2-vl for the tiny one): the
+    image at its native resolution, as the processor resized it, one cell per merged token (2 x 2 patches,
+    28 px for the released models) in a grid as rectangular as the image; the histogram is of the stand-in
+    score (the tower has no [CLS]), and the tokens reaching the LLM are set against stock's one per cell.
+    Videos are drawn for Video-LLaVA only.
+
     With --video PATH (a Video-LLaVA model): the same for each of the video's 8 sampled frames, each
     frame's patch picture above its histogram, and the video tokens reaching the LLM against stock's.
 
     llava-prumerge visualize photo.jpg --token-reduction prumerge_plus --out photo-prumerge_plus.png
     llava-prumerge visualize photo.jpg --arch llava-next --out photo-views.png
     llava-prumerge visualize photo.jpg --arch llava-onevision --out photo-onevision-views.png
+    llava-prumerge visualize photo.jpg --model Qwen/Qwen2.5-VL-7B-Instruct --out photo-qwen.png
     llava-prumerge visualize --video clip.gif --out clip-prumerge.png
     """
     if (args.image is None) == (args.video is None):
@@ -177,7 +184,7 @@ def _visualize_image(path: Path, args: argparse.Namespace):
     """(picture, summary line) of one image."""
     from .demo import load_demo_model
     from .media import load_image
-    from .visualize import draw, load_model, picture_title, reduce_image
+    from .visualize import draw, is_qwen_vl, load_model, picture_title, reduce_image
     from .visualize_next import is_anyres
 
     image = load_image(path)
@@ -188,6 +195,8 @@ def _visualize_image(path: Path, args: argparse.Namespace):
         description = None
     if is_anyres(model):
         return _visualize_anyres(model, processor, image, path, args)
+    if is_qwen_vl(model):
+        return _visualize_qwen(model, processor, image, path, args)
     reduction = reduce_image(model, processor, image, args.token_reduction)
     figure = draw(reduction, picture_title(path.name, args.token_reduction, description))
     return figure, f"{reduction.num_tokens} visual tokens from {len(reduction.roles)} patches"
@@ -206,6 +215,21 @@ def _visualize_anyres(model, processor, image, path: Path, args: argparse.Namesp
         f"{reduction.model_name}: {reduction.stock_tokens}"
     )
     return draw_anyres(reduction, title), summary
+
+
+def _visualize_qwen(model, processor, image, path: Path, args: argparse.Namespace):
+    """(picture, summary line) of one image's merged tokens (a Qwen2.5-VL or Qwen2-VL model)."""
+    from .visualize import picture_title
+    from .visualize_qwen import TINY_QWEN_MODEL_NOTE, draw_qwen, reduce_qwen_image
+
+    reduction = reduce_qwen_image(model, processor, image, args.token_reduction)
+    note = args.model or TINY_QWEN_MODEL_NOTE.format(name=reduction.model_name)
+    title = picture_title(path.name, args.token_reduction, note)
+    summary = (
+        f"{reduction.num_tokens} visual tokens; stock {reduction.model_name}: {reduction.stock_tokens} "
+        "merged tokens"
+    )
+    return draw_qwen(reduction, title), summary
 
 
 def _visualize_video(path: Path, args: argparse.Namespace):

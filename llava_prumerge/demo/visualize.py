@@ -3,6 +3,8 @@
 Left: the image as the vision tower sees it, with its patch grid, the attention-selected centers and
 the PruMerge+ spatial samples marked, every patch tinted with the color of the kept token it was merged
 into. Right: the histogram of the [CLS] attention with the IQR fence (the paper's sparsity figure).
+The grid is a ViT's square one unless a reduction says otherwise (Qwen-VL's native-resolution images:
+a rectangle of merged tokens, see `visualize_qwen`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from PIL import Image
 
 from ..common.loading import load_processor, load_prumerge_model
 from ..errors import UsageError
+from ..modeling.qwen_vl import QwenVLModelMixin
 from ..modeling.reduction_settings import ReductionSettings, resolved_importance
 from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
 from ..modeling.vision_encoding import has_class_token
 from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
 from ..testing.tiny_next import tiny_next_model, tiny_next_processor
 from ..testing.tiny_onevision import tiny_onevision_model, tiny_onevision_processor
+from ..testing.tiny_qwen import tiny_qwen_model, tiny_qwen_parts
 
 PRUNED, CENTER, SAMPLE, PADDING = 0, 1, 2, 3  # patch roles; PADDING: an AnyRes crop's, never reduced
 CENTER_COLOR = "#ff1a1a"
@@ -37,6 +41,7 @@ TINT_SWATCH_COLORS = 4  # the legend key of merged patches shows the first tints
 PADDING_ALPHA = 0.7  # black over the patches LLaVA-NeXT's unpadding drops
 FIGURE_INCHES, DPI = (13.0, 6.0), 100  # pictures are 1300 x 600 pixels
 TINY_MODEL_NOTE = "tiny random-weight model: the selection shows the mechanics, not a trained CLIP's choices"
+QWEN_VL_ARCHS = ("qwen2.5-vl", "qwen2-vl")  # the tiny native-resolution models `load_model` builds
 
 
 # ---------------------------------------------------------------- what happened to each patch (pure)
@@ -91,27 +96,41 @@ def cluster_colors(count: int) -> np.ndarray:
     return np.array([palette(i % 20)[:3] for i in range(count)]).reshape(count, 3)
 
 
-def overlay_rgba(clusters: np.ndarray) -> np.ndarray:
-    """The tint layer, one RGBA pixel per patch [grid, grid, 4]: the cluster's color, clear outside clusters."""
-    grid = square_grid(len(clusters))
+def overlay_rgba(clusters: np.ndarray, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """The tint layer, one RGBA pixel per patch [rows, columns, 4]: the cluster's color, clear outside
+    clusters. `grid`: (rows, columns) of the patches, default a ViT's square grid (`patch_grid`)."""
+    rows, columns = patch_grid(len(clusters), grid)
     colors = cluster_colors(int(clusters.max()) + 1)
     rgba = np.zeros((len(clusters), 4))
     tinted = clusters >= 0
     rgba[tinted, :3] = colors[clusters[tinted]]
     rgba[tinted, 3] = TINT_ALPHA
-    return rgba.reshape(grid, grid, 4)
+    return rgba.reshape(rows, columns, 4)
 
 
-def cluster_borders(clusters: np.ndarray) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+def cluster_borders(
+    clusters: np.ndarray, grid: tuple[int, int] | None = None
+) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """Segments (in patch units) between neighboring patches of different kept tokens, or of one kept
-    token and none: the outlines of the merged groups, which stay visible where tints cover everything."""
-    grid = square_grid(len(clusters))
-    cells = clusters.reshape(grid, grid)
+    token and none: the outlines of the merged groups, which stay visible where tints cover everything.
+    `grid` as for `overlay_rgba`."""
+    cells = clusters.reshape(patch_grid(len(clusters), grid))
     rows, cols = np.nonzero(cells[:, 1:] != cells[:, :-1])  # a vertical border right of (row, col)
     segments = [((c + 1, r), (c + 1, r + 1)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
     rows, cols = np.nonzero(cells[1:, :] != cells[:-1, :])  # a horizontal border below (row, col)
     segments += [((c, r + 1), (c + 1, r + 1)) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
     return segments
+
+
+def patch_grid(num_patches: int, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(rows, columns) of `num_patches` listed in raster order: `grid`, or a ViT's square grid when None."""
+    if grid is None:
+        side = square_grid(num_patches)
+        return side, side
+    rows, columns = grid
+    if rows * columns != num_patches:
+        raise UsageError(f"{num_patches} patches do not fill a grid of {rows} rows and {columns} columns")
+    return rows, columns
 
 
 def square_grid(num_patches: int) -> int:
@@ -139,49 +158,58 @@ class PatchReduction:
     summary_tokens: int = 0  # 1 when a summary token stands for the pruned patches
     centers_are_outliers: bool = True  # adaptive: the centers are the IQR outliers (at least one)
     score: str = "[CLS] attention"  # what `attention` is: see `importance_label`
+    grid: tuple[int, int] | None = None  # (rows, columns) of the patches; None: a ViT's square grid
+    cell_names: tuple[str, str] = ("patch", "patches")  # what a grid cell is, singular and plural
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, columns) of the grid whose cells `roles` and `clusters` list in raster order."""
+        return patch_grid(len(self.roles), self.grid)
 
 
 def draw(reduction: PatchReduction, title: str) -> Figure:
     """The patch picture beside the attention histogram, as a matplotlib Figure (no pyplot state)."""
-    grid = square_grid(len(reduction.roles))
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI)
     image_axes, histogram_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.05]})
-    figure.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.22, wspace=0.12)
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.22, wspace=0.2)
     figure.suptitle(title, fontsize=11)
-    _draw_patches(image_axes, reduction, grid)
+    _draw_patches(image_axes, reduction)
     _draw_histogram(histogram_axes, reduction)
     return figure
 
 
-def _draw_patches(axes, reduction: PatchReduction, grid: int) -> None:
-    draw_patch_marks(axes, reduction, grid)
+def _draw_patches(axes, reduction: PatchReduction) -> None:
+    draw_patch_marks(axes, reduction)
     # Anchored at the axes' left edge so it grows rightwards, under both panels, never off the figure.
     add_patch_legend(axes, patch_counts(reduction), loc="upper left", bbox_to_anchor=(0, -0.01))
-    axes.set_title(f"{grid}x{grid} patches -> {reduction.num_tokens} visual tokens", fontsize=10)
+    rows, columns = reduction.grid_shape  # said as width x height, as image sizes are
+    cells = reduction.cell_names[1]
+    axes.set_title(f"{columns}x{rows} {cells} -> {reduction.num_tokens} visual tokens", fontsize=10)
 
 
-def draw_patch_marks(axes, reduction: PatchReduction, grid: int) -> None:
-    """The image with its patch grid, cluster tints and center / sample marks, one data unit per patch."""
-    extent = (0, grid, grid, 0)
+def draw_patch_marks(axes, reduction: PatchReduction) -> None:
+    """The image with its patch grid (`PatchReduction.grid_shape`), cluster tints and center / sample marks,
+    one data unit per patch."""
+    rows, columns = reduction.grid_shape
+    extent = (0, columns, rows, 0)
     axes.imshow(reduction.view, extent=extent, interpolation="bilinear")
-    axes.imshow(overlay_rgba(reduction.clusters), extent=extent, interpolation="nearest")
+    axes.imshow(overlay_rgba(reduction.clusters, (rows, columns)), extent=extent, interpolation="nearest")
     lines = {"colors": "white", "linewidth": 0.4, "alpha": 0.5}
-    axes.hlines(range(grid + 1), 0, grid, **lines)
-    axes.vlines(range(grid + 1), 0, grid, **lines)
-    axes.add_collection(
-        LineCollection(cluster_borders(reduction.clusters), colors=BORDER_COLOR, linewidths=1.4)
-    )
+    axes.hlines(range(rows + 1), 0, columns, **lines)
+    axes.vlines(range(columns + 1), 0, rows, **lines)
+    borders = cluster_borders(reduction.clusters, (rows, columns))
+    axes.add_collection(LineCollection(borders, colors=BORDER_COLOR, linewidths=1.4))
     for role, color in ((CENTER, CENTER_COLOR), (SAMPLE, SAMPLE_COLOR)):
-        rows, cols = np.divmod(np.flatnonzero(reduction.roles == role), grid)
-        outlines = [Rectangle((c, r), 1, 1) for r, c in zip(rows, cols, strict=True)]
-        dots = [Circle((c + 0.5, r + 0.5), 0.22) for r, c in zip(rows, cols, strict=True)]
+        ys, xs = np.divmod(np.flatnonzero(reduction.roles == role), columns)
+        outlines = [Rectangle((x, y), 1, 1) for y, x in zip(ys, xs, strict=True)]
+        dots = [Circle((x + 0.5, y + 0.5), 0.22) for y, x in zip(ys, xs, strict=True)]
         axes.add_collection(PatchCollection(outlines, facecolor="none", edgecolor=color, linewidth=1.6))
         axes.add_collection(PatchCollection(dots, facecolor=color, edgecolor="black", linewidth=0.5))
-    rows, cols = np.divmod(np.flatnonzero(reduction.roles == PADDING), grid)
-    padding = [Rectangle((c, r), 1, 1) for r, c in zip(rows, cols, strict=True)]
+    ys, xs = np.divmod(np.flatnonzero(reduction.roles == PADDING), columns)
+    padding = [Rectangle((x, y), 1, 1) for y, x in zip(ys, xs, strict=True)]
     axes.add_collection(PatchCollection(padding, facecolor="black", alpha=PADDING_ALPHA, linewidth=0))
-    axes.set_xlim(0, grid)
-    axes.set_ylim(grid, 0)
+    axes.set_xlim(0, columns)
+    axes.set_ylim(rows, 0)
     axes.set_xticks([])
     axes.set_yticks([])
 
@@ -264,9 +292,10 @@ def patch_legend_handles(counts: dict[str, int]) -> list[Patch]:
 
 def _draw_histogram(axes, reduction: PatchReduction) -> None:
     draw_attention_histogram(axes, reduction, fontsize=8)
-    axes.set_xlabel(f"{reduction.score} of the patch")
-    axes.set_ylabel("patches")
-    axes.set_title(f"{reduction.score} of the {len(reduction.attention)} patches", fontsize=10)
+    cell, cells = reduction.cell_names
+    axes.set_xlabel(f"{reduction.score} of the {cell}")
+    axes.set_ylabel(cells)
+    axes.set_title(f"{reduction.score} of the {len(reduction.attention)} {cells}", fontsize=10)
 
 
 def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, histtype: str = "bar") -> None:
@@ -304,12 +333,16 @@ def draw_attention_histogram(axes, reduction: PatchReduction, fontsize: float, h
 
 def load_model(name_or_path: str | None = None, tiny_arch: str = "llava"):
     """(model, processor): the tiny random-weight LLaVA (`tiny_arch` "llava-next": LLaVA-NeXT,
-    "llava-onevision": LLaVA-OneVision) when `name_or_path` is None, else a checkpoint.
+    "llava-onevision": LLaVA-OneVision, "qwen2.5-vl" / "qwen2-vl": Qwen2.5-VL / Qwen2-VL) when
+    `name_or_path` is None, else a checkpoint.
 
-    A checkpoint is a local folder or Hub id of a PruMerge model or of a stock LLaVA-family model
-    (e.g. llava-hf/llava-1.5-7b-hf), which is turned into a PruMerge model on load. On a GPU when
-    there is one, in float16 there.
+    A checkpoint is a local folder or Hub id of a PruMerge model or of a stock LLaVA-family or Qwen-VL
+    model (e.g. llava-hf/llava-1.5-7b-hf), which is turned into a PruMerge model on load; a Qwen-VL
+    processor comes as its parts (`qwen_vl_processor`). On a GPU when there is one, in float16 there.
     """
+    if name_or_path is None and tiny_arch in QWEN_VL_ARCHS:
+        processor = tiny_qwen_parts()
+        return tiny_qwen_model(tiny_arch, tokenizer=processor.tokenizer).to(demo_device()), processor
     if name_or_path is None and tiny_arch == "llava-onevision":
         processor = tiny_onevision_processor()
         return tiny_onevision_model(tokenizer=processor.tokenizer).to(demo_device()), processor
@@ -318,7 +351,18 @@ def load_model(name_or_path: str | None = None, tiny_arch: str = "llava"):
         return tiny_next_model(tokenizer=tokenizer).to(demo_device()), tiny_next_processor(tokenizer)
     if name_or_path is None:
         return tiny_model().to(demo_device()), tiny_processor()
-    return load_checkpoint(name_or_path), load_processor(name_or_path)
+    model = load_checkpoint(name_or_path)
+    if is_qwen_vl(model):
+        from ..hub_upload.export import qwen_vl_processor
+
+        return model, qwen_vl_processor(name_or_path)
+    return model, load_processor(name_or_path)
+
+
+def is_qwen_vl(model) -> bool:
+    """Whether `model` is a Qwen2.5-VL or Qwen2-VL: native-resolution images in merged tokens
+    (`visualize_qwen`)."""
+    return isinstance(model.model, QwenVLModelMixin)
 
 
 def demo_device() -> str:
@@ -376,11 +420,25 @@ def patch_reduction(
 ) -> PatchReduction:
     """The picture's data from one image's reducer inputs and output, under the reducer `settings` used;
     `score` names the importance the reducer read (`importance_label`)."""
-    num_patches = len(attention)  # the grid is its square root: 24 x 24 for LLaVA-1.5
+    view = vision_tower_view(processor, pixel_values)
+    return grid_reduction(settings, view, attention, reduced, score)  # 24 x 24 patches for LLaVA-1.5
+
+
+def grid_reduction(
+    settings: ReductionSettings,
+    view: np.ndarray,
+    attention: torch.Tensor,
+    reduced: ReducedTokens,
+    score: str = PatchReduction.score,
+    grid: tuple[int, int] | None = None,
+) -> PatchReduction:
+    """`patch_reduction` over the `view` [H, W, 3] the tower saw, its `grid` (rows, columns) of patches in
+    the reducer's order (default square)."""
+    num_patches = len(attention)
     centers, neighbors = reduced.centers[0].cpu(), reduced.neighbors[0].cpu()
     num_centers = attention_center_count(settings, attention, len(centers))
     return PatchReduction(
-        view=vision_tower_view(processor, pixel_values),
+        view=view,
         attention=attention.float().cpu().numpy(),
         roles=patch_roles(centers, num_centers, num_patches),
         clusters=cluster_map(centers, neighbors, num_patches),
@@ -389,13 +447,18 @@ def patch_reduction(
         summary_tokens=int(settings.summary_token and len(centers) < num_patches),  # none when all are kept
         centers_are_outliers=settings.adaptive,
         score=score,
+        grid=patch_grid(num_patches, grid) if grid is not None else None,
     )
 
 
 def importance_label(model, settings: ReductionSettings) -> str:
     """What the histogram shows: the [CLS] attention, or the stand-in that scores a tower without one."""
     tower = getattr(model.model, model.model.image_tower_attribute)
-    score = resolved_importance(settings.importance, has_class_token(tower))
+    return score_label(resolved_importance(settings.importance, has_class_token(tower)))
+
+
+def score_label(score: str) -> str:
+    """The histogram's name of a resolved importance score ("cls" or a stand-in's)."""
     return PatchReduction.score if score == "cls" else f"importance ({score})"
 
 

@@ -40,7 +40,6 @@ from .visualize import (
     patch_counts,
     patch_legend_handles,
     patch_reduction,
-    square_grid,
 )
 
 VIDEO_PLACEHOLDER = "<video>"
@@ -245,7 +244,7 @@ def draw_panels(
     )  # fmt: skip
     for panel, panel_title, (row, column) in zip(panels, titles, cells, strict=True):
         patches_axes = figure.add_subplot(layout[2 * row, column])
-        draw_patch_marks(patches_axes, panel, square_grid(len(panel.roles)))
+        draw_patch_marks(patches_axes, panel)
         patches_axes.set_title(panel_title, fontsize=9)
         histogram_axes = figure.add_subplot(layout[2 * row + 1, column])
         draw_attention_histogram(histogram_axes, panel, fontsize=6, histtype="stepfilled")
