@@ -108,6 +108,53 @@ def test_exported_folder_loads_without_the_package_under_each_major(tmp_path, ex
         assert "remote code OK" in output
 
 
+STOCK_PROCESSOR_SCRIPT = (
+    REMOTE_PRELUDE
+    + r"""
+import numpy as np
+from PIL import Image
+processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor).__name__ == spec["stock"], type(processor).__name__
+images = [Image.new("RGB", (60, 40), "red"), Image.new("RGB", (32, 48), "blue")]
+rng = np.random.default_rng(0)
+clip = rng.integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)  # 4 frames: 2 frame groups of 12 x 16 patches
+texts = ["USER: <|vision_start|><|image_pad|><|vision_end|> and <|vision_start|><|image_pad|><|vision_end|>? ASSISTANT:",
+         "USER: <|vision_start|><|video_pad|><|vision_end|> What happens? ASSISTANT:"]
+inputs = processor(images=images, videos=[clip], text=texts, return_tensors="pt", padding=True)
+merged = {name: (inputs[name + "_grid_thw"].prod(-1) // 4).tolist() for name in ("image", "video")}
+assert merged == {"image": [40, 24], "video": [96]}, merged
+ids = {name: processor.tokenizer.convert_tokens_to_ids(f"<|{name}_pad|>") for name in merged}
+assert [int((inputs["input_ids"] == ids[name]).sum()) for name in merged] == [64, 96]
+if spec["stock"] == "Qwen2_5_VLProcessor":
+    assert "second_per_grid_ts" in inputs, sorted(inputs)
+auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
+model = auto.from_pretrained(folder, trust_remote_code=True)
+out = model(**inputs)
+assert len(out.visual_token_counts) == 2 and len(out.video_token_counts) == 1, out.video_token_counts
+sequences = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+assert sequences.shape[1] == inputs["input_ids"].shape[1] + 2
+print("stock processor OK under transformers", transformers.__version__)
+"""
+)
+
+
+@pytest.mark.skipif(
+    not VISION_PYTHONS, reason="needs the torchvision overlays (PRUMERGE_TEST_VISION_PYTHONS)"
+)
+def test_the_folders_stock_processor_expands_images_and_videos_as_the_model_counts(
+    tmp_path, exported, monkeypatch
+):
+    """Without the package, the folder's own (stock) processor expands images and a video (with Qwen2.5-VL's
+    `second_per_grid_ts`) into the placeholders the model reduces."""
+    arch, folder = exported
+    (tmp_path / "spec.json").write_text(
+        json.dumps({"folder": str(folder), "stock": f"{ARCHS[arch]}Processor"})
+    )
+    monkeypatch.setattr("llava_prumerge.testing.subprocesses.TEST_PYTHONS", VISION_PYTHONS)
+    for output in run_offline(STOCK_PROCESSOR_SCRIPT, ["spec.json"], tmp_path).values():
+        assert "stock processor OK" in output
+
+
 def export_with_budget(arch: str, out, *flags: str):
     main(["export", "--tiny", "--arch", arch, "--token-reduction", "prumerge_plus", "--no-adaptive", *flags,
           "--out", str(out)])  # fmt: skip

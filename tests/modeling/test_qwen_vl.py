@@ -75,6 +75,20 @@ def test_none_equals_stock_logits_and_generation(models, batch):
     assert torch.equal(ours, stock.generate(**batch, max_new_tokens=4, do_sample=False))
 
 
+def test_none_equals_stock_with_the_time_between_a_videos_frame_groups(models, batch):
+    """Qwen2.5-VL places a video's frame groups in time by `second_per_grid_ts` (its processor's); read as stock
+    reads it, so it moves the logits."""
+    if "Qwen2_5" not in type(models["none"]).__name__:
+        pytest.skip("Qwen2-VL's positions count frame groups, with no time between them")
+    timed = {**batch, "second_per_grid_ts": torch.tensor([2.0, 0.5])}  # the batch's two videos
+    stock = stock_twin(models["none"].config, seed=3)
+    with torch.no_grad():
+        ours = models["none"](**timed).logits
+        torch.testing.assert_close(ours, stock(**timed).logits, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(ours, models["none"](**batch).logits)
+        assert models["prumerge"](**timed).logits.isfinite().all()
+
+
 @pytest.mark.parametrize("variant", ["prumerge", "prumerge_plus"])
 def test_kept_tokens_sit_at_the_positions_stock_gives_their_places(models, batch, variant):
     """Every kept token's 3-D position is stock's at its place in the grid (a summary token: its sequence's
