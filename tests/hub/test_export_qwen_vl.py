@@ -133,6 +133,13 @@ out = model(**inputs)
 assert len(out.visual_token_counts) == 2 and len(out.video_token_counts) == 1, out.video_token_counts
 sequences = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
 assert sequences.shape[1] == inputs["input_ids"].shape[1] + 2
+alone = processor(images=images[:1], text=texts[0].replace("and <|vision_start|><|image_pad|><|vision_end|>", ""),
+                  return_tensors="pt")
+expected = processor.decode(model.generate(**alone, max_new_tokens=3, do_sample=False)[0, -3:], skip_special_tokens=True)
+pipe = transformers.pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+prompt = processor.decode(alone["input_ids"][0]).replace("<|image_pad|>" * 40, "<|image_pad|>")
+answer = pipe(images=images[0], text=prompt, max_new_tokens=3, return_full_text=False)
+assert answer[0]["generated_text"] == expected, (answer, expected)
 print("stock processor OK under transformers", transformers.__version__)
 """
 )
@@ -141,11 +148,12 @@ print("stock processor OK under transformers", transformers.__version__)
 @pytest.mark.skipif(
     not VISION_PYTHONS, reason="needs the torchvision overlays (PRUMERGE_TEST_VISION_PYTHONS)"
 )
-def test_the_folders_stock_processor_expands_images_and_videos_as_the_model_counts(
+def test_the_folders_stock_processor_and_the_pipeline_give_what_the_model_reduces(
     tmp_path, exported, monkeypatch
 ):
     """Without the package, the folder's own (stock) processor expands images and a video (with Qwen2.5-VL's
-    `second_per_grid_ts`) into the placeholders the model reduces."""
+    `second_per_grid_ts`) into the placeholders the model reduces, and the image-text-to-text pipeline answers
+    as generate does."""
     arch, folder = exported
     (tmp_path / "spec.json").write_text(
         json.dumps({"folder": str(folder), "stock": f"{ARCHS[arch]}Processor"})
