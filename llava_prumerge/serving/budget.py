@@ -22,27 +22,57 @@ COMPARED_BUDGETS = (64, 128, 192)
 
 
 def image_token_count(config) -> int:
-    """Tokens per image that a PruMerge `config` sends to the language model. A native-resolution model's
-    (Qwen-VL: no fixed image size) is that of every image with more merged tokens than `num_visual_tokens`;
-    smaller ones keep all theirs.
+    """Tokens per image that a PruMerge `config` sends to the language model.
+
+    LLaVA-1.5: the reducer's count for its one view. AnyRes (LLaVA-NeXT, LLaVA-OneVision): `num_visual_tokens`,
+    which the views share (newlines included). Native resolution (Qwen-VL): that of every image with more
+    merged tokens than `num_visual_tokens`; one with exactly that many keeps them all (smaller ones are
+    refused by the model).
 
     Raises UnservableBudgetError when the count depends on the image (PruMerge or PruMerge+ with
-    adaptive=True; at native resolution, also a share of the image or none); the message says which fixed
-    budgets to use instead.
+    adaptive=True; for AnyRes and native resolution, also a share of the image or none); the message says
+    which fixed budgets to use instead.
     """
     settings = config.reduction_settings
     check_fixed_budget(settings)
     vision = config.vision_config
-    if getattr(vision, "image_size", None) is None:  # native resolution: images differ in merged tokens
+    kind = _image_size_dependence(config)
+    if kind is not None:
         if not settings.reduces or settings.num_visual_tokens is None:
             raise UnservableBudgetError(
                 f"token_reduction={settings.token_reduction!r} without num_visual_tokens keeps a number of tokens "
-                "that follows each image's size at native resolution (Qwen-VL); a fixed count needs "
-                "num_visual_tokens: export with `--no-adaptive --num-visual-tokens 64`"
+                f"that follows each image's size ({kind}); a fixed count needs num_visual_tokens: export with "
+                "`--no-adaptive --num-visual-tokens 64`"
             )
+        if kind.startswith("AnyRes"):
+            return settings.num_visual_tokens
         return _reduced_count(settings, settings.num_visual_tokens + 1, keep_class_token=False)
     num_patches = (vision.image_size // vision.patch_size) ** 2
     return _reduced_count(settings, num_patches, config.vision_feature_select_strategy == "full")
+
+
+def video_token_count(config) -> int:
+    """Tokens per video that a PruMerge `config` sends to the language model: `num_video_tokens`, which the
+    frames (Qwen-VL: frame groups) share, the video's newline included (LLaVA-OneVision). Raises
+    UnservableBudgetError for any other settings, whose count follows the video's length."""
+    settings = config.reduction_settings
+    check_fixed_budget(settings)
+    if not settings.reduces or settings.num_video_tokens is None:
+        raise UnservableBudgetError(
+            f"token_reduction={settings.token_reduction!r} without num_video_tokens keeps a number of tokens "
+            "that follows each video's length; a fixed count per video needs num_video_tokens: export with "
+            "`--no-adaptive --num-visual-tokens 64 --num-video-tokens 256`"
+        )
+    return settings.num_video_tokens
+
+
+def _image_size_dependence(config) -> str | None:
+    """Why an image's unreduced token count follows its size, or None where it does not (one fixed view)."""
+    if getattr(config, "image_grid_pinpoints", None) is not None:
+        return "AnyRes: a base view and a grid of crops chosen by the image's size"
+    if getattr(config.vision_config, "image_size", None) is None:
+        return "native resolution: Qwen-VL's merged tokens"
+    return None
 
 
 def check_fixed_budget(settings: ReductionSettings) -> None:
