@@ -116,7 +116,39 @@ def anyres_crops(batch_num_images, num_images: int) -> list[bool]:
     return [count == 1 for count in counts for _ in range(count)]
 
 
-class LlavaOnevisionPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaOnevisionModel):
+class OnevisionVideoMixin:
+    """The video stages of LLaVA-OneVision PruMerge models (transformers' and vLLM's): stock's pooled frame
+    features, each frame reduced over them, the frames gathered per video and closed by its newline; a model
+    with `apply_pooling`, `multi_modal_projector` and `image_newline`."""
+
+    def pool_frames(self, encoded: EncodedPatches) -> EncodedPatches:
+        """Stock's video features: each frame's patches projected, then pooled 2 x 2 (`apply_pooling`); each
+        patch's importance and key pooled with the same weights, for the reducer."""
+        features = self.apply_pooling(self.multi_modal_projector(encoded.features))  # [F, pooled, hidden]
+        if encoded.attention is None:
+            return EncodedPatches(features)
+        attention = self.apply_pooling(encoded.attention[..., None])[..., 0]  # [F, pooled]
+        keys = self.apply_pooling(encoded.keys.contiguous())  # [F, pooled, Dk]
+        return EncodedPatches(features, None, attention, keys)
+
+    def reduce_video_frames(
+        self, pooled: EncodedPatches, num_frames: int, settings: ReductionSettings
+    ) -> ReducedTokens:
+        """The reducer on every pooled frame ([videos * num_frames]), with its frame position's settings
+        (`frames.frame_settings`: `num_video_tokens` counts the video's newline)."""
+        per_position = frame_settings(settings, num_frames, class_token=False, video_newline=True)
+        return reduce_per_frame(pooled, per_position)
+
+    def video_features(self, reduced: ReducedTokens, num_frames: int) -> list[torch.Tensor]:
+        """Per video, its frames' reduced tokens then its newline [n, hidden]."""
+        newline = self.image_newline[None].to(reduced.features[0])
+        starts = range(0, len(reduced.features), num_frames)
+        return [torch.cat([*reduced.features[start : start + num_frames], newline]) for start in starts]
+
+
+class LlavaOnevisionPruMergeModel(
+    OnevisionVideoMixin, AnyresModelMixin, PruMergeModelMixin, LlavaOnevisionModel
+):
     """[`LlavaOnevisionModel`] that feeds the language model the PruMerge-reduced tokens of every AnyRes view,
     multi-image base view and video frame."""
 
@@ -187,30 +219,10 @@ class LlavaOnevisionPruMergeModel(AnyresModelMixin, PruMergeModelMixin, LlavaOne
         frames = pixel_values_videos.flatten(0, 1)  # [videos * frames, 3, H, W]
         return encode_patches(self.vision_tower, frames, feature_layer, keep_rows, settings), settings
 
-    def pool_frames(self, encoded: EncodedPatches) -> EncodedPatches:
-        """Stock's video features: each frame's patches projected, then pooled 2 x 2 (`apply_pooling`); each
-        patch's importance and key pooled with the same weights, for the reducer."""
-        features = self.apply_pooling(self.multi_modal_projector(encoded.features))  # [F, pooled, hidden]
-        if encoded.attention is None:
-            return EncodedPatches(features)
-        attention = self.apply_pooling(encoded.attention[..., None])[..., 0]  # [F, pooled]
-        keys = self.apply_pooling(encoded.keys.contiguous())  # [F, pooled, Dk]
-        return EncodedPatches(features, None, attention, keys)
-
-    def reduce_video_frames(
-        self, pooled: EncodedPatches, num_frames: int, reduction: ReductionSettings | None = None
-    ) -> ReducedTokens:
-        """The reducer on every pooled frame, with its frame position's settings (`frames.frame_settings`)."""
-        per_position = frame_settings(
-            self.reduction_settings(reduction), num_frames, class_token=False, video_newline=True
-        )
-        return reduce_per_frame(pooled, per_position)
-
     def video_tokens(self, reduced: ReducedTokens, num_frames: int) -> VisualTokens:
         """Reduced frame tokens (already in the LLM's space) gathered per video and closed by a newline."""
-        newline = self.image_newline[None].to(reduced.features[0])
+        features = self.video_features(reduced, num_frames)
         starts = range(0, len(reduced.features), num_frames)
-        features = [torch.cat([*reduced.features[start : start + num_frames], newline]) for start in starts]
         centers = [
             torch.cat(
                 [

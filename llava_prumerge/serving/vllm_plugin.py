@@ -8,6 +8,12 @@ from __future__ import annotations
 
 ARCHITECTURES = {  # config.architectures[0] of a PruMerge Hub folder -> the vLLM model class serving it
     "LlavaPruMergeForConditionalGeneration": "llava_prumerge.serving.vllm_model:LlavaPruMergeForConditionalGeneration",
+    "LlavaNextPruMergeForConditionalGeneration": (
+        "llava_prumerge.serving.vllm_anyres:LlavaNextPruMergeForConditionalGeneration"
+    ),
+    "LlavaOnevisionPruMergeForConditionalGeneration": (
+        "llava_prumerge.serving.vllm_anyres:LlavaOnevisionPruMergeForConditionalGeneration"
+    ),
 }
 
 

@@ -35,11 +35,13 @@ class VisionPatches:
         self.feature_layers, self.reduction_layer = _layer_indices(
             config.vision_config.num_hidden_layers, config.vision_feature_layer, settings
         )
+        # hidden_states[i] is the input of layer i: layers [0, deepest) run, and the reduction layer is read
         self.deepest = max(self.feature_layers + ([self.reduction_layer] if settings.reduces else []))
+        built = max(self.deepest, self.reduction_layer + 1 if settings.reduces else 0)
         layers = tower.vision_model.encoder.layers
         layer_class = LAYER_CLASSES[type(tower)]
         layers_prefix = maybe_prefix(prefix, "vision_model.encoder.layers")
-        for index in range(len(layers), self.deepest + 1):
+        for index in range(len(layers), built):
             layers.append(
                 layer_class(
                     config.vision_config,
