@@ -128,12 +128,29 @@ def merged_importance(tower, block, captured: dict, grid_thw, settings: Reductio
     input of the full-attention block (rows in the tower's window order)."""
     hidden = captured["hidden"]  # [patches, C], window order
     cos, sin = captured["position_embeddings"]
-    cu_seqlens = captured["cu_seqlens"].tolist()
     attention = block.attn
-    num_heads = attention.num_heads
-    qkv = attention.qkv(block.norm1(hidden)).reshape(hidden.shape[0], 3, num_heads, -1)
+    qkv = attention.qkv(block.norm1(hidden)).reshape(hidden.shape[0], 3, attention.num_heads, -1)
     queries, keys = qkv[:, 0], qkv[:, 1]  # [patches, heads, hd]
     rotated_queries, rotated_keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
+    order = vision_window_index(tower, grid_thw)  # merged position -> its window-order slot, or None
+    cu_seqlens = captured["cu_seqlens"].tolist()
+    return merged_token_scores(rotated_queries, rotated_keys, keys, cu_seqlens, order, settings, merge_unit)
+
+
+def merged_token_scores(
+    rotated_queries: torch.Tensor,
+    rotated_keys: torch.Tensor,
+    keys: torch.Tensor,
+    cu_seqlens: list[int],
+    window_order: torch.Tensor | None,
+    settings: ReductionSettings,
+    merge_unit: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([merged tokens] importance, [merged tokens, Dk] keys) in the merger's output order, from a full-attention
+    block's q/k per patch [patches, heads, hd] in the tower's window order (`window_order`: merged position ->
+    its window slot, None without windows; `cu_seqlens`: where each attention sequence starts and ends): the
+    stand-in score per sequence, then each merged token the mean of its patches' scores and keys."""
+    num_heads = rotated_queries.shape[1]
     scores = []
     for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):  # one attention sequence at a time
         scores.append(
@@ -147,10 +164,9 @@ def merged_importance(tower, block, captured: dict, grid_thw, settings: Reductio
             )[0]
         )
     importance = torch.cat(scores)  # [patches], window order
-    order = vision_window_index(tower, grid_thw)  # merged position -> its window-order slot, or None
     units = importance.reshape(-1, merge_unit)  # [merged, 4]: a merged token's patches are consecutive
     unit_keys = keys.flatten(1).reshape(units.shape[0], merge_unit, -1)
-    if order is not None:
-        back = torch.argsort(order.to(units.device))
+    if window_order is not None:
+        back = torch.argsort(window_order.to(units.device))
         units, unit_keys = units[back], unit_keys[back]
     return units.float().mean(-1), unit_keys.mean(1)

@@ -64,6 +64,33 @@ def check_budget(settings: ReductionSettings, count: int, modality: str) -> None
         )
 
 
+def reduce_merged_tokens(
+    modality: str, merged, grid: torch.Tensor, settings: ReductionSettings, merge_size: int, token_id: int
+) -> VisualTokens:
+    """One modality's items from the tower's merged tokens (`MergedTokens`, items of `grid` [items, 3]): per
+    sequence reduced (its settings: a video's `num_video_tokens` split over its frame groups), gathered per item
+    with each token's place: a kept token's own, a summary token its sequence's last."""
+    features, centers, places, sequence = [], [], [], 0
+    for groups in merged.groups:
+        per_group = frame_settings(settings, groups, class_token=False) if modality == "video" else [settings]
+        item_features, item_centers, item_places, offset = [], [], [], 0
+        for group_settings in per_group:
+            count = int(merged.features[sequence].shape[0])
+            check_budget(group_settings, count, modality)
+            reduced = merged.sequence(sequence).reduce(group_settings)
+            tokens, kept = reduced.features[0], reduced.centers[0]
+            summary = torch.full((len(tokens) - len(kept),), count - 1, dtype=torch.long, device=kept.device)
+            item_features.append(tokens)
+            item_centers.append(kept + offset)
+            item_places.append(torch.cat([kept, summary]) + offset)
+            offset, sequence = offset + count, sequence + 1
+        features.append(torch.cat(item_features))
+        centers.append(torch.cat(item_centers))
+        places.append(torch.cat(item_places))
+    expanded = [int(t * h * w) // merge_size**2 for t, h, w in grid.tolist()]
+    return VisualTokens(modality, token_id, features, expanded, centers, places)
+
+
 class QwenVLModelMixin:
     """The base model's part for Qwen-VL, listed before `PruMergeModelMixin`: merged tokens reduced per attention
     sequence, and the stock positions of the prompt carried through compaction."""
@@ -71,32 +98,11 @@ class QwenVLModelMixin:
     modality_inputs = {"image": "pixel_values", "video": "pixel_values_videos"}
 
     def reduce_merged_tokens(self, modality: str, merged, grid: torch.Tensor, settings: ReductionSettings):
-        """One modality's items from the tower's merged tokens: per sequence reduced (its settings: a video's
-        `num_video_tokens` split over its frame groups), gathered per item with each token's place."""
-        features, centers, places, sequence = [], [], [], 0
-        for groups in merged.groups:
-            per_group = (
-                frame_settings(settings, groups, class_token=False) if modality == "video" else [settings]
-            )
-            item_features, item_centers, item_places, offset = [], [], [], 0
-            for group_settings in per_group:
-                count = int(merged.features[sequence].shape[0])
-                check_budget(group_settings, count, modality)
-                reduced = merged.sequence(sequence).reduce(group_settings)
-                tokens, kept = reduced.features[0], reduced.centers[0]
-                summary = torch.full(
-                    (len(tokens) - len(kept),), count - 1, dtype=torch.long, device=kept.device
-                )
-                item_features.append(tokens)
-                item_centers.append(kept + offset)
-                item_places.append(torch.cat([kept, summary]) + offset)
-                offset, sequence = offset + count, sequence + 1
-            features.append(torch.cat(item_features))
-            centers.append(torch.cat(item_centers))
-            places.append(torch.cat(item_places))
-        expanded = [int(t * h * w) // self.visual.spatial_merge_size**2 for t, h, w in grid.tolist()]
+        """One modality's items from the tower's merged tokens (see `reduce_merged_tokens`)."""
         token_id = getattr(self.config, f"{modality}_token_id")
-        return VisualTokens(modality, token_id, features, expanded, centers, places)
+        return reduce_merged_tokens(
+            modality, merged, grid, settings, self.visual.spatial_merge_size, token_id
+        )
 
     def modality_tokens(self, modality: str, pixel_values, grid_thw, reduction=None, kwargs=None):
         """(one modality's reduced tokens, the tower's output) for its pixel values and grid."""

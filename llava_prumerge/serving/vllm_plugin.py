@@ -14,6 +14,12 @@ ARCHITECTURES = {  # config.architectures[0] of a PruMerge Hub folder -> the vLL
     "LlavaOnevisionPruMergeForConditionalGeneration": (
         "llava_prumerge.serving.vllm_anyres:LlavaOnevisionPruMergeForConditionalGeneration"
     ),
+    "Qwen2_5_VLPruMergeForConditionalGeneration": (
+        "llava_prumerge.serving.vllm_qwen:Qwen2_5_VLPruMergeForConditionalGeneration"
+    ),
+    "Qwen2VLPruMergeForConditionalGeneration": (
+        "llava_prumerge.serving.vllm_qwen:Qwen2VLPruMergeForConditionalGeneration"
+    ),
 }
 
 

@@ -16,7 +16,7 @@ from ..configuration.configuration_qwen2_vl_prumerge import Qwen2VLPruMergeConfi
 from ..modeling.modeling_qwen2_5_vl_prumerge import Qwen2_5_VLPruMergeForConditionalGeneration
 from ..modeling.modeling_qwen2_vl_prumerge import Qwen2VLPruMergeForConditionalGeneration
 from ..modeling.runtime_compat import TRANSFORMERS_MAJOR
-from .tiny import tiny_config, tiny_tokenizer
+from .tiny import TINY_TEXT_HEADS, tiny_config, tiny_tokenizer
 
 QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 PATCH, MERGE, TEMPORAL = 4, 2, 2
@@ -56,15 +56,20 @@ def tiny_qwen_image_processor():
 
 
 def tiny_qwen_config(
-    arch: str = "qwen2.5-vl", tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fields
+    arch: str = "qwen2.5-vl",
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    text_heads: int = TINY_TEXT_HEADS,
+    **reduction_fields,
 ):
+    """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
     tokenizer = tokenizer or tiny_qwen_tokenizer()
     config_class, vision = CONFIGS[arch]
-    text = tiny_config(tokenizer).text_config.to_dict()  # the same LLM shapes, as the family's text model
+    text = tiny_config(tokenizer, text_heads).text_config.to_dict()  # the LLM's shapes, as the family's
     for key in ("architectures", "transformers_version", "rope_scaling", "rope_parameters", "model_type"):
         text.pop(key, None)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_TOKENS}
-    text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}  # head size 16: 8 rotary pairs
+    pairs = text["hidden_size"] // text_heads // 2  # rotary pairs of a head, split over (time, row, column)
+    text["rope_scaling"] = {"type": "mrope", "mrope_section": [pairs // 4, 3 * pairs // 8, 3 * pairs // 8]}
     return config_class(
         vision_config=vision,
         text_config=text,
@@ -77,10 +82,16 @@ def tiny_qwen_config(
     )
 
 
-def tiny_qwen_model(arch: str = "qwen2.5-vl", seed: int = 0, tokenizer=None, **reduction_fields):
+def tiny_qwen_model(
+    arch: str = "qwen2.5-vl",
+    seed: int = 0,
+    tokenizer=None,
+    text_heads: int = TINY_TEXT_HEADS,
+    **reduction_fields,
+):
     """A random-weight Qwen2.5-VL (or Qwen2-VL) PruMerge model (float32, eval mode)."""
     torch.manual_seed(seed)
-    model = MODELS[arch](tiny_qwen_config(arch, tokenizer, **reduction_fields))
+    model = MODELS[arch](tiny_qwen_config(arch, tokenizer, text_heads, **reduction_fields))
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval()
