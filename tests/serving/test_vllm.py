@@ -7,10 +7,7 @@ parallelism over two CPU worker processes (server, engine core and two workers, 
 vLLM splits the vision tower's heads across the ranks and the reducer gathers the q/k it needs), and is
 checked against the transformers model the same way. It runs in its own process because vLLM reads its
 environment once per process: after an in-process engine, a second engine's thread binding is fixed.
-
-Log-probabilities are compared, not only greedy tokens: on the tiny random-weight model, serving the
-reduced tokens in another order (spatial instead of the reducer's) left all greedy tokens unchanged
-but moved the log-probabilities by 3e-3 to 0.17; float32 vLLM and transformers on one CPU agree to 5e-7.
+What is compared, and why log-probabilities: `testing.served`.
 """
 
 import base64
@@ -30,6 +27,13 @@ from llava_prumerge import LlavaPruMergeForConditionalGeneration
 from llava_prumerge.errors import UnservableBudgetError
 from llava_prumerge.hub_upload.export import save_hub_folder
 from llava_prumerge.testing.model_tester import make_image
+from llava_prumerge.testing.served import (
+    ENGINE,
+    LOGPROB_TOLERANCE,
+    assert_served_as_transformers,
+    greedy,
+    transformers_reference,
+)
 from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
 
 NEW_TOKENS = 6
@@ -46,8 +50,6 @@ PROMPTS = [  # (text, number of images): batched together in one generate call
     ("USER: <image>\nCompare it with <image>. ASSISTANT:", 2),
     ("USER: <image>\nDescribe the picture in detail. ASSISTANT:", 1),
 ]
-ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 2**26}
-LOGPROB_TOLERANCE = 1e-4
 
 
 def export_tiny(folder: Path, **fields) -> Path:
@@ -78,40 +80,11 @@ def image_inputs(prompt_index: int, count: int) -> list:
     return [make_image(10 * prompt_index + i, width=60 + 8 * i, height=44) for i in range(count)]
 
 
-def transformers_reference(
-    model, inputs: dict, new_tokens: int
-) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """The transformers model's greedy tokens, the log-probability of each prompt token after the first, and
-    of each greedy token."""
-    with torch.no_grad():
-        generated = model.generate(
-            **inputs,
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        prompt_logprobs = model(**inputs).logits[0, :-1].log_softmax(-1)  # [L - 1, vocab]
-    tokens = generated.sequences[0, -new_tokens:]
-    token_logprobs = torch.stack([logits[0].log_softmax(-1) for logits in generated.logits])  # [new, vocab]
-    prompt = inputs["input_ids"][0, 1:]
-    return (
-        tokens.tolist(),
-        prompt_logprobs[torch.arange(len(prompt)), prompt],
-        token_logprobs[torch.arange(new_tokens), tokens],
-    )
-
-
 def image_requests() -> list[dict]:
     return [
         {"prompt": text, "multi_modal_data": {"image": image_inputs(i, count)}}
         for i, (text, count) in enumerate(PROMPTS)
     ]
-
-
-def sampling(vllm):
-    """Greedy, with the log-probability of every prompt token and of every generated token."""
-    return vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0, logprobs=0, prompt_logprobs=0)
 
 
 def assert_matches_the_transformers_model(folder: Path, budget: int, outputs: list) -> None:
@@ -125,22 +98,12 @@ def assert_matches_the_transformers_model(folder: Path, budget: int, outputs: li
         prompt = output.prompt_token_ids
         assert len(prompt) == text_tokens + budget * count
         assert prompt == inputs["input_ids"][0].tolist(), "the folder's processor and vLLM disagree"
-        tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, NEW_TOKENS)
-        completion = output.outputs[0]
-        assert list(completion.token_ids) == tokens, f"prompt {i}"
-        served_prompt_logprobs = [output.prompt_logprobs[k][prompt[k]].logprob for k in range(1, len(prompt))]
-        served_token_logprobs = [completion.logprobs[k][token].logprob for k, token in enumerate(tokens)]
-        torch.testing.assert_close(
-            torch.tensor(served_prompt_logprobs), prompt_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
-        )
-        torch.testing.assert_close(
-            torch.tensor(served_token_logprobs), token_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
-        )
+        assert_served_as_transformers(output, model, inputs, NEW_TOKENS)
 
 
 def test_generate_matches_the_transformers_model_on_the_same_folder(vllm, served):
     folder, budget, llm = served
-    outputs = llm.generate(image_requests(), sampling(vllm), use_tqdm=False)
+    outputs = llm.generate(image_requests(), greedy(vllm, NEW_TOKENS), use_tqdm=False)
     assert_matches_the_transformers_model(folder, budget, outputs)
 
 
@@ -201,7 +164,7 @@ def test_the_openai_server_on_two_tensor_parallel_ranks_answers_an_image_chat_as
     prompt = inputs["input_ids"][0].tolist()
     assert reply.prompt_token_ids == prompt, "the folder's processor and vLLM's chat template disagree"
     model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
-    tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, NEW_TOKENS)
+    tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, prompt, NEW_TOKENS)
     choice = reply.choices[0]
     assert choice.token_ids == tokens and reply.usage.completion_tokens == NEW_TOKENS
     # vLLM's detokenizer holds back a trailing incomplete UTF-8 character (random tokens end in one)
