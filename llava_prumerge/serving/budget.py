@@ -61,9 +61,24 @@ def video_token_count(config) -> int:
         raise UnservableBudgetError(
             f"token_reduction={settings.token_reduction!r} without num_video_tokens keeps a number of tokens "
             "that follows each video's length; a fixed count per video needs num_video_tokens: export with "
-            "`--no-adaptive --num-visual-tokens 64 --num-video-tokens 256`"
+            "`--no-adaptive --num-visual-tokens 64 --num-video-tokens 256`, or serve images alone "
+            """(`--limit-mm-per-prompt '{"video": 0}'`)"""
         )
     return settings.num_video_tokens
+
+
+def takes_videos(config) -> bool:
+    """Whether the architecture of `config` reads videos (LLaVA-OneVision, Qwen-VL)."""
+    return any(getattr(config, name, None) is not None for name in ("video_token_id", "video_token_index"))
+
+
+def served_budgets(config, videos: bool) -> dict[str, int]:
+    """Per modality served (images, and videos where `videos`), its fixed token count per item; settings
+    whose count varies are refused (see `image_token_count`, `video_token_count`)."""
+    budgets = {"image": image_token_count(config)}
+    if videos and takes_videos(config):
+        budgets["video"] = video_token_count(config)
+    return budgets
 
 
 def _image_size_dependence(config) -> str | None:

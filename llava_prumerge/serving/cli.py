@@ -31,19 +31,21 @@ def run_serve(args: argparse.Namespace) -> None:
     """Serve a PruMerge checkpoint with vLLM's OpenAI-compatible server (chat completions with images).
 
     Needs vLLM in the environment (`pip install 'llava-prumerge[vllm]'`); the package's vLLM plugin
-    loads the folder with PruMerge's reducer in vLLM's LLaVA. The checkpoint must have a fixed visual-
-    token budget (`export --no-adaptive --num-visual-tokens N`): vLLM reserves each image's tokens before
-    the vision tower runs. The folder is checked first; then this process becomes vLLM's server
+    loads the folder with PruMerge's reducer in vLLM's model of its family (LLaVA-1.5, LLaVA-NeXT,
+    LLaVA-OneVision, Qwen2.5-VL, Qwen2-VL). The checkpoint must have a fixed visual-token budget
+    (`export --no-adaptive --num-visual-tokens N`, and `--num-video-tokens M` where it reads videos): vLLM
+    reserves each item's tokens before the vision tower runs. The folder is checked first; then this process becomes vLLM's server
     (`python -m vllm.entrypoints.openai.api_server --model MODEL ...`), which listens on port 8000 unless
     --port says otherwise.
     """
-    budget = checked_budget(args.model, hf_overrides(args.server_args))
+    budgets = checked_budget(args.model, args.server_args)
     if importlib.util.find_spec("vllm") is None:
         raise UsageError(
             "vLLM is not installed in this environment; install it with `pip install 'llava-prumerge[vllm]'` "
             "(without a GPU: scripts/setup_vllm_env.sh builds an environment with vLLM's CPU build)"
         )
-    print(f"llava-prumerge serve: {args.model}, {budget} tokens per image; starting vLLM", file=sys.stderr)
+    per_item = ", ".join(f"{count} tokens per {modality}" for modality, count in budgets.items())
+    print(f"llava-prumerge serve: {args.model}, {per_item}; starting vLLM", file=sys.stderr)
     sys.stderr.flush()
     command = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", args.model, *args.server_args]
     os.execv(sys.executable, command)
@@ -51,26 +53,32 @@ def run_serve(args: argparse.Namespace) -> None:
 
 def hf_overrides(server_args: list[str]) -> dict:
     """vLLM's `--hf-overrides JSON` among the server arguments ({} without it): the config vLLM will serve."""
+    return json_argument(server_args, "--hf-overrides")
+
+
+def json_argument(server_args: list[str], name: str) -> dict:
+    """The JSON object of one of vLLM's server arguments ({} without it)."""
     for index, argument in enumerate(server_args):
-        name, equals, value = argument.partition("=")
-        if name == "--hf-overrides":
+        given, equals, value = argument.partition("=")
+        if given == name:
             text = value if equals else next(iter(server_args[index + 1 :]), "")
             try:
-                overrides = json.loads(text)
+                parsed = json.loads(text)
             except ValueError as error:
-                raise UsageError(f"--hf-overrides must be a JSON object, got {text!r} ({error})") from None
-            if not isinstance(overrides, dict):
-                raise UsageError(f"--hf-overrides must be a JSON object, got {text!r}")
-            return overrides
+                raise UsageError(f"{name} must be a JSON object, got {text!r} ({error})") from None
+            if not isinstance(parsed, dict):
+                raise UsageError(f"{name} must be a JSON object, got {text!r}")
+            return parsed
     return {}
 
 
-def checked_budget(model: str, overrides: dict) -> int:
-    """The visual tokens per image of a servable PruMerge checkpoint (with vLLM's `overrides` of its config);
-    a clear error for anything else."""
+def checked_budget(model: str, server_args: list[str]) -> dict[str, int]:
+    """The visual tokens per item of a servable PruMerge checkpoint (per image, and per video where it reads
+    videos and `--limit-mm-per-prompt` allows them), with vLLM's `--hf-overrides` of its config; a clear
+    error for anything else."""
     from transformers import AutoConfig
 
-    from .budget import image_token_count
+    from .budget import served_budgets
     from .vllm_plugin import ARCHITECTURES as SERVED_ARCHITECTURES
 
     if not Path(model).is_dir() and (Path(model).is_absolute() or model.startswith(".")):
@@ -78,15 +86,16 @@ def checked_budget(model: str, overrides: dict) -> int:
             f"{model} is not a folder; export one with `llava-prumerge export` or `convert`"
         )
     config = AutoConfig.from_pretrained(model)
-    config.update(overrides)
+    config.update(hf_overrides(server_args))
     architecture = (getattr(config, "architectures", None) or [None])[0]
     if architecture not in SERVED_ARCHITECTURES:
         raise UsageError(
-            f"{model} holds a {config.model_type} model ({architecture}); `serve` runs LLaVA PruMerge checkpoints "
+            f"{model} holds a {config.model_type} model ({architecture}); `serve` runs PruMerge checkpoints "
             f"({', '.join(SERVED_ARCHITECTURES)}) written by `llava-prumerge export` or `convert`; the vLLM "
             "plugin has no other architecture (Video-LLaVA)"
         )
+    videos = json_argument(server_args, "--limit-mm-per-prompt").get("video", 1) != 0
     try:
-        return image_token_count(config)
+        return served_budgets(config, videos)
     except UnservableBudgetError as error:
         raise UnservableBudgetError(f"{model}: {error}") from None

@@ -36,8 +36,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from ..modeling.anyres import AnyresLayout, AnyresModelMixin, anyres_layout
 from ..modeling.modeling_llava_onevision_prumerge import OnevisionVideoMixin
-from .budget import image_token_count, video_token_count
-from .vllm_vision import VisionPatches
+from .budget import image_token_count, served_budgets, video_token_count
+from .vllm_vision import VisionPatches, videos_served
 
 
 class LlavaNextPruMergeProcessingInfo(LlavaNextProcessingInfo):
@@ -134,9 +134,9 @@ class LlavaOnevisionPruMergeForConditionalGeneration(
     model_name = "LLaVA-OneVision"
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        config = vllm_config.model_config.hf_config
-        image_token_count(config)  # refuses before any weight is allocated
-        video_token_count(config)
+        served_budgets(
+            vllm_config.model_config.hf_config, videos_served(vllm_config)
+        )  # refused: before weights
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer(vllm_config, prefix)
 

@@ -45,7 +45,8 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
 from ..modeling.qwen_vision import MergedTokens, merged_token_scores
 from ..modeling.qwen_vl import reduce_merged_tokens
-from .budget import image_token_count, video_token_count
+from .budget import image_token_count, served_budgets, video_token_count
+from .vllm_vision import videos_served
 
 PLACE_DIGIT = (
     256  # a place's coordinate rides as (value // 256, value % 256): integers bfloat16 holds exactly
@@ -61,11 +62,10 @@ class QwenBudgetInfoMixin:
         return min(super().get_num_image_tokens(**kwargs), image_token_count(self.get_hf_config()))
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts):
-        """Overridden: at most the budgets."""
+        """Overridden: at most the budgets of the modalities served."""
         stock = super().get_mm_max_tokens_per_item(seq_len, mm_counts)
-        config = self.get_hf_config()
-        budgets = {"image": image_token_count(config), "video": video_token_count(config)}
-        return {modality: min(count, budgets[modality]) for modality, count in stock.items()}
+        budgets = served_budgets(self.get_hf_config(), videos=mm_counts.get("video", 0) > 0)
+        return {modality: min(count, budgets.get(modality, count)) for modality, count in stock.items()}
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts, *args, **kwargs) -> int:
         """Overridden: at most the frames whose groups the video budget has tokens for (one and a summary
@@ -83,18 +83,19 @@ class QwenBudgetProcessorMixin:
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         """Overridden: stock's replacements cut to the budget (an image: at most its merged tokens)."""
         config = self.info.get_hf_config()
-        budgets = {"image": image_token_count(config), "video": video_token_count(config)}
         return [
             PromptReplacement(
                 modality=update.modality,
                 target=update.target,
-                replacement=partial(_cut, stock=update.replacement, budget=budgets[update.modality]),
+                replacement=partial(_cut, stock=update.replacement, config=config, modality=update.modality),
             )
             for update in super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
         ]
 
 
-def _cut(item_idx: int, stock, budget: int) -> list[int]:
+def _cut(item_idx: int, stock, config, modality: str) -> list[int]:
+    """An item's run of stock's placeholders cut to its modality's budget."""
+    budget = image_token_count(config) if modality == "image" else video_token_count(config)
     return stock(item_idx)[:budget]
 
 
@@ -263,9 +264,9 @@ class Qwen2_5_VLPruMergeForConditionalGeneration(QwenVllmMixin, Qwen2_5_VLForCon
     """vLLM's Qwen2.5-VL whose language model sees only the PruMerge-reduced image and video tokens."""
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        config = vllm_config.model_config.hf_config
-        image_token_count(config)  # refuses before any weight is allocated
-        video_token_count(config)
+        served_budgets(
+            vllm_config.model_config.hf_config, videos_served(vllm_config)
+        )  # refused: before weights
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer()
 
@@ -287,8 +288,8 @@ class Qwen2VLPruMergeForConditionalGeneration(QwenVllmMixin, Qwen2VLForCondition
     """vLLM's Qwen2-VL whose language model sees only the PruMerge-reduced image and video tokens."""
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        config = vllm_config.model_config.hf_config
-        image_token_count(config)  # refuses before any weight is allocated
-        video_token_count(config)
+        served_budgets(
+            vllm_config.model_config.hf_config, videos_served(vllm_config)
+        )  # refused: before weights
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer()

@@ -72,3 +72,26 @@ def test_it_becomes_vllms_openai_server_with_the_arguments_given(vllm, folders, 
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folders / "adaptive"),
          "--port", "8001", "--hf-overrides", overrides],
     )  # fmt: skip
+
+
+def test_a_folder_that_reads_videos_needs_a_video_budget_unless_videos_are_off(tmp_path, capsys):
+    from llava_prumerge.serving.cli import checked_budget
+
+    main(["export", "--tiny", "--arch", "qwen2.5-vl", *FIXED, "--out", str(tmp_path / "qwen")])
+    err = serve_error(capsys, tmp_path / "qwen")
+    assert "without num_video_tokens" in err and """--limit-mm-per-prompt '{"video": 0}'""" in err
+    assert checked_budget(str(tmp_path / "qwen"), ["--limit-mm-per-prompt", '{"video": 0}']) == {"image": 16}
+    main(
+        [
+            "export",
+            "--tiny",
+            "--arch",
+            "qwen2.5-vl",
+            *FIXED,
+            "--num-video-tokens",
+            "32",
+            "--out",
+            str(tmp_path / "both"),
+        ]
+    )
+    assert checked_budget(str(tmp_path / "both"), []) == {"image": 16, "video": 32}
