@@ -21,23 +21,30 @@ VICUNA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 
-VICUNA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string "
-    "else message['content'][0]['text'] }} "
-    "{% elif message['role'] == 'user' %}USER: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
-    "{% elif item['type'] == 'video' %}<video>\n{% endif %}"
-    "{% endfor %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% endif %}{% endfor %}{% endif %} "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+
+def vicuna_chat_template(image: str = IMAGE_PLACEHOLDER, video: str = VISUAL_PLACEHOLDERS["video"]) -> str:
+    """The vicuna_v1 chat template, a user turn's visual items written as `image` / `video` (Qwen-VL models
+    write their vision tokens around one placeholder, `<|vision_start|><|image_pad|><|vision_end|>`)."""
+    return (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string "
+        "else message['content'][0]['text'] }} "
+        "{% elif message['role'] == 'user' %}USER: "
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + "\n"
+        "{% elif item['type'] == 'video' %}" + video + "\n{% endif %}"
+        "{% endfor %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endif %}{% endfor %}{% endif %} "
+        "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}</s>"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+VICUNA_CHAT_TEMPLATE = vicuna_chat_template()
 
 
 @dataclass

@@ -19,6 +19,10 @@ from ..modeling.runtime_compat import TRANSFORMERS_MAJOR
 from .tiny import TINY_TEXT_HEADS, tiny_config, tiny_tokenizer
 
 QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_IMAGE = (
+    "<|vision_start|><|image_pad|><|vision_end|>"  # an image in a prompt, before the processor expands it
+)
+QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 PATCH, MERGE, TEMPORAL = 4, 2, 2
 VISION = {"depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": PATCH,
           "spatial_merge_size": MERGE, "temporal_patch_size": TEMPORAL, "in_channels": 3}  # fmt: skip
@@ -153,12 +157,14 @@ def tiny_qwen_inputs(
 
 
 def tiny_qwen_parts():
-    """The tiny models' processor as the parts `export` writes (the stock processor needs torchvision)."""
-    from ..common.conversation import VICUNA_CHAT_TEMPLATE
+    """The tiny models' processor as the parts `export` writes (the stock processor needs torchvision), with the
+    vicuna_v1 chat template writing Qwen-VL's vision tokens for images and videos."""
+    from ..common.conversation import vicuna_chat_template
     from ..hub_upload.compat import ProcessorParts
 
+    template = vicuna_chat_template(QWEN_IMAGE, QWEN_VIDEO)
     tokenizer = tiny_qwen_tokenizer()
-    tokenizer.chat_template = VICUNA_CHAT_TEMPLATE
+    tokenizer.chat_template = template
     return ProcessorParts(
-        tokenizer=tokenizer, image_processor=tiny_qwen_image_processor(), chat_template=VICUNA_CHAT_TEMPLATE
+        tokenizer=tokenizer, image_processor=tiny_qwen_image_processor(), chat_template=template
     )

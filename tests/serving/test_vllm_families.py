@@ -23,12 +23,10 @@ from llava_prumerge.testing.served import ENGINE, assert_served_as_transformers,
 from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_tokenizer
 from llava_prumerge.testing.tiny_next import tiny_next_model, tiny_next_processor
 from llava_prumerge.testing.tiny_onevision import tiny_onevision_model, tiny_onevision_parts
-from llava_prumerge.testing.tiny_qwen import tiny_qwen_model, tiny_qwen_parts
+from llava_prumerge.testing.tiny_qwen import QWEN_IMAGE, QWEN_VIDEO, tiny_qwen_model, tiny_qwen_parts
 from llava_prumerge.testing.tiny_video import make_clip
 
 NEW_TOKENS = 5
-QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 FRAMES = 4
 # how vLLM's Qwen-VL takes a video's frames: with their timing (frames 0.5 s apart), which sets the time between
 # frame groups in Qwen2.5-VL's positions; the transformers processor is given the same
