@@ -10,17 +10,10 @@ environment once per process: after an in-process engine, a second engine's thre
 What is compared, and why log-probabilities: `testing.served`.
 """
 
-import base64
-import io
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoProcessor
 
 from llava_prumerge import LlavaPruMergeForConditionalGeneration
@@ -29,10 +22,10 @@ from llava_prumerge.hub_upload.export import save_hub_folder
 from llava_prumerge.testing.model_tester import make_image
 from llava_prumerge.testing.served import (
     ENGINE,
-    LOGPROB_TOLERANCE,
+    assert_chat_reply_as_transformers,
     assert_served_as_transformers,
+    chat_on_two_ranks,
     greedy,
-    transformers_reference,
 )
 from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
 
@@ -113,90 +106,21 @@ def test_an_adaptive_folder_is_refused_at_load(vllm, tmp_path):
         vllm.LLM(model=str(folder), **ENGINE)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def data_url(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_the_openai_server_on_two_tensor_parallel_ranks_answers_an_image_chat_as_transformers_does(
     vllm, tmp_path
 ):
-    import openai
-
     budget = 24
     folder = export_tiny(
         tmp_path / "tiny", token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=budget
     )
-    port = free_port()
-    script = Path(sys.executable).parent / "llava-prumerge"
-    command = [str(script), "serve", str(folder), "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
-               "--enforce-eager", "--kv-cache-memory-bytes", str(2**26), "--tensor-parallel-size", "2"]  # fmt: skip
-    # one core per rank: the CPU build's automatic binding wants a NUMA node per rank
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1", **os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     image = make_image(3, width=70, height=40)
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        wait_until_up(client, server, tmp_path / "server.log")
-        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
-                                                 {"type": "text", "text": "What is shown?"}]}]  # fmt: skip
-        reply = client.chat.completions.create(
-            model=str(folder), messages=messages, max_tokens=NEW_TOKENS, temperature=0, logprobs=True,
-            extra_body={"return_token_ids": True, "prompt_logprobs": 0},
-        )  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    reply = chat_on_two_ranks(folder, tmp_path / "server.log", image, "What is shown?", NEW_TOKENS)
     processor = AutoProcessor.from_pretrained(folder)
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
     text = processor.apply_chat_template(chat, add_generation_prompt=True)
-    text_tokens = len(processor.tokenizer(text.replace("<image>", ""), add_special_tokens=False).input_ids)
-    assert reply.usage.prompt_tokens == text_tokens + budget
     inputs = processor(images=[image], text=text, add_special_tokens=False, return_tensors="pt")
-    prompt = inputs["input_ids"][0].tolist()
-    assert reply.prompt_token_ids == prompt, "the folder's processor and vLLM's chat template disagree"
+    assert reply.prompt_token_ids == inputs["input_ids"][0].tolist(), (
+        "the folder's processor and vLLM disagree"
+    )
     model = LlavaPruMergeForConditionalGeneration.from_pretrained(folder).eval()
-    tokens, prompt_logprobs, token_logprobs = transformers_reference(model, inputs, prompt, NEW_TOKENS)
-    choice = reply.choices[0]
-    assert choice.token_ids == tokens and reply.usage.completion_tokens == NEW_TOKENS
-    # vLLM's detokenizer holds back a trailing incomplete UTF-8 character (random tokens end in one)
-    decoded = processor.tokenizer.decode(tokens, skip_special_tokens=True)
-    assert choice.message.content and decoded.startswith(choice.message.content)
-    served_prompt_logprobs = [
-        reply.prompt_logprobs[k][str(prompt[k])]["logprob"] for k in range(1, len(prompt))
-    ]
-    torch.testing.assert_close(
-        torch.tensor(served_prompt_logprobs), prompt_logprobs, atol=LOGPROB_TOLERANCE, rtol=0
-    )
-    torch.testing.assert_close(
-        torch.tensor([entry.logprob for entry in choice.logprobs.content]),
-        token_logprobs,
-        atol=LOGPROB_TOLERANCE,
-        rtol=0,
-    )
-
-
-def wait_until_up(client, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
-        try:
-            client.models.list()
-            return
-        except openai_connection_errors():
-            time.sleep(1)
-    raise AssertionError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def openai_connection_errors():
-    import openai
-
-    return (openai.APIConnectionError, openai.APITimeoutError)
+    assert_chat_reply_as_transformers(reply, processor, model, image, "What is shown?", "<image>", budget)

@@ -19,7 +19,13 @@ from llava_prumerge.common.loading import load_prumerge_model
 from llava_prumerge.errors import UnservableBudgetError
 from llava_prumerge.hub_upload.export import save_hub_folder
 from llava_prumerge.testing.model_tester import make_image
-from llava_prumerge.testing.served import ENGINE, assert_served_as_transformers, greedy
+from llava_prumerge.testing.served import (
+    ENGINE,
+    assert_chat_reply_as_transformers,
+    assert_served_as_transformers,
+    chat_on_two_ranks,
+    greedy,
+)
 from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_tokenizer
 from llava_prumerge.testing.tiny_next import tiny_next_model, tiny_next_processor
 from llava_prumerge.testing.tiny_onevision import tiny_onevision_model, tiny_onevision_parts
@@ -207,3 +213,19 @@ def test_a_folder_whose_count_varies_is_refused_at_load(vllm, tmp_path, name, fi
     folder = export(tmp_path / "varying", build)
     with pytest.raises(UnservableBudgetError, match=message):
         vllm.LLM(model=str(folder), **ENGINE)
+
+
+def test_the_openai_server_on_two_tensor_parallel_ranks_answers_a_qwen_image_chat_as_transformers_does(
+    vllm, tmp_path
+):
+    """Qwen2.5-VL over two ranks: vLLM splits the vision tower's heads (q, k and v of each rank's heads in one
+    fused projection), and the reducer gathers the q/k it scores with."""
+    folder = export(tmp_path / "tiny", CASES["qwen2.5-vl"].build)
+    image = make_image(3, width=64, height=40)
+    reply = chat_on_two_ranks(folder, tmp_path / "server.log", image, "What is shown?", NEW_TOKENS)
+    processor = AutoProcessor.from_pretrained(folder)
+    model = load_prumerge_model(str(folder)).eval()
+    budget = CASES["qwen2.5-vl"].budgets["image"]
+    assert_chat_reply_as_transformers(
+        reply, processor, model, image, "What is shown?", "<|image_pad|>", budget
+    )
