@@ -72,13 +72,15 @@ def takes_videos(config) -> bool:
     return any(getattr(config, name, None) is not None for name in ("video_token_id", "video_token_index"))
 
 
-def served_budgets(config, videos: bool) -> dict[str, int]:
-    """Per modality served (images, and videos where `videos`), its fixed token count per item; settings
-    whose count varies are refused (see `image_token_count`, `video_token_count`)."""
-    budgets = {"image": image_token_count(config)}
-    if videos and takes_videos(config):
-        budgets["video"] = video_token_count(config)
-    return budgets
+def served_budgets(config, videos: bool) -> dict[str, int | None]:
+    """Per modality served (images, and videos where `videos`), its fixed token count per item, or None for
+    stock's count (`token_reduction="none"`: every token, counted as vLLM's own model counts them); settings
+    whose count varies with PruMerge's choices are refused (see `image_token_count`, `video_token_count`)."""
+    modalities = ["image", "video"] if videos and takes_videos(config) else ["image"]
+    if not config.reduction_settings.reduces:
+        return dict.fromkeys(modalities)
+    counts = {"image": image_token_count, "video": video_token_count}
+    return {modality: counts[modality](config) for modality in modalities}
 
 
 def _image_size_dependence(config) -> str | None:

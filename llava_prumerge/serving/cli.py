@@ -44,7 +44,10 @@ def run_serve(args: argparse.Namespace) -> None:
             "vLLM is not installed in this environment; install it with `pip install 'llava-prumerge[vllm]'` "
             "(without a GPU: scripts/setup_vllm_env.sh builds an environment with vLLM's CPU build)"
         )
-    per_item = ", ".join(f"{count} tokens per {modality}" for modality, count in budgets.items())
+    per_item = ", ".join(
+        f"{count if count is not None else 'stock'} tokens per {modality}"
+        for modality, count in budgets.items()
+    )
     print(f"llava-prumerge serve: {args.model}, {per_item}; starting vLLM", file=sys.stderr)
     sys.stderr.flush()
     command = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", args.model, *args.server_args]

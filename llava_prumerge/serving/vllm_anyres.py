@@ -36,15 +36,13 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from ..modeling.anyres import AnyresLayout, AnyresModelMixin, anyres_layout
 from ..modeling.modeling_llava_onevision_prumerge import OnevisionVideoMixin
-from .budget import image_token_count, served_budgets, video_token_count
-from .vllm_vision import VisionPatches, videos_served
+from .budget import served_budgets, video_token_count
+from .vllm_counts import ImageBudgetInfoMixin, videos_served
+from .vllm_vision import VisionPatches
 
 
-class LlavaNextPruMergeProcessingInfo(LlavaNextProcessingInfo):
-    """Overridden: every image gets the config's fixed token count, whatever its size and crops."""
-
-    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        return image_token_count(self.get_hf_config())
+class LlavaNextPruMergeProcessingInfo(ImageBudgetInfoMixin, LlavaNextProcessingInfo):
+    """vLLM's LLaVA-NeXT processing info counting every image at the config's budget, whatever its crops."""
 
 
 class AnyresVllmMixin(AnyresModelMixin):
@@ -69,6 +67,12 @@ class AnyresVllmMixin(AnyresModelMixin):
             for size in torch.as_tensor(image_sizes).tolist()
         ]
 
+    def _process_image_input(self, image_input):
+        """Overridden for pixel inputs to reduce: one [budget, hidden] tensor per image."""
+        if image_input["type"] != "pixel_values" or not self.settings.reduces:
+            return super()._process_image_input(image_input)
+        return self.reduced_images(image_input["pixel_values"], image_input["image_sizes"])
+
     def reduced_images(self, pixel_values, image_sizes) -> list[torch.Tensor]:
         """Per image its [budget, hidden] tokens: views encoded as one batch (each image's padding views
         dropped), reduced per view, projected and laid out in stock's order."""
@@ -90,29 +94,30 @@ class LlavaNextPruMergeForConditionalGeneration(AnyresVllmMixin, LlavaNextForCon
     model_name = "LLaVA-NeXT"
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        image_token_count(vllm_config.model_config.hf_config)  # refuses before any weight is allocated
+        served_budgets(
+            vllm_config.model_config.hf_config, videos=False
+        )  # refused before weights are allocated
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer(vllm_config, prefix)
 
-    def _process_image_input(self, image_input):
-        """Overridden for pixel inputs: one [budget, hidden] tensor per image."""
-        if image_input["type"] != "pixel_values":
-            return super()._process_image_input(image_input)
-        return self.reduced_images(image_input["pixel_values"], image_input["image_sizes"])
 
-
-class LlavaOnevisionPruMergeProcessingInfo(LlavaOnevisionProcessingInfo):
-    """Overridden: every image and every video gets the config's fixed token count."""
-
-    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        return image_token_count(self.get_hf_config())
+class LlavaOnevisionPruMergeProcessingInfo(ImageBudgetInfoMixin, LlavaOnevisionProcessingInfo):
+    """vLLM's LLaVA-OneVision processing info counting every image and every video at the config's budgets."""
 
     def get_num_video_tokens(self, *, image_width: int, image_height: int, num_frames: int) -> int:
-        return video_token_count(self.get_hf_config())
+        """Overridden: the video budget (stock's count without reduction)."""
+        config = self.get_hf_config()
+        if not config.reduction_settings.reduces:
+            return super().get_num_video_tokens(
+                image_width=image_width, image_height=image_height, num_frames=num_frames
+            )
+        return video_token_count(config)
 
     def _get_max_video_frames(self, max_tokens: int) -> int:
         """Overridden: the frames stock's count fits in `max_tokens` (a budget does not grow with the frames, so
         stock's search would not end), at most as many as the budget has tokens for (one and a summary each)."""
+        if not self.get_hf_config().reduction_settings.reduces:
+            return super()._get_max_video_frames(max_tokens)
         size = self.get_image_size_with_most_features()
         per_frame = self._get_num_frame_tokens(image_width=size.width, image_height=size.height)
         settings = self.get_hf_config().reduction_settings
@@ -134,20 +139,15 @@ class LlavaOnevisionPruMergeForConditionalGeneration(
     model_name = "LLaVA-OneVision"
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        served_budgets(
-            vllm_config.model_config.hf_config, videos_served(vllm_config)
-        )  # refused: before weights
+        config = vllm_config.model_config.hf_config
+        served_budgets(config, videos_served(vllm_config))  # refused before weights are allocated
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer(vllm_config, prefix)
 
-    def _process_image_input(self, image_input):
-        """Overridden for pixel inputs: one [budget, hidden] tensor per image."""
-        if image_input["type"] != "pixel_values":
-            return super()._process_image_input(image_input)
-        return self.reduced_images(image_input["pixel_values"], image_input["image_sizes"])
-
     def _process_video_pixels(self, inputs):
-        """Overridden: per video its frames' reduced tokens and its newline, [num_video_tokens, hidden]."""
+        """Overridden to reduce: per video its frames' reduced tokens and its newline, [num_video_tokens, hidden]."""
+        if not self.settings.reduces:
+            return super()._process_video_pixels(inputs)
         videos = list(inputs["pixel_values_videos"])  # per video [frames, 3, size, size]
         pooled = self.pool_frames(self.patches.encode(torch.cat(videos)))  # [all frames, pooled, hidden]
         features, first = [], 0

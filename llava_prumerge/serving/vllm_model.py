@@ -24,14 +24,12 @@ from vllm.model_executor.models.utils import maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .budget import image_token_count
+from .vllm_counts import ImageBudgetInfoMixin
 from .vllm_vision import VisionPatches
 
 
-class LlavaPruMergeProcessingInfo(LlavaProcessingInfo):
-    """Overridden: every image gets the config's fixed token count, whatever its size."""
-
-    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        return image_token_count(self.get_hf_config())
+class LlavaPruMergeProcessingInfo(ImageBudgetInfoMixin, LlavaProcessingInfo):
+    """vLLM's LLaVA processing info counting every image at the config's budget."""
 
 
 @MULTIMODAL_REGISTRY.register_processor(

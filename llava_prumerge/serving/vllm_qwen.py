@@ -46,7 +46,7 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 from ..modeling.qwen_vision import MergedTokens, merged_token_scores
 from ..modeling.qwen_vl import reduce_merged_tokens
 from .budget import image_token_count, served_budgets, video_token_count
-from .vllm_vision import videos_served
+from .vllm_counts import videos_served
 
 PLACE_DIGIT = (
     256  # a place's coordinate rides as (value // 256, value % 256): integers bfloat16 holds exactly
@@ -55,25 +55,29 @@ PLACE_CHANNELS = 6
 
 
 class QwenBudgetInfoMixin:
-    """Listed before vLLM's Qwen-VL processing info: images and videos counted at the config's budgets."""
+    """Listed before vLLM's Qwen-VL processing info: images and videos counted at the config's budgets (as
+    stock counts them with `token_reduction="none"`)."""
 
     def get_num_image_tokens(self, **kwargs) -> int:
         """Overridden: the budget, or the image's merged tokens when it has no more (it keeps them all)."""
-        return min(super().get_num_image_tokens(**kwargs), image_token_count(self.get_hf_config()))
+        stock = super().get_num_image_tokens(**kwargs)
+        config = self.get_hf_config()
+        return min(stock, image_token_count(config)) if config.reduction_settings.reduces else stock
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts):
         """Overridden: at most the budgets of the modalities served."""
         stock = super().get_mm_max_tokens_per_item(seq_len, mm_counts)
         budgets = served_budgets(self.get_hf_config(), videos=mm_counts.get("video", 0) > 0)
-        return {modality: min(count, budgets.get(modality, count)) for modality, count in stock.items()}
+        return {modality: min(count, budgets.get(modality) or count) for modality, count in stock.items()}
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts, *args, **kwargs) -> int:
         """Overridden: at most the frames whose groups the video budget has tokens for (one and a summary
         each), so that vLLM's profiling video fits it."""
-        config = self.get_hf_config()
-        per_group = 1 + config.reduction_settings.summary_token
-        groups = max(1, video_token_count(config) // per_group)
         frames = super().get_num_frames_with_most_features(seq_len, mm_counts, *args, **kwargs)
+        config = self.get_hf_config()
+        if not config.reduction_settings.reduces:
+            return frames
+        groups = max(1, video_token_count(config) // (1 + config.reduction_settings.summary_token))
         return min(frames, groups * config.vision_config.temporal_patch_size)
 
 
@@ -81,15 +85,18 @@ class QwenBudgetProcessorMixin:
     """Listed before vLLM's Qwen-VL multimodal processor: each run written at its item's budget."""
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        """Overridden: stock's replacements cut to the budget (an image: at most its merged tokens)."""
+        """Overridden to reduce: stock's replacements cut to the budget (an image: at most its merged tokens)."""
+        stock = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
         config = self.info.get_hf_config()
+        if not config.reduction_settings.reduces:
+            return stock
         return [
             PromptReplacement(
                 modality=update.modality,
                 target=update.target,
                 replacement=partial(_cut, stock=update.replacement, config=config, modality=update.modality),
             )
-            for update in super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+            for update in stock
         ]
 
 
@@ -110,18 +117,22 @@ class QwenVllmMixin:
         self.step_places = None  # (is_multimodal [L], places [m, 3]) of the step `embed_input_ids` prepared
 
     def _process_image_input(self, image_input) -> tuple[torch.Tensor, ...]:
-        """Overridden: per image its reduced tokens with their places, [count, hidden + 6]."""
+        """Overridden to reduce: per image its reduced tokens with their places, [count, hidden + 6]."""
+        if not self.settings.reduces:
+            return super()._process_image_input(image_input)
         return self.reduced_items("image", image_input)
 
     def _process_video_input(self, video_input) -> tuple[torch.Tensor, ...]:
-        """Overridden: per video its reduced tokens with their places, [num_video_tokens, hidden + 6]."""
+        """Overridden to reduce: per video its reduced tokens with their places, [num_video_tokens, hidden + 6]."""
+        if not self.settings.reduces:
+            return super()._process_video_input(video_input)
         return self.reduced_items("video", video_input)
 
     def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
         """Overridden: the visual tokens' places kept for this step's `forward`, their features merged as stock
         merges them."""
         self.step_places = None
-        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
+        if not self.settings.reduces or multimodal_embeddings is None or len(multimodal_embeddings) == 0:
             return super().embed_input_ids(input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
         digits = torch.cat([item[:, -PLACE_CHANNELS:] for item in multimodal_embeddings]).round().long()
         self.step_places = (is_multimodal, digits[:, 0::2] * PLACE_DIGIT + digits[:, 1::2])  # [m, 3]
@@ -213,7 +224,9 @@ class QwenVllmMixin:
         """Overridden: positions of a prompt whose runs hold the budget: text where stock puts it (after an item,
         past the item's extent); a run's tokens at the item's first position until the encoder has chosen them
         (`forward` adds each one's place). Returns ([3, N] positions, delta: decoding continues past the
-        prompt's largest position, its last text token's)."""
+        prompt's largest position, its last text token's). Stock's without reduction."""
+        if not self.settings.reduces:
+            return super().get_mrope_input_positions(input_tokens, mm_features)
         pieces, start, next_position = [], 0, 0
         features = sorted(mm_features, key=lambda feature: feature.mm_position.offset)
         for feature, (offset, frames, rows, columns, t_factor) in zip(
@@ -266,7 +279,7 @@ class Qwen2_5_VLPruMergeForConditionalGeneration(QwenVllmMixin, Qwen2_5_VLForCon
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         served_budgets(
             vllm_config.model_config.hf_config, videos_served(vllm_config)
-        )  # refused: before weights
+        )  # refused before weights
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer()
 
@@ -290,6 +303,6 @@ class Qwen2VLPruMergeForConditionalGeneration(QwenVllmMixin, Qwen2VLForCondition
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         served_budgets(
             vllm_config.model_config.hf_config, videos_served(vllm_config)
-        )  # refused: before weights
+        )  # refused before weights
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.init_reducer()

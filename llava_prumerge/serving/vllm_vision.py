@@ -95,9 +95,3 @@ def queries_and_keys(layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tens
         queries = tensor_model_parallel_all_gather(queries.contiguous(), dim=-1)
         keys = tensor_model_parallel_all_gather(keys.contiguous(), dim=-1)
     return queries, keys
-
-
-def videos_served(vllm_config) -> bool:
-    """Whether the engine takes videos (`limit_mm_per_prompt` does not set them to 0)."""
-    multimodal = vllm_config.model_config.multimodal_config
-    return multimodal is not None and multimodal.get_limit_per_prompt("video") > 0

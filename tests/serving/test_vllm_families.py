@@ -197,6 +197,32 @@ def test_a_batch_is_served_with_the_budgets_as_the_transformers_model_answers(vl
         assert_served_as_transformers(output, model, inputs, NEW_TOKENS, NEW_TOKENS)
 
 
+@pytest.mark.parametrize("name", ["llava-next", "qwen2.5-vl"])
+def test_none_serves_every_token_as_the_transformers_model_does(vllm, tmp_path, name):
+    """token_reduction="none": stock's counts (AnyRes crops, native resolution) and stock's positions."""
+    case = CASES[name]
+
+    def build():
+        model, processor = case.build()
+        model.config.update({"token_reduction": "none", "num_visual_tokens": None, "num_video_tokens": None})
+        return model, processor
+
+    folder = export(tmp_path / "none", build)
+    limits = {modality: 2 if modality == "image" else 1 for modality in case.budgets}
+    llm = vllm.LLM(model=str(folder), limit_mm_per_prompt=limits, **{**ENGINE, "max_model_len": 2048})
+    outputs = llm.generate(
+        [case.engine_request(request) for request in case.requests], greedy(vllm, NEW_TOKENS, NEW_TOKENS),
+        use_tqdm=False,
+    )  # fmt: skip
+    del llm
+    processor = AutoProcessor.from_pretrained(folder)
+    model = load_prumerge_model(str(folder)).eval()
+    for request, output in zip(case.requests, outputs, strict=True):
+        inputs = case.transformers_inputs(processor, request)
+        assert len(output.prompt_token_ids) == inputs["input_ids"].shape[1]  # every placeholder stays
+        assert_served_as_transformers(output, model, inputs, NEW_TOKENS, NEW_TOKENS)
+
+
 @pytest.mark.parametrize(
     "name, fields, message",
     [
