@@ -72,6 +72,10 @@ class VisualPathBase:
         """The ids the stock processor writes for one item."""
         return [self.token_id(config)] * self.expanded_length(config)
 
+    def prompt_ids(self, config) -> list[int]:
+        """The ids a prompt holds for one item before a processor (or a serving engine) expands it."""
+        return [self.token_id(config)]
+
     def prompt_positions(self, inner, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The positions the language model places the prompt at: its own count (None), for LLaVA-family models."""
         return None
@@ -123,6 +127,11 @@ class ImagePath(VisualPathBase):
     def expanded_length(self, config) -> int:
         """Placeholders the stock processor writes for one item."""
         return config.image_seq_length
+
+    def image_pixels(self, config) -> tuple[int, int]:
+        """(width, height) of the images the path is measured on: the tower's square."""
+        size = config.vision_config.image_size
+        return size, size
 
     def image_processor(self, image_size: int):
         """The random architectures' image processor: CLIP's mean and std, padding images to a square as
@@ -249,6 +258,9 @@ class AnyresPath(ImagePath):
         """What `LlavaNextProcessor` writes for the image (its arithmetic, in `roofline.AnyresImage`)."""
         return self.prompt.stock_tokens
 
+    def image_pixels(self, config) -> tuple[int, int]:
+        return self.image.width, self.image.height
+
     def image_processor(self, image_size: int):
         """LLaVA-NeXT's: CLIP's mean and std, a base view and crops at the grid resolution that fits. Imported
         here, not with the module: transformers 5 warns when the name is first resolved without torchvision."""
@@ -341,6 +353,13 @@ class QwenPath(ImagePath):
         (4.x's stock positions look for the start token)."""
         pads = [config.image_token_id] * self.expanded_length(config)
         return [config.vision_start_token_id, *pads, config.vision_end_token_id]
+
+    def prompt_ids(self, config) -> list[int]:
+        """Overridden: one pad between the vision start and end tokens."""
+        return [config.vision_start_token_id, config.image_token_id, config.vision_end_token_id]
+
+    def image_pixels(self, config) -> tuple[int, int]:
+        return self.width, self.height
 
     def image_processor(self, image_size: int):
         """Qwen-VL's image processor, with bounds that keep the path's image at its native resolution (imported

@@ -107,7 +107,8 @@ class LlavaOnevisionPruMergeProcessingInfo(ImageBudgetInfoMixin, LlavaOnevisionP
     def get_num_video_tokens(self, *, image_width: int, image_height: int, num_frames: int) -> int:
         """Overridden: the video budget (stock's count without reduction)."""
         config = self.get_hf_config()
-        if not config.reduction_settings.reduces:
+        settings = config.reduction_settings
+        if not settings.reduces or settings.num_video_tokens is None:  # stock's, or videos are not served
             return super().get_num_video_tokens(
                 image_width=image_width, image_height=image_height, num_frames=num_frames
             )
@@ -116,12 +117,12 @@ class LlavaOnevisionPruMergeProcessingInfo(ImageBudgetInfoMixin, LlavaOnevisionP
     def _get_max_video_frames(self, max_tokens: int) -> int:
         """Overridden: the frames stock's count fits in `max_tokens` (a budget does not grow with the frames, so
         stock's search would not end), at most as many as the budget has tokens for (one and a summary each)."""
-        if not self.get_hf_config().reduction_settings.reduces:
+        settings = self.get_hf_config().reduction_settings
+        if not settings.reduces or settings.num_video_tokens is None:  # stock's, or videos are not served
             return super()._get_max_video_frames(max_tokens)
         size = self.get_image_size_with_most_features()
         per_frame = self._get_num_frame_tokens(image_width=size.width, image_height=size.height)
-        settings = self.get_hf_config().reduction_settings
-        budget_frames = (video_token_count(self.get_hf_config()) - 1) // (1 + settings.summary_token)
+        budget_frames = (settings.num_video_tokens - 1) // (1 + settings.summary_token)
         return max(0, min((max_tokens - 1) // per_frame, budget_frames))
 
 

@@ -63,6 +63,7 @@ def compared_methods(token_reduction: str, budgets: list[int]) -> list[tuple[str
 def run_from_args(args) -> list[dict]:
     """`bench --engine vllm` (see the module docstring); prints the table or JSON and returns the rows."""
     from ..benchmarks.report import print_results
+    from ..benchmarks.roofline import QWEN_IMAGE_SIZES
 
     if args.vision_only or args.plot:
         raise UsageError(
@@ -79,7 +80,7 @@ def run_from_args(args) -> list[dict]:
         rows = run_vllm_benchmark(
             str(folder), compared_methods("prumerge_plus", args.budgets), args.batch_size, args.dtype,
             text_tokens=args.text_tokens, new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup,
-            seed=args.seed, full_depth_layers=full_depth,
+            seed=args.seed, full_depth_layers=full_depth, image_size=args.image_size or QWEN_IMAGE_SIZES.get(args.arch),
         )  # fmt: skip
     description = {"checkpoint": args.model, "arch": args.arch, "layers": args.layers}
     for row in rows:
@@ -89,37 +90,69 @@ def run_from_args(args) -> list[dict]:
 
 
 def _random_weight_folder(args, folder: Path) -> tuple[Path, int]:
-    """A Hub folder with random weights and the real model's LLM depth: the tiny model with vLLM's head size
-    (32), or `bench`'s LLaVA-1.5-shaped model of --arch (--layers) with the tiny tokenizer, whose `<image>`
-    id becomes the model's image token (text ids are drawn from it; random weights give them no meaning)."""
+    """A Hub folder of `bench`'s random-weight model of --arch (--layers; a tiny one with vLLM's head size, 32)
+    and its LLM's full depth, with a tiny tokenizer of the family whose placeholder ids become the model's
+    (text ids are drawn from it; random weights give them no meaning)."""
     import torch
-    from transformers import LlavaProcessor
 
-    from ..benchmarks.models import build_random_subject
-    from ..common.conversation import VICUNA_CHAT_TEMPLATE
+    from ..benchmarks.models import TINY_CONFIGS, build_random_subject
     from ..common.loading import DTYPES
     from ..hub_upload.export import save_hub_folder
-    from ..testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
+    from ..testing.tiny import VLLM_TINY_TEXT_HEADS
 
     if not args.arch:
         raise UsageError("choose a checkpoint (--model) or random weights (--arch)")
-    card = {"license": "apache-2.0"}
-    tokenizer = tiny_tokenizer()
-    if args.arch == "tiny":
-        if args.layers is not None:
-            raise UsageError("--layers applies to the LLaVA-1.5 shapes, not to --arch tiny")
-        model = tiny_model(args.seed, tokenizer, VLLM_TINY_TEXT_HEADS).to(DTYPES[args.dtype])
-        folder = save_hub_folder(model, tiny_processor(tokenizer), folder, model_card_extra=card)
-        return folder, model.config.text_config.num_hidden_layers
-    subject = build_random_subject(args.arch, args.layers, DTYPES[args.dtype], torch.device("cpu"), args.seed)
-    config = subject.model.config
-    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    processor = LlavaProcessor(
-        image_processor=subject.image_processor, tokenizer=tokenizer, patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=VICUNA_CHAT_TEMPLATE,
-    )  # fmt: skip
-    folder = save_hub_folder(subject.model, processor, folder, model_card_extra=card)
+    text_heads = (
+        VLLM_TINY_TEXT_HEADS if args.arch in TINY_CONFIGS else None
+    )  # vLLM's CPU attention: head size 32
+    subject = build_random_subject(
+        args.arch,
+        args.layers,
+        DTYPES[args.dtype],
+        torch.device("cpu"),
+        args.seed,
+        args.image_size,
+        text_heads,
+    )
+    parts = _family_processor_parts(subject.model.config, subject.image_processor)
+    folder = save_hub_folder(subject.model, parts, folder, model_card_extra={"license": "apache-2.0"})
     return folder, subject.full_depth_layers
+
+
+def _family_processor_parts(config, image_processor):
+    """The processor of a random-weight model as its parts: its image processor, and a tiny tokenizer of its
+    family whose placeholder tokens become the config's ids (the full-size vocabulary holds them)."""
+    from ..architectures import architecture_for
+    from ..common.conversation import VICUNA_CHAT_TEMPLATE, vicuna_chat_template
+    from ..hub_upload.compat import ProcessorParts
+    from ..testing.tiny import tiny_tokenizer
+    from ..testing.tiny_qwen import QWEN_IMAGE, QWEN_VIDEO, tiny_qwen_tokenizer
+    from ..testing.tiny_video import tiny_video_tokenizer
+
+    family = architecture_for(config.model_type).name
+    vision = config.vision_config
+    if family.startswith("qwen"):
+        tokenizer = tiny_qwen_tokenizer()
+        for name, token in (("image", "<|image_pad|>"), ("video", "<|video_pad|>"),
+                            ("vision_start", "<|vision_start|>"), ("vision_end", "<|vision_end|>")):  # fmt: skip
+            setattr(config, f"{name}_token_id", tokenizer.convert_tokens_to_ids(token))
+        tokenizer.chat_template = vicuna_chat_template(QWEN_IMAGE, QWEN_VIDEO)
+        return ProcessorParts(tokenizer, image_processor, chat_template=tokenizer.chat_template)
+    if family == "llava-onevision":
+        tokenizer = tiny_video_tokenizer()
+        config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+        config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+        return ProcessorParts(
+            tokenizer=tokenizer, image_processor=image_processor, vision_feature_select_strategy="full",
+            video_token="<video>", chat_template=VICUNA_CHAT_TEMPLATE,
+            num_image_tokens=(vision.image_size // vision.patch_size) ** 2, vision_aspect_ratio=config.vision_aspect_ratio,
+        )  # fmt: skip
+    tokenizer = tiny_tokenizer()
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    return ProcessorParts(
+        tokenizer=tokenizer, image_processor=image_processor, patch_size=vision.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy, chat_template=VICUNA_CHAT_TEMPLATE,
+    )  # fmt: skip
 
 
 def run_vllm_benchmark(
@@ -134,19 +167,22 @@ def run_vllm_benchmark(
     warmup: int,
     seed: int,
     full_depth_layers: int | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> list[dict]:
     """One row per method and batch size (ratios to "none" included); each method's engine runs once, alone.
-    full_depth_layers: the real model's LLM layers, when the folder has fewer (random weights, --layers)."""
+    full_depth_layers: the real model's LLM layers, when the folder has fewer (random weights, --layers);
+    image_size: (height, width) of a native-resolution model's images (default `bench`'s)."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder)
     if (config.architectures or [None])[0] not in SERVED_ARCHITECTURES:
         raise UsageError(
-            f"{folder} is not a LLaVA PruMerge Hub folder; write one with `llava-prumerge export`"
+            f"{folder} is not a PruMerge Hub folder vLLM serves ({', '.join(SERVED_ARCHITECTURES)}); write one "
+            "with `llava-prumerge export`"
         )
-    prompts = PromptMaker(config, AutoTokenizer.from_pretrained(folder), text_tokens, seed)
-    num_patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
-    max_model_len = text_tokens + num_patches + new_tokens + 16
+    visual = _visual_path(config, image_size)
+    prompts = PromptMaker(config, AutoTokenizer.from_pretrained(folder), text_tokens, seed, visual)
+    max_model_len = text_tokens + visual.expanded_length(config) + new_tokens + 16
     rows = []
     for label, overrides in methods:
         llm = _engine(folder, overrides, dtype, max_model_len, max(batch_sizes), config)
@@ -174,8 +210,23 @@ def run_vllm_benchmark(
     return rows
 
 
+def _visual_path(config, image_size: tuple[int, int] | None):
+    """The images `bench` measures the folder's model on, and their placeholders (`benchmarks.modalities`),
+    from a model built on the meta device (no weights)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from ..benchmarks.modalities import visual_path
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return visual_path(model, image_size)
+
+
 def _engine(folder: str, overrides: dict, dtype: str, max_model_len: int, max_num_seqs: int, config):
     from vllm import LLM
+
+    from .budget import takes_videos
 
     return LLM(
         model=folder,
@@ -186,7 +237,7 @@ def _engine(folder: str, overrides: dict, dtype: str, max_model_len: int, max_nu
         kv_cache_memory_bytes=kv_cache_bytes(config, max_num_seqs * max_model_len, dtype),
         enforce_eager=True,
         enable_prefix_caching=False,
-        limit_mm_per_prompt={"image": 1},
+        limit_mm_per_prompt={"image": 1, **({"video": 0} if takes_videos(config) else {})},  # images only
         disable_log_stats=True,
         seed=0,
     )
@@ -203,17 +254,17 @@ def kv_cache_bytes(config, tokens: int, dtype: str) -> int:
 
 
 class PromptMaker:
-    """Requests as vLLM token prompts of random text ids: with bos, one `<image>` (vLLM expands it to the
-    method's count) and an image, or text alone of a given length."""
+    """Requests as vLLM token prompts of random text ids: with bos, one image's placeholder (vLLM expands it to
+    the method's count) and an image of the measured size, or text alone of a given length."""
 
-    def __init__(self, config, tokenizer, text_tokens: int, seed: int):
+    def __init__(self, config, tokenizer, text_tokens: int, seed: int, visual):
         import torch
 
-        excluded = {*tokenizer.all_special_ids, config.image_token_id}
+        self.placeholder_ids = visual.prompt_ids(config)
+        excluded = {*tokenizer.all_special_ids, *self.placeholder_ids}
         self.pool = torch.tensor([i for i in range(len(tokenizer)) if i not in excluded])
         self.bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-        self.image_token_id = config.image_token_id
-        self.image_size = config.vision_config.image_size
+        self.image_pixels = visual.image_pixels(config)  # (width, height)
         self.text_tokens = text_tokens
         self.seed = seed
         self.round = 0
@@ -233,14 +284,21 @@ class PromptMaker:
         from ..benchmarks.modalities import synthetic_images
 
         seed, texts = self._fresh_text(count, self.text_tokens - len(self.bos))
-        images = synthetic_images(count, self.image_size, seed)
+        width, height = self.image_pixels
+        images = [
+            image.resize((width, height)) for image in synthetic_images(count, max(width, height), seed)
+        ]
         return [
             {
-                "prompt_token_ids": [*self.bos, self.image_token_id, *text],
+                "prompt_token_ids": [*self.bos, *self.placeholder_ids, *text],
                 "multi_modal_data": {"image": image},
             }
             for text, image in zip(texts, images, strict=True)
         ]
+
+    def image_tokens(self, prompt_length: int) -> int:
+        """The tokens an image request's prompt spends on its image (its placeholders as vLLM expanded them)."""
+        return prompt_length - self.text_tokens - (len(self.placeholder_ids) - 1)
 
     def text_requests(self, count: int, length: int) -> list[dict]:
         """`count` text-only requests of `length` tokens: the language model's share of an image request."""
@@ -278,7 +336,7 @@ def measure(llm, prompts: PromptMaker, batch_size: int, new_tokens: int, repeats
     generated = sum(len(output.outputs[0].token_ids) for output in outputs)
     return {
         "batch_size": batch_size,
-        "prefill_tokens_per_image": prompt_tokens[0] - prompts.text_tokens,
+        "prefill_tokens_per_image": prompts.image_tokens(prompt_tokens[0]),
         "prompt_tokens": prompt_tokens[0],
         "throughput_s": seconds,
         "requests_per_s": batch_size / seconds,

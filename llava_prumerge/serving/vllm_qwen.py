@@ -75,9 +75,10 @@ class QwenBudgetInfoMixin:
         each), so that vLLM's profiling video fits it."""
         frames = super().get_num_frames_with_most_features(seq_len, mm_counts, *args, **kwargs)
         config = self.get_hf_config()
-        if not config.reduction_settings.reduces:
+        settings = config.reduction_settings
+        if not settings.reduces or settings.num_video_tokens is None:  # stock's, or videos are not served
             return frames
-        groups = max(1, video_token_count(config) // (1 + config.reduction_settings.summary_token))
+        groups = max(1, settings.num_video_tokens // (1 + settings.summary_token))
         return min(frames, groups * config.vision_config.temporal_patch_size)
 
 

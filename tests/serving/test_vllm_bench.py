@@ -61,12 +61,17 @@ def test_options_of_the_transformers_engine_are_refused(capsys):
     )
 
 
-def test_the_tiny_model_prefills_the_budget_per_image(vllm, tmp_path):
-    main(["bench", "--engine", "vllm", "--arch", "tiny", "--budgets", "16", "--batch-size", "2", "--repeats", "1",
+# what the stock processors write for the bench's image of each tiny model (AnyRes views, native resolution)
+STOCK_TOKENS = {"tiny": 196, "tiny-next": 1008, "tiny-onevision": 406, "tiny-qwen": 63}
+
+
+@pytest.mark.parametrize("arch", list(STOCK_TOKENS))
+def test_each_tiny_model_prefills_the_budget_per_image(vllm, tmp_path, arch):
+    main(["bench", "--engine", "vllm", "--arch", arch, "--budgets", "16", "--batch-size", "2", "--repeats", "1",
           "--warmup", "0", "--new-tokens", "2", "--json", str(tmp_path / "rows.json")])  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [(row["method"], row["prefill_tokens_per_image"]) for row in rows] == [
-        ("none", 196),
+        ("none", STOCK_TOKENS[arch]),
         ("prumerge_plus 16", 16),
     ]
     for row in rows:
