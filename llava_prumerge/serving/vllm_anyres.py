@@ -49,8 +49,11 @@ class AnyresVllmMixin(AnyresModelMixin):
     """Listed before a vLLM AnyRes LLaVA: its images reduced per view by the transformers model's stages, on
     vLLM's tower (`VisionPatches`)."""
 
-    def init_reducer(self, vllm_config, prefix: str) -> None:
-        """Called after the vLLM model's `__init__`: the settings, and the tower read as PruMerge reads it."""
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        """The vLLM model's, after refusing a config whose counts vary (before any weight is allocated), and the
+        tower read as PruMerge reads it."""
+        served_budgets(vllm_config.model_config.hf_config, videos_served(vllm_config))
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.settings = self.config.reduction_settings
         if getattr(self, "vision_tower", None) is not None:  # none when images are disabled (limit 0)
             self.patches = VisionPatches(
@@ -93,13 +96,6 @@ class LlavaNextPruMergeForConditionalGeneration(AnyresVllmMixin, LlavaNextForCon
 
     model_name = "LLaVA-NeXT"
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        served_budgets(
-            vllm_config.model_config.hf_config, videos=False
-        )  # refused before weights are allocated
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.init_reducer(vllm_config, prefix)
-
 
 class LlavaOnevisionPruMergeProcessingInfo(ImageBudgetInfoMixin, LlavaOnevisionProcessingInfo):
     """vLLM's LLaVA-OneVision processing info counting every image and every video at the config's budgets."""
@@ -138,12 +134,6 @@ class LlavaOnevisionPruMergeForConditionalGeneration(
     video frame."""
 
     model_name = "LLaVA-OneVision"
-
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        config = vllm_config.model_config.hf_config
-        served_budgets(config, videos_served(vllm_config))  # refused before weights are allocated
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.init_reducer(vllm_config, prefix)
 
     def _process_video_pixels(self, inputs):
         """Overridden to reduce: per video its frames' reduced tokens and its newline, [num_video_tokens, hidden]."""

@@ -111,8 +111,10 @@ class QwenVllmMixin:
     """Listed before a vLLM Qwen-VL model: its images and videos reduced by the transformers model's stages
     on vLLM's tower, each kept token carrying its place for vLLM's pruned-token positions."""
 
-    def init_reducer(self) -> None:
-        """Called after the vLLM model's `__init__`."""
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        """The vLLM model's, after refusing a config whose counts vary (before any weight is allocated)."""
+        served_budgets(vllm_config.model_config.hf_config, videos_served(vllm_config))
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.settings = self.config.reduction_settings
         self.is_multimodal_pruning_enabled = False  # stock's own pruning step (Qwen2.5-VL's EVS) stays off
         self.step_places = None  # (is_multimodal [L], places [m, 3]) of the step `embed_input_ids` prepared
@@ -277,13 +279,6 @@ class Qwen2_5_VLPruMergeMultiModalProcessor(QwenBudgetProcessorMixin, Qwen2_5_VL
 class Qwen2_5_VLPruMergeForConditionalGeneration(QwenVllmMixin, Qwen2_5_VLForConditionalGeneration):
     """vLLM's Qwen2.5-VL whose language model sees only the PruMerge-reduced image and video tokens."""
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        served_budgets(
-            vllm_config.model_config.hf_config, videos_served(vllm_config)
-        )  # refused before weights
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.init_reducer()
-
 
 class Qwen2VLPruMergeProcessingInfo(QwenBudgetInfoMixin, Qwen2VLProcessingInfo):
     """Qwen2-VL's processing info at the config's budgets."""
@@ -300,10 +295,3 @@ class Qwen2VLPruMergeMultiModalProcessor(QwenBudgetProcessorMixin, Qwen2VLMultiM
 )
 class Qwen2VLPruMergeForConditionalGeneration(QwenVllmMixin, Qwen2VLForConditionalGeneration):
     """vLLM's Qwen2-VL whose language model sees only the PruMerge-reduced image and video tokens."""
-
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        served_budgets(
-            vllm_config.model_config.hf_config, videos_served(vllm_config)
-        )  # refused before weights
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.init_reducer()

@@ -81,6 +81,33 @@ def assert_offload_half_precision_and_peft(model, batch: dict, folder) -> None:
     assert type(peft_model.merge_and_unload()) is type(model)
 
 
+def assert_lora_trains_and_merges(model, batch: dict, steps: int = 6) -> None:
+    """A LoRA on the language model's q/v trains on `batch` (its loss falls in `steps` AdamW steps) and merges
+    back into the model's class with the adapter's logits (PEFT's recipe on the reduced prompt)."""
+    import pytest  # here: the commands that use this module's fixtures run without pytest
+
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    peft_model = peft.get_peft_model(model, lora)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model.train()
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        out = peft_model(**batch, labels=labels)
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0], losses
+    peft_model.eval()
+    with torch.no_grad():
+        adapter_logits = peft_model(**batch).logits
+        merged = peft_model.merge_and_unload()
+        assert type(merged) is type(model)
+        torch.testing.assert_close(merged(**batch).logits, adapter_logits, rtol=1e-4, atol=1e-4)
+
+
 def kept_patches(centers: torch.Tensor) -> list[torch.Tensor]:
     """The per-item kept patches of a batch-first `visual_token_centers` / `video_token_centers` output field
     ([batch, items, tokens] or [..., 2]; -1 pads), items in prompt order, sample after sample."""

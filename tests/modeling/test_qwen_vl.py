@@ -12,7 +12,7 @@ import transformers
 from llava_prumerge.errors import ReductionSettingsError, VisualInputError
 from llava_prumerge.modeling.compaction import placeholder_runs
 from llava_prumerge.modeling.runtime_compat import image_text_auto_classes
-from llava_prumerge.testing.model_tester import make_image, stock_twin
+from llava_prumerge.testing.model_tester import assert_lora_trains_and_merges, make_image, stock_twin
 from llava_prumerge.testing.tiny_qwen import (
     QWEN_TOKENS,
     tiny_qwen_image_processor,
@@ -256,25 +256,5 @@ def test_auto_classes_save_and_load(tmp_path, models, batch):
 
 
 def test_peft_lora_trains_on_images_and_videos_and_merges(models, batch):
-    peft = pytest.importorskip("peft")
     arch = "qwen2.5-vl" if "Qwen2_5" in type(models["none"]).__name__ else "qwen2-vl"
-    model = tiny_qwen_model(arch, seed=1, tokenizer=tiny_qwen_tokenizer())
-    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
-    peft_model = peft.get_peft_model(model, lora)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    peft_model.train()
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        out = peft_model(**batch, labels=labels)
-        out.loss.backward()
-        optimizer.step()
-        losses.append(out.loss.item())
-    assert losses[-1] < losses[0], losses
-    peft_model.eval()
-    with torch.no_grad():
-        adapter_logits = peft_model(**batch).logits
-        merged = peft_model.merge_and_unload()
-        assert type(merged) is type(model)
-        torch.testing.assert_close(merged(**batch).logits, adapter_logits, rtol=1e-4, atol=1e-4)
+    assert_lora_trains_and_merges(tiny_qwen_model(arch, seed=1, tokenizer=tiny_qwen_tokenizer()), batch)

@@ -19,7 +19,7 @@ from llava_prumerge.modeling.runtime_compat import (
     VIDEO_LLAVA_IMAGES_ARGUMENT,
     image_text_auto_classes,
 )
-from llava_prumerge.testing.model_tester import kept_patches
+from llava_prumerge.testing.model_tester import assert_lora_trains_and_merges, kept_patches
 from llava_prumerge.testing.tiny_video import TINY_PATCHES, TINY_VIDEO_FRAMES
 
 VIDEO_PROMPT = "USER: <video>\nWhat happens in the video? ASSISTANT:"
@@ -223,24 +223,4 @@ def test_half_precision(models, mixed, dtype):
 
 
 def test_peft_lora_trains_on_videos_and_merges(video_tester, mixed):
-    peft = pytest.importorskip("peft")
-    model = video_tester.get_model(seed=1)
-    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
-    peft_model = peft.get_peft_model(model, lora)
-    labels = mixed["input_ids"].masked_fill(mixed["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    peft_model.train()
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        out = peft_model(**mixed, labels=labels)
-        out.loss.backward()
-        optimizer.step()
-        losses.append(out.loss.item())
-    assert losses[-1] < losses[0], losses
-    peft_model.eval()
-    with torch.no_grad():
-        adapter_logits = peft_model(**mixed).logits
-        merged = peft_model.merge_and_unload()
-        assert type(merged) is VideoLlavaPruMergeForConditionalGeneration
-        torch.testing.assert_close(merged(**mixed).logits, adapter_logits, rtol=1e-4, atol=1e-4)
+    assert_lora_trains_and_merges(video_tester.get_model(seed=1), mixed)

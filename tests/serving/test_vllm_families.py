@@ -68,6 +68,16 @@ class Case:
             data["video"] = (request.video, VIDEO_TIMING) if self.video_timing else request.video
         return {"prompt": request.text, "multi_modal_data": data}
 
+    def serve(self, vllm, folder: Path, max_model_len: int = ENGINE["max_model_len"]) -> list:
+        """The requests' outputs from an in-process engine on `folder` (greedy, NEW_TOKENS each)."""
+        limits = {modality: 2 if modality == "image" else 1 for modality in self.budgets}
+        engine = {**ENGINE, "max_model_len": max_model_len}
+        llm = vllm.LLM(model=str(folder), limit_mm_per_prompt=limits, **engine)
+        requests = [self.engine_request(request) for request in self.requests]
+        outputs = llm.generate(requests, greedy(vllm, NEW_TOKENS, NEW_TOKENS), use_tqdm=False)
+        del llm
+        return outputs
+
     def transformers_inputs(self, processor, request: Request) -> dict:
         kwargs = {"images": request.images} if request.images else {}
         if request.video is not None:
@@ -146,20 +156,16 @@ CASES = {
             Request("USER: <video>\nWhat happens? ASSISTANT:", [], clip(2)),
         ],
     ),  # fmt: skip
-    "qwen2.5-vl": Case(
-        qwen_build("qwen2.5-vl"),
-        {"image": 6, "video": 8},
-        {"image": "<|image_pad|>", "video": "<|video_pad|>"},
-        QWEN_REQUESTS,
-        video_timing=True,
-    ),  # fmt: skip
-    "qwen2-vl": Case(
-        qwen_build("qwen2-vl"),
-        {"image": 6, "video": 8},
-        {"image": "<|image_pad|>", "video": "<|video_pad|>"},
-        QWEN_REQUESTS,
-        video_timing=True,
-    ),  # fmt: skip
+    **{
+        arch: Case(
+            qwen_build(arch),
+            {"image": 6, "video": 8},
+            {"image": "<|image_pad|>", "video": "<|video_pad|>"},
+            QWEN_REQUESTS,
+            video_timing=True,
+        )
+        for arch in ("qwen2.5-vl", "qwen2-vl")
+    },  # fmt: skip
 }
 
 
@@ -179,11 +185,7 @@ def export(folder: Path, build) -> Path:
 def test_a_batch_is_served_with_the_budgets_as_the_transformers_model_answers(vllm, tmp_path, name):
     case = CASES[name]
     folder = export(tmp_path / "tiny", case.build)
-    limits = {modality: 2 if modality == "image" else 1 for modality in case.budgets}
-    llm = vllm.LLM(model=str(folder), limit_mm_per_prompt=limits, **ENGINE)
-    requests = [case.engine_request(request) for request in case.requests]
-    outputs = llm.generate(requests, greedy(vllm, NEW_TOKENS, NEW_TOKENS), use_tqdm=False)
-    del llm
+    outputs = case.serve(vllm, folder)
     processor = AutoProcessor.from_pretrained(folder)
     model = load_prumerge_model(str(folder)).eval()
     for index, (request, output) in enumerate(zip(case.requests, outputs, strict=True)):
@@ -208,13 +210,7 @@ def test_none_serves_every_token_as_the_transformers_model_does(vllm, tmp_path, 
         return model, processor
 
     folder = export(tmp_path / "none", build)
-    limits = {modality: 2 if modality == "image" else 1 for modality in case.budgets}
-    llm = vllm.LLM(model=str(folder), limit_mm_per_prompt=limits, **{**ENGINE, "max_model_len": 2048})
-    outputs = llm.generate(
-        [case.engine_request(request) for request in case.requests], greedy(vllm, NEW_TOKENS, NEW_TOKENS),
-        use_tqdm=False,
-    )  # fmt: skip
-    del llm
+    outputs = case.serve(vllm, folder, max_model_len=2048)  # every placeholder stays
     processor = AutoProcessor.from_pretrained(folder)
     model = load_prumerge_model(str(folder)).eval()
     for request, output in zip(case.requests, outputs, strict=True):
