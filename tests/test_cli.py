@@ -98,3 +98,24 @@ def test_the_console_script_prints_no_traceback_for_a_bad_folder(tmp_path):
     assert last_line.startswith("llava-prumerge upload: error: ") and last_line.endswith(
         "is not a folder; export one with `llava-prumerge export` or `convert`"
     )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--max-steps", "0"], "--max-steps: must be an integer >= 1, got '0'"),
+        (["train", "--lora-dropout", "1"], "--lora-dropout: must be a number in [0, 1), got '1'"),
+        (["train", "--warmup-ratio", "-0.1"], "--warmup-ratio: must be a number in [0, 1], got '-0.1'"),
+        (["train", "--learning-rate", "0"], "--learning-rate: must be a number in (0, inf), got '0'"),
+        (["train", "--num-workers", "-1"], "--num-workers: must be an integer >= 0, got '-1'"),
+        (["train-mini", "--seed", "-1"], "--seed: must be an integer >= 0, got '-1'"),
+        (["bench", "--seed", "-3"], "--seed: must be an integer >= 0, got '-3'"),
+        (["shapes-vqa", "--start", "-1"], "--start: must be an integer >= 0, got '-1'"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_at_the_command_line(argv, message, capsys):
+    """Before any work, naming the option and the range (`train --max-steps 0` once ran a whole epoch)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

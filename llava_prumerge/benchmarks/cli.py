@@ -65,7 +65,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="CPU threads for torch (default: torch's); on a busy machine 1 avoids waiting on descheduled threads",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument(
         "--image-size",
         type=image_size,

@@ -22,14 +22,27 @@ def int_at_least(minimum: int):
 positive_int = int_at_least(1)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from error
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
-    return value
+def float_in(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a number in the interval from `low` to `high` (None: no upper end), either end open."""
+    left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
+    interval = f"{left}{low:g}, {'inf' if high is None else format(high, 'g')}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text!r}") from None
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_float = float_in(0, low_open=True)
+non_negative_int = int_at_least(0)
 
 
 def positive_int_list(text: str) -> list[int]:

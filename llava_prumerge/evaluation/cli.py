@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..common.cli_args import positive_int, positive_int_list, subset_of
+from ..common.cli_args import int_at_least, positive_int, positive_int_list, subset_of
 from ..modeling.reduction_settings import IMPORTANCE_SCORES
 
 EVAL_METHODS = ("none", "prumerge", "prumerge_plus", "spatial", "sequential")
@@ -91,7 +91,7 @@ def add_shapes_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
     parser.add_argument("--split", choices=SPLIT_NAMES, default="train")
     parser.add_argument("--images", type=positive_int, default=1000, help="how many images (default 1000)")
-    parser.add_argument("--start", type=int, default=0, help="index of the first image")
+    parser.add_argument("--start", type=int_at_least(0), default=0, help="index of the first image")
     parser.add_argument("--image-size", type=positive_int, default=None, help="default 72, the mini model's")
     parser.add_argument(
         "--format",

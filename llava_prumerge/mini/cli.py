@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..common.cli_args import positive_int
+from ..common.cli_args import int_at_least, positive_int
 
 
 def add_train_mini_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_train_mini_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # seed, processes, threads, tower: None keeps MiniRecipe's default, the shipped weights' recipe (one
     # source)
-    parser.add_argument("--seed", type=int, help="default 0, as the shipped weights were trained")
+    parser.add_argument("--seed", type=int_at_least(0), help="default 0, as the shipped weights were trained")
     parser.add_argument(
         "--processes",
         type=positive_int,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..common.cli_args import add_reduction_arguments, reduction_fields_from_args
+from ..common.cli_args import (
+    add_reduction_arguments,
+    float_in,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    reduction_fields_from_args,
+)
 from ..errors import UsageError
 
 
@@ -28,26 +35,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     recipe = parser.add_argument_group("recipe (defaults: the paper's)")
-    recipe.add_argument("--lora-r", type=int, default=128)
-    recipe.add_argument("--lora-alpha", type=int, default=256)
-    recipe.add_argument("--lora-dropout", type=float, default=0.05)
-    recipe.add_argument("--learning-rate", type=float, default=2e-4, help="LoRA learning rate")
-    recipe.add_argument("--projector-lr", type=float, default=2e-5, help="projector learning rate")
+    recipe.add_argument("--lora-r", type=positive_int, default=128)
+    recipe.add_argument("--lora-alpha", type=positive_int, default=256)
+    recipe.add_argument("--lora-dropout", type=float_in(0, 1, high_open=True), default=0.05)
+    recipe.add_argument("--learning-rate", type=positive_float, default=2e-4, help="LoRA learning rate")
+    recipe.add_argument("--projector-lr", type=float_in(0), default=2e-5, help="projector learning rate")
     recipe.add_argument(
         "--lr-scheduler",
         default="cosine",
         metavar="NAME",
         help="a transformers SchedulerType: cosine (default), linear, constant, ...",
     )
-    recipe.add_argument("--warmup-ratio", type=float, default=0.03)
-    recipe.add_argument("--num-epochs", type=float, default=1.0)
+    recipe.add_argument("--warmup-ratio", type=float_in(0, 1), default=0.03)
+    recipe.add_argument("--num-epochs", type=positive_float, default=1.0)
     recipe.add_argument(
-        "--max-steps", type=int, default=-1, help="stop after this many steps (overrides epochs)"
+        "--max-steps", type=positive_int, help="stop after this many steps (overrides epochs)"
     )
-    recipe.add_argument("--per-device-batch-size", type=int, default=16)
-    recipe.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    recipe.add_argument("--per-device-batch-size", type=positive_int, default=16)
+    recipe.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
     recipe.add_argument(
-        "--max-length", type=int, default=2048, help="tokens the LLM sees, images counted unreduced"
+        "--max-length", type=positive_int, default=2048, help="tokens the LLM sees, images counted unreduced"
     )
     precision = recipe.add_mutually_exclusive_group()
     for name in ("bf16", "fp16", "fp32"):
@@ -55,12 +62,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
 
     run = parser.add_argument_group("run")
-    run.add_argument("--save-steps", type=int, default=500)
-    run.add_argument("--save-total-limit", type=int, help="keep only the newest N checkpoints")
-    run.add_argument("--logging-steps", type=int, default=10)
-    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--save-steps", type=positive_int, default=500)
+    run.add_argument("--save-total-limit", type=positive_int, help="keep only the newest N checkpoints")
+    run.add_argument("--logging-steps", type=positive_int, default=10)
+    run.add_argument("--seed", type=non_negative_int, default=42)
     run.add_argument("--resume-from-checkpoint", metavar="PATH|latest")
-    run.add_argument("--num-workers", type=int, default=4, help="data loader worker processes")
+    run.add_argument("--num-workers", type=non_negative_int, default=4, help="data loader worker processes")
     run.add_argument("--report-to", default="none", help="Trainer loggers, comma-separated (e.g. wandb)")
     run.add_argument("--deepspeed", metavar="CONFIG", help="DeepSpeed JSON config (torchrun launches)")
     add_reduction_arguments(parser, "the checkpoint's settings (a stock LLaVA: the published PruMerge)")

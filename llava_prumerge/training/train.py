@@ -71,7 +71,7 @@ def training_arguments(args: argparse.Namespace, precision: str) -> TrainingArgu
     return TrainingArguments(
         output_dir=args.output_dir,
         num_train_epochs=args.num_epochs,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps or -1,  # the Trainer's "no limit": the epochs decide
         per_device_train_batch_size=args.per_device_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate,
