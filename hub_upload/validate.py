@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 
 from ..architectures import ARCHITECTURES, Architecture, architecture_for
 from ..errors import InvalidHubFolder
+from ..modeling.anyres import grid_pinpoints_problem
 from .budget_processor import budget_processor_problems, names_budget_processor
 from .compat import CHAT_TEMPLATE_FILE, MODEL_INPUT_NAMES, VIDEO_PROCESSOR_FILE
 from .remote_code import defined_classes, remote_code_problems
@@ -65,6 +66,11 @@ def _config_problems(folder: Path) -> tuple[list[str], Architecture | None, obje
     except Exception as error:  # any failure to build the config makes the folder unloadable
         problems.append(f"config.json does not load as {config_class.__name__}: {error}")
         config = None
+    pinpoints = getattr(config, "image_grid_pinpoints", None)  # AnyRes: what every forward lays images out by
+    if pinpoints is not None:
+        problem = grid_pinpoints_problem(pinpoints, config.vision_config.image_size)
+        if problem is not None:
+            problems.append(f"config.json {problem}")
     return problems, arch, config
 
 

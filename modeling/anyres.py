@@ -94,6 +94,25 @@ class ReducedViews:
         ]
 
 
+def grid_pinpoints_problem(grid_pinpoints, view_size: int) -> str | None:
+    """What is wrong with a config's `image_grid_pinpoints` (None when nothing): AnyRes needs at least one
+    [height, width] grid resolution, each side a positive multiple of the tower's view size."""
+    if not isinstance(grid_pinpoints, list | tuple) or not grid_pinpoints:
+        return (
+            f"image_grid_pinpoints must be a non-empty list of [height, width] pairs, got {grid_pinpoints!r}"
+        )
+    for pinpoint in grid_pinpoints:
+        sides = list(pinpoint) if isinstance(pinpoint, list | tuple) else []
+        if len(sides) != 2 or not all(
+            isinstance(side, int) and side > 0 and side % view_size == 0 for side in sides
+        ):
+            return (
+                f"image_grid_pinpoints holds {pinpoint!r}; each must be [height, width], positive multiples of the "
+                f"tower's image_size {view_size}"
+            )
+    return None
+
+
 def anyres_layout(image_size, grid_pinpoints: list, view_size: int, side: int) -> AnyresLayout:
     """The layout of an image of `image_size` (height, width), as stock LLaVA-NeXT computes it: the best
     grid resolution, then the padding it removes (`unpad_image`'s arithmetic, on patch counts)."""
@@ -171,6 +190,9 @@ def check_anyres_inputs(
             f"image_sizes must hold one positive (height, width) per image: shape ({pixel_values.shape[0]}, 2) "
             f"for pixel_values of {pixel_values.shape[0]} image(s), got {tuple(sizes.shape)}"
         )
+    problem = grid_pinpoints_problem(config.image_grid_pinpoints, vision.image_size)
+    if problem is not None:
+        raise VisualInputError(f"The model's config is broken: {problem}")
     side = vision.image_size // vision.patch_size
     crops = [True] * len(sizes) if crops is None else crops
     layouts = [

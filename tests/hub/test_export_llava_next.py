@@ -2,6 +2,8 @@
 each major (PRUMERGE_TEST_PYTHONS), and `export --from-hf` of a stock LLaVA-NeXT checkpoint."""
 
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -9,8 +11,13 @@ from transformers import AutoProcessor
 
 from llava_prumerge import LlavaNextPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
+from llava_prumerge.errors import InvalidHubFolder
+from llava_prumerge.hub_upload.validate import validate_hub_folder
+from llava_prumerge.modeling.errors import VisualInputError
+from llava_prumerge.testing.files import edit_json
 from llava_prumerge.testing.model_tester import make_image, stock_twin, visible_log_probs
 from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
+from llava_prumerge.testing.tiny_next import tiny_next_model, tiny_next_processor
 
 PROMPT = "USER: <image>\nWhat is shown? ASSISTANT:"
 NEW_TOKENS = 5
@@ -106,3 +113,29 @@ def test_export_from_a_stock_llava_next_with_no_reduction_equals_it(tmp_path, ti
     inputs = processor(images=images, text=[PROMPT, PROMPT + " Be brief."], return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(**inputs).logits, stock(**inputs).logits)
+
+
+@pytest.mark.parametrize(
+    "pinpoints, message",
+    [
+        ([], "non-empty list"),
+        ([[56]], "each must be [height, width]"),
+        ([[56, 60]], "multiples of the tower's"),
+    ],
+)
+def test_broken_grid_pinpoints_are_refused_by_validation_and_by_a_forward(
+    tmp_path, next_folder, pinpoints, message
+):
+    """`image_grid_pinpoints=[]` once passed upload validation, then every forward failed with a TypeError."""
+    broken = shutil.copytree(next_folder, tmp_path / "broken")
+    edit_json(broken / "config.json", image_grid_pinpoints=pinpoints)
+    with pytest.raises(InvalidHubFolder, match=re.escape(message)):
+        validate_hub_folder(broken)
+    processor = tiny_next_processor()
+    inputs = processor(
+        images=[make_image(1, 100, 44)], text="USER: <image>\nHi ASSISTANT:", return_tensors="pt"
+    )
+    model = tiny_next_model(tokenizer=processor.tokenizer)
+    model.config.image_grid_pinpoints = pinpoints
+    with pytest.raises(VisualInputError, match=re.escape(message)):
+        model(**inputs)
