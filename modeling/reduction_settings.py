@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 from .errors import ReductionSettingsError
@@ -115,6 +116,26 @@ class ReductionSettings:
             raise ReductionSettingsError(
                 f"reduction_layer must be an integer layer index (e.g. -1), got {self.reduction_layer!r}"
             )
+        ignored = self.ignored_fields()
+        if ignored:
+            warnings.warn(
+                f"{', '.join(ignored)} take no effect with token_reduction={self.token_reduction!r} and adaptive=True: "
+                "each image keeps its IQR outliers (the adaptive count wins); pass adaptive=False for a fixed "
+                "budget",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def ignored_fields(self) -> list[str]:
+        """The fixed-count fields set to something that cannot take effect: PruMerge's adaptive count wins over
+        `num_visual_tokens`, `num_video_tokens` and a changed `reduction_ratio`."""
+        if not (self.prunes and self.adaptive):
+            return []
+        ignored = [f"{name}={getattr(self, name)}" for name in ("num_visual_tokens", "num_video_tokens")
+                   if getattr(self, name) is not None]  # fmt: skip
+        if self.reduction_ratio != ReductionSettings.reduction_ratio:
+            ignored.append(f"reduction_ratio={self.reduction_ratio:g}")
+        return ignored
 
     @classmethod
     def from_fields(cls, fields: dict) -> ReductionSettings:

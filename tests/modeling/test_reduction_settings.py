@@ -2,6 +2,7 @@
 use other settings without touching the model's config."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -87,3 +88,31 @@ def test_a_call_can_use_other_settings_without_changing_the_config(tester, model
         **inputs, max_new_tokens=3, do_sample=False
     )
     assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"token_reduction": "prumerge", "num_video_tokens": 64}, "num_video_tokens=64"),
+        ({"token_reduction": "prumerge_plus", "num_visual_tokens": 32}, "num_visual_tokens=32"),
+        ({"token_reduction": "prumerge", "reduction_ratio": 0.25}, "reduction_ratio=0.25"),
+    ],
+)
+def test_a_budget_the_adaptive_count_overrides_is_warned_about_naming_the_field(fields, named):
+    """Video-LLaVA with num_video_tokens=64 and adaptive left on once gave 122 tokens without a word."""
+    with pytest.warns(UserWarning, match=f"{re.escape(named)} take no effect .*the adaptive count wins"):
+        ReductionSettings(**fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"token_reduction": "prumerge", "adaptive": False, "num_visual_tokens": 32, "num_video_tokens": 64},
+        {"token_reduction": "spatial", "num_visual_tokens": 32},  # the baselines always count
+        {"token_reduction": "none", "num_visual_tokens": 32},
+        {"token_reduction": "prumerge_plus"},
+    ],
+)
+def test_settings_whose_fields_all_take_effect_are_quiet(fields, recwarn):
+    ReductionSettings(**fields)
+    assert not [warning for warning in recwarn if issubclass(warning.category, UserWarning)]
