@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with an NVIDIA GPU whose Python already has CUDA torch, transformers,
 # accelerate and peft (nothing is downloaded): installs this package without dependencies, runs
-# tests/gpu/test_cuda.py, then the benchmarks the README quotes, each log and JSON written to OUT_DIR.
+# tests/gpu/test_cuda.py, then the benchmarks the README quotes (vLLM's too, where vLLM is installed), each
+# log and JSON written to OUT_DIR.
 # Without a CUDA GPU it says so and exits 0, having checked nothing.
 #   bash scripts/gpu_checks.sh OUT_DIR
 # PYTHON picks the interpreter (default python3). One failing step does not stop the others; the exit
@@ -42,4 +43,13 @@ step bench_7b_fp16 "$python" -m llava_prumerge bench --arch llava-1.5-7b --devic
     --batch-size 1,8,32 --repeats 5 --json "$out/bench_7b_fp16.json"
 step bench_13b_bf16 "$python" -m llava_prumerge bench --arch llava-1.5-13b --device cuda --dtype bfloat16 \
     --batch-size 1,8 --repeats 3 --json "$out/bench_13b_bf16.json"
+# vLLM at full depth (random weights), where the interpreter has vLLM: the README's serving targets
+if "$python" -c "import vllm" 2>/dev/null; then
+    step vllm_llava_7b "$python" -m llava_prumerge bench --engine vllm --arch llava-1.5-7b --dtype float16 \
+        --budgets 64 --batch-size 1,8 --repeats 3 --json "$out/vllm_llava_7b.json"
+    step vllm_qwen_7b "$python" -m llava_prumerge bench --engine vllm --arch qwen2.5-vl-7b --dtype bfloat16 \
+        --budgets 128 --image-size 1280x720 --batch-size 1,8 --repeats 3 --json "$out/vllm_qwen_7b.json"
+else
+    echo "gpu_checks: $python has no vLLM; the vLLM benchmarks were not run" | tee "$out/vllm.txt"
+fi
 exit $status

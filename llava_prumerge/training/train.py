@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
-    AutoProcessor,
     SchedulerType,
     Trainer,
     TrainerCallback,
@@ -25,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..architectures import architecture_for
 from ..common.cli_args import reduction_fields_from_args
 from ..common.conversation import IMAGE_PLACEHOLDER
-from ..common.loading import prumerge_config
+from ..common.loading import load_processor, prumerge_config
 from ..errors import DataError, OutputExistsError, UsageError
 from ..modeling.runtime_compat import training_argument_names
 from .data import (
@@ -191,7 +190,7 @@ def train(args: argparse.Namespace) -> dict:
     training_args = training_arguments(args, precision)  # before loading: DeepSpeed ZeRO-3 loads sharded
     main_process = training_args.process_index == 0
 
-    processor = AutoProcessor.from_pretrained(args.model)
+    processor = load_processor(args.model)  # one line naming a missing library (torchvision), no traceback
     config = prumerge_config(args.model, **reduction_fields_from_args(args))
     budget = LengthBudget(args.max_length, config.image_token_id, config.image_seq_length)
     conversations, report_path = _checked_conversations(
@@ -382,7 +381,7 @@ def export_checkpoint(
         .from_pretrained(base, config=config, dtype="auto")
     )
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-    processor = AutoProcessor.from_pretrained(checkpoint)  # the Trainer saves it with each checkpoint
+    processor = load_processor(checkpoint)  # the Trainer saves it with each checkpoint
 
     from ..hub_upload.export import save_hub_folder  # imported only when exporting
 
