@@ -8,6 +8,8 @@ gives them back as one object.
 
 from __future__ import annotations
 
+import warnings
+
 from ..modeling.errors import ReductionSettingsError
 from ..modeling.reduction_settings import REDUCTION_FIELDS, ReductionSettings
 
@@ -42,7 +44,9 @@ class PruMergeConfigMixin:
         """Overridden: a reducer field is validated whenever it is set, as `from_pretrained(..., field=value)`
         sets its overrides after `__init__`."""
         if name in REDUCTION_FIELDS:
-            ReductionSettings.from_fields({name: value})
+            with warnings.catch_warnings():  # the field alone: its value is checked, not its combination
+                warnings.simplefilter("ignore", UserWarning)
+                ReductionSettings.from_fields({name: value})
             vision_config = getattr(self, "vision_config", None)
             layers = getattr(vision_config, "num_hidden_layers", None)
             if name == "reduction_layer" and layers is not None and not -layers <= value < layers:

@@ -253,7 +253,9 @@ def random_architecture(
         if layers > full_depth:
             raise UsageError(f"--layers {layers} exceeds {arch}'s {full_depth} LLM layers")
         config.text_config.num_hidden_layers = layers
-        if getattr(config.text_config, "layer_types", None):  # one per layer, as transformers 5 checks on load
+        if getattr(
+            config.text_config, "layer_types", None
+        ):  # one per layer, as transformers 5 checks on load
             config.text_config.layer_types = config.text_config.layer_types[:layers]
     return RandomArchitecture(config, full_depth, ordinary_text_ids(config, first_text_id, end_text_id))
 

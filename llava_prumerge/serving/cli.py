@@ -81,6 +81,7 @@ def checked_budget(model: str, server_args: list[str]) -> dict[str, int]:
     error for anything else."""
     from transformers import AutoConfig
 
+    from ..architectures import architecture_for
     from .budget import served_budgets
     from .vllm_plugin import ARCHITECTURES as SERVED_ARCHITECTURES
 
@@ -91,6 +92,9 @@ def checked_budget(model: str, server_args: list[str]) -> dict[str, int]:
     config = AutoConfig.from_pretrained(model)
     config.update(hf_overrides(server_args))
     architecture = (getattr(config, "architectures", None) or [None])[0]
+    arch = architecture_for(config.model_type)
+    if architecture is None and arch is not None and arch.model_type == config.model_type:
+        architecture = arch.head_class  # transformers 4.57's Qwen-VL configs drop `architectures` on load
     if architecture not in SERVED_ARCHITECTURES:
         raise UsageError(
             f"{model} holds a {config.model_type} model ({architecture}); `serve` runs PruMerge checkpoints "
