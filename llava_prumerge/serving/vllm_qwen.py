@@ -179,7 +179,7 @@ class QwenVllmMixin:
 
     def merged_tokens(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> MergedTokens:
         """The tower's merged tokens per attention sequence (an image, or a video's frame group) and, when
-        reducing, their importance and keys from the last full-attention block (read by a hook on its input)."""
+        reducing, their importance and keys from the last full-attention block (its input read as it runs)."""
         visual, grid_list = self.visual, grid.tolist()
         full = getattr(visual, "fullatt_block_indexes", None)  # Qwen2-VL: every block attends fully
         block = visual.blocks[full[-1] if full else len(visual.blocks) - 1]
