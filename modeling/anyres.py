@@ -201,17 +201,31 @@ def check_anyres_inputs(
         else AnyresLayout.base_only(side)
         for size, split in zip(sizes, crops, strict=True)
     ]
+    # the processor pads each image's views with all-zero ones up to the batch's most
+    blank = (pixel_values.flatten(2) == 0).all(-1)  # [images, views]
     for index, layout in enumerate(layouts):
-        if layout.num_views > pixel_values.shape[1]:
+        views = int((~blank[index]).nonzero().max()) + 1 if bool((~blank[index]).any()) else 0
+        if layout.num_views > pixel_values.shape[1] or (split_views(layout) and views != layout.num_views):
+            held = (
+                f"{pixel_values.shape[1]} per image"
+                if layout.num_views > pixel_values.shape[1]
+                else f"{views}"
+            )
             raise VisualInputError(
                 f"Image {index} of size {tuple(sizes[index].tolist())} has {layout.num_views} views (the base "
                 f"view and a {layout.grid_rows}x{layout.grid_cols} grid of crops) but pixel_values holds "
-                f"{pixel_values.shape[1]} per image: image_sizes and pixel_values do not come from the same "
-                "processor call"
+                f"{held}: image_sizes and pixel_values do not come from the same processor call (or are in "
+                "another order)"
             )
     if not torch.isfinite(pixel_values).all():
         raise NonFiniteError("pixel_values contain NaN or inf; check the image loading and preprocessing")
     return layouts
+
+
+def split_views(layout: AnyresLayout) -> bool:
+    """Whether the image is seen as a base view and crops (not its base view alone, whose crops the processor
+    made but the model leaves unread)."""
+    return not layout.base_newline
 
 
 def used_views(pixel_values: torch.Tensor, layouts: list[AnyresLayout]) -> torch.Tensor:

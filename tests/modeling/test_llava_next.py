@@ -181,5 +181,15 @@ def test_bad_anyres_inputs_are_clear_errors(models, next_processor, pictures, ch
         models["prumerge"](**inputs)
 
 
+def test_image_sizes_of_an_image_with_fewer_views_are_refused(models, next_processor):
+    """A 2 x 2 grid of crops (5 views) described by the size of a 1 x 2 grid (3 views) was once laid out on the
+    wrong grid without a word: the views that are not padding are counted against the size."""
+    inputs = dict(next_processor(images=[make_image(1, 110, 110)], text=PROMPT, return_tensors="pt"))
+    assert inputs["pixel_values"].shape[1] == 5
+    inputs["image_sizes"] = torch.tensor([[44, 100]])
+    with pytest.raises(VisualInputError, match=r"has 3 views .* but pixel_values holds 5: .* another order"):
+        models["prumerge"](**inputs)
+
+
 def test_device_map_half_precision_and_peft(tmp_path, models, batch):
     assert_offload_half_precision_and_peft(models["prumerge"], batch, tmp_path)
