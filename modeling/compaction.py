@@ -255,18 +255,29 @@ def widened_prompt(
                 pieces["labels"].append(labels.new_full((width,), IGNORE_INDEX))
             cursor = span.end
         rows.append({name: torch.cat(parts) for name, parts in pieces.items()})
-    left = not bool((attention_mask[:, -1] == 0).any())  # right only where the input was right-padded
+    side = input_padding_side(attention_mask)
     length = max(row["ids"].shape[0] for row in rows)
 
     def stacked(name: str, value: int) -> torch.Tensor:
-        padded = []
-        for row in rows:
-            filler = row[name].new_full((length - row[name].shape[0],), value)
-            padded.append(torch.cat([filler, row[name]] if left else [row[name], filler]))
-        return torch.stack(padded)
+        return padded_stack([row[name] for row in rows], length, value, side)
 
     widened_labels = None if labels is None else stacked("labels", IGNORE_INDEX)
     return stacked("ids", pad_token_id), stacked("mask", 0), widened_labels
+
+
+def input_padding_side(attention_mask: torch.Tensor) -> str:
+    """The side rebuilt rows are padded on: the right only where the input was right-padded, else the left (so
+    that position -1 is every sample's last token)."""
+    return "right" if bool((attention_mask[:, -1] == 0).any()) else "left"
+
+
+def padded_stack(rows: list[torch.Tensor], length: int, value, side: str) -> torch.Tensor:
+    """[B, length, ...] from rows [L_i, ...] (the sequence first), each filled with `value` on `side`."""
+    padded = []
+    for row in rows:
+        filler = row.new_full((length - row.shape[0], *row.shape[1:]), value)
+        padded.append(torch.cat([filler, row] if side == "left" else [row, filler]))
+    return torch.stack(padded)
 
 
 def placed_batch(
@@ -315,8 +326,8 @@ def compact_batch(
     batch, length = text_embeds.shape[:2]
     if position_ids is None:
         position_ids = torch.arange(length, device=text_embeds.device).expand(batch, length)
-    if padding_side is None:  # right only where the input was right-padded: position -1 is the last token
-        padding_side = "right" if bool((attention_mask[:, -1] == 0).any()) else "left"
+    if padding_side is None:
+        padding_side = input_padding_side(attention_mask)
     features = {tokens.modality: tokens for tokens in visual}
     rows = [
         _compact_row(
@@ -327,12 +338,10 @@ def compact_batch(
     compacted_length = max(row["embeds"].shape[0] for row in rows)
 
     def stacked(name: str, value, rows_first: bool = False) -> torch.Tensor:
-        padded = []
-        for row in rows:
-            tensor = row[name].movedim(-1, 0) if rows_first else row[name]  # the sequence first
-            filler = tensor.new_full((compacted_length - tensor.shape[0], *tensor.shape[1:]), value)
-            padded.append(torch.cat([filler, tensor] if padding_side == "left" else [tensor, filler]))
-        batch_first = torch.stack(padded)  # [B, L', ...]
+        sequences = [
+            row[name].movedim(-1, 0) if rows_first else row[name] for row in rows
+        ]  # the sequence first
+        batch_first = padded_stack(sequences, compacted_length, value, padding_side)  # [B, L', ...]
         return batch_first.movedim(-1, 0) if rows_first else batch_first  # positions: [rows, B, L']
 
     if labels is not None and padding_side == "left":
