@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     SchedulerType,
@@ -185,6 +186,16 @@ def add_lora(model: torch.nn.Module, args: argparse.Namespace) -> PeftModel:
 
 def train(args: argparse.Namespace) -> dict:
     """Check the run's folders and data, then train, save and (unless --no-export) merge and export."""
+    try:
+        return _train(args)
+    finally:
+        # Under torchrun, a process exiting with gloo's group still open can abort ("terminate called
+        # without an active exception") while the first process is still exporting.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> dict:
     precision = resolve_precision(args.precision)
     output_dir, resume, export = _run_folders(args)
     training_args = training_arguments(args, precision)  # before loading: DeepSpeed ZeRO-3 loads sharded
