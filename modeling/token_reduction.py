@@ -220,8 +220,12 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple
     then the patches left over, ascending; and `num_selected` [B], how many slots are selected.
     The left-over slots are the merge candidates and make the summary token.
 
-    Floors where the published code divides by zero or crashes: at least one attention center,
-    a PruMerge+ sampling stride of at least one.
+    Floors where the published code divides by zero, crashes or stops reducing: at least one
+    attention center; a PruMerge+ sampling stride of at least two. The published stride
+    int(int(N / m) / 3) falls below two only when over a sixth of the patches are IQR outliers
+    (nearly flat attention with ties above Q3, where the fence collapses): at one it samples every
+    patch and at zero it crashes, while two keeps the count at most m + N / 2, continuous with the
+    published stride at m = N / 6.
     """
     batch, num_patches = attention.shape
     positions = torch.arange(num_patches, device=attention.device)  # [N]
@@ -241,7 +245,7 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple
     elif settings.adaptive:
         # The published stride: s = int(int(1 / r) / 3) with r = m / N, samples 0, s, 2s, ... < N - 1.
         strides = torch.tensor(
-            [max(1, int(int(1 / (m / num_patches)) / 3)) for m in centers], device=attention.device
+            [max(2, int(int(1 / (m / num_patches)) / 3)) for m in centers], device=attention.device
         )
         sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_center
     elif settings.num_visual_tokens is not None:

@@ -59,7 +59,7 @@ def reduce_visual_tokens_loop(
         if token_reduction == "prumerge_plus":
             step = int(1 / ratio)
             if adaptive:
-                stride = max(1, int(step / 3))
+                stride = max(2, int(step / 3))  # the library's floor (see select_tokens)
                 centers = centers + [i for i in range(0, num_patches - 1, stride) if i not in centers]
             else:
                 centers = centers + list(range(int(step / 2), num_patches - 1, step))

@@ -138,8 +138,24 @@ def test_prumerge_plus_stride_floor_when_the_ratio_is_above_one_third():
     features, _, keys = make_inputs(batch=1, patches=2, outliers=0)
     attention = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
     reduced = reduce_visual_tokens(features, attention, keys, token_reduction="prumerge_plus")
-    assert reduced.centers[0].tolist() == [1, 0]  # the center, then patch 0 sampled with stride 1
+    assert reduced.centers[0].tolist() == [1, 0]  # the center, then patch 0 sampled (stride floored)
     assert reduced.num_tokens == [2]  # nothing left over: no (all-zero) summary token
+    tokens, centers = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
+    assert reduced.centers[0].tolist() == centers[0]
+    torch.testing.assert_close(reduced.features[0], tokens[0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("tied", [97, 120, 143])  # above N / 6, below N / 4 (where Q3 would rise)
+def test_prumerge_plus_on_nearly_flat_attention_keeps_a_bounded_count(tied):
+    """Flat attention with `tied` patches a hair above it: Q1 = Q3, so every one of them is an IQR
+    outlier; past a sixth of the patches the published stride would sample every patch (or crash)."""
+    features, _, keys = make_inputs(batch=1, patches=576, outliers=0)
+    attention = torch.full((1, 576), 1.0, dtype=torch.float64)
+    attention[0, torch.randperm(576, generator=torch.Generator().manual_seed(tied))[:tied]] += 1e-4
+    reduced = reduce_visual_tokens(features, attention, keys, token_reduction="prumerge_plus")
+    assert int(iqr_outlier_counts(attention, 1.5)) == tied
+    assert len(reduced.centers[0]) <= tied + 576 // 2
+    assert reduced.num_tokens[0] < 576
     tokens, centers = reduce_visual_tokens_loop(features, attention, keys, "prumerge_plus")
     assert reduced.centers[0].tolist() == centers[0]
     torch.testing.assert_close(reduced.features[0], tokens[0], rtol=0, atol=1e-10)
