@@ -130,20 +130,37 @@ def anyres_layout(image_size, grid_pinpoints: list, view_size: int, side: int) -
 
 
 def split_budget(total: int, sizes: list[int], smallest: int) -> list[int]:
-    """`total` tokens shared by views of `sizes` patches, in proportion to them (largest remainder), each
-    view at least `smallest`."""
-    spare = total - smallest * len(sizes)
-    shares = [spare * size / sum(sizes) for size in sizes]
-    budgets = [smallest + int(share) for share in shares]
+    """`total` tokens shared by views of `sizes` patches, in proportion to them (largest remainder); each
+    view gets at least `smallest` (all of a smaller one: a crop of padding only gets none) and at most its
+    patches: views whose share would pass that are filled and the rest shared again among the others.
+    Needs sum(min(smallest, size)) <= total <= sum(sizes)."""
+    floors = [min(smallest, size) for size in sizes]
+    spare = total - sum(floors)
+    shares = [spare * size / max(sum(sizes), 1) for size in sizes]
+    budgets = [floor + int(share) for floor, share in zip(floors, shares, strict=True)]
     by_remainder = sorted(range(len(sizes)), key=lambda view: (int(shares[view]) - shares[view], view))
     for view in by_remainder[: total - sum(budgets)]:
         budgets[view] += 1
+    full = [budget >= size for budget, size in zip(budgets, sizes, strict=True)]
+    if all(budget <= size for budget, size in zip(budgets, sizes, strict=True)) or all(full):
+        return budgets
+    rest = [view for view in range(len(sizes)) if not full[view]]
+    rest_budgets = split_budget(
+        total - sum(size for size, is_full in zip(sizes, full, strict=True) if is_full),
+        [sizes[view] for view in rest],
+        smallest,
+    )
+    budgets = list(sizes)
+    for view, budget in zip(rest, rest_budgets, strict=True):
+        budgets[view] = budget
     return budgets
 
 
 def view_budgets(settings: ReductionSettings, layout: AnyresLayout, crop_sizes: list[int]):
     """Per view (base, then the crops, of `crop_sizes` unpadded patches), the settings: a whole-image
-    `num_visual_tokens` (newlines included) becomes per-view budgets; one that cannot fit is refused."""
+    `num_visual_tokens` (newlines included) becomes per-view budgets, exact for every image (a crop that
+    unpadding empties gets none, and None for settings: it is never reduced); one that cannot fit is
+    refused."""
     views = 1 + len(crop_sizes)
     adaptive_pruning = settings.adaptive and settings.prunes  # counts come from each view's attention
     if not settings.reduces or adaptive_pruning or settings.num_visual_tokens is None:
@@ -151,14 +168,15 @@ def view_budgets(settings: ReductionSettings, layout: AnyresLayout, crop_sizes: 
     smallest = 1 + (settings.summary_token and settings.prunes)
     newlines = layout.newlines
     patches = [layout.side * layout.side, *crop_sizes]
+    fewest = sum(min(smallest, size) for size in patches) + newlines
     largest = sum(patches) + newlines  # every patch kept: no summary token is left to add
-    if not smallest * views + newlines <= settings.num_visual_tokens <= largest:
+    if not fewest <= settings.num_visual_tokens <= largest:
         raise ReductionSettingsError(
             f"num_visual_tokens={settings.num_visual_tokens} does not fit an image of {views} view{'s' * (views > 1)} "
-            f"({newlines} newline token(s)): choose between {smallest * views + newlines} and {largest}"
+            f"({newlines} newline token(s)): choose between {fewest} and {largest}"
         )
     budgets = split_budget(settings.num_visual_tokens - newlines, patches, smallest)
-    return [settings.replace(num_visual_tokens=budget) for budget in budgets]
+    return [settings.replace(num_visual_tokens=budget) if budget else None for budget in budgets]
 
 
 def check_anyres_inputs(

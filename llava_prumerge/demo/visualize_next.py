@@ -100,8 +100,9 @@ def reduce_anyres_image(model, processor, image: Image.Image, token_reduction: s
         pixels, attention = pixel_values[0, index : index + 1], encoded.attention[index]
         if patches is None:  # the base view: every patch
             views.append(patch_reduction(view_settings, processor, pixels, attention, tokens, score))
-        else:
-            views.append(crop_reduction(view_settings, processor, pixels, attention, tokens, patches, score))
+        else:  # a crop of padding only has no settings of its own: the image's draw its histogram
+            crop_settings = view_settings or settings
+            views.append(crop_reduction(crop_settings, processor, pixels, attention, tokens, patches, score))
     stock = model.model.stock_image_length(layout)
     height, width = (int(value) for value in image_sizes[0])
     grid = (layout.grid_rows, layout.grid_cols)

@@ -53,6 +53,14 @@ def test_each_view_is_reduced_as_the_model_reduces_it(next_model, method, height
         assert not (view.clusters[view.roles == PADDING] >= 0).any()
 
 
+def test_a_fixed_budget_is_drawn_for_an_image_whose_crops_are_padding_only():
+    model, processor = load_model(None, "llava-next")
+    model.config.adaptive, model.config.num_visual_tokens = False, 40
+    reduction = reduce_anyres_image(model, processor, noise(10, 2000), "prumerge")
+    assert reduction.num_tokens == 40
+    assert all((view.roles == PADDING).all() for view in reduction.views[1:])
+
+
 def test_picture_has_a_panel_per_view_where_the_crops_sit(next_model):
     model, processor = next_model
     reduction = reduce_anyres_image(model, processor, noise(100, 260), "prumerge")

@@ -131,6 +131,31 @@ def test_a_fixed_budget_per_image_is_exact_and_shared_by_the_views(tokenizer, ba
         too_small(**batch)
 
 
+@pytest.mark.parametrize("method", ["prumerge", "prumerge_plus"])
+def test_a_fixed_budget_is_exact_for_an_image_whose_crops_unpadding_empties(
+    tokenizer, next_processor, method
+):
+    """A 2000 x 10 image: its crops are all padding, so the whole budget goes to the base view (before,
+    the empty crops took shares that were then dropped: 36 tokens for a budget of 40)."""
+    model = tiny_next_model(
+        seed=3, tokenizer=tokenizer, token_reduction=method, adaptive=False, num_visual_tokens=40
+    )
+    inputs = next_processor(images=[make_image(4, width=2000, height=10)], text=[PROMPT], return_tensors="pt")
+    layout = anyres_layout(inputs["image_sizes"][0], TINY_GRID_PINPOINTS, 56, SIDE)
+    assert [len(layout.crop_patches(crop)) for crop in range(layout.grid_rows * layout.grid_cols)] == [0, 0]
+    with torch.no_grad():
+        assert model(**inputs).visual_token_counts == [40]
+
+
+def test_split_budget_caps_each_view_at_its_patches():
+    assert split_budget(39, [196, 0, 0], 2) == [39, 0, 0]
+    assert split_budget(30, [196, 3, 1], 2) == [27, 2, 1]  # a crop smaller than the floor is kept whole
+    assert split_budget(100, [196, 3, 1], 2) == [96, 3, 1]  # a share past a crop's patches goes elsewhere
+    assert split_budget(200, [196, 3, 1], 2) == [196, 3, 1]
+    sizes = [196, 150, 150, 196, 196]
+    assert split_budget(37, sizes, 2) == [8, 7, 6, 8, 8]  # as before where no view is capped
+
+
 def test_auto_classes_save_load_and_the_pipeline(tmp_path, models, next_processor, pictures, batch):
     model = models["prumerge_plus"]
     model.save_pretrained(tmp_path)
