@@ -9,6 +9,9 @@ that names the file and says what to pass instead.
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..common.images import check_image_size, to_rgb
-from ..errors import MissingInputError, UsageError
+from ..errors import MissingInputError, PruMergeError, UsageError
 
 VIDEO_FRAMES = 8  # as Video-LLaVA samples a video
 CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")  # decoded with PyAV
@@ -72,7 +75,7 @@ def load_image(path: str | Path) -> Image.Image:
         raise UsageError(f"{path} is a folder, not an image; pass a folder of video frames as --video {path}")
     if path.suffix.lower() in CONTAINER_SUFFIXES:
         raise UsageError(f"{path} is a video, not an image; pass it as --video {path}")
-    with _open_with_pil(path, "an image (PNG, JPEG, ...)") as image:
+    with _pil_file(path, "an image (PNG, JPEG, ...)") as image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise UsageError(f"{path} is a video ({frames} frames), not an image; pass it as --video {path}")
@@ -99,13 +102,26 @@ def _still_image_error(path: Path) -> UsageError:
     )
 
 
-def _open_with_pil(path: Path, expected: str) -> Image.Image:
+@contextmanager
+def _pil_file(path: Path, expected: str) -> Iterator[Image.Image]:
+    """The image at `path`, open while the block reads it; a missing, unknown, truncated or damaged file is
+    one error that names it (PIL's own say "image file is truncated", without the file)."""
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except FileNotFoundError as error:
         raise MissingInputError(f"No file at {path}; pass {expected}") from error
     except UnidentifiedImageError as error:
         raise UsageError(f"Cannot read {path}: PIL does not recognize it as {expected}") from error
+    with image:
+        try:
+            yield image
+        except PruMergeError:
+            raise
+        # PIL decodes lazily, so the damage shows here, as whichever of these its decoder hits first
+        except (OSError, EOFError, SyntaxError, IndexError, ValueError, struct.error) as error:
+            raise UsageError(
+                f"Cannot read {path}: it looks truncated or damaged ({error}); re-save it, or pass {expected}"
+            ) from error
 
 
 def _folder_frames(folder: Path, count: int) -> SampledVideo:
@@ -122,13 +138,13 @@ def _folder_frames(folder: Path, count: int) -> SampledVideo:
     indices = uniform_frame_indices(len(files), count)
     frames = []
     for index in indices:
-        with _open_with_pil(files[index], f"an image (frame {index + 1} of {folder})") as frame:
+        with _pil_file(files[index], f"an image (frame {index + 1} of {folder})") as frame:
             frames.append(frame.convert("RGB"))
     return SampledVideo(frames, indices, len(files))
 
 
 def _animated_frames(path: Path, count: int) -> SampledVideo:
-    with _open_with_pil(path, f"an image or an animation; pass {VIDEO_KINDS}") as animation:
+    with _pil_file(path, VIDEO_KINDS) as animation:
         total = getattr(animation, "n_frames", 1)
         if total == 1:
             raise _still_image_error(path)

@@ -132,6 +132,48 @@ def test_an_unreadable_frame_is_named(tmp_path):
         load_video(tmp_path)
 
 
+def noisy_frames(count: int) -> list[Image.Image]:
+    """Frames of noise, which compress badly: cutting their file short leaves frames undecodable."""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def cut_short(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    return path
+
+
+def truncated_media(folder, kind: str):
+    """A video (or image) file in `folder` cut short as a half-finished download leaves it, and the file
+    the error must name."""
+    frames = noisy_frames(8)
+    if kind == "gif":
+        frames[0].save(folder / "clip.gif", save_all=True, append_images=frames[1:])
+        return cut_short(folder / "clip.gif"), folder / "clip.gif"
+    if kind == "frame":
+        for number, frame in enumerate(frames):
+            frame.save(folder / f"{number}.png")
+        return folder, cut_short(folder / "3.png")
+    if kind == "mp4":
+        av = pytest.importorskip("av")
+        with av.open(str(folder / "clip.mp4"), "w") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 40, 30, "yuv420p"
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+            container.mux(stream.encode())
+        return cut_short(folder / "clip.mp4"), folder / "clip.mp4"
+    frames[0].save(folder / f"still.{kind}")
+    return cut_short(folder / f"still.{kind}"), folder / f"still.{kind}"
+
+
+@pytest.mark.parametrize("kind", ["gif", "frame", "mp4", "png", "jpg"])
+def test_a_truncated_file_is_named(tmp_path, kind):
+    path, damaged = truncated_media(tmp_path, kind)
+    with pytest.raises(UsageError, match=f"Cannot read {damaged}"):
+        load_image(path) if kind in ("png", "jpg") else load_video(path)
+
+
 @pytest.mark.parametrize("name", ["clip.gif", "frames", "clip.mp4"])
 def test_a_video_passed_as_an_image_points_to_video(tmp_path, name):
     path = tmp_path / name
