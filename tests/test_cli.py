@@ -119,3 +119,35 @@ def test_out_of_range_numbers_are_refused_at_the_command_line(argv, message, cap
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def output_path_cases(tmp_path):
+    """(argv, message) per command writing somewhere it cannot: each must be refused before any loading."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")  # never read: the output is checked first
+    return [
+        (["eval", "--json", str(a_file / "out.json")], f"--json {a_file / 'out.json'}: {a_file} is a file"),
+        (["eval", "--plot", str(tmp_path)], f"--plot {tmp_path} is a folder; pass a file path"),
+        (
+            ["eval", "--lmms-eval-tasks", "pope", "--lmms-eval-output", str(a_file)],
+            f"--lmms-eval-output {a_file} is a file; pass a folder",
+        ),
+        (["bench", "--arch", "tiny", "--plot", str(a_file / "x.png")], f"{a_file} is a file, not a folder"),
+        (["visualize", str(image), "--out", str(tmp_path)], f"--out {tmp_path} is a folder"),
+        (["demo", "--out", str(a_file)], f"--out {a_file} is a file; pass a folder"),
+        (["demo", "--model", "tiny", "--image", str(tmp_path / "missing.png")], "No file at"),
+    ]
+
+
+def test_output_paths_and_inputs_are_checked_before_any_work(tmp_path, capsys):
+    """A bad --json once failed after a whole evaluation, a bad --image after the model loaded."""
+    for argv, message in output_path_cases(tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        captured = capsys.readouterr()
+        assert message in captured.err, (argv, captured.err)
+        assert "Loading" not in captured.out, argv
+

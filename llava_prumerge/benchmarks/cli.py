@@ -15,6 +15,7 @@ from ..common.cli_args import (
     positive_int,
     positive_int_list,
 )
+from ..common.outputs import check_output_path
 from ..errors import UsageError
 from . import roofline
 
@@ -145,6 +146,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         raise UsageError("--layers applies to --arch (random weights), not to a --model checkpoint")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
+    check_output_path(args.plot, "--plot")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.reducer_only:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..common.cli_args import positive_int
+from ..common.outputs import check_output_path
 from ..errors import UsageError
 from ..mini import SHIPPED_MINI_MODELS
 
@@ -97,6 +98,7 @@ def run_demo(args: argparse.Namespace):
     if args.video and args.model == "tiny":
         args.model = None  # the tiny Video-LLaVA, the video demo's default
     args.prompt = args.prompt or (DEFAULT_VIDEO_QUESTION if args.video else DEFAULT_IMAGE_QUESTION)
+    check_output_path(args.out, "--out", folder=True)
     if args.video:
         from .demo_video import run
     else:
@@ -169,6 +171,7 @@ def run_visualize(args: argparse.Namespace) -> Path:
         args.model = None  # the tiny Video-LLaVA, the default for videos
     source = Path(args.image or args.video)
     out = args.out or Path(f"{source.stem}-{args.token_reduction}.png")
+    check_output_path(out, "--out")
     draw_input = _visualize_video if args.video else _visualize_image
     default = "the mini model" if args.arch == "llava" else f"the tiny random-weight {args.arch}"
     default = "the tiny random-weight Video-LLaVA" if args.video else default

@@ -143,9 +143,9 @@ class TimedStages:
 def run(args: argparse.Namespace) -> list[DemoRow]:
     if args.model in BUILT_IN_MODELS:
         print(RANDOM_WEIGHTS_NOTICE if args.model == TINY else MINI_NOTICE)
+    images = {item.path: item for item in demo_images(args)}  # first: a bad path fails before loading
     print(f"Loading {args.model or 'the mini model'} ...", flush=True)
     model, processor, description = load_demo_model(args.model)
-    images = {item.path: item for item in demo_images(args)}
     pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run_every_method(

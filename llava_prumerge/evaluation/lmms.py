@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..common.outputs import check_output_path
 from ..errors import UsageError
 
 # task -> (name in the paper's table, result key in lmms-eval's results, scale to the paper's units)
@@ -121,6 +122,7 @@ def run_lmms_eval_tasks(args: argparse.Namespace) -> dict:
     python = args.lmms_eval_python or sys.executable
     tasks = args.lmms_eval_tasks
     methods = args.methods
+    check_output_path(args.lmms_eval_output, "--lmms-eval-output", folder=True)
     output_root = args.lmms_eval_output or Path(tempfile.mkdtemp(prefix="lmms-eval-"))
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model

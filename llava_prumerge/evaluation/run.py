@@ -9,6 +9,7 @@ import json
 import torch
 
 from ..common.loading import load_processor, load_prumerge_model
+from ..common.outputs import check_output_path
 from ..common.timing import torch_threads
 from ..mini import SHIPPED_MINI_MODELS
 from .evaluate import evaluate_shapes_vqa
@@ -26,11 +27,14 @@ def load_for_eval(name_or_path: str):
         description = f"the mini model shipped in llava-prumerge ({name_or_path}; Shapes-VQA only)"
         return model.to(device), processor, description
     dtype = torch.float16 if device == "cuda" else torch.float32
+    processor = load_processor(name_or_path)  # first: a library it lacks is named before the weights load
     model = load_prumerge_model(name_or_path, dtype=dtype).to(device)
-    return model, load_processor(name_or_path), name_or_path
+    return model, processor, name_or_path
 
 
 def run_eval_command(args: argparse.Namespace) -> dict:
+    check_output_path(args.json, "--json")
+    check_output_path(args.plot, "--plot")
     if args.lmms_eval_tasks:
         from .lmms import run_lmms_eval_tasks
 
