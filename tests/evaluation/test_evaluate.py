@@ -91,3 +91,21 @@ def test_unknown_methods_are_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--methods", "none,fast"])
     assert exit_info.value.code == 2 and "unknown method(s) ['fast']" in capsys.readouterr().err
+
+
+def test_a_video_llava_folder_whose_processor_needs_torchvision_is_one_line_before_loading(tmp_path, capsys):
+    """Its processor builds a video processor, which needs torchvision; eval builds it before the weights."""
+    try:
+        import torchvision  # noqa: F401
+
+        pytest.skip("torchvision loads here: the processor builds")
+    except (ImportError, RuntimeError):  # the registry's CUDA build does not load beside CPU torch
+        pass
+    main(["export", "--tiny", "--arch", "video-llava", "--out", str(tmp_path / "video")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", str(tmp_path / "video"), "--limit", "1"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "requires the Torchvision library" in captured.err and "Install torchvision built for" in captured.err
+    assert "Loading weights" not in captured.err + captured.out
