@@ -125,6 +125,22 @@ def first_unreadable(paths) -> str | None:
     return None
 
 
+def damaged_download_problem(folder: Path) -> str | None:
+    """What is damaged in a downloaded checkpoint folder, named (None when nothing): a JSON file that does not
+    parse, a shard its index lists that is absent, or a safetensors file whose header and size disagree; an
+    interrupted download leaves these, and loading them would end in a parser's traceback."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return f"{path} is not valid JSON (cut short?): {error}"
+        if path.name == INDEX_FILE:
+            shards = sorted(set((data.get("weight_map") or {}).values()) if isinstance(data, dict) else [])
+            if absent := [shard for shard in shards if not (folder / shard).is_file()]:
+                return f"{path} lists shard(s) that are absent: {absent[:3]}"
+    return first_unreadable(sorted(folder.glob("*.safetensors")))
+
+
 def weight_problems(folder: Path, config) -> list[str]:
     """What is wrong with the shards and index; with a config, also which weights it needs are absent or misshapen."""
     index_path = folder / INDEX_FILE

@@ -6,6 +6,7 @@ interpreter alone when unset). Nothing is downloaded: HF_HUB_OFFLINE=1 in every 
 """
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava_prumerge import LlavaPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
+from llava_prumerge.errors import UsageError
 from llava_prumerge.hub_upload import export
 from llava_prumerge.hub_upload.validate import validate_hub_folder
 from llava_prumerge.modeling.reduction_settings import REDUCTION_FIELDS
@@ -165,6 +167,24 @@ def test_export_from_hf_with_no_reduction_equals_the_stock_model(tmp_path, tiny_
     )
     with torch.no_grad():
         torch.testing.assert_close(wrapped(**inputs).logits, stock(**inputs).logits)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("config.json", r"config\.json is not valid JSON \(cut short\?\)"),
+        ("tokenizer.json", r"tokenizer\.json is not valid JSON \(cut short\?\)"),
+        ("model.safetensors", r"model\.safetensors is unreadable: .*truncated"),
+    ],
+)
+def test_export_from_hf_names_the_file_a_half_written_download_damaged(tmp_path, tiny_inputs, damage, message):
+    source = tmp_path / "download"
+    shutil.copytree(tiny_inputs.llava_hf, source)
+    damaged = source / damage
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(UsageError, match=message + ".*download the checkpoint again"):
+        main(["--traceback", "export", "--from-hf", str(source), "--out", str(tmp_path / "hub")])
+    assert not (tmp_path / "hub").exists()
 
 
 def test_export_tiny_command_shards_by_size_and_records_the_settings(tmp_path, capsys):
