@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -123,6 +124,17 @@ def first_unreadable(paths) -> str | None:
         except (ValueError, OSError) as error:
             return f"{path} is unreadable: {error}"
     return None
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """ "PATH is unreadable: why" for a `torch.save` file (a zip archive) cut short or with a damaged member
+    (its CRC checked: torch.load would read a flipped byte without a word), None when it reads."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"{path} is unreadable: not a whole torch.save file ({error})"
+    return None if damaged is None else f"{path} is unreadable: its member {damaged} is damaged"
 
 
 def damaged_download_problem(folder: Path) -> str | None:

@@ -294,17 +294,23 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why a checkpoint folder cannot be resumed from (None when it can).
 
     The Trainer writes `trainer_state.json` last, so a run stopped while saving leaves a folder
-    without it; a weight file cut short is named with what its header expects.
+    without it; every other file a resume reads is checked too, and the first damaged one named: JSON
+    that does not parse, a weight file cut short (with what its header expects), an optimizer,
+    scheduler or RNG state (torch.save archives) cut short or with a damaged member.
     """
-    from ..hub_upload.weights import first_unreadable
+    from ..hub_upload.weights import first_unreadable, torch_file_problem
 
     state = checkpoint / TRAINER_STATE_NAME
     if not state.is_file():
         return f"it has no {TRAINER_STATE_NAME} (the run stopped while saving it)"
-    try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except ValueError as error:
-        return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
+    for path in sorted(checkpoint.rglob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            return f"{path} is not valid JSON ({error})"
+    for path in sorted(path for path in checkpoint.rglob("*") if path.suffix in (".pt", ".pth", ".bin")):
+        if problem := torch_file_problem(path):
+            return problem
     return first_unreadable(sorted(checkpoint.rglob("*.safetensors")))
 
 

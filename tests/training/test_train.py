@@ -166,6 +166,12 @@ def test_resume_continues_the_step_count_and_the_log(trained, base_model, toy_da
     truncate_file(truncated / "adapter_model.safetensors")
     unsaved = shutil.copytree(trained / "checkpoint-12", output_dir / "checkpoint-14")
     (unsaved / "trainer_state.json").unlink()
+    cut_optimizer = shutil.copytree(trained / "checkpoint-12", output_dir / "checkpoint-15")
+    truncate_file(cut_optimizer / "optimizer.pt")
+    flipped = shutil.copytree(trained / "checkpoint-12", output_dir / "checkpoint-16")
+    scheduler = bytearray((flipped / "scheduler.pt").read_bytes())
+    scheduler[len(scheduler) // 3] ^= 0xFF  # torch.load would read it without a word
+    (flipped / "scheduler.pt").write_bytes(scheduler)
     summary = run_train(
         "--model", base_model, "--data", toy_data / "data.json", "--image-folder", toy_data / "images",
         "--output-dir", output_dir, "--max-steps", "16", "--save-steps", "4", "--no-export", *FAST_RUN,
@@ -173,6 +179,8 @@ def test_resume_continues_the_step_count_and_the_log(trained, base_model, toy_da
     )  # fmt: skip
     assert summary["global_step"] == 16
     out = capsys.readouterr().out
+    assert f"Skipping {output_dir / 'checkpoint-16'}: {flipped / 'scheduler.pt'} is unreadable: its member" in out
+    assert f"Skipping {output_dir / 'checkpoint-15'}: {cut_optimizer / 'optimizer.pt'} is unreadable" in out
     assert f"Skipping {output_dir / 'checkpoint-14'}: it has no trainer_state.json" in out
     assert (
         f"Skipping {output_dir / 'checkpoint-13'}: {truncated / 'adapter_model.safetensors'} is unreadable"
