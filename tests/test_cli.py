@@ -150,4 +150,3 @@ def test_output_paths_and_inputs_are_checked_before_any_work(tmp_path, capsys):
         captured = capsys.readouterr()
         assert message in captured.err, (argv, captured.err)
         assert "Loading" not in captured.out, argv
-

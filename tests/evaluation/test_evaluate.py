@@ -107,5 +107,7 @@ def test_a_video_llava_folder_whose_processor_needs_torchvision_is_one_line_befo
         main(["eval", "--model", str(tmp_path / "video"), "--limit", "1"])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
-    assert "requires the Torchvision library" in captured.err and "Install torchvision built for" in captured.err
+    assert (
+        "requires the Torchvision library" in captured.err and "Install torchvision built for" in captured.err
+    )
     assert "Loading weights" not in captured.err + captured.out

@@ -177,7 +177,9 @@ def test_export_from_hf_with_no_reduction_equals_the_stock_model(tmp_path, tiny_
         ("model.safetensors", r"model\.safetensors is unreadable: .*truncated"),
     ],
 )
-def test_export_from_hf_names_the_file_a_half_written_download_damaged(tmp_path, tiny_inputs, damage, message):
+def test_export_from_hf_names_the_file_a_half_written_download_damaged(
+    tmp_path, tiny_inputs, damage, message
+):
     source = tmp_path / "download"
     shutil.copytree(tiny_inputs.llava_hf, source)
     damaged = source / damage

@@ -179,7 +179,10 @@ def test_resume_continues_the_step_count_and_the_log(trained, base_model, toy_da
     )  # fmt: skip
     assert summary["global_step"] == 16
     out = capsys.readouterr().out
-    assert f"Skipping {output_dir / 'checkpoint-16'}: {flipped / 'scheduler.pt'} is unreadable: its member" in out
+    assert (
+        f"Skipping {output_dir / 'checkpoint-16'}: {flipped / 'scheduler.pt'} is unreadable: its member"
+        in out
+    )
     assert f"Skipping {output_dir / 'checkpoint-15'}: {cut_optimizer / 'optimizer.pt'} is unreadable" in out
     assert f"Skipping {output_dir / 'checkpoint-14'}: it has no trainer_state.json" in out
     assert (
