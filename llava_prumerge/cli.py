@@ -15,7 +15,7 @@ import os
 import sys
 
 from . import __version__
-from .common.notices import hide_torchvision_fallback_notice
+from .common.notices import hide_torchvision_fallback_notice, hide_upstream_noise
 from .errors import PruMergeError
 
 # subcommand -> (its wing's cli module, one-line help)
@@ -78,6 +78,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-prumerge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"llava-prumerge {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show upstream progress bars and FutureWarnings too"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     command = next((arg for arg in argv if arg in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
     hide_torchvision_fallback_notice()
+    if not args.verbose:
+        hide_upstream_noise()
     if args.traceback or os.environ.get(TRACEBACK_VARIABLE):
         args.handler(args)
         return

@@ -5,6 +5,8 @@
 # wheel on local disk; elsewhere the normal PyPI build). Set TORCH_SPEC="" to keep a torch you have.
 # EXTRAS names the package's extras to install too (scripts/test.sh sets EXTRAS=test); default none.
 set -euo pipefail
+# setuptools draws a 9-line "Editable installation" notice box at every editable install: hidden.
+export PYTHONWARNINGS="ignore:Editable installation${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
 venv=${1:?usage: setup_env.sh VENV_DIR [TRANSFORMERS_REQUIREMENT]}
 transformers_spec=${2:-"transformers>=4.57,<6"}
 torch_spec=${TORCH_SPEC-torch==2.13.0}

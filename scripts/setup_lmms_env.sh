@@ -7,6 +7,8 @@
 # evaluator imports filelock._api); torchvision is removed (lmms-eval's core does not import it, and the
 # registry's build needs CUDA libraries that a CPU machine lacks).
 set -euo pipefail
+# setuptools draws a 9-line "Editable installation" notice box at every editable install: hidden.
+export PYTHONWARNINGS="ignore:Editable installation${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
 venv=${1:?usage: setup_lmms_env.sh VENV_DIR}
 torch_spec=${TORCH_SPEC-torch==2.13.0}
 root=$(cd "$(dirname "$0")/.." && pwd)

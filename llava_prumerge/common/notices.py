@@ -1,15 +1,20 @@
-"""transformers notices the command line hides, because they ask nothing of the user.
+"""Upstream notices the command line hides, because they ask nothing of the user.
 
 transformers 5 says, once per image processor class, that torchvision is not installed and that it
 falls back to the PIL processor. Images are processed either way (the README says how the two
 backends differ and how to get torchvision); every command would otherwise open with it.
+Without --verbose, the commands also hide transformers' and huggingface_hub's progress bars (loading
+and writing weights take a second on the models the commands build) and the FutureWarnings that
+transformers, PEFT and accelerate raise about their own deprecated names.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
+UPSTREAM_MODULES = r"(transformers|peft|accelerate|huggingface_hub)(\.|$)"  # where their warnings are raised
 
 
 class _HideTorchvisionFallback(logging.Filter):
@@ -25,3 +30,13 @@ def hide_torchvision_fallback_notice() -> None:
     for handler in root.handlers:
         if not any(isinstance(f, _HideTorchvisionFallback) for f in handler.filters):
             handler.addFilter(_HideTorchvisionFallback())
+
+
+def hide_upstream_noise() -> None:
+    """Progress bars off and upstream FutureWarnings ignored (see the module docstring)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=UPSTREAM_MODULES)
