@@ -150,3 +150,22 @@ def test_output_paths_and_inputs_are_checked_before_any_work(tmp_path, capsys):
         captured = capsys.readouterr()
         assert message in captured.err, (argv, captured.err)
         assert "Loading" not in captured.out, argv
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_upstream_progress_bars_and_future_warnings_only_with_verbose(tmp_path, verbose):
+    script = os.path.join(os.path.dirname(sys.executable), "llava-prumerge")
+    flags = ["--verbose"] if verbose else []
+    result = subprocess.run(
+        [script, *flags, "tiny-inputs", str(tmp_path / "tiny")],  # save_pretrained's bars; 4.57's warnings
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    noise = [
+        line
+        for line in result.stderr.splitlines()
+        if "Writing model shards" in line or "FutureWarning" in line
+    ]
+    assert bool(noise) == verbose, result.stderr
