@@ -41,6 +41,8 @@ _PUBLIC = {
     "patch_importance": ".modeling.token_reduction",
     "reduce_visual_tokens": ".modeling.token_reduction",
     "PruMergeError": ".modeling.errors",
+    "load_video_processor": ".common.video_processing",
+    "VideoFramesProcessor": ".common.video_processing",
 }
 
 __all__ = ["__version__", *_PUBLIC]

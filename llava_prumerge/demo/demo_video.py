@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..common.video_processing import placeholders_per_frame
 from .cli import DRAWN_METHODS
 from .demo import check_distinct_names, one_line, picture_link, run_every_method, time_stages, write_summary
 from .media import VIDEO_FRAMES, SampledVideo, load_video
@@ -16,7 +17,6 @@ from .visualize_video import (
     TINY_VIDEO_MODEL_NOTE,
     draw_video,
     load_video_model,
-    placeholders_per_frame,
     preprocessing_note,
     video_inputs,
     video_reduction,

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, BatchFeature
 
 from ..common.loading import prumerge_config
+from ..common.video_processing import (
+    VideoFramesProcessor,
+    loaded_or_reason,
+    processor_for_videos,
+)
 from ..errors import UsageError
 from ..modeling.frames import frame_settings
 from ..modeling.reduction_settings import ReductionSettings
@@ -42,7 +46,6 @@ from .visualize import (
     patch_reduction,
 )
 
-VIDEO_PLACEHOLDER = "<video>"
 # Video-LLaVA's conversation format, as its model card prompts it
 VIDEO_PROMPT_FORMAT = "USER: <video>\n{prompt} ASSISTANT:"
 FRAME_COLUMNS = 4
@@ -54,59 +57,6 @@ TINY_VIDEO_MODEL_NOTE = (
 
 
 # ---------------------------------------------------------------- the model and its frame processing
-
-
-@dataclass
-class FramesAsImagesProcessor:
-    """Video-LLaVA's processor for videos where its video processor cannot load (transformers' video
-    processors need torchvision): frames go through the image processor, which resizes, crops and
-    normalizes as the video processor does, and each `<video>` expands to its frames' [CLS] and patch
-    placeholders, as `VideoLlavaProcessor` writes them."""
-
-    image_processor: object
-    tokenizer: object
-    placeholders_per_frame: int  # the frame's patches and its [CLS] token
-    reason: str  # why the video processor is not used
-
-    def __call__(self, *, text: str, videos: list[list[Image.Image]], return_tensors="pt") -> BatchFeature:
-        pixel_values = torch.stack([frame_pixel_values(self.image_processor, frames) for frames in videos])
-        placeholders = VIDEO_PLACEHOLDER * (pixel_values.shape[1] * self.placeholders_per_frame)
-        inputs = self.tokenizer(text.replace(VIDEO_PLACEHOLDER, placeholders), return_tensors="pt")
-        return BatchFeature({**inputs, "pixel_values_videos": pixel_values}, tensor_type=return_tensors)
-
-
-def frame_pixel_values(image_processor, frames: list[Image.Image]) -> torch.Tensor:
-    """[frames, 3, H, W] from an image processor, whatever it names them (Video-LLaVA's image processor
-    pixel_values_images, CLIP's pixel_values)."""
-    outputs = image_processor(images=frames, return_tensors="pt")
-    (pixel_values,) = [value for name, value in outputs.items() if name.startswith("pixel_values")]
-    return pixel_values
-
-
-def placeholders_per_frame(vision_config) -> int:
-    """What stock Video-LLaVA feeds the LLM per frame: its patches and its [CLS] token."""
-    return (vision_config.image_size // vision_config.patch_size) ** 2 + 1
-
-
-def loaded_or_reason(load) -> tuple[object | None, str]:
-    """(`load()`, "") or (None, why it failed) where it needs a library this Python lacks (torchvision)."""
-    try:
-        return load(), ""
-    except ImportError as error:
-        return None, " ".join(str(error).split()).split(". ")[0]  # its first sentence
-
-
-def processor_for_videos(processor, reason: str, image_processor, tokenizer, vision_config):
-    """`processor` when it has a video processor; else frames through `image_processor` (see
-    `FramesAsImagesProcessor`), the reason kept for the note the commands print."""
-    if getattr(processor, "video_processor", None) is not None:
-        return processor
-    return FramesAsImagesProcessor(
-        image_processor,
-        tokenizer,
-        placeholders_per_frame(vision_config),
-        reason or "the checkpoint has no video processor",
-    )
 
 
 def load_video_model(name_or_path: str | None = None):
@@ -134,7 +84,7 @@ def load_video_model(name_or_path: str | None = None):
 
 def preprocessing_note(processor) -> str | None:
     """The line the commands print when frames go through the image processor, saying why."""
-    if not isinstance(processor, FramesAsImagesProcessor):
+    if not isinstance(processor, VideoFramesProcessor):
         return None
     return (
         "NOTE: frames go through the image processor (the same resize, crop and normalization as the "

@@ -9,6 +9,11 @@ from pathlib import Path
 
 # The interpreters cross-version tests use: tf4 then tf5 (set by scripts/test.sh), else this one.
 TEST_PYTHONS = os.environ.get("PRUMERGE_TEST_PYTHONS", sys.executable).split(":")
+# Their torchvision overlays (scripts/setup_vision_overlay.sh), for video and OneVision / Qwen processors; none
+# unless scripts/test.sh (or the caller) names them.
+VISION_PYTHONS = [
+    python for python in os.environ.get("PRUMERGE_TEST_VISION_PYTHONS", "").split(":") if python
+]
 
 
 # The opening of a script that loads a Hub folder as a user's machine would, without this package: the spec

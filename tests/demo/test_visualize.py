@@ -12,6 +12,12 @@ from PIL import Image
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from llava_prumerge.cli import main
+from llava_prumerge.common.video_processing import (
+    VideoFramesProcessor,
+    loaded_or_reason,
+    placeholders_per_frame,
+    processor_for_videos,
+)
 from llava_prumerge.demo.demo import SAMPLES
 from llava_prumerge.demo.media import SampledVideo
 from llava_prumerge.demo.visualize import (
@@ -39,14 +45,10 @@ from llava_prumerge.demo.visualize import (
 )
 from llava_prumerge.demo.visualize_video import (
     VIDEO_PROMPT_FORMAT,
-    FramesAsImagesProcessor,
     VideoReduction,
     draw_video,
     load_video_model,
-    loaded_or_reason,
-    placeholders_per_frame,
     preprocessing_note,
-    processor_for_videos,
     reduce_video,
     video_figure_inches,
 )
@@ -194,9 +196,9 @@ def test_a_stock_llava_checkpoint_is_turned_into_prumerge(tmp_path, processor):
 # ---------------------------------------------------------------- videos
 
 
-def frames_through_image_processor(video_tester) -> FramesAsImagesProcessor:
+def frames_through_image_processor(video_tester) -> VideoFramesProcessor:
     vision_config = video_tester.get_config().vision_config
-    return FramesAsImagesProcessor(
+    return VideoFramesProcessor(
         video_tester.image_processor, video_tester.tokenizer, placeholders_per_frame(vision_config), "test"
     )
 

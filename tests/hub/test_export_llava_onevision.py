@@ -4,7 +4,6 @@ batch, its processor (in the torchvision overlays, PRUMERGE_TEST_VISION_PYTHONS:
 builds a video processor), and `export --from-hf` of a stock LLaVA-OneVision checkpoint."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import save_file
 from llava_prumerge import LlavaOnevisionPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
 from llava_prumerge.testing.model_tester import make_image, stock_twin, visible_log_probs
-from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, VISION_PYTHONS, run_offline
 from llava_prumerge.testing.tiny_onevision import tiny_clips, tiny_onevision_inputs, tiny_onevision_processor
 
 TEXTS = [
@@ -22,9 +21,6 @@ TEXTS = [
     "USER: <video>\nWhat happens? ASSISTANT:",
 ]
 NEW_TOKENS = 4
-VISION_PYTHONS = [
-    python for python in os.environ.get("PRUMERGE_TEST_VISION_PYTHONS", "").split(":") if python
-]
 
 
 @pytest.fixture(scope="module")

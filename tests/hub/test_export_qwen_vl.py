@@ -5,7 +5,6 @@ PRUMERGE_TEST_VISION_PYTHONS: the stock processor builds a video processor), and
 checkpoints."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from safetensors.torch import save_file
 from llava_prumerge.cli import main
 from llava_prumerge.common.loading import load_prumerge_model
 from llava_prumerge.testing.model_tester import make_image, stock_twin, visible_log_probs
-from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, VISION_PYTHONS, run_offline
 from llava_prumerge.testing.tiny_qwen import tiny_qwen_image_processor, tiny_qwen_inputs, tiny_qwen_tokenizer
 
 ARCHS = {"qwen2.5-vl": "Qwen2_5_VL", "qwen2-vl": "Qwen2VL"}
@@ -22,9 +21,6 @@ TEXTS = ["USER: <image>\nWhat is it? ASSISTANT:", "USER: <image> and <image>\nWh
          "USER: <video>\nWhat happens? ASSISTANT:"]  # fmt: skip
 NEW_TOKENS = 4
 BUDGET = 6
-VISION_PYTHONS = [
-    python for python in os.environ.get("PRUMERGE_TEST_VISION_PYTHONS", "").split(":") if python
-]
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))

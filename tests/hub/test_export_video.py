@@ -7,7 +7,6 @@ scripts/test.sh; see scripts/setup_vision_overlay.sh) and is skipped where none 
 """
 
 import json
-import os
 
 import pytest
 import torch
@@ -16,14 +15,11 @@ from safetensors.torch import save_file
 from llava_prumerge import VideoLlavaPruMergeForConditionalGeneration
 from llava_prumerge.cli import main
 from llava_prumerge.testing.model_tester import visible_log_probs
-from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, run_offline
+from llava_prumerge.testing.subprocesses import REMOTE_PRELUDE, VISION_PYTHONS, run_offline
 from llava_prumerge.testing.tiny_video import TINY_PATCHES, TINY_VIDEO_FRAMES
 
 PROMPT = "USER: <video>\nWhat happens? ASSISTANT:"
 NEW_TOKENS = 5
-VISION_PYTHONS = [
-    python for python in os.environ.get("PRUMERGE_TEST_VISION_PYTHONS", "").split(":") if python
-]
 
 
 @pytest.fixture(scope="module")
