@@ -131,6 +131,7 @@ def format_report(subject: BenchSubject, rows: list[dict]) -> str:
                 f"  {row['method']:<{width}} batch {row['batch_size']:>3}: prefill/layer "
                 f"{prefill[0]:.1f}-{prefill[1]:.1f} ms, TTFT {ttft[0]:.1f}-{ttft[1]:.1f} ms"
             )
+    lines += timing_cautions(rows)
     if subject.llm_layers < subject.full_depth_layers and rows[0]["estimated_full_depth_ttft_ms"] is not None:
         lines.append("")
         lines.append(
@@ -147,6 +148,35 @@ def format_report(subject: BenchSubject, rows: list[dict]) -> str:
     lines.append("")
     lines.append(f"peak memory: {rows[0]['peak_memory_measure']}")
     return "\n".join(lines)
+
+
+def timing_cautions(rows: list[dict]) -> list[str]:
+    """Lines that say which time-to-first-token comparisons with "none" not to trust, and why: the passes
+    of the two overlap (the difference is within this machine's noise), or the method is slower."""
+    baselines = {row["batch_size"]: row for row in rows if row["method"] == "none"}
+    cautions = []
+    for row in rows:
+        none = baselines.get(row["batch_size"])
+        if row["method"] == "none" or none is None or row.get("ttft_speedup_vs_none") is None:
+            continue
+        where = f"{row['method']} at batch {row['batch_size']}"
+        ranges = row["ttft_ms_range"], none["ttft_ms_range"]
+        if (
+            row["repeats"] > 1
+            and None not in ranges
+            and ranges[0][0] <= ranges[1][1]
+            and ranges[1][0] <= ranges[0][1]
+        ):
+            cautions.append(
+                f"  {where}: its TTFT passes overlap none's, so the {row['ttft_speedup_vs_none']:.2f}x is within "
+                "this machine's noise (busy? rerun with more --repeats, or fewer --threads than free cores)"
+            )
+        elif row["ttft_speedup_vs_none"] < 1:
+            cautions.append(
+                f"  {where}: slower than none ({row['ttft_speedup_vs_none']:.2f}x TTFT): at this size the reducer's "
+                "fixed cost outweighs the prefill it saves (see the LLM prefill column for what it does save)"
+            )
+    return ["", "CAUTION:", *cautions] if cautions else []
 
 
 BENCH_PLOT_PANELS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -25,8 +26,28 @@ def clock(run, device: torch.device | str | None = None) -> float:
     return time.perf_counter() - start
 
 
+NOISY_SPREAD = 0.5  # (slowest - fastest) / median past which a median time is flagged as noise
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """A median time over repeated runs and how far the runs spread around it."""
+
+    ms: float  # the median
+    spread: float  # (slowest - fastest) / median
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the runs differ too much for the median to be compared (a busy machine, or too short)."""
+        return self.spread > NOISY_SPREAD
+
+    def cell(self) -> str:
+        """The time for a table: flagged when noisy."""
+        return f"{self.ms:.1f}" + (" (noisy)" if self.noisy else "")
+
+
 def timed(run, repeats: int, device: torch.device | str | None = None):
-    """(result, median milliseconds over `repeats` runs after one warm-up)."""
+    """(result, StageTime of `repeats` runs after one warm-up)."""
     result = run()
     times = []
     for _ in range(repeats):
@@ -35,7 +56,8 @@ def timed(run, repeats: int, device: torch.device | str | None = None):
         result = run()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return result, 1000 * statistics.median(times)
+    median = statistics.median(times)
+    return result, StageTime(1000 * median, (max(times) - min(times)) / median if median else 0.0)
 
 
 class PhaseTimer:

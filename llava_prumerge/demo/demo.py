@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from ..common.cli_args import COMPARED_METHODS
-from ..common.timing import timed, torch_threads
+from ..common.timing import NOISY_SPREAD, StageTime, timed, torch_threads
 from ..errors import MissingInputError, UsageError
 from ..evaluation.scoring import normalize_answer
 from ..mini import SHIPPED_MINI_MODELS
@@ -46,7 +46,9 @@ RANDOM_WEIGHTS_NOTICE = (
     "NOTE: --model tiny runs a tiny LLaVA-shaped model built on this machine with RANDOM weights and\n"
     "14x14 patches: its token selections show how PruMerge works, its answers are gibberish."
 )
-DEMO_QUESTIONS = 3  # Shapes-VQA test images the default demo asks about
+# The question kinds the default demo asks, one Shapes-VQA test image each: color is PruMerge's best case,
+# counting its worst (a count needs a token on every object; adaptive PruMerge keeps the strongest few).
+DEMO_QUESTION_KINDS = ("color", "count", "position")
 
 
 @dataclass
@@ -57,6 +59,7 @@ class DemoImage:
     image: object  # PIL image
     prompt: str
     expected: str | None = None  # the right answer, when known (Shapes-VQA)
+    kind: str | None = None  # the question's kind, when known (Shapes-VQA: color, count, ...)
 
 
 def load_demo_model(name: str | None):
@@ -76,16 +79,20 @@ def load_demo_model(name: str | None):
 
 
 def shapes_vqa_images(out: Path) -> list[DemoImage]:
-    """The first Shapes-VQA test images, saved into `out`/images, each with its first question."""
+    """The first Shapes-VQA test images, saved into `out`/images, each asked a question of the next kind
+    in DEMO_QUESTION_KINDS (its first question where it has none of that kind)."""
     from ..evaluation.shapes_vqa import examples
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     chosen = []
-    for example in examples("test", DEMO_QUESTIONS):
+    for kind, example in zip(DEMO_QUESTION_KINDS, examples("test", len(DEMO_QUESTION_KINDS)), strict=True):
         path = out / "images" / example.image_name
         example.image.save(path)
-        question = example.questions[0]
-        chosen.append(DemoImage(path, example.image, question.question, question.answer))
+        of_kind = [question for question in example.questions if question.question_type == kind]
+        question = (of_kind or example.questions)[0]
+        chosen.append(
+            DemoImage(path, example.image, question.question, question.answer, question.question_type)
+        )
     return chosen
 
 
@@ -111,13 +118,19 @@ class DemoRow:
     visual_tokens: int  # reaching the language model, summary token included
     num_patches: int
     prompt_length: int  # the compacted prompt the LLM prefills
-    vision_ms: float
-    reducer_ms: float
-    prefill_ms: float
+    vision_ms: StageTime
+    reducer_ms: StageTime
+    prefill_ms: StageTime
     answer: str
     picture: Path | None
     question: str = ""
     expected: str | None = None  # the right answer, when known
+    kind: str | None = None  # the question's kind, when known
+
+    @property
+    def right(self) -> bool | None:
+        """Whether the answer is the expected one (None when no answer is known)."""
+        return None if self.expected is None else normalize_answer(self.answer) == self.expected
 
     @property
     def compression(self) -> float:
@@ -135,9 +148,9 @@ class TimedStages:
     encoded: EncodedPatches  # the vision tower's
     reduced: ReducedTokens  # the reducer's
     compact: CompactedBatch  # the prompt the LLM prefills
-    vision_ms: float
-    reducer_ms: float
-    prefill_ms: float
+    vision_ms: StageTime
+    reducer_ms: StageTime
+    prefill_ms: StageTime
 
 
 def run(args: argparse.Namespace) -> list[DemoRow]:
@@ -258,6 +271,7 @@ def run_one(
         picture=picture,
         question=item.prompt,
         expected=item.expected,
+        kind=item.kind,
     )
 
 
@@ -288,8 +302,7 @@ def summary_table(
         "",
         f"- model: {description}",
         f"- {asked}; answers: greedy, at most {args.max_new_tokens} new tokens",
-        f"- times on {device}: median of {args.repeats} runs after a warm-up; LLM prefill = the language "
-        "model's forward over the compacted prompt (text + visual tokens)",
+        times_note(device, args.repeats, "visual"),
         "",
         "| image | method | visual tokens | compression | prompt length | vision tower ms | reducer ms "
         "| LLM prefill ms | answer | picture |",
@@ -298,18 +311,58 @@ def summary_table(
     for row in rows:
         answer = one_line(row.answer)
         if row.expected is not None:
-            answer += (
-                f" ({'right' if normalize_answer(row.answer) == row.expected else 'wrong'}: {row.expected})"
-            )
+            answer += f" ({'right' if row.right else 'wrong'}: {row.expected})"
         lines.append(
             f"| {row.image} | {row.method} | {row.visual_tokens} / {row.num_patches} | {row.compression:.1f}x "
-            f"| {row.prompt_length} | {row.vision_ms:.1f} | {row.reducer_ms:.1f} | {row.prefill_ms:.1f} "
+            f"| {row.prompt_length} | {row.vision_ms.cell()} | {row.reducer_ms.cell()} | {row.prefill_ms.cell()} "
             f"| {answer} | {picture_link(row.picture)} |"
         )
     if len(questions) > 1:
         lines += ["", "Questions:", ""]
-        lines += [f"- {row.image}: {row.question}" for row in rows if row.method == COMPARED_METHODS[0]]
-    return "\n".join(lines) + "\n"
+        lines += [
+            f"- {row.image}{f' ({row.kind})' if row.kind else ''}: {row.question}"
+            for row in rows
+            if row.method == COMPARED_METHODS[0]
+        ]
+    return "\n".join(lines + answer_notes(rows)) + "\n"
+
+
+def answer_notes(rows: list[DemoRow]) -> list[str]:
+    """Where the answers are known: each method's right answers, and what the reducing methods got wrong
+    that "none" got right (a count, most often: PruMerge keeps too few tokens to see every object)."""
+    scored = [row for row in rows if row.right is not None]
+    if not scored:
+        return []
+    methods = list(dict.fromkeys(row.method for row in scored))
+    tally = ", ".join(
+        f"{method} {sum(row.right for row in scored if row.method == method)}/"
+        f"{sum(row.method == method for row in scored)}"
+        for method in methods
+    )
+    lines = ["", f"Right answers: {tally}."]
+    right_without = {row.image for row in scored if row.method == "none" and row.right}
+    lost = [row for row in scored if row.method != "none" and not row.right and row.image in right_without]
+    for row in lost:
+        lines.append(
+            f"- {row.method} got the {row.kind or 'question'} of {row.image} wrong ({one_line(row.answer)!r}, "
+            f"right: {row.expected!r}) with {row.visual_tokens} of {row.num_patches} tokens"
+        )
+    if any(row.kind == "count" for row in lost):
+        lines.append(
+            "- Counting is PruMerge's weak spot: a count needs a token on every object, and adaptive PruMerge "
+            "keeps only the few patches whose [CLS] attention stands out; PruMerge+ adds spatial samples for "
+            "that. `llava-prumerge eval` measures it per question type on the whole test split."
+        )
+    return lines
+
+
+def times_note(device, repeats: int, tokens: str) -> str:
+    """The summary's line on how the times were taken and when not to trust one."""
+    return (
+        f"- times on {device}: median of {repeats} runs after a warm-up; LLM prefill = the language model's "
+        f"forward over the compacted prompt (text + {tokens} tokens); (noisy): the runs spread over more than "
+        f"{NOISY_SPREAD:.0%} of the median (a busy machine, or a stage too short to time): do not compare it"
+    )
 
 
 def picture_link(picture: Path | None) -> str:

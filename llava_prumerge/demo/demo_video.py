@@ -8,9 +8,18 @@ from pathlib import Path
 
 import torch
 
+from ..common.timing import StageTime
 from ..common.video_processing import placeholders_per_frame
 from .cli import DRAWN_METHODS
-from .demo import check_distinct_names, one_line, picture_link, run_every_method, time_stages, write_summary
+from .demo import (
+    check_distinct_names,
+    one_line,
+    picture_link,
+    run_every_method,
+    time_stages,
+    times_note,
+    write_summary,
+)
 from .media import VIDEO_FRAMES, SampledVideo, load_video
 from .visualize import drawn_settings, picture_title
 from .visualize_video import (
@@ -39,9 +48,9 @@ class VideoDemoRow:
     stock_tokens: int  # what stock Video-LLaVA feeds it: frames x (patches + [CLS])
     frame_tokens: list[int]  # per frame, its share of video_tokens
     prompt_length: int  # the compacted prompt the LLM prefills
-    vision_ms: float
-    reducer_ms: float
-    prefill_ms: float
+    vision_ms: StageTime
+    reducer_ms: StageTime
+    prefill_ms: StageTime
     answer: str
     picture: Path | None
 
@@ -129,8 +138,7 @@ def summary_table(
         f"- frames: {VIDEO_FRAMES} per video, evenly spaced from the first to the last, as Video-LLaVA samples "
         f"them; stock Video-LLaVA feeds the LLM each frame's [CLS] token and all its patches ({stock_frame} "
         "tokens a frame), PruMerge each frame's [CLS] token and its reduced tokens",
-        f"- times on {device}: median of {args.repeats} runs after a warm-up; LLM prefill = the language "
-        "model's forward over the compacted prompt (text + video tokens)",
+        times_note(device, args.repeats, "video"),
         "",
         "| video | method | video tokens / stock | compression | tokens per frame | prompt length "
         "| vision tower ms | reducer ms | LLM prefill ms | answer | picture |",
@@ -139,7 +147,7 @@ def summary_table(
     for row in rows:
         lines.append(
             f"| {row.video} | {row.method} | {row.video_tokens} / {row.stock_tokens} | {row.compression:.1f}x "
-            f"| {' '.join(map(str, row.frame_tokens))} | {row.prompt_length} | {row.vision_ms:.1f} "
-            f"| {row.reducer_ms:.1f} | {row.prefill_ms:.1f} | {one_line(row.answer)} | {picture_link(row.picture)} |"
+            f"| {' '.join(map(str, row.frame_tokens))} | {row.prompt_length} | {row.vision_ms.cell()} "
+            f"| {row.reducer_ms.cell()} | {row.prefill_ms.cell()} | {one_line(row.answer)} | {picture_link(row.picture)} |"
         )
     return "\n".join(lines) + "\n"

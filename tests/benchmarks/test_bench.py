@@ -433,3 +433,24 @@ def test_a_video_model_too_big_for_memory_is_refused_before_it_is_built(monkeypa
         match=r"7\.37B parameters need 29\.5 GB in float32 but cpu has 8\.0 GB available; .*--layers",
     ):
         models.build_random_subject("video-llava-7b", None, torch.float32, torch.device("cpu"), seed=0)
+
+
+def test_ttft_comparisons_within_noise_or_slower_than_none_are_called_out():
+    from llava_prumerge.benchmarks.report import timing_cautions
+
+    def row(method, ttft_range, speedup, batch=1):
+        return {"method": method, "batch_size": batch, "repeats": 3, "ttft_ms_range": ttft_range,
+                "ttft_speedup_vs_none": speedup}  # fmt: skip
+
+    rows = [
+        row("none", [10.0, 12.0], 1.0),
+        row("prumerge", [11.0, 13.0], 0.95),  # overlapping passes: noise, whatever the median says
+        row("prumerge_plus", [14.0, 15.0], 0.8),  # apart and slower: said plainly
+        row("none", [40.0, 41.0], 1.0, batch=8),
+        row("prumerge", [10.0, 11.0], 3.9, batch=8),  # apart and faster: nothing to say
+    ]
+    cautions = timing_cautions(rows)
+    assert cautions[:2] == ["", "CAUTION:"] and len(cautions) == 4
+    assert "prumerge at batch 1: its TTFT passes overlap none's, so the 0.95x is within" in cautions[2]
+    assert "prumerge_plus at batch 1: slower than none (0.80x TTFT)" in cautions[3]
+    assert timing_cautions(rows[3:]) == []

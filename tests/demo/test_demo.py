@@ -5,14 +5,14 @@ import pytest
 from PIL import Image
 
 from llava_prumerge.common.cli_args import COMPARED_METHODS as METHODS
-from llava_prumerge.demo.demo import DEMO_QUESTIONS, SAMPLES, one_line
+from llava_prumerge.demo.demo import DEMO_QUESTION_KINDS, SAMPLES, one_line
 from llava_prumerge.demo.visualize import DPI, FIGURE_INCHES
 from llava_prumerge.evaluation.shapes_vqa import ANSWERS
 from llava_prumerge.testing.cli_output import printed_by, table_rows
 from llava_prumerge.testing.model_tester import make_image
 
 SAMPLE_NAMES = sorted(path.name for path in SAMPLES.glob("*.png"))
-DEMO_NAMES = [f"test-{index:06d}.png" for index in range(DEMO_QUESTIONS)]  # Shapes-VQA test images
+DEMO_NAMES = [f"test-{index:06d}.png" for index in range(len(DEMO_QUESTION_KINDS))]  # Shapes-VQA test images
 WORDS = {answer for answers in ANSWERS.values() for answer in answers}
 
 
@@ -61,6 +61,33 @@ def test_the_mini_model_answers_most_demo_questions_right_with_every_token(demo_
     _, _, rows = demo_run
     verdicts = [row["answer"].split(" (", 1)[1] for row in rows if row["method"] == "none"]
     assert sum(verdict.startswith("right: ") for verdict in verdicts) > len(verdicts) / 2, verdicts
+
+
+def test_a_count_question_is_asked_and_the_summary_says_what_each_method_got_wrong(demo_run):
+    out, printed, rows = demo_run
+    summary = (out / "summary.md").read_text()
+    assert "(count): How many shapes are there?" in summary
+    assert "(color): " in summary
+    right = {(row["image"], row["method"]): "(right: " in row["answer"] for row in rows}
+    tally = ", ".join(
+        f"{method} {sum(right[name, method] for name in DEMO_NAMES)}/{len(DEMO_NAMES)}" for method in METHODS
+    )
+    assert f"Right answers: {tally}." in summary
+    for name in DEMO_NAMES:
+        for method in METHODS[1:]:
+            lost = right[name, "none"] and not right[name, method]
+            assert (f"- {method} got the " in summary and name in summary) or not lost
+
+
+def test_noisy_times_are_flagged_and_the_note_says_why(demo_run):
+    out, _, rows = demo_run
+    summary = (out / "summary.md").read_text()
+    assert "(noisy): the runs spread over more than 50% of the median" in summary
+    for row in rows:
+        for column in ("vision tower ms", "reducer ms", "LLM prefill ms"):
+            value, *flag = row[column].split(" ", 1)
+            float(value)
+            assert flag in ([], ["(noisy)"]), row[column]
 
 
 def test_prumerge_keeps_fewer_tokens_than_none(demo_run):
