@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from transformers.image_processing_utils import select_best_resolution
 
-from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
+from .errors import ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
-from .token_reduction import ReducedTokens
+from .token_reduction import ReducedTokens, raise_if_not_finite
 from .vision_encoding import EncodedPatches, described_shape, encode_patches
 
 
@@ -235,8 +235,9 @@ def check_anyres_inputs(
                 f"{held}: image_sizes and pixel_values do not come from the same processor call (or are in "
                 "another order)"
             )
-    if not torch.isfinite(pixel_values).all():
-        raise NonFiniteError("pixel_values contain NaN or inf; check the image loading and preprocessing")
+    raise_if_not_finite(
+        pixel_values, "pixel_values contain NaN or inf; check the image loading and preprocessing"
+    )
     return layouts
 
 

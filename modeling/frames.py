@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
+from .errors import ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
-from .token_reduction import ReducedTokens
+from .token_reduction import ReducedTokens, raise_if_not_finite
 from .vision_encoding import EncodedPatches, described_shape
 
 
@@ -36,10 +36,10 @@ def check_video_values(pixel_values_videos, vision_config) -> None:
             f"pixel_values_videos holds no frames (shape {tuple(pixel_values_videos.shape)}); pass "
             "pixel_values_videos=None for prompts without videos"
         )
-    if not torch.isfinite(pixel_values_videos).all():
-        raise NonFiniteError(
-            "pixel_values_videos contain NaN or inf; check the video decoding and preprocessing"
-        )
+    raise_if_not_finite(
+        pixel_values_videos,
+        "pixel_values_videos contain NaN or inf; check the video decoding and preprocessing",
+    )
 
 
 def frame_settings(

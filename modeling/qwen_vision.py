@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
-from .errors import NonFiniteError, VisualInputError
+from .errors import VisualInputError
 from .reduction_settings import ReductionSettings
 from .runtime_compat import vision_window_index
-from .token_reduction import patch_importance
+from .token_reduction import patch_importance, raise_if_not_finite
 from .vision_encoding import EncodedPatches
 
 
@@ -86,8 +86,7 @@ def check_grid(pixel_values, grid_thw, tower: nn.Module, name: str) -> torch.Ten
             f"{name} holds {shape} but its grid_thw {grid.tolist()} makes {patches} patches: pass the "
             "grid_thw the processor returned with these pixel values"
         )
-    if not torch.isfinite(pixel_values).all():
-        raise NonFiniteError(f"{name} contain NaN or inf; check the image loading and preprocessing")
+    raise_if_not_finite(pixel_values, f"{name} contain NaN or inf; check the image loading and preprocessing")
     return grid
 
 

@@ -51,6 +51,32 @@ class ReducedTokens:
         return self.neighbors
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which patches become output tokens (see `select_tokens`).
+
+    slots [B, N]: per image the patch behind every slot, the selected ones first.
+    num_selected [B]: how many slots of each image are selected.
+    fixed_count: that number when the settings fix it for every image (budgets, ratios, the baselines),
+        known without reading the attention back from the device; None for adaptive counts.
+    """
+
+    slots: torch.Tensor
+    num_selected: torch.Tensor
+    fixed_count: int | None
+
+    @property
+    def width(self) -> int:
+        """The most selected slots of any image (a host read only for adaptive counts)."""
+        return self.fixed_count if self.fixed_count is not None else int(self.num_selected.max())
+
+    def counts(self) -> list[int]:
+        """Every image's selected count (a host read only for adaptive counts)."""
+        if self.fixed_count is not None:
+            return [self.fixed_count] * self.slots.shape[0]
+        return self.num_selected.tolist()
+
+
 def class_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -191,15 +217,24 @@ def _check_shapes(features: torch.Tensor, attention: torch.Tensor, keys: torch.T
         )
 
 
+def raise_if_not_finite(tensor: torch.Tensor, message: str) -> None:
+    """Raise NonFiniteError(message) when `tensor` holds a NaN or inf (one pass: a float32 sum is non-finite
+    when some element is).
+
+    The check reads a flag back from the device; under torch.compile it is left out, so that a compiled
+    fixed-budget path has no host synchronization (a NaN then reaches the logits, as in stock models)."""
+    if torch.compiler.is_compiling() or not tensor.is_floating_point():
+        return
+    if not torch.isfinite(tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32))):
+        raise NonFiniteError(message)
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise when `tensor` holds a NaN or inf (one pass: a sum is non-finite when some element is)."""
-    if tensor.is_floating_point() and not torch.isfinite(
-        tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32))
-    ):
-        raise NonFiniteError(
-            f"{name} contains NaN or inf; check the pixel values and the vision tower's dtype "
-            "(float16 overflow), then run again"
-        )
+    raise_if_not_finite(
+        tensor,
+        f"{name} contains NaN or inf; check the pixel values and the vision tower's dtype (float16 overflow), "
+        "then run again",
+    )
 
 
 def _spatial_grid(num_patches: int, count: int) -> list[int]:
@@ -212,13 +247,14 @@ def _spatial_grid(num_patches: int, count: int) -> list[int]:
     return [int((i + 0.5) * num_patches / count) for i in range(count)]
 
 
-def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> Selection:
     """Decide which patches become output tokens (the summary token counts as one when `settings` has it on).
 
-    Returns `slots` [B, N], the patch index of every slot: the selected patches first, in output
-    order (attention centers by descending attention, then PruMerge+ spatial samples ascending),
-    then the patches left over, ascending; and `num_selected` [B], how many slots are selected.
-    The left-over slots are the merge candidates and make the summary token.
+    Returns the `Selection`: `slots` [B, N], the patch index of every slot: the selected patches first,
+    in output order (attention centers by descending attention, then PruMerge+ spatial samples
+    ascending), then the patches left over, ascending; `num_selected` [B], how many slots are selected;
+    and that count as a number where the settings fix it. The left-over slots are the merge candidates
+    and make the summary token.
 
     Floors where the published code divides by zero, crashes or stops reducing: at least one
     attention center; a PruMerge+ sampling stride of at least two. The published stride
@@ -238,8 +274,11 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple
     order = ranked.indices  # [B, N]
     rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, -1))  # [B, N]: place in `order`
     centers = _center_counts(ranked.values, settings)  # per image
-    is_center = rank < torch.tensor(centers, device=attention.device)[:, None]  # [B, N]
-
+    fixed_count = None if settings.adaptive else centers[0]
+    limit = (
+        fixed_count if fixed_count is not None else torch.tensor(centers, device=attention.device)[:, None]
+    )
+    is_center = rank < limit  # [B, N]
     if settings.token_reduction != "prumerge_plus":
         sampled = torch.zeros_like(is_center)
     elif settings.adaptive:
@@ -249,7 +288,8 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple
         )
         sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_center
     elif settings.num_visual_tokens is not None:
-        sampled = _budget_samples(is_center, centers[0], settings)
+        sampled, num_samples = _budget_samples(is_center, centers[0], settings)
+        fixed_count += num_samples
     else:
         return _fixed_ratio_plus_slots(order, is_center, centers[0], settings.reduction_ratio)
 
@@ -257,12 +297,12 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> tuple
         is_center, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
     )
     slots = key.argsort(dim=1)  # [B, N]
-    return slots, is_center.sum(dim=1) + sampled.sum(dim=1)
+    return Selection(slots, is_center.sum(dim=1) + sampled.sum(dim=1), fixed_count)
 
 
 def _baseline_slots(
     batch: int, num_patches: int, settings: ReductionSettings, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Selection:
     """The ablation baselines: the first n patches ("sequential") or a uniform grid of n ("spatial")."""
     count = settings.num_visual_tokens or max(1, int(num_patches * settings.reduction_ratio))
     if settings.token_reduction == "sequential":
@@ -273,7 +313,8 @@ def _baseline_slots(
     selected = torch.zeros(num_patches, dtype=torch.bool, device=device)
     selected[chosen] = True
     key = torch.where(selected, positions, positions + num_patches)  # selected first, each group ascending
-    return key.argsort().expand(batch, num_patches), torch.full((batch,), len(chosen), device=device)
+    counts = torch.full((batch,), len(chosen), device=device)
+    return Selection(key.argsort().expand(batch, num_patches), counts, len(chosen))
 
 
 def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> list[int]:
@@ -291,9 +332,11 @@ def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> lis
     return [min(m, num_patches) for m in centers]
 
 
-def _budget_samples(is_center: torch.Tensor, num_centers: int, settings: ReductionSettings) -> torch.Tensor:
+def _budget_samples(
+    is_center: torch.Tensor, num_centers: int, settings: ReductionSettings
+) -> tuple[torch.Tensor, int]:
     """PruMerge+ with a fixed budget: the rest spread evenly over the non-center patches, so the count
-    is exact. is_center [B, N] -> sampled [B, N]."""
+    is exact. is_center [B, N] -> (sampled [B, N], how many each image samples)."""
     num_patches = is_center.shape[1]
     positions = torch.arange(num_patches, device=is_center.device)
     wanted = min(
@@ -304,12 +347,12 @@ def _budget_samples(is_center: torch.Tensor, num_centers: int, settings: Reducti
     picks = (
         (torch.arange(wanted, device=is_center.device) + 0.5) * (num_patches - num_centers) / max(wanted, 1)
     ).long()
-    return torch.zeros_like(is_center).scatter_(1, free[:, picks], True)
+    return torch.zeros_like(is_center).scatter_(1, free[:, picks], True), wanted
 
 
 def _fixed_ratio_plus_slots(
     order: torch.Tensor, is_center: torch.Tensor, num_centers: int, reduction_ratio: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Selection:
     """PruMerge+ with a fixed ratio, as its checkpoint was trained: samples s/2, s/2 + s, ... < N - 1
     (s = int(1 / ratio)) are appended without removing those that are already centers; where centers
     and samples together would outnumber the patches (ratios near 1) the samples are cut, so that no
@@ -334,22 +377,22 @@ def _fixed_ratio_plus_slots(
     rest = torch.where(left_over, positions, positions + num_patches).argsort(dim=1)
     num_rest = num_patches - num_centers - samples.numel()
     slots = torch.cat([order[:, :num_centers], samples.expand(batch, -1), rest[:, : max(num_rest, 0)]], dim=1)
-    return slots, torch.full((batch,), num_centers + samples.numel(), device=device)
+    count = num_centers + samples.numel()
+    return Selection(slots, torch.full((batch,), count, device=device), count)
 
 
-def plan_merge(
-    keys: torch.Tensor, slots: torch.Tensor, num_selected: torch.Tensor, merge_k: int
-) -> torch.Tensor:
+def plan_merge(keys: torch.Tensor, selection: Selection, merge_k: int) -> torch.Tensor:
     """TS: for every selected slot, the `merge_k` other slots whose keys are most cosine-similar.
 
-    keys [B, N, Dk], slots [B, S], num_selected [B] -> the absorbed patch indices [B, M, k] with
-    M = max(num_selected), most similar first; rows past an image's own count are padding.
+    keys [B, N, Dk] and the selection -> the absorbed patch indices [B, M, k] with M = the selection's
+    width (max(num_selected)), most similar first; rows past an image's own count are padding.
     Within a row the ranking of cos(k_c, k_j) = k_c.k_j / (|k_c| |k_j|) does not depend on |k_c|,
     so only the candidates' norms are divided out. Half-precision keys are ranked in float32, where
     near-ties do not collapse into ties whose order depends on the hardware.
     """
+    slots = selection.slots
     batch, num_slots = slots.shape
-    width = int(num_selected.max())
+    width = selection.width
     k = min(merge_k, num_slots - 1)
     with torch.no_grad():
         keys = keys.to(torch.promote_types(keys.dtype, torch.float32))
@@ -368,13 +411,13 @@ def plan_merge(
 def apply_merge(
     features: torch.Tensor,
     attention: torch.Tensor,
-    slots: torch.Tensor,
-    num_selected: torch.Tensor,
+    selection: Selection,
     neighbors: torch.Tensor | None,
     merge_weighting: str,
     summary_token: bool,
 ) -> list[torch.Tensor]:
-    """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token.
+    """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token (none
+    for an image whose patches are all selected: nothing is left to summarize).
 
     "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalized, as published);
     "mean": the attention-weighted mean of the center and its absorbed patches.
@@ -384,7 +427,7 @@ def apply_merge(
     float32 and rounded once, as the published code's `torch.sum` did.
     """
     batch, num_patches, channels = features.shape
-    width = int(num_selected.max())
+    slots, num_selected, width = selection.slots, selection.num_selected, selection.width
     device = slots.device
     output_dtype = features.dtype
     features = features.to(torch.promote_types(output_dtype, torch.float32))
@@ -421,9 +464,11 @@ def apply_merge(
     if summary_token:
         padding[:, -1] = False
     _check_finite("features", tokens.masked_fill(padding[..., None], 0))
+    if selection.fixed_count is not None:  # every image alike: split without reading counts back
+        return list(tokens[:, : width + (summary_token and width < num_patches)].unbind(0))
     return [
-        image_tokens if count == width else torch.cat([image_tokens[:count], image_tokens[width:]])
-        for image_tokens, count in zip(tokens, num_selected.tolist(), strict=True)
+        torch.cat([image_tokens[:count], image_tokens[width : width + (count < num_patches)]])
+        for image_tokens, count in zip(tokens, selection.counts(), strict=True)
     ]
 
 
@@ -494,25 +539,18 @@ def reduce_visual_tokens(
             )
         )
     summary_token = settings.summary_token and settings.prunes
-    slots, num_selected = select_tokens(attention, settings.replace(summary_token=summary_token))
+    selection = select_tokens(attention, settings.replace(summary_token=summary_token))
     merging = settings.prunes and settings.merge
-    neighbors = plan_merge(keys, slots, num_selected, settings.merge_k) if merging else None  # [B, M, k]
-    tokens = apply_merge(
-        features, attention, slots, num_selected, neighbors, settings.merge_weighting, summary_token
-    )
-    if summary_token:  # an image whose patches were all kept has nothing to summarize: no summary token
-        tokens = [
-            t[:-1] if count >= num_patches else t
-            for t, count in zip(tokens, num_selected.tolist(), strict=True)
-        ]
-
-    return _per_image(tokens, slots, num_selected, neighbors, settings.token_order)
+    neighbors = plan_merge(keys, selection, settings.merge_k) if merging else None  # [B, M, k]
+    tokens = apply_merge(features, attention, selection, neighbors, settings.merge_weighting, summary_token)
+    return _per_image(tokens, selection, neighbors, settings.token_order)
 
 
-def _per_image(tokens, slots, num_selected, neighbors, token_order: str) -> ReducedTokens:
+def _per_image(tokens, selection: Selection, neighbors, token_order: str) -> ReducedTokens:
     """Each image's tokens, kept patches and absorbed patches, in attention or raster order."""
     out_features, out_centers, out_neighbors = [], [], []
-    for image, count in enumerate(num_selected.tolist()):
+    slots = selection.slots
+    for image, count in enumerate(selection.counts()):
         centers = slots[image, :count]
         absorbed = neighbors[image, :count] if neighbors is not None else centers.new_empty(count, 0)
         image_tokens = tokens[image]

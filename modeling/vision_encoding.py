@@ -21,10 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import NonFiniteError, ReductionSettingsError, VisualInputError
+from .errors import ReductionSettingsError, VisualInputError
 from .reduction_settings import ReductionSettings
 from .runtime_compat import encoder_layer_mask_kwargs
-from .token_reduction import ReducedTokens, keep_all_tokens, patch_importance, reduce_visual_tokens
+from .token_reduction import (
+    ReducedTokens,
+    keep_all_tokens,
+    patch_importance,
+    raise_if_not_finite,
+    reduce_visual_tokens,
+)
 
 
 @dataclass
@@ -104,8 +110,7 @@ def check_pixel_values(pixel_values: torch.Tensor, vision_config, name: str = "p
             f"{name} must be [num_images, {expected[0]}, {expected[1]}, {expected[2]}] for this vision tower, "
             f"got {described_shape(pixel_values)}; preprocess images with the model's image processor"
         )
-    if not torch.isfinite(pixel_values).all():
-        raise NonFiniteError(f"{name} contain NaN or inf; check the image loading and preprocessing")
+    raise_if_not_finite(pixel_values, f"{name} contain NaN or inf; check the image loading and preprocessing")
 
 
 @contextlib.contextmanager
