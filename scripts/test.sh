@@ -6,6 +6,8 @@
 # blocks), and lmms-eval's (.venvs/lmms, scripts/setup_lmms_env.sh: the `llava_prumerge` lmms-eval
 # model found through its entry point and run offline on a local Shapes-VQA task). Both majors are set up first: the cross-version tests export a checkpoint under one major
 # and load it under the other (PRUMERGE_TEST_PYTHONS names both interpreters).
+# The full run also builds the documentation site (mkdocs.yml; .venvs/docs, scripts/setup_docs_env.sh) with
+# `mkdocs build --strict`, into a temporary folder.
 #   bash scripts/test.sh [tf4|tf5] [PYTEST ARGS...]
 # With tf4 or tf5 first, only that major is set up and tested (the cross-version tests then load under
 # that major alone), and with pytest arguments only the two majors run; CI (.ci/run) runs everything.
@@ -35,11 +37,11 @@ for name in "${majors[@]}"; do
 done
 export PRUMERGE_TEST_PYTHONS=$(IFS=:; echo "${pythons[*]}")
 export PRUMERGE_TEST_VISION_PYTHONS=$(IFS=:; echo "${vision_pythons[*]}")
-# vLLM's and lmms-eval's environments build (mostly downloads) while the majors' suites run; one after
-# the other, as each installs this checkout in editable mode.
+# vLLM's, lmms-eval's and the docs' environments build (mostly downloads) while the majors' suites run; one
+# after the other, as each installs this checkout in editable mode.
 if [[ $full_run == 1 ]]; then
-    (bash scripts/setup_vllm_env.sh .venvs/vllm && bash scripts/setup_lmms_env.sh .venvs/lmms) \
-        > "$logs/setup.log" 2>&1 &
+    (bash scripts/setup_vllm_env.sh .venvs/vllm && bash scripts/setup_lmms_env.sh .venvs/lmms \
+        && bash scripts/setup_docs_env.sh .venvs/docs) > "$logs/setup.log" 2>&1 &
     extra_setup=$!
 fi
 
@@ -69,6 +71,8 @@ if [[ $full_run == 1 ]]; then
     # PRUMERGE_TEST_VLLM=1: a test that needs vLLM fails here if vLLM cannot be imported, instead of skipping
     PRUMERGE_TEST_VLLM=1 .venvs/vllm/bin/python -m pytest -q -p no:cacheprovider --durations=5 tests/serving \
         tests/test_readme.py::test_every_vllm_readme_block_runs || status=1
+    echo "=== documentation site: mkdocs build --strict (.venvs/docs)"
+    NO_MKDOCS_2_WARNING=1 .venvs/docs/bin/mkdocs build --strict --site-dir "$logs/site" || status=1
     echo "=== lmms-eval bridge (.venvs/lmms)"
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled \
         .venvs/lmms/bin/python -m pytest -q -p no:cacheprovider tests/evaluation/test_lmms_eval.py || status=1

@@ -1,4 +1,9 @@
-"""Every ```bash and ```python block of README.md runs, in order, as a reader would run it.
+"""Every ```bash and ```python block of README.md and of each docs/*.md page runs, as a reader would run it.
+
+Each page is one test case: its blocks run in order, in a scratch copy of the repository of its own, so
+each page is self-contained (a block that needs an earlier output, such as an `out/tiny-inputs` folder,
+has it made on the same page). A block runs on one page only: heavy commands (demo, train-mini, eval,
+bench) are not repeated across pages.
 
 Conventions, so that the blocks run inside the test suite:
 - Blocks run in a scratch copy of the repository (without what .gitignore ignores), so their outputs
@@ -22,7 +27,8 @@ Conventions, so that the blocks run inside the test suite:
   left out elsewhere. There `org/llava-prumerge-plus-64-7b` becomes a tiny fixed-budget PruMerge+ folder
   whose shapes vLLM's CPU build runs (text head size 32), `org/qwen2.5-vl-prumerge-plus-7b` such a tiny
   Qwen2.5-VL (16 tokens per image, 32 per video), and port 8000 a free port.
-- Only ```bash and ```python blocks run; ```text marks output. Any other fence fails the test.
+- Only ```bash and ```python blocks run; ```text marks output, or commands shown but not run. Any other fence
+  fails the test.
 """
 
 import os
@@ -56,9 +62,29 @@ ENVIRONMENT_SCRIPT = re.compile(r"\bbash (scripts/(?:setup_env|setup_lmms_env|te
 VENV_BIN = re.compile(r"\.venvs/[\w.-]+/bin/")
 
 
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
 def readme_blocks(text: str) -> list[tuple[int, str, str]]:
     """(line number, language, code) of every fenced block."""
     return [(text.count("\n", 0, m.start()) + 1, m.group(1), m.group(2)) for m in BLOCK.finditer(text)]
+
+
+def runnable_blocks(page: Path, needs_vllm: bool) -> list[tuple[int, str, str]]:
+    """The page's ```bash and ```python blocks that need vLLM, or those that do not."""
+    return [
+        block
+        for block in readme_blocks(page.read_text())
+        if block[1] in RUN and block[2].startswith(NEEDS_VLLM) == needs_vllm
+    ]
+
+
+def pages_with_blocks(needs_vllm: bool) -> list:
+    return [pytest.param(page, id=page_name(page)) for page in PAGES if runnable_blocks(page, needs_vllm)]
 
 
 def adapted(code: str, checkpoints: dict[str, Path]) -> str:
@@ -71,7 +97,7 @@ def adapted(code: str, checkpoints: dict[str, Path]) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
-    """Local stand-ins for the README's Hub ids: a PruMerge Hub folder and a stock LLaVA folder."""
+    """Local stand-ins for the pages' Hub ids: a PruMerge Hub folder of each architecture and a stock LLaVA folder."""
     folder = tmp_path_factory.mktemp("hub")
     main(["export", "--tiny", "--out", str(folder / "tiny-llava-prumerge")])
     main(["export", "--tiny", "--arch", "video-llava", "--out", str(folder / "tiny-video-llava-prumerge")])
@@ -114,17 +140,37 @@ def scratch_repo(tmp_path):
     return Path(shutil.copytree(ROOT, tmp_path / "repo", ignore=shutil.ignore_patterns(".git", *ignored)))
 
 
-def test_every_fence_is_a_block_in_a_known_language():
-    text = (ROOT / "README.md").read_text()
+@pytest.mark.parametrize("page", [pytest.param(page, id=page_name(page)) for page in PAGES])
+def test_every_fence_is_a_block_in_a_known_language(page):
+    text = page.read_text()
     blocks = readme_blocks(text)
     fences = [line for line in text.splitlines() if line.startswith("```")]
-    assert len(fences) == 2 * len(blocks), "an unmatched ``` fence in README.md"
+    assert len(fences) == 2 * len(blocks), f"an unmatched ``` fence in {page_name(page)}"
     unknown = [(line, lang) for line, lang, _ in blocks if lang not in RUN + NOT_RUN]
-    assert not unknown, f"README.md blocks at (line, language) {unknown}: use ```bash, ```python or ```text"
+    assert not unknown, (
+        f"{page_name(page)} blocks at (line, language) {unknown}: use ```bash, ```python or ```text"
+    )
+    runnable_fences = [line for line in text.splitlines() if line.startswith(("```bash", "```python"))]
+    assert len(runnable_blocks(page, False)) + len(runnable_blocks(page, True)) == len(runnable_fences)
 
 
-def run_blocks(blocks, scratch_repo, checkpoints: dict[str, Path]) -> list[str]:
-    """Run (line, language, code) blocks in order as the conventions say; the failures, described."""
+def test_no_block_is_on_two_pages():
+    """A block runs once in the suite: the same code on two pages (or twice on one) would run twice."""
+    seen: dict[str, str] = {}
+    repeated = []
+    for page in PAGES:
+        for line, language, code in readme_blocks(page.read_text()):
+            if language in RUN:
+                where = f"{page_name(page)} line {line}"
+                if code in seen:
+                    repeated.append(f"{where} repeats {seen[code]}")
+                seen.setdefault(code, where)
+    assert not repeated, "\n".join(repeated)
+    assert any(runnable_blocks(page, True) for page in PAGES) and runnable_blocks(PAGES[0], False)
+
+
+def run_blocks(page: Path, blocks, scratch_repo, checkpoints: dict[str, Path]) -> list[str]:
+    """Run a page's (line, language, code) blocks in order as the conventions say; the failures, described."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     failures = []
@@ -137,32 +183,18 @@ def run_blocks(blocks, scratch_repo, checkpoints: dict[str, Path]) -> list[str]:
         result = subprocess.run(
             command, cwd=scratch_repo, env=env, capture_output=True, text=True, timeout=600
         )
-        print(f"README.md line {line} ({language}): {time.perf_counter() - started:.1f} s")
+        where = f"{page_name(page)} line {line} ({language})"
+        print(f"{where}: {time.perf_counter() - started:.1f} s")
         if result.returncode:
             output = (result.stdout + result.stderr)[-3000:]
-            failures.append(
-                f"README.md line {line} ({language}), exit {result.returncode}:\n{code}\n{output}"
-            )
+            failures.append(f"{where}, exit {result.returncode}:\n{code}\n{output}")
     return failures
 
 
-def runnable_blocks(needs_vllm: bool) -> list[tuple[int, str, str]]:
-    """The ```bash and ```python blocks that need vLLM, or those that do not."""
-    text = (ROOT / "README.md").read_text()
-    return [
-        block
-        for block in readme_blocks(text)
-        if block[1] in RUN and block[2].startswith(NEEDS_VLLM) == needs_vllm
-    ]
-
-
-def test_every_readme_block_runs(scratch_repo, tiny_checkpoints):
-    text = (ROOT / "README.md").read_text()
-    blocks = runnable_blocks(needs_vllm=False)
-    runnable_fences = [line for line in text.splitlines() if line.startswith(("```bash", "```python"))]
-    failures = run_blocks(blocks, scratch_repo, tiny_checkpoints)
+@pytest.mark.parametrize("page", pages_with_blocks(needs_vllm=False))
+def test_every_readme_block_runs(page, scratch_repo, tiny_checkpoints):
+    failures = run_blocks(page, runnable_blocks(page, needs_vllm=False), scratch_repo, tiny_checkpoints)
     assert not failures, "\n\n".join(failures)
-    assert len(blocks) + len(runnable_blocks(needs_vllm=True)) == len(runnable_fences) > len(blocks) > 0
 
 
 @pytest.fixture(scope="session")
@@ -199,14 +231,31 @@ def vllm_qwen_checkpoint(tmp_path_factory):
     return save_hub_folder(model, parts, folder, model_card_extra={"license": "apache-2.0"})
 
 
-def test_every_vllm_readme_block_runs(vllm, scratch_repo, vllm_checkpoint, vllm_qwen_checkpoint):
+@pytest.mark.parametrize("page", pages_with_blocks(needs_vllm=True))
+def test_every_vllm_readme_block_runs(page, vllm, scratch_repo, vllm_checkpoint, vllm_qwen_checkpoint):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     blocks = [
-        (line, language, code.replace(VLLM_PORT, port)) for line, language, code in runnable_blocks(True)
+        (line, language, code.replace(VLLM_PORT, port))
+        for line, language, code in runnable_blocks(page, needs_vllm=True)
     ]
     checkpoints = {VLLM_HUB_ID: vllm_checkpoint, VLLM_QWEN_HUB_ID: vllm_qwen_checkpoint}
-    failures = run_blocks(blocks, scratch_repo, checkpoints)
+    failures = run_blocks(page, blocks, scratch_repo, checkpoints)
     assert not failures, "\n\n".join(failures)
-    assert blocks
+
+
+def test_the_cli_reference_renders_every_subcommand():
+    """The docs' command-line page is rendered from the parsers (docs/hooks/cli_reference.py) without torch."""
+    from llava_prumerge.cli import SUBCOMMANDS
+
+    code = (
+        "import sys; sys.path.insert(0, 'docs/hooks'); import cli_reference; print(cli_reference.reference()); "
+        "assert 'torch' not in sys.modules, 'the CLI reference imported torch'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    for name in SUBCOMMANDS:
+        assert f"## `{name}` {{#{name}}}" in result.stdout
+        assert f"usage: llava-prumerge {name} " in result.stdout
