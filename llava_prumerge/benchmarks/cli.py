@@ -18,6 +18,7 @@ from ..common.cli_args import (
 from ..common.outputs import check_output_path
 from ..errors import UsageError
 from . import roofline
+from .compiling import COMPILE_CHOICES
 
 METHODS_HELP = "comma-separated; METHOD@TOKENS: a fixed budget per image or video (adaptive=False)"
 
@@ -72,6 +73,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=image_size,
         metavar="WxH",
         help="Qwen-VL (native resolution): the image's width and height in pixels (default 1280x720)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        help="torch.compile the vision path (tower and reducer) and the LLM: inductor, reduce-overhead (inductor "
+        "with CUDA graphs), or a backend that only traces (aot_eager, eager); --warmup passes absorb compiling",
     )
     parser.add_argument(
         "--vision-only",
@@ -149,6 +156,12 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     check_output_path(args.plot, "--plot")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile and (args.reducer_only or args.engine == "vllm"):
+        raise UsageError("--compile applies to --engine transformers (vLLM compiles by its own settings)")
+    if args.compile and args.warmup < 1:
+        raise UsageError(
+            "--compile needs --warmup 1 or more: the first pass compiles, and is not a measurement"
+        )
     if args.reducer_only:
         from .reducer import run_from_args
 
@@ -180,6 +193,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         warmup=args.warmup,
         vision_only=args.vision_only,
         seed=args.seed,
+        compile_choice=args.compile,
     )
     print_results(rows, args.json, lambda: format_report(subject, rows))
     if args.plot:

@@ -6,6 +6,8 @@ import ctypes
 import ctypes.util
 import gc
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ from ..common.timing import PhaseTimer
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.runtime_compat import CACHE_ARGUMENT
+from .compiling import compiled
 from .models import BenchInputs, BenchSubject, make_inputs
 
 
@@ -108,20 +111,40 @@ def method_settings(subject: BenchSubject, label: str) -> ReductionSettings:
     return settings
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The functions a pass times: the path's own, or compiled (`bench --compile`)."""
+
+    encode: Callable
+    reduce: Callable
+    language_model: Callable
+
+    @classmethod
+    def of(cls, subject: BenchSubject, compile_choice: str | None = None) -> Stages:
+        visual, inner = subject.visual, subject.model.model
+        return cls(
+            compiled(visual.encode, compile_choice),
+            compiled(visual.reduce, compile_choice),
+            compiled(inner.language_model, compile_choice),
+        )
+
+
 def measure_pass(
     subject: BenchSubject,
     inputs: BenchInputs,
     settings: ReductionSettings,
     new_tokens: int,
     vision_only: bool,
+    stages: Stages | None = None,
 ) -> dict:
     """One pass, image (video) to last decoded token, each phase timed; plus token counts and cache size."""
     model, inner, visual = subject.model, subject.model.model, subject.visual
+    stages = stages or Stages.of(subject)
     timer = PhaseTimer(model.device)
     with timer("vision"):
-        encoded = visual.encode(inner, inputs.pixel_values, settings)
+        encoded = stages.encode(inner, inputs.pixel_values, settings)
     with timer("reducer"):
-        reduced = visual.reduce(inner, encoded, settings)
+        reduced = stages.reduce(inner, encoded, settings)
     result = {"seconds": timer.seconds, "tokens": visual.item_counts(visual.token_counts(reduced))}
     if vision_only:
         return result
@@ -133,7 +156,7 @@ def measure_pass(
             visual=[visual.tokens(inner, reduced)],
             padding_side="left",
         )
-    language_model, embed = inner.language_model, inner.get_input_embeddings()
+    language_model, embed = stages.language_model, inner.get_input_embeddings()
     with timer("llm_decoder"):
         prefill = language_model(
             inputs_embeds=compact.inputs_embeds,
@@ -304,10 +327,12 @@ def run_benchmark(
     warmup: int = 1,
     vision_only: bool = False,
     seed: int = 0,
+    compile_choice: str | None = None,
 ) -> list[dict]:
     """Result rows for every batch size and method label ("none", the baseline of the ratios, always
-    included; "prumerge@256": a fixed budget per image or video)."""
+    included; "prumerge@256": a fixed budget per image or video); `compile_choice`: see `bench --compile`."""
     methods = ["none", *[m for m in methods if m != "none"]]
+    stages = Stages.of(subject, compile_choice)
     reductions = {label: method_settings(subject, label) for label in methods}
     device = subject.model.device
     memory = PeakMemory(device)
@@ -321,6 +346,7 @@ def run_benchmark(
         "new_tokens": new_tokens,
         "repeats": repeats,
         "warmup": warmup,
+        "compile": compile_choice,
         "peak_memory_measure": memory.description,
     }
     rows = []
@@ -334,7 +360,9 @@ def run_benchmark(
                 measured = repeat >= warmup
                 for method in methods:
                     with memory:
-                        result = measure_pass(subject, inputs, reductions[method], new_tokens, vision_only)
+                        result = measure_pass(
+                            subject, inputs, reductions[method], new_tokens, vision_only, stages
+                        )
                     if measured:
                         passes[method].append(result)
                         peaks[method].append(memory.increase_bytes)

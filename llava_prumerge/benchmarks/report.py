@@ -82,7 +82,13 @@ def describe_subject(subject: BenchSubject, rows: list[dict]) -> list[str]:
     weights = "checkpoint weights" if subject.checkpoint else "random weights"
     lines = [
         f"{subject.arch or subject.checkpoint} ({weights}) on {first['device']} ({counted(first['threads'], 'thread')}), {first['dtype']}; "
-        f"median of {counted(first['repeats'], 'pass', 'passes')} after {first['warmup']} warm-up, methods interleaved",
+        f"median of {counted(first['repeats'], 'pass', 'passes')} after {first['warmup']} warm-up, methods interleaved"
+        + (
+            f"; vision path and LLM compiled ({first['compile']}: a fixed budget's reducer as one graph, an "
+            "adaptive one in pieces around its counts, read back)"
+            if first.get("compile")
+            else ""
+        ),
         f"vision: {tower_depth(vision)} layers x {vision.hidden_size}"
         + (
             f", {(vision.image_size // vision.patch_size) ** 2} patches; "

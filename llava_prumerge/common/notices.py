@@ -5,7 +5,8 @@ falls back to the PIL processor. Images are processed either way (the README say
 backends differ and how to get torchvision); every command would otherwise open with it.
 Without --verbose, the commands also hide transformers' and huggingface_hub's progress bars (loading
 and writing weights take a second on the models the commands build) and the FutureWarnings that
-transformers, PEFT and accelerate raise about their own deprecated names.
+transformers, PEFT and accelerate raise about their own deprecated names, and torch.compile's notes on
+where a graph breaks (adaptive counts are read back: `bench --compile` says so itself).
 """
 
 from __future__ import annotations
@@ -40,3 +41,4 @@ def hide_upstream_noise() -> None:
     transformers_logging.disable_progress_bar()
     disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module=UPSTREAM_MODULES)
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # `bench --compile`: graph-break notes

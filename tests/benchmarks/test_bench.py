@@ -245,6 +245,11 @@ def test_bad_arguments_are_named(arguments, message, capsys):
         (["--model", "some/folder", "--layers", "2"], "--layers applies to --arch"),
         (["--arch", "tiny", "--reducer-only", "--methods", "none"], "needs prumerge and/or prumerge_plus"),
         ([], "choose a checkpoint (--model) or random weights (--arch), or pass --reducer-only"),
+        (["--arch", "tiny", "--compile", "eager", "--warmup", "0"], "--compile needs --warmup 1 or more"),
+        (
+            ["--arch", "tiny", "--compile", "eager", "--engine", "vllm"],
+            "--compile applies to --engine transformers",
+        ),
     ],
 )
 def test_inconsistent_arguments_are_explained(arguments, message, capsys):
@@ -454,3 +459,20 @@ def test_ttft_comparisons_within_noise_or_slower_than_none_are_called_out():
     assert "prumerge at batch 1: its TTFT passes overlap none's, so the 0.95x is within" in cautions[2]
     assert "prumerge_plus at batch 1: slower than none (0.80x TTFT)" in cautions[3]
     assert timing_cautions(rows[3:]) == []
+
+
+def test_compile_runs_the_compiled_stages_and_counts_as_eager(capsys):
+    """`--compile eager` runs the vision path and the LLM through torch.compile (dynamo only: quick on a CPU),
+    and the tokens and sequences are eager's (that the fixed path compiles whole: tests/modeling/test_compile.py)."""
+    quick = ["--repeats", "1", "--warmup", "1", "--new-tokens", "2", "--text-tokens", "8"]
+    arguments = ["bench", "--arch", "tiny", "--methods", "prumerge,prumerge_plus@16", *quick, "--json"]
+    torch._dynamo.reset()
+    cli_main([*arguments, "--compile", "eager"])
+    compiled = json.loads(capsys.readouterr().out)
+    cli_main(arguments)
+    eager = json.loads(capsys.readouterr().out)
+    assert [row["compile"] for row in compiled] == ["eager"] * 3 and eager[0]["compile"] is None
+    for ours, reference in zip(compiled, eager, strict=True):
+        assert ours["method"] == reference["method"]
+        assert ours["visual_tokens_per_image"] == reference["visual_tokens_per_image"]
+        assert ours["sequence_length"] == reference["sequence_length"]
