@@ -43,6 +43,14 @@ step bench_7b_fp16 "$python" -m llava_prumerge bench --arch llava-1.5-7b --devic
     --batch-size 1,8,32 --repeats 5 --json "$out/bench_7b_fp16.json"
 step bench_13b_bf16 "$python" -m llava_prumerge bench --arch llava-1.5-13b --device cuda --dtype bfloat16 \
     --batch-size 1,8 --repeats 3 --json "$out/bench_13b_bf16.json"
+# Issue 33's targets: batch 1 and 8, none vs adaptive PruMerge(+) vs PruMerge+ at 64 / 128, compiled (CUDA graphs
+# where the shapes are static) beside the eager rows above; warm-up passes absorb compiling.
+step bench_7b_fp16_compiled "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda --dtype float16 \
+    --batch-size 1,8 --methods none,prumerge,prumerge_plus,prumerge_plus@64,prumerge_plus@128 \
+    --compile reduce-overhead --warmup 3 --repeats 5 --json "$out/bench_7b_fp16_compiled.json"
+step bench_7b_fp16_eager_budgets "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda \
+    --dtype float16 --batch-size 1,8 --methods none,prumerge,prumerge_plus,prumerge_plus@64,prumerge_plus@128 \
+    --warmup 2 --repeats 5 --json "$out/bench_7b_fp16_eager_budgets.json"
 # vLLM at full depth (random weights), where the interpreter has vLLM: the README's serving targets
 if "$python" -c "import vllm" 2>/dev/null; then
     step vllm_llava_7b "$python" -m llava_prumerge bench --engine vllm --arch llava-1.5-7b --dtype float16 \
