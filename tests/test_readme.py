@@ -24,9 +24,8 @@ Conventions, so that the blocks run inside the test suite:
   builds; the test fails if it is missing.
 - A block whose first line is `# needs vLLM ...` runs only in an environment with vLLM (the one
   scripts/setup_vllm_env.sh builds, where scripts/test.sh runs `test_every_vllm_readme_block_runs`), and is
-  left out elsewhere. There `org/llava-prumerge-plus-64-7b` becomes a tiny fixed-budget PruMerge+ folder
-  whose shapes vLLM's CPU build runs (text head size 32), `org/qwen2.5-vl-prumerge-plus-7b` such a tiny
-  Qwen2.5-VL (16 tokens per image, 32 per video), and port 8000 a free port.
+  left out elsewhere; there port 8000 becomes a free port. Those blocks serve the folders the page's own
+  `# needs vLLM` blocks write (the tiny stand-ins have a text head size vLLM's CPU build runs), no stand-in.
 - Only ```bash and ```python blocks run; ```text marks output, or commands shown but not run. Any other fence
   fails the test.
 """
@@ -51,8 +50,6 @@ NEXT_HUB_ID = "org/llava-next-prumerge-7b"
 ONEVISION_HUB_ID = "org/llava-onevision-prumerge-7b"
 QWEN_HUB_ID = "org/qwen2.5-vl-prumerge-7b"
 STOCK_HUB_ID = "llava-hf/llava-1.5-7b-hf"
-VLLM_HUB_ID = "org/llava-prumerge-plus-64-7b"
-VLLM_QWEN_HUB_ID = "org/qwen2.5-vl-prumerge-plus-7b"
 VLLM_PORT = "8000"
 NEEDS_VLLM = "# needs vLLM"
 RUN = ("bash", "python")
@@ -197,42 +194,8 @@ def test_every_readme_block_runs(page, scratch_repo, tiny_checkpoints):
     assert not failures, "\n\n".join(failures)
 
 
-@pytest.fixture(scope="session")
-def vllm_checkpoint(tmp_path_factory):
-    """The stand-in for VLLM_HUB_ID: the tiny model with vLLM's head size, PruMerge+ at a budget of 64."""
-    from llava_prumerge.hub_upload.export import save_hub_folder
-    from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    fields = {"token_reduction": "prumerge_plus", "adaptive": False, "num_visual_tokens": 64}
-    model = tiny_model(tokenizer=tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
-    folder = tmp_path_factory.mktemp("hub") / "tiny-llava-prumerge-plus-64"
-    return save_hub_folder(
-        model, tiny_processor(tokenizer), folder, model_card_extra={"license": "apache-2.0"}
-    )
-
-
-@pytest.fixture(scope="session")
-def vllm_qwen_checkpoint(tmp_path_factory):
-    """The stand-in for VLLM_QWEN_HUB_ID: the tiny Qwen2.5-VL with vLLM's head size, PruMerge+ at fixed budgets."""
-    from llava_prumerge.hub_upload.export import save_hub_folder
-    from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS
-    from llava_prumerge.testing.tiny_qwen import tiny_qwen_model, tiny_qwen_parts
-
-    parts = tiny_qwen_parts()
-    fields = {
-        "token_reduction": "prumerge_plus",
-        "adaptive": False,
-        "num_visual_tokens": 16,
-        "num_video_tokens": 32,
-    }
-    model = tiny_qwen_model(tokenizer=parts.tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
-    folder = tmp_path_factory.mktemp("hub") / "tiny-qwen2.5-vl-prumerge-plus"
-    return save_hub_folder(model, parts, folder, model_card_extra={"license": "apache-2.0"})
-
-
 @pytest.mark.parametrize("page", pages_with_blocks(needs_vllm=True))
-def test_every_vllm_readme_block_runs(page, vllm, scratch_repo, vllm_checkpoint, vllm_qwen_checkpoint):
+def test_every_vllm_readme_block_runs(page, vllm, scratch_repo):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
@@ -240,8 +203,7 @@ def test_every_vllm_readme_block_runs(page, vllm, scratch_repo, vllm_checkpoint,
         (line, language, code.replace(VLLM_PORT, port))
         for line, language, code in runnable_blocks(page, needs_vllm=True)
     ]
-    checkpoints = {VLLM_HUB_ID: vllm_checkpoint, VLLM_QWEN_HUB_ID: vllm_qwen_checkpoint}
-    failures = run_blocks(page, blocks, scratch_repo, checkpoints)
+    failures = run_blocks(page, blocks, scratch_repo, {})
     assert not failures, "\n\n".join(failures)
 
 

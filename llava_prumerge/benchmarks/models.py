@@ -235,15 +235,13 @@ def ordinary_text_ids(config: PretrainedConfig, first: int, end: int) -> torch.T
     return torch.tensor([i for i in range(first, end) if i not in placeholders])
 
 
-def random_architecture(
-    arch: str, layers: int | None = None, text_heads: int | None = None
-) -> RandomArchitecture:
+def random_architecture(arch: str, layers: int | None = None) -> RandomArchitecture:
     """The config of LLaVA-1.5 (CLIP ViT-L/14-336, layer -2 features, Llama LLM), of LLaVA-NeXT, of
     Video-LLaVA, of LLaVA-OneVision, of Qwen2.5-VL, or of a tiny test model, with `layers` LLM layers (default:
-    all); `text_heads`: a tiny model's attention heads (vLLM's CPU attention needs a head size of 32)."""
+    all)."""
     shape = ARCHITECTURES[arch]
     if arch in TINY_CONFIGS:
-        config = TINY_CONFIGS[arch](**({"text_heads": text_heads} if text_heads else {}))
+        config = TINY_CONFIGS[arch]()
         first_text_id, end_text_id = len(TINY_SPECIAL_TOKENS), config.text_config.vocab_size
     else:
         config = FULL_SIZE_CONFIGS[arch](shape)
@@ -293,9 +291,8 @@ def build_random_subject(
     device: torch.device,
     seed: int,
     image_size: tuple[int, int] | None = None,
-    text_heads: int | None = None,
 ) -> BenchSubject:
-    architecture = random_architecture(arch, layers, text_heads)
+    architecture = random_architecture(arch, layers)
     config = architecture.config
     _check_weights_fit(config, dtype, device)
     torch.manual_seed(seed)

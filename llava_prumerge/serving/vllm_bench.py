@@ -95,16 +95,12 @@ def _random_weight_folder(args, folder: Path) -> tuple[Path, int]:
     (text ids are drawn from it; random weights give them no meaning)."""
     import torch
 
-    from ..benchmarks.models import TINY_CONFIGS, build_random_subject
+    from ..benchmarks.models import build_random_subject
     from ..common.loading import DTYPES
     from ..hub_upload.export import save_hub_folder
-    from ..testing.tiny import VLLM_TINY_TEXT_HEADS
 
     if not args.arch:
         raise UsageError("choose a checkpoint (--model) or random weights (--arch)")
-    text_heads = (
-        VLLM_TINY_TEXT_HEADS if args.arch in TINY_CONFIGS else None
-    )  # vLLM's CPU attention: head size 32
     subject = build_random_subject(
         args.arch,
         args.layers,
@@ -112,7 +108,6 @@ def _random_weight_folder(args, folder: Path) -> tuple[Path, int]:
         torch.device("cpu"),
         args.seed,
         args.image_size,
-        text_heads,
     )
     parts = _family_processor_parts(subject.model.config, subject.image_processor)
     folder = save_hub_folder(subject.model, parts, folder, model_card_extra={"license": "apache-2.0"})

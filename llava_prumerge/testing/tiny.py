@@ -26,8 +26,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 TINY_IMAGE_SIZE = 56
 TINY_PATCH_SIZE = 4  # 14 x 14 = 196 patches
-TINY_TEXT_HEADS = 4  # head size 16
-VLLM_TINY_TEXT_HEADS = 2  # head size 32: vLLM's CPU attention takes only multiples of 32
+TINY_TEXT_HEADS = 2  # head size 32: vLLM's CPU attention takes only multiples of 32, so vLLM serves them
 
 
 def byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int) -> Tokenizer:
@@ -115,10 +114,8 @@ def tiny_siglip_vision_config() -> dict:
     return {"model_type": "siglip_vision_model", **{name: TINY_VISION_CONFIG[name] for name in shape}}
 
 
-def tiny_config(
-    tokenizer: PreTrainedTokenizerFast | None = None, text_heads: int = TINY_TEXT_HEADS, **reduction_fields
-) -> LlavaPruMergeConfig:
-    """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
+def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fields) -> LlavaPruMergeConfig:
+    """The tiny model's config (its text head size, 32, is one vLLM's CPU build serves)."""
     tokenizer = tokenizer or tiny_tokenizer()
     vision_config = dict(TINY_VISION_CONFIG)
     text_config = {
@@ -126,8 +123,8 @@ def tiny_config(
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": text_heads,
-        "num_key_value_heads": text_heads,
+        "num_attention_heads": TINY_TEXT_HEADS,
+        "num_key_value_heads": TINY_TEXT_HEADS,
         "vocab_size": len(tokenizer),
         "max_position_embeddings": 2048,
         "pad_token_id": tokenizer.pad_token_id,
@@ -147,12 +144,11 @@ def tiny_config(
 def tiny_model(
     seed: int = 0,
     tokenizer: PreTrainedTokenizerFast | None = None,
-    text_heads: int = TINY_TEXT_HEADS,
     **reduction_fields,
 ):
     """A random-weight `LlavaPruMergeForConditionalGeneration` (float32, eval mode)."""
     torch.manual_seed(seed)
-    model = LlavaPruMergeForConditionalGeneration(tiny_config(tokenizer, text_heads, **reduction_fields))
+    model = LlavaPruMergeForConditionalGeneration(tiny_config(tokenizer, **reduction_fields))
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval()

@@ -43,7 +43,14 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
 from ..modeling.reduction_settings import REDUCTION_FIELDS
 from .model_tester import stock_twin
-from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, byte_level_bpe, tiny_config, tiny_tokenizer
+from .tiny import (
+    TINY_IMAGE_SIZE,
+    TINY_PATCH_SIZE,
+    TINY_TEXT_HEADS,
+    byte_level_bpe,
+    tiny_config,
+    tiny_tokenizer,
+)
 from .tiny_next import tiny_next_config, tiny_next_processor
 from .tiny_onevision import tiny_onevision_config, tiny_onevision_parts
 from .tiny_qwen import tiny_qwen_config, tiny_qwen_parts
@@ -87,7 +94,7 @@ def _write_vicuna(folder: Path) -> LlamaForCausalLM:
     tokenizer = _vicuna_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+        num_attention_heads=TINY_TEXT_HEADS, num_key_value_heads=TINY_TEXT_HEADS, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     )  # fmt: skip
     llama = LlamaForCausalLM(config).eval()

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
 from ..configuration.configuration_llava_next_prumerge import LlavaNextPruMergeConfig
 from ..modeling.modeling_llava_next_prumerge import LlavaNextPruMergeForConditionalGeneration
-from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, TINY_TEXT_HEADS, tiny_config, tiny_tokenizer
+from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_config, tiny_tokenizer
 
 SIZE = TINY_IMAGE_SIZE
 TINY_GRID_PINPOINTS = [[SIZE, 2 * SIZE], [2 * SIZE, SIZE], [2 * SIZE, 2 * SIZE]]  # as llava-v1.6's, scaled
@@ -41,11 +41,11 @@ def tiny_next_processor(tokenizer: PreTrainedTokenizerFast | None = None):
 
 
 def tiny_next_config(
-    tokenizer: PreTrainedTokenizerFast | None = None, text_heads: int = TINY_TEXT_HEADS, **reduction_fields
+    tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fields
 ) -> LlavaNextPruMergeConfig:
-    """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
+    """The tiny model's config (its text head size, 32, is one vLLM's CPU build serves)."""
     tokenizer = tokenizer or tiny_tokenizer()
-    llava = tiny_config(tokenizer, text_heads)  # the same tower and LLM shapes
+    llava = tiny_config(tokenizer)  # the same tower and LLM shapes
     return LlavaNextPruMergeConfig(
         vision_config=llava.vision_config.to_dict(),
         text_config=llava.text_config.to_dict(),
@@ -60,14 +60,11 @@ def tiny_next_config(
 def tiny_next_model(
     seed: int = 0,
     tokenizer: PreTrainedTokenizerFast | None = None,
-    text_heads: int = TINY_TEXT_HEADS,
     **reduction_fields,
 ):
     """A random-weight `LlavaNextPruMergeForConditionalGeneration` (float32, eval mode)."""
     torch.manual_seed(seed)
-    model = LlavaNextPruMergeForConditionalGeneration(
-        tiny_next_config(tokenizer, text_heads, **reduction_fields)
-    )
+    model = LlavaNextPruMergeForConditionalGeneration(tiny_next_config(tokenizer, **reduction_fields))
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval()

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..configuration.configuration_llava_onevision_prumerge import LlavaOnevisionPruMergeConfig
 from ..modeling.modeling_llava_onevision_prumerge import LlavaOnevisionPruMergeForConditionalGeneration
-from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, TINY_TEXT_HEADS, tiny_config, tiny_siglip_vision_config
+from .tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_config, tiny_siglip_vision_config
 from .tiny_video import make_clip, tiny_video_tokenizer
 
 SIZE = TINY_IMAGE_SIZE
@@ -66,11 +66,11 @@ def tiny_onevision_processor(tokenizer: PreTrainedTokenizerFast | None = None):
 
 
 def tiny_onevision_config(
-    tokenizer: PreTrainedTokenizerFast | None = None, text_heads: int = TINY_TEXT_HEADS, **reduction_fields
+    tokenizer: PreTrainedTokenizerFast | None = None, **reduction_fields
 ) -> LlavaOnevisionPruMergeConfig:
-    """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
+    """The tiny model's config (its text head size, 32, is one vLLM's CPU build serves)."""
     tokenizer = tokenizer or tiny_video_tokenizer()
-    llava = tiny_config(tokenizer, text_heads)  # the same LLM shapes, as a Qwen2
+    llava = tiny_config(tokenizer)  # the same LLM shapes, as a Qwen2
     text_config = {**llava.text_config.to_dict(), "model_type": "qwen2"}
     for key in ("architectures", "transformers_version", "rope_scaling", "rope_parameters"):
         text_config.pop(key, None)
@@ -92,13 +92,12 @@ def tiny_onevision_config(
 def tiny_onevision_model(
     seed: int = 0,
     tokenizer: PreTrainedTokenizerFast | None = None,
-    text_heads: int = TINY_TEXT_HEADS,
     **reduction_fields,
 ):
     """A random-weight `LlavaOnevisionPruMergeForConditionalGeneration` (float32, eval mode)."""
     torch.manual_seed(seed)
     model = LlavaOnevisionPruMergeForConditionalGeneration(
-        tiny_onevision_config(tokenizer, text_heads, **reduction_fields)
+        tiny_onevision_config(tokenizer, **reduction_fields)
     )
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id

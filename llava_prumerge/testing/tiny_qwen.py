@@ -62,17 +62,18 @@ def tiny_qwen_image_processor():
 def tiny_qwen_config(
     arch: str = "qwen2.5-vl",
     tokenizer: PreTrainedTokenizerFast | None = None,
-    text_heads: int = TINY_TEXT_HEADS,
     **reduction_fields,
 ):
-    """The tiny model's config; `text_heads=VLLM_TINY_TEXT_HEADS` gives the variant vLLM's CPU build runs."""
+    """The tiny model's config (its text head size, 32, is one vLLM's CPU build serves)."""
     tokenizer = tokenizer or tiny_qwen_tokenizer()
     config_class, vision = CONFIGS[arch]
-    text = tiny_config(tokenizer, text_heads).text_config.to_dict()  # the LLM's shapes, as the family's
+    text = tiny_config(tokenizer).text_config.to_dict()  # the LLM's shapes, as the family's
     for key in ("architectures", "transformers_version", "rope_scaling", "rope_parameters", "model_type"):
         text.pop(key, None)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_TOKENS}
-    pairs = text["hidden_size"] // text_heads // 2  # rotary pairs of a head, split over (time, row, column)
+    pairs = (
+        text["hidden_size"] // TINY_TEXT_HEADS // 2
+    )  # rotary pairs of a head, split over (time, row, column)
     text["rope_scaling"] = {"type": "mrope", "mrope_section": [pairs // 4, 3 * pairs // 8, 3 * pairs // 8]}
     return config_class(
         vision_config=vision,
@@ -90,12 +91,11 @@ def tiny_qwen_model(
     arch: str = "qwen2.5-vl",
     seed: int = 0,
     tokenizer=None,
-    text_heads: int = TINY_TEXT_HEADS,
     **reduction_fields,
 ):
     """A random-weight Qwen2.5-VL (or Qwen2-VL) PruMerge model (float32, eval mode)."""
     torch.manual_seed(seed)
-    model = MODELS[arch](tiny_qwen_config(arch, tokenizer, text_heads, **reduction_fields))
+    model = MODELS[arch](tiny_qwen_config(arch, tokenizer, **reduction_fields))
     model.generation_config.pad_token_id = model.config.text_config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval()

@@ -27,7 +27,7 @@ from llava_prumerge.testing.served import (
     chat_on_two_ranks,
     greedy,
 )
-from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_model, tiny_processor, tiny_tokenizer
+from llava_prumerge.testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
 
 NEW_TOKENS = 6
 FOLDERS = {  # name -> reducer fields of a tiny vLLM-shaped export
@@ -47,7 +47,7 @@ PROMPTS = [  # (text, number of images): batched together in one generate call
 
 def export_tiny(folder: Path, **fields) -> Path:
     tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer=tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
+    model = tiny_model(tokenizer=tokenizer, **fields)
     return save_hub_folder(
         model, tiny_processor(tokenizer), folder, model_card_extra={"license": "apache-2.0"}
     )

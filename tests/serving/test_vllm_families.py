@@ -26,7 +26,7 @@ from llava_prumerge.testing.served import (
     chat_on_two_ranks,
     greedy,
 )
-from llava_prumerge.testing.tiny import VLLM_TINY_TEXT_HEADS, tiny_tokenizer
+from llava_prumerge.testing.tiny import tiny_tokenizer
 from llava_prumerge.testing.tiny_next import tiny_next_model, tiny_next_processor
 from llava_prumerge.testing.tiny_onevision import tiny_onevision_model, tiny_onevision_parts
 from llava_prumerge.testing.tiny_qwen import QWEN_IMAGE, QWEN_VIDEO, tiny_qwen_model, tiny_qwen_parts
@@ -96,7 +96,7 @@ def clip(seed: int) -> np.ndarray:
 def next_build():
     tokenizer = tiny_tokenizer()
     fields = {"token_reduction": "prumerge_plus", "adaptive": False, "num_visual_tokens": 24}
-    model = tiny_next_model(tokenizer=tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
+    model = tiny_next_model(tokenizer=tokenizer, **fields)
     return model, tiny_next_processor(tokenizer)
 
 
@@ -108,7 +108,7 @@ def onevision_build():
         "num_visual_tokens": 40,
         "num_video_tokens": 33,
     }
-    return tiny_onevision_model(tokenizer=parts.tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields), parts
+    return tiny_onevision_model(tokenizer=parts.tokenizer, **fields), parts
 
 
 def qwen_build(arch: str):
@@ -120,7 +120,7 @@ def qwen_build(arch: str):
             "num_visual_tokens": 6,
             "num_video_tokens": 8,
         }
-        model = tiny_qwen_model(arch, tokenizer=parts.tokenizer, text_heads=VLLM_TINY_TEXT_HEADS, **fields)
+        model = tiny_qwen_model(arch, tokenizer=parts.tokenizer, **fields)
         return model, parts
 
     return build
