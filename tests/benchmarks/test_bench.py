@@ -26,7 +26,7 @@ QUICK = ["--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--text-tokens"
 FIELDS = {
     # what ran
     "arch", "checkpoint", "layers", "full_depth_layers", "device", "dtype", "threads",
-    "text_tokens", "new_tokens", "repeats", "warmup", "batch_size", "method",
+    "text_tokens", "new_tokens", "repeats", "warmup", "compile", "batch_size", "method",
     # measured
     "visual_tokens_per_image", "visual_tokens_min", "visual_tokens_max", "sequence_length",
     "vision_ms", "stock_vision_ms", "vision_vs_stock", "reduction_layer_qk_ms", "reducer_ms",
