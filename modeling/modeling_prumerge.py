@@ -511,9 +511,12 @@ class PruMergeModelMixin:
         """The base model's forward: visual inputs (raw, or encoded beforehand in `mm_encoder_outputs`) ->
         reduced tokens -> the language model on the compacted prompt -> `output_class`."""
         cache = pop_cache(kwargs, past_key_values)
-        rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs, rows)
+        if (input_ids is None) == (inputs_embeds is None):  # as stock: the embeddings would silently win
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        prompt = input_ids if input_ids is not None else inputs_embeds
+        visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs, prompt.shape[0])
         if visual:
+            check_positions(position_ids, prompt)
             self.check_prefill(cache, kwargs)
             input_ids, attention_mask, labels = self.stock_layout_prompt(
                 visual, input_ids, attention_mask, labels, position_ids
@@ -838,6 +841,16 @@ class CachedPrompt:
         )
         ids = torch.cat([compacted, input_ids[:, length:]], dim=1)
         return ids, torch.cat([mask, new_mask.to(mask.dtype)], dim=1)
+
+
+def check_positions(position_ids: torch.Tensor | None, prompt: torch.Tensor) -> None:
+    """Positions given with visual inputs must be the prompt's ([batch, length], or [rows, batch, length] for
+    3-D rotary positions): compaction keeps the kept tokens' columns, and would silently misread others."""
+    if position_ids is not None and tuple(position_ids.shape[-2:]) != tuple(prompt.shape[:2]):
+        raise VisualInputError(
+            f"position_ids must end in the prompt's [batch, length] = {tuple(prompt.shape[:2])}, got "
+            f"{tuple(position_ids.shape)}; pass the positions of the prompt as given (or none)"
+        )
 
 
 def encoder_outputs_of(compact: CompactedBatch) -> dict:

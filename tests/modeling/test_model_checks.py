@@ -333,6 +333,23 @@ def test_a_prompt_given_as_embeddings_gives_what_its_ids_give(case, variant):
             )
 
 
+def test_ids_and_embeddings_together_and_positions_of_another_shape_are_refused(case):
+    """Both prompts at once: the embeddings would silently win (stock refuses it too). Positions of another
+    length or batch: compaction would read the wrong columns (stock fails on the shapes, without saying which)."""
+    model, batch = case.model("prumerge"), case.inputs()
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(**batch, inputs_embeds=embeds)
+    rows, length = batch["input_ids"].shape
+    rotary = (3,) if case.name in QWEN_CASES else ()
+    for shape in ((rows, length - 3), (rows, length + 7), (rows + 2, length)):
+        positions = torch.arange(shape[1]).expand(*rotary, *shape)
+        with pytest.raises(
+            VisualInputError, match=r"position_ids must end in the prompt's \[batch, length\]"
+        ):
+            model(**batch, position_ids=positions)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_save_and_load_round_trip(case, variant, tmp_path):
     model, batch = case.model(variant), case.inputs()
