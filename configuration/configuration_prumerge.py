@@ -38,7 +38,7 @@ class PruMergeConfigMixin:
             kwargs.pop(name, None)
         super().__init__(**kwargs)
         for name, value in settings.to_dict().items():
-            setattr(self, name, value)
+            setattr(self, name, value)  # the last one checks them against the towers (`__setattr__`)
 
     def __setattr__(self, name, value):
         """Overridden: a reducer field is validated whenever it is set, as `from_pretrained(..., field=value)`
@@ -55,6 +55,25 @@ class PruMergeConfigMixin:
                     f"use an index in [{-layers}, {layers - 1}]"
                 )
         super().__setattr__(name, value)
+        if name in REDUCTION_FIELDS and all(field in vars(self) for field in REDUCTION_FIELDS):
+            with warnings.catch_warnings():  # the combination is warned about where settings are built
+                warnings.simplefilter("ignore", UserWarning)
+                problem = self.reduction_problem(self.reduction_settings)
+            if problem:
+                raise ReductionSettingsError(problem)
+
+    def reduction_problem(self, settings: ReductionSettings) -> str | None:
+        """What `settings` could never do on this model, known from its config (None when nothing): checked
+        whenever a reducer field is set, so a folder or a `from_pretrained` override that cannot run fails at
+        load, not at the first forward. Architectures add their budgets' bounds."""
+        vision = getattr(self, "vision_config", None)
+        if settings.reduces and settings.importance == "cls" and not tower_has_class_token(vision):
+            return (
+                f"importance='cls' reads the [CLS] token's attention, and this vision tower "
+                f"({getattr(vision, 'model_type', None)}) has none; use importance='auto' (or a stand-in: "
+                "mean_attention, mean_query)"
+            )
+        return None
 
     @property
     def reduction_settings(self) -> ReductionSettings:
@@ -76,6 +95,34 @@ class PruMergeConfigMixin:
     def from_llava_config(cls, llava_config, **reduction_fields):
         """`from_stock_config` under its 0.1 name."""
         return cls.from_stock_config(llava_config, **reduction_fields)
+
+
+def tower_has_class_token(vision_config) -> bool:
+    """Whether the tower's sequence starts with a [CLS] token: CLIP's does; SigLIP's and Qwen-VL's ViTs do not."""
+    return getattr(vision_config, "model_type", None) == "clip_vision_model"
+
+
+def fixed_image_budget_problem(settings: ReductionSettings, patches: int, extra: int = 0) -> str | None:
+    """Why a fixed `num_visual_tokens` cannot be met for an image (or a frame) of `patches` patches plus
+    `extra` tokens always kept (a frame's [CLS]): too few for a kept patch (and the summary token), or more
+    than the patches (every one would be kept, the budget unmet). None when it fits, or when counts adapt."""
+    budget = settings.num_visual_tokens
+    if budget is None or not settings.reduces or (settings.prunes and settings.adaptive):
+        return None
+    fewest = extra + 1 + (settings.summary_token and settings.prunes)
+    if budget < fewest:
+        return (
+            f"num_visual_tokens={budget} leaves no room for a kept patch"
+            + (" beside the summary token" if settings.summary_token and settings.prunes else "")
+            + f"; choose at least {fewest}"
+        )
+    if budget > patches + extra:
+        return (
+            f"num_visual_tokens={budget} is more than the {patches + extra} tokens of an unreduced image: every "
+            f"patch would be kept and the budget not met; choose at most {patches + extra}, or "
+            "token_reduction='none'"
+        )
+    return None
 
 
 __all__ = ["PruMergeConfigMixin"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from transformers import VideoLlavaConfig
 
-from .configuration_prumerge import PruMergeConfigMixin
+from ..modeling.errors import ReductionSettingsError
+from ..modeling.frames import frame_settings
+from ..modeling.reduction_settings import ReductionSettings
+from .configuration_prumerge import PruMergeConfigMixin, fixed_image_budget_problem
 
 
 class VideoLlavaPruMergeConfig(PruMergeConfigMixin, VideoLlavaConfig):
@@ -22,6 +25,28 @@ class VideoLlavaPruMergeConfig(PruMergeConfigMixin, VideoLlavaConfig):
     model_type = "video_llava_prumerge"
     stock_model_type = "video_llava"
     model_class_name = "VideoLlavaPruMergeForConditionalGeneration"
+
+    def reduction_problem(self, settings: ReductionSettings) -> str | None:
+        """Overridden: images and frames have a known number of patches (a frame's [CLS] token counts in its
+        budget), and a video the frames `video_seq_length` implies (8 for the released models)."""
+        vision = self.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        problem = super().reduction_problem(settings) or fixed_image_budget_problem(
+            settings, patches, extra=1
+        )
+        if problem or settings.num_video_tokens is None:
+            return problem
+        frames = max(1, getattr(self, "video_seq_length", 0) // (patches + 1))
+        try:
+            per_frame = frame_settings(settings, frames)
+        except ReductionSettingsError as error:
+            return str(error)
+        if settings.reduces and max(frame.num_visual_tokens or 0 for frame in per_frame) > patches:
+            return (
+                f"num_video_tokens={settings.num_video_tokens} is more than the {frames * (patches + 1)} tokens "
+                f"of an unreduced {frames}-frame video; choose at most {frames * (patches + 1)}"
+            )
+        return None
 
 
 __all__ = ["VideoLlavaPruMergeConfig"]

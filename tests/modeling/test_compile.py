@@ -18,7 +18,7 @@ FIXED = [
         "reduction_ratio": 0.25,
         "token_order": "spatial",
     },
-    {"token_reduction": "prumerge", "adaptive": False, "num_visual_tokens": 400},  # every patch kept
+    {"token_reduction": "prumerge", "adaptive": False, "num_visual_tokens": 196},  # every patch kept
     {"token_reduction": "spatial", "num_visual_tokens": 16},
 ]
 

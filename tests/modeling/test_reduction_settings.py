@@ -116,3 +116,34 @@ def test_a_budget_the_adaptive_count_overrides_is_warned_about_naming_the_field(
 def test_settings_whose_fields_all_take_effect_are_quiet(fields, recwarn):
     ReductionSettings(**fields)
     assert not [warning for warning in recwarn if issubclass(warning.category, UserWarning)]
+
+
+def test_settings_a_model_could_never_run_are_refused_at_load(tmp_path, capsys):
+    """Once accepted and refused only at the first forward (or, for a budget above the patches, never: every
+    patch was kept, the budget silently unmet)."""
+    from llava_prumerge import LlavaPruMergeForConditionalGeneration
+    from llava_prumerge.cli import main
+    from llava_prumerge.testing.tiny import tiny_config, tiny_model
+    from llava_prumerge.testing.tiny_onevision import tiny_onevision_config
+    from llava_prumerge.testing.tiny_video import tiny_video_config
+
+    with pytest.raises(ReductionSettingsError, match="num_visual_tokens=197 is more than the 196 tokens"):
+        tiny_config(adaptive=False, num_visual_tokens=197)
+    with pytest.raises(ReductionSettingsError, match="num_visual_tokens=1 leaves no room for a kept patch"):
+        tiny_config(token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=1)
+    assert tiny_config(adaptive=False, num_visual_tokens=196).num_visual_tokens == 196  # every patch: allowed
+    tiny_model().save_pretrained(tmp_path / "tiny")
+    with pytest.raises(ReductionSettingsError, match="num_visual_tokens=100000 is more than"):
+        LlavaPruMergeForConditionalGeneration.from_pretrained(
+            tmp_path / "tiny", adaptive=False, num_visual_tokens=100000
+        )
+    with pytest.raises(ReductionSettingsError, match=r"importance='cls' .* \(siglip_vision_model\) has none"):
+        tiny_onevision_config(importance="cls")
+    with pytest.raises(
+        ReductionSettingsError, match="more than the 1576 tokens of an unreduced 8-frame video"
+    ):
+        tiny_video_config(adaptive=False, num_video_tokens=2000)
+    with pytest.raises(SystemExit):
+        main(["export", "--tiny", "--arch", "qwen2-vl", "--importance", "cls", "--out", str(tmp_path / "q")])
+    assert "importance='cls' reads the [CLS] token's attention" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

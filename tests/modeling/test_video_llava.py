@@ -190,9 +190,13 @@ def test_bad_video_inputs_are_clear_errors(models, mixed, change, error, message
 
 
 def test_a_video_budget_too_small_for_its_frames_is_a_clear_error(video_tester, mixed):
-    model = video_tester.get_model(adaptive=False, num_video_tokens=12)
+    """At load, for the frames the config's video_seq_length implies; per call, for the video's own frames."""
+    with pytest.raises(ReductionSettingsError, match="8-frame video, which needs at least 3"):
+        video_tester.get_model(adaptive=False, num_video_tokens=12)
+    model = video_tester.get_model(adaptive=False, num_video_tokens=64)
+    too_small = model.config.reduction_settings.replace(num_video_tokens=12)
     with pytest.raises(ReductionSettingsError, match="needs at least 3"):
-        model(**mixed)
+        model(**mixed, reduction=too_small)
 
 
 # ---------------------------------------------------------------- ecosystem
