@@ -15,7 +15,7 @@ import os
 import sys
 
 from . import __version__
-from .common.notices import hide_torchvision_fallback_notice, hide_upstream_noise
+from .common.notices import hide_torchvision_fallback_notice, hide_upstream_noise, warnings_as_lines
 from .errors import PruMergeError
 
 # subcommand -> (its wing's cli module, one-line help)
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     hide_torchvision_fallback_notice()
     if not args.verbose:
         hide_upstream_noise()
+        warnings_as_lines(args.command)
     if args.traceback or os.environ.get(TRACEBACK_VARIABLE):
         args.handler(args)
         return

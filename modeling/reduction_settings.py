@@ -119,7 +119,8 @@ class ReductionSettings:
         ignored = self.ignored_fields()
         if ignored:
             warnings.warn(
-                f"{', '.join(ignored)} take no effect with token_reduction={self.token_reduction!r} and adaptive=True: "
+                f"{', '.join(ignored)} {'takes' if len(ignored) == 1 else 'take'} no effect with "
+                f"token_reduction={self.token_reduction!r} and adaptive=True: "
                 "each image keeps its IQR outliers (the adaptive count wins); pass adaptive=False for a fixed "
                 "budget",
                 UserWarning,

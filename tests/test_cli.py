@@ -169,3 +169,35 @@ def test_upstream_progress_bars_and_future_warnings_only_with_verbose(tmp_path, 
         if "Writing model shards" in line or "FutureWarning" in line
     ]
     assert bool(noise) == verbose, result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--token-reduction", "none", "--num-visual-tokens", "8"],
+            "--num-visual-tokens takes no effect with ",
+        ),
+        (
+            ["--token-reduction", "none", "--no-adaptive", "--importance", "cls"],
+            "--adaptive, --importance take",
+        ),
+        (["--adaptive", "--num-visual-tokens", "64"], "--num-visual-tokens takes effect with --no-adaptive"),
+        (["--no-adaptive", "--num-visual-tokens", "64", "--reduction-ratio", "0.5"], "not both"),
+    ],
+)
+def test_reducer_flags_that_cannot_take_effect_together_are_refused(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--tiny", *flags, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_warning_is_one_line_naming_the_command_and_shown_once(tmp_path, capsys):
+    main(["export", "--tiny", "--num-visual-tokens", "64", "--out", str(tmp_path / "out")])
+    warnings_shown = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings_shown == [
+        "llava-prumerge export: warning: num_visual_tokens=64 takes no effect with token_reduction='prumerge' "
+        "and adaptive=True: each image keeps its IQR outliers (the adaptive count wins); pass adaptive=False "
+        "for a fixed budget"
+    ]

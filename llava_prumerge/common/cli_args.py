@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UsageError
+
 COMPARED_METHODS = ("none", "prumerge", "prumerge_plus")  # what bench, analyze and demo compare
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -134,7 +136,8 @@ def add_reduction_arguments(parser: argparse.ArgumentParser, default_help: str) 
 
 
 def reduction_fields_from_args(args: argparse.Namespace) -> dict:
-    """The reducer fields set on the command line (see `add_reduction_arguments`)."""
+    """The reducer fields set on the command line (see `add_reduction_arguments`); flags that could not take
+    effect together are refused, naming them."""
     names = (
         "token_reduction",
         "adaptive",
@@ -143,4 +146,20 @@ def reduction_fields_from_args(args: argparse.Namespace) -> dict:
         "num_video_tokens",
         "importance",
     )
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    fields = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    flags = {name: "--" + name.replace("_", "-") for name in names}
+    if fields.get("token_reduction") == "none" and len(fields) > 1:
+        ignored = [flags[name] for name in fields if name != "token_reduction"]
+        raise UsageError(
+            f"{', '.join(ignored)} {'takes' if len(ignored) == 1 else 'take'} no effect with --token-reduction "
+            "none (every patch is kept)"
+        )
+    counts = [name for name in ("num_visual_tokens", "num_video_tokens", "reduction_ratio") if name in fields]
+    if fields.get("adaptive") and counts:
+        raise UsageError(
+            f"{', '.join(flags[name] for name in counts)} {'takes' if len(counts) == 1 else 'take'} effect with "
+            "--no-adaptive, not --adaptive (each image keeps its IQR outliers)"
+        )
+    if "num_visual_tokens" in fields and "reduction_ratio" in fields:
+        raise UsageError("pass one of --num-visual-tokens (a count) and --reduction-ratio (a share), not both")
+    return fields

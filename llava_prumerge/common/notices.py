@@ -42,3 +42,19 @@ def hide_upstream_noise() -> None:
     disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module=UPSTREAM_MODULES)
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # `bench --compile`: graph-break notes
+
+
+def warnings_as_lines(command: str) -> None:
+    """Each warning once, as one line naming the command (`llava-prumerge export: warning: ...`), not Python's
+    two lines with a source file and line; a warning raised again (settings are rebuilt often) is not repeated."""
+    import sys
+
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"llava-prumerge {command}: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show

@@ -100,7 +100,7 @@ def test_a_call_can_use_other_settings_without_changing_the_config(tester, model
 )
 def test_a_budget_the_adaptive_count_overrides_is_warned_about_naming_the_field(fields, named):
     """Video-LLaVA with num_video_tokens=64 and adaptive left on once gave 122 tokens without a word."""
-    with pytest.warns(UserWarning, match=f"{re.escape(named)} take no effect .*the adaptive count wins"):
+    with pytest.warns(UserWarning, match=f"{re.escape(named)} takes no effect .*the adaptive count wins"):
         ReductionSettings(**fields)
 
 
