@@ -34,12 +34,12 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from ..common.conversation import IMAGE_PLACEHOLDER, VICUNA_CHAT_TEMPLATE
+from ..common.file_checks import first_unreadable
 from ..configuration.configuration_llava_prumerge import LlavaPruMergeConfig
 from ..errors import ConversionError
 from ..modeling.modeling_llava_prumerge import LlavaPruMergeForConditionalGeneration
 from ..modeling.runtime_compat import extra_special_tokens
 from .compat import llava_image_processor
-from .weights import first_unreadable
 
 PAD_TOKEN = "<pad>"
 VOCAB_MULTIPLE = 64  # llava-hf: pad_to_multiple_of=64 (32002 tokens -> 32064 rows)

@@ -23,6 +23,7 @@ from transformers import (
 
 from ..architectures import ARCHITECTURES, architecture_for
 from ..common.conversation import VICUNA_CHAT_TEMPLATE
+from ..common.file_checks import damaged_file_problem
 from ..common.output_folders import written_whole
 from ..errors import MissingInputError, UsageError
 from ..modeling.modeling_prumerge import PruMergeForConditionalGenerationMixin
@@ -38,7 +39,7 @@ from .model_card import render_model_card
 from .remote_code import remote_code_files
 from .upload import human_size
 from .validate import validate_hub_folder
-from .weights import damaged_download_problem, dtype_name, write_weights
+from .weights import dtype_name, write_weights
 
 
 def save_hub_folder(
@@ -100,7 +101,7 @@ def wrap_stock_checkpoint(
             f"{config_path} is missing; --from-hf takes a local stock checkpoint folder "
             "(e.g. a download of llava-hf/llava-1.5-7b-hf or LanguageBind/Video-LLaVA-7B-hf)"
         )
-    if problem := damaged_download_problem(folder):
+    if problem := damaged_file_problem(folder):
         raise UsageError(f"{problem}; download the checkpoint again (or finish the download)")
     model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
     arch = architecture_for(model_type)

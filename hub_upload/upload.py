@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..errors import InvalidHubFolder
+from ..errors import InvalidHubFolder, UsageError
 from .validate import hidden_files, validate_hub_folder
 
 WEIGHT_SUFFIX = ".safetensors"
@@ -48,7 +48,12 @@ def upload_hub_folder(
     `HfApi()` (tests pass a recording stand-in). Returns the pushed (or listed) files.
     """
     folder = Path(folder)
-    validate_repo_id(repo_id)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UsageError(
+            f"--repo-id {repo_id!r} is not a Hub repo id ({error}); pass NAME or ORG/NAME"
+        ) from None
     files = validate_hub_folder(folder)
     contents = _small_file_contents(folder, files)
     if validate_hub_folder(folder) != files or _small_file_contents(folder, files) != contents:

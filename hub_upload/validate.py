@@ -16,6 +16,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from ..architectures import ARCHITECTURES, Architecture, architecture_for
+from ..common.file_checks import json_shape_problem
 from ..errors import InvalidHubFolder
 from ..modeling.anyres import grid_pinpoints_problem
 from .budget_processor import budget_processor_problems, names_budget_processor
@@ -241,6 +242,8 @@ def validate_hub_folder(folder: Path | str) -> list[Path]:
         for path in files
         if path.suffix in PICKLE_SUFFIXES
     ]
+    if problem := json_shape_problem(folder):  # what the checks below would trip over
+        raise InvalidHubFolder(f"{folder} is not a valid PruMerge Hub folder: {problem}; export it again")
     config_problems, arch, config = _config_problems(folder)
     problems += config_problems
     problems += weight_problems(folder, config)

@@ -10,8 +10,6 @@ modeling file registers for `llava_prumerge` plus CLIPVisionModel's own.
 from __future__ import annotations
 
 import json
-import struct
-import zipfile
 from pathlib import Path
 
 import torch
@@ -19,10 +17,10 @@ from accelerate import init_empty_weights
 from huggingface_hub import save_torch_state_dict
 
 from ..architectures import architecture_for
+from ..common.file_checks import INDEX_FILE, read_safetensors_header
 from ..errors import UsageError
 from .compat import write_json
 
-INDEX_FILE = "model.safetensors.index.json"
 SINGLE_SHARD = "model-00001-of-00001.safetensors"
 # Module name prefix (4.57 or 5.x) -> llava-hf checkpoint prefix; the first match applies.
 CHECKPOINT_PREFIXES = (
@@ -92,65 +90,6 @@ def write_weights(model: torch.nn.Module, folder: Path, max_shard_size: int | st
     ordinary_mode = (folder / INDEX_FILE).stat().st_mode & 0o777
     for shard in folder.glob("*.safetensors"):
         shard.chmod(ordinary_mode)
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets), checked against its size."""
-    with path.open("rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise ValueError("shorter than a safetensors header")
-        (header_size,) = struct.unpack("<Q", prefix)
-        if header_size > path.stat().st_size:
-            raise ValueError("its header length exceeds the file size (not a safetensors file, or truncated)")
-        header = json.loads(file.read(header_size))
-    metadata = header.pop("__metadata__", None) or {}
-    if metadata.get("format") != "pt":
-        raise ValueError(f"metadata format is {metadata.get('format')!r}, not 'pt' (transformers refuses it)")
-    data_size = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-    if 8 + header_size + data_size != path.stat().st_size:
-        raise ValueError(
-            f"{path.stat().st_size} bytes on disk but its header describes {8 + header_size + data_size} (truncated?)"
-        )
-    return header
-
-
-def first_unreadable(paths) -> str | None:
-    """ "PATH is unreadable: why" for the first safetensors file among `paths` whose header and size
-    disagree (an interrupted download or copy), None when all read."""
-    for path in paths:
-        try:
-            read_safetensors_header(path)
-        except (ValueError, OSError) as error:
-            return f"{path} is unreadable: {error}"
-    return None
-
-
-def torch_file_problem(path: Path) -> str | None:
-    """ "PATH is unreadable: why" for a `torch.save` file (a zip archive) cut short or with a damaged member
-    (its CRC checked: torch.load would read a flipped byte without a word), None when it reads."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f"{path} is unreadable: not a whole torch.save file ({error})"
-    return None if damaged is None else f"{path} is unreadable: its member {damaged} is damaged"
-
-
-def damaged_download_problem(folder: Path) -> str | None:
-    """What is damaged in a downloaded checkpoint folder, named (None when nothing): a JSON file that does not
-    parse, a shard its index lists that is absent, or a safetensors file whose header and size disagree; an
-    interrupted download leaves these, and loading them would end in a parser's traceback."""
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            return f"{path} is not valid JSON (cut short?): {error}"
-        if path.name == INDEX_FILE:
-            shards = sorted(set((data.get("weight_map") or {}).values()) if isinstance(data, dict) else [])
-            if absent := [shard for shard in shards if not (folder / shard).is_file()]:
-                return f"{path} lists shard(s) that are absent: {absent[:3]}"
-    return first_unreadable(sorted(folder.glob("*.safetensors")))
 
 
 def weight_problems(folder: Path, config) -> list[str]:

@@ -161,5 +161,7 @@ def reduction_fields_from_args(args: argparse.Namespace) -> dict:
             "--no-adaptive, not --adaptive (each image keeps its IQR outliers)"
         )
     if "num_visual_tokens" in fields and "reduction_ratio" in fields:
-        raise UsageError("pass one of --num-visual-tokens (a count) and --reduction-ratio (a share), not both")
+        raise UsageError(
+            "pass one of --num-visual-tokens (a count) and --reduction-ratio (a share), not both"
+        )
     return fields

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 from matplotlib.figure import Figure
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, BatchFeature
+from transformers import BatchFeature
 
 from ..common.loading import prumerge_config
 from ..common.video_processing import (
     VideoFramesProcessor,
+    load_video_processor,
     loaded_or_reason,
     processor_for_videos,
 )
@@ -62,24 +63,21 @@ TINY_VIDEO_MODEL_NOTE = (
 def load_video_model(name_or_path: str | None = None):
     """(model, processor) for videos: the tiny random-weight Video-LLaVA when `name_or_path` is None, else a
     Video-LLaVA checkpoint (PruMerge, or stock and turned into PruMerge on load); see `processor_for_videos`."""
-    if name_or_path is None:
-        tokenizer = tiny_video_tokenizer()
-        model = tiny_video_model(tokenizer=tokenizer).to(demo_device())
-        processor, reason = loaded_or_reason(lambda: tiny_video_processor(tokenizer))
-        image_processor = tiny_video_image_processor()
-    else:
+    if name_or_path is not None:
         model_type = prumerge_config(name_or_path).model_type
         if model_type != "video_llava_prumerge":
             raise UsageError(
                 f"{name_or_path} holds a {model_type!r} model, not Video-LLaVA; for videos pass a Video-LLaVA "
                 "checkpoint (stock or PruMerge), or pass images instead"
             )
-        model = load_checkpoint(name_or_path)
-        processor, reason = loaded_or_reason(lambda: AutoProcessor.from_pretrained(name_or_path))
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        return load_checkpoint(name_or_path), load_video_processor(name_or_path)
+    tokenizer = tiny_video_tokenizer()
+    model = tiny_video_model(tokenizer=tokenizer).to(demo_device())
+    processor, reason = loaded_or_reason(lambda: tiny_video_processor(tokenizer))
     vision_config = model.config.vision_config
-    return model, processor_for_videos(processor, reason, image_processor, tokenizer, vision_config)
+    return model, processor_for_videos(
+        processor, reason, tiny_video_image_processor(), tokenizer, vision_config
+    )
 
 
 def preprocessing_note(processor) -> str | None:

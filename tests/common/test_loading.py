@@ -48,3 +48,67 @@ def test_a_missing_folder_or_a_file_is_named(tmp_path):
         "is a file; pass a checkpoint folder or a Hub model id" in run.stderr
         and "Traceback" not in run.stderr
     )
+
+
+def damage(folder, kind: str):
+    """`folder` (a tiny export) damaged as a half-copied or hand-edited checkpoint is; the file to name."""
+    if kind == "no config":
+        (folder / "config.json").unlink()
+        return "has no config.json"
+    edits = {
+        "config is a list": ("config.json", "[]"),
+        "text_config is a string": ("config.json", None),
+        "tokenizer cut short": ("tokenizer.json", None),
+        "preprocessor is a list": ("preprocessor_config.json", "[]"),
+        "generation config is a list": ("generation_config.json", "[]"),
+        "empty chat template": ("chat_template.jinja", ""),
+    }
+    name, text = edits[kind]
+    path = folder / name
+    if kind == "text_config is a string":
+        import json
+
+        text = json.dumps({**json.loads(path.read_text()), "text_config": "oops"})
+    elif text is None:
+        text = path.read_text()[: path.stat().st_size // 2]
+    path.write_text(text)
+    return name
+
+
+KINDS = ["no config", "config is a list", "text_config is a string", "tokenizer cut short",
+         "preprocessor is a list", "generation config is a list", "empty chat template"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from llava_prumerge.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-llava"
+    main(["export", "--tiny", "--out", str(folder)])
+    return folder
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_checkpoint_folder_is_named_before_anything_loads(tiny_folder, tmp_path, kind):
+    import shutil
+
+    from llava_prumerge.common.loading import check_checkpoint_source
+    from llava_prumerge.errors import UsageError
+
+    folder = shutil.copytree(tiny_folder, tmp_path / "copy")
+    named = damage(folder, kind)
+    with pytest.raises(UsageError, match=named):
+        check_checkpoint_source(str(folder))
+
+
+@pytest.mark.parametrize(
+    "command", [["eval", "--limit", "1", "--no-budgets"], ["bench"], ["demo", "--out", "d"]]
+)
+def test_commands_given_a_damaged_folder_end_in_one_line(tiny_folder, tmp_path, command):
+    import shutil
+
+    folder = shutil.copytree(tiny_folder, tmp_path / "copy")
+    damage(folder, "preprocessor is a list")
+    result = run_cli(*command, "--model", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "preprocessor_config.json holds a JSON list" in result.stderr.splitlines()[-1]

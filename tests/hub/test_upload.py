@@ -187,6 +187,18 @@ INVALID_FOLDERS = {
         lambda folder: edit_json(folder / "tokenizer_config.json", tokenizer_class="TokenizersBackend"),
         "tokenizer_class 'TokenizersBackend', which transformers 4.57 cannot load",
     ),
+    "config.json a list": (
+        lambda folder: (folder / "config.json").write_text("[]"),
+        r"config\.json holds a JSON list, not the object its loader reads",
+    ),
+    "processor config a list": (
+        lambda folder: (folder / "processor_config.json").write_text("[]"),
+        r"processor_config\.json holds a JSON list",
+    ),
+    "empty chat template": (
+        lambda folder: (folder / "chat_template.jinja").write_text(""),
+        r"chat_template\.jinja is empty",
+    ),
 }
 
 
@@ -199,6 +211,16 @@ def test_invalid_folders_are_refused_before_any_call(tmp_path, hub_folder, case,
     with pytest.raises(InvalidHubFolder, match=message):
         upload.upload_hub_folder(folder, "org/llava-prumerge-7b", api=api)
     assert api.calls == []
+
+
+@pytest.mark.parametrize("repo_id", ["bad id", "org/x/y"])
+def test_a_repo_id_the_hub_would_refuse_is_one_line_before_any_call(hub_folder, repo_id, capsys):
+    from llava_prumerge.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upload", str(hub_folder), "--repo-id", repo_id, "--dry-run"])
+    assert exit_info.value.code == 2
+    assert f"--repo-id {repo_id!r} is not a Hub repo id" in capsys.readouterr().err
 
 
 def test_exactly_the_listed_files_are_pushed_never_hidden_ones_even_past_a_file_named_star(
