@@ -82,9 +82,12 @@ def _required_file(folder: Path, *names: str, holds: str) -> Path:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
         raise ConversionError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} holds a JSON {type(data).__name__}, not the object a config is")
+    return data
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -356,8 +359,9 @@ def _original_checkpoint(base_dir: Path, vision_tower_dir: Path, lora_dir: Path)
     vision_config_path = _required_file(
         vision_tower_dir, "config.json", holds="the CLIP vision tower's config"
     )
+    _required_file(base_dir, "tokenizer.json", "tokenizer.model", holds="the base LLM's tokenizer")
     lora_config_path = _required_file(lora_dir, "config.json", holds="the LlavaLlamaForCausalLM config")
-    _required_file(lora_dir, "adapter_config.json", holds="the PEFT LoRA config")
+    _read_json(_required_file(lora_dir, "adapter_config.json", holds="the PEFT LoRA config"))
     adapter_path = _required_file(
         lora_dir, "adapter_model.safetensors", "adapter_model.bin", holds="the LoRA weights"
     )

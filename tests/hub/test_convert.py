@@ -191,6 +191,18 @@ BROKEN_CHECKPOINTS = {
         lambda lora, clip: truncate_file(clip / "model.safetensors"),
         r"clip/model.safetensors is unreadable: .*\(truncated\?\)",
     ),
+    "adapter config a list": (
+        lambda lora, clip: (lora / "adapter_config.json").write_text("[]"),
+        r"lora/adapter_config.json holds a JSON list, not the object a config is",
+    ),
+    "LoRA config a list": (
+        lambda lora, clip: (lora / "config.json").write_text("[]"),
+        r"lora/config.json holds a JSON list",
+    ),
+    "vision config a list": (
+        lambda lora, clip: (clip / "config.json").write_text("[]"),
+        r"clip/config.json holds a JSON list",
+    ),
 }
 
 
