@@ -97,6 +97,12 @@ def run_demo(args: argparse.Namespace):
         raise UsageError("The mini model takes images only; --video runs the tiny Video-LLaVA or --model DIR")
     if args.video and args.model == "tiny":
         args.model = None  # the tiny Video-LLaVA, the video demo's default
+    placeholders = [token for token in ("<image>", "<video>") if token in (args.prompt or "")]
+    if placeholders:
+        raise UsageError(
+            f"--prompt holds {', '.join(placeholders)}: the demo puts the image (or video) into the prompt "
+            "itself; pass the question alone"
+        )
     args.prompt = args.prompt or (DEFAULT_VIDEO_QUESTION if args.video else DEFAULT_IMAGE_QUESTION)
     check_output_path(args.out, "--out", folder=True)
     if args.video:

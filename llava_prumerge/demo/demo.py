@@ -62,6 +62,25 @@ class DemoImage:
     kind: str | None = None  # the question's kind, when known (Shapes-VQA: color, count, ...)
 
 
+def check_image_checkpoint(name: str | None) -> None:
+    """The image demo runs LLaVA-1.5 checkpoints; another family is refused before anything loads, with
+    the command that shows its reduction."""
+    if name in BUILT_IN_MODELS:
+        return
+    from ..common.loading import prumerge_config
+
+    model_type = prumerge_config(name).model_type
+    if model_type == "video_llava_prumerge":
+        raise UsageError(
+            f"{name} is a Video-LLaVA checkpoint: run the video demo, `demo --video --model {name}`"
+        )
+    if model_type != "llava_prumerge":
+        raise UsageError(
+            f"demo runs LLaVA-1.5 checkpoints, and {name} holds a {model_type!r} model: see its reduction with "
+            f"`llava-prumerge visualize IMAGE --model {name}`"
+        )
+
+
 def load_demo_model(name: str | None):
     """(model, processor, description): the shipped mini model (None or "mini"), the tiny random-weight
     model ("tiny"), or a checkpoint folder / Hub id."""
@@ -156,6 +175,7 @@ class TimedStages:
 def run(args: argparse.Namespace) -> list[DemoRow]:
     if args.model in BUILT_IN_MODELS:
         print(RANDOM_WEIGHTS_NOTICE if args.model == TINY else MINI_NOTICE)
+    check_image_checkpoint(args.model)
     images = {item.path: item for item in demo_images(args)}  # first: a bad path fails before loading
     print(f"Loading {args.model or 'the mini model'} ...", flush=True)
     model, processor, description = load_demo_model(args.model)

@@ -160,3 +160,25 @@ def test_a_saved_checkpoint_runs_like_the_default(tmp_path, model, processor):
     assert "RANDOM" not in printed
     rows = table_rows((tmp_path / "out" / "summary.md").read_text())
     assert [row["method"] for row in rows] == list(METHODS)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--prompt", "<image> What is it?"], "--prompt holds <image>: the demo puts the image"),
+        (["--arch-folder", "qwen2-vl"], "demo runs LLaVA-1.5 checkpoints, and "),
+        (["--arch-folder", "video-llava"], "is a Video-LLaVA checkpoint: run the video demo"),
+    ],
+)
+def test_what_the_image_demo_cannot_run_is_refused_before_loading(tmp_path, arguments, message, capsys):
+    from llava_prumerge.cli import main
+
+    if arguments[0] == "--arch-folder":
+        main(["export", "--tiny", "--arch", arguments[1], "--out", str(tmp_path / "model")])
+        arguments = ["--model", str(tmp_path / "model")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", *arguments, "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and message in captured.err
+    assert "Loading" not in captured.out
