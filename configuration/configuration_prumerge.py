@@ -61,6 +61,13 @@ class PruMergeConfigMixin:
                 problem = self.reduction_problem(self.reduction_settings)
             if problem:
                 raise ReductionSettingsError(problem)
+            videos = self.num_video_tokens
+            if videos is not None and getattr(self, "video_token_id", None) is None:
+                warnings.warn(
+                    f"num_video_tokens={videos} takes no effect: {self.model_type} models take no videos",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     def reduction_problem(self, settings: ReductionSettings) -> str | None:
         """What `settings` could never do on this model, known from its config (None when nothing): checked

@@ -3,6 +3,7 @@ use other settings without touching the model's config."""
 
 import dataclasses
 import re
+import warnings
 
 import pytest
 import torch
@@ -147,3 +148,16 @@ def test_settings_a_model_could_never_run_are_refused_at_load(tmp_path, capsys):
         main(["export", "--tiny", "--arch", "qwen2-vl", "--importance", "cls", "--out", str(tmp_path / "q")])
     assert "importance='cls' reads the [CLS] token's attention" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_a_video_budget_on_a_model_without_videos_is_warned_about():
+    from llava_prumerge.testing.tiny import tiny_config
+    from llava_prumerge.testing.tiny_video import tiny_video_config
+
+    with pytest.warns(
+        UserWarning, match="num_video_tokens=64 takes no effect: llava_prumerge models take no videos"
+    ):
+        tiny_config(adaptive=False, num_video_tokens=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_video_config(adaptive=False, num_video_tokens=64)
