@@ -18,18 +18,19 @@ from transformers import AutoConfig, AutoProcessor
 
 from ..architectures import ARCHITECTURES, architecture_for
 from ..errors import MissingInputError, UsageError
-from .file_checks import checkpoint_folder_problem
+from .file_checks import checkpoint_folder_problem, damaged_file_problem
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def check_checkpoint_source(name_or_path: str) -> None:
+def check_checkpoint_source(name_or_path: str, needs_config: bool = True) -> None:
     """A missing or damaged folder, or a Hub id neither cached nor reachable, is one clear error up front,
     rather than a minute of download retries or a loader's traceback."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if problem := checkpoint_folder_problem(path):
-            raise UsageError(problem)
+    if path.is_dir():  # a processor alone (a training checkpoint's) needs no config.json beside it
+        problem = checkpoint_folder_problem(path) if needs_config else damaged_file_problem(path)
+        if problem:
+            raise UsageError(problem if needs_config else f"{problem}; save or download it again")
         return
     if path.exists():
         raise MissingInputError(f"{name_or_path} is a file; pass a checkpoint folder or a Hub model id")
@@ -81,7 +82,7 @@ def load_prumerge_model(name_or_path: str, dtype: torch.dtype | str = "auto", **
 def load_processor(name_or_path: str):
     """The checkpoint's processor; one that needs a library this Python lacks (LLaVA-OneVision's video
     processor: torchvision) is one clear error naming it, not a traceback."""
-    check_checkpoint_source(name_or_path)
+    check_checkpoint_source(name_or_path, needs_config=False)
     try:
         return AutoProcessor.from_pretrained(name_or_path)
     except ImportError as error:

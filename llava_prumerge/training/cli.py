@@ -100,11 +100,35 @@ def run_train(args: argparse.Namespace) -> dict:
     """
     from .train import export_checkpoint, train
 
+    if args.no_export and args.export is not None:
+        raise UsageError(f"--no-export and --export {args.export} contradict each other; pass one of them")
     if args.export_from:
         if args.export is None:
             raise UsageError("--export-from needs --export OUT, the Hub folder to write")
+        if training_only := training_options_given(args):
+            raise UsageError(
+                f"--export-from only exports (with --model and the reducer flags); {', '.join(training_only)} "
+                "apply to training: drop them"
+            )
         export = export_checkpoint(
             Path(args.export_from), Path(args.export), args.model, **reduction_fields_from_args(args)
         )
         return {"export": str(export)}
     return train(args)
+
+
+def training_options_given(args: argparse.Namespace) -> list[str]:
+    """The options set away from their defaults that only training reads (--export-from would ignore them)."""
+    reducer = argparse.ArgumentParser()
+    add_reduction_arguments(reducer, "")
+    export_reads = {"export_from", "export", "model", *vars(reducer.parse_args([]))}
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    given = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, action.default)
+        if action.dest in export_reads or value == action.default:
+            continue
+        if action.const is None or value == action.const:  # --bf16/--fp16/--fp32 share one dest
+            given.append(action.option_strings[-1 if value is False else 0])
+    return given

@@ -70,6 +70,12 @@ def read_records(data_path: Path) -> list[dict | BadSample]:
     """The samples of a JSON array or JSON Lines file; an unparsable JSON Lines line becomes a BadSample."""
     text = data_path.read_text(encoding="utf-8")
     start = text.lstrip()[:1]
+    whole = _single_object(text) if start == "{" else None
+    if whole is not None and (len(text.strip().splitlines()) > 1 or "conversations" not in whole):
+        raise DataError(
+            f"{data_path} holds one JSON object, not a list of samples; expected a JSON list of LLaVA "
+            "conversation samples, or JSON Lines with one sample per line"
+        )
     if start == "[":
         try:
             records = json.loads(text)
@@ -97,8 +103,58 @@ def read_records(data_path: Path) -> list[dict | BadSample]:
     )
 
 
+def _single_object(text: str) -> dict | None:
+    """The whole text as one JSON object, or None when it is not one (JSON Lines with several samples)."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return whole if isinstance(whole, dict) else None
+
+
+def _has_usable_id(record) -> bool:
+    identifier = record.get("id") if isinstance(record, dict) else None
+    return isinstance(identifier, (str, int, float)) and not isinstance(identifier, bool)
+
+
 def sample_id(record, index: int) -> str:
-    return str(record["id"]) if isinstance(record, dict) and "id" in record else f"#{index}"
+    return str(record["id"]) if _has_usable_id(record) else f"#{index}"
+
+
+def json_type(value) -> str:
+    """How JSON names the type of a parsed value, for messages."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def check_image_file(path: Path) -> None:
+    """Refuse an image whose size is out of bounds or whose pixel data is cut short, cheaply: a PNG's
+    chunk checksums, a JPEG's end marker (decoded at 1/8 scale only when the marker is missing), other
+    formats decoded. Raises BadSample; training would otherwise stop at the sample mid-run."""
+    if path.is_dir():
+        raise BadSample(f"image {path} is a folder, not an image file")
+    if not path.is_file():
+        raise BadSample(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:  # reads the header only
+            check_image_size(*image.size, name=f"image {path}")
+            if image.format == "PNG":
+                image.verify()
+                return
+            if image.format == "JPEG" and _ends_with_jpeg_end_marker(path):
+                return
+            image.draft("RGB", (1, 1))  # only JPEG decodes smaller; the other formats decode whole
+            image.load()
+    except (OSError, SyntaxError) as error:
+        raise BadSample(f"image {path} is not readable as an image ({error})") from error
+    except VisualInputError as error:
+        raise BadSample(str(error)) from error
+
+
+def _ends_with_jpeg_end_marker(path: Path) -> bool:
+    with path.open("rb") as file:
+        file.seek(-2, 2)
+        return file.read(2) == b"\xff\xd9"
 
 
 def sample_label(identifier: str, index: int) -> str:
@@ -111,8 +167,12 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
     if isinstance(record, BadSample):
         raise record
     if not isinstance(record, dict):
+        raise BadSample(f"is a JSON {json_type(record)}, not an object with 'id', 'image', 'conversations'")
+    if "id" in record and not _has_usable_id(record):
+        raise BadSample(f"'id' must be a string or a number, got a JSON {json_type(record['id'])}")
+    if "video" in record:
         raise BadSample(
-            f"is a JSON {type(record).__name__}, not an object with 'id', 'image', 'conversations'"
+            f"has a 'video' ({record['video']!r}): train takes images only; remove the sample from the data"
         )
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -131,11 +191,15 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
     placeholders = 0
     for number, turn in enumerate(turns):
         role = ROLES[number % 2]
-        if not isinstance(turn, dict) or turn.get("from") != role or not isinstance(turn.get("value"), str):
-            found = turn.get("from") if isinstance(turn, dict) else turn
+        if not isinstance(turn, dict) or turn.get("from") != role:
+            found = f"'from' {turn.get('from')!r}" if isinstance(turn, dict) else f"a JSON {json_type(turn)}"
             raise BadSample(
                 f"turn {number} must be {{'from': {role!r}, 'value': str}} (turns alternate human, gpt), "
-                f"got 'from' {found!r}"
+                f"got {found}"
+            )
+        if not isinstance(turn.get("value"), str):
+            raise BadSample(
+                f"turn {number}'s 'value' must be a string, got a JSON {json_type(turn.get('value'))}"
             )
         value = turn["value"]
         count = value.count(IMAGE_PLACEHOLDER)
@@ -156,17 +220,11 @@ def build_conversation(record, index: int, image_folder: Path) -> Conversation:
             f"has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in its human turns but {len(image_names)} "
             "image(s) in 'image'; each image needs one placeholder"
         )
+    if any(not name.strip() for name in image_names):
+        raise BadSample("has an empty file name in 'image'")
     image_paths = [image_folder / name for name in image_names]
     for path in image_paths:
-        if not path.is_file():
-            raise BadSample(f"image not found: {path}")
-        try:
-            with Image.open(path) as image:  # reads the header only
-                check_image_size(*image.size, name=f"image {path}")
-        except (OSError, SyntaxError) as error:
-            raise BadSample(f"image {path} is not readable as an image ({error})") from error
-        except VisualInputError as error:
-            raise BadSample(str(error)) from error
+        check_image_file(path)
     rendered = render_vicuna_v1(messages)
     return Conversation(sample_id(record, index), index, rendered.text, rendered.answer_spans, image_paths)
 

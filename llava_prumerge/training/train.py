@@ -6,6 +6,7 @@ See `llava_prumerge.training.cli.run_train` for the recipe and the options.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..architectures import architecture_for
 from ..common.cli_args import reduction_fields_from_args
 from ..common.conversation import IMAGE_PLACEHOLDER
-from ..common.loading import load_processor, prumerge_config
-from ..errors import DataError, OutputExistsError, UsageError
+from ..common.loading import check_checkpoint_source, load_processor, prumerge_config
+from ..common.outputs import check_output_path
+from ..errors import DataError, MissingInputError, OutputExistsError, PruMergeError, UsageError
 from ..modeling.runtime_compat import training_argument_names
 from .data import (
     ConversationCollator,
@@ -66,6 +68,7 @@ def training_arguments(args: argparse.Namespace, precision: str) -> TrainingArgu
         raise UsageError(
             f"--lr-scheduler {args.lr_scheduler!r} is not one of transformers' schedulers {schedulers}"
         )
+    loggers = checked_integrations(args.report_to, args.deepspeed)
     names = training_argument_names()
     warmup, checkpointing = names["warmup_ratio"], names["gradient_checkpointing"]
     return TrainingArguments(
@@ -90,7 +93,7 @@ def training_arguments(args: argparse.Namespace, precision: str) -> TrainingArgu
         save_total_limit=args.save_total_limit,
         logging_steps=args.logging_steps,
         logging_first_step=True,
-        report_to=args.report_to.split(","),
+        report_to=loggers,
         seed=args.seed,
         dataloader_num_workers=args.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -98,6 +101,35 @@ def training_arguments(args: argparse.Namespace, precision: str) -> TrainingArgu
         label_names=["labels"],
         deepspeed=args.deepspeed,
     )
+
+
+def checked_integrations(report_to: str, deepspeed: str | None) -> list[str]:
+    """The --report-to loggers; refuses those the Trainer does not know or cannot import, and a --deepspeed
+    config that is absent or without DeepSpeed installed: the Trainer would fail on them only after the
+    model loads."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [name.strip() for name in report_to.split(",")]
+    if len(names) > 1 and {"all", "none"} & set(names):
+        raise UsageError(f"--report-to {report_to}: 'all' and 'none' stand alone, not in a list")
+    if unknown := [name for name in names if name not in {"all", "none", *INTEGRATION_TO_CALLBACK}]:
+        raise UsageError(
+            f"--report-to: unknown logger(s) {unknown}; use none, all, or a comma-separated subset of "
+            f"{','.join(sorted(INTEGRATION_TO_CALLBACK))}"
+        )
+    available = set(get_available_reporting_integrations())
+    if absent := [name for name in names if name not in {"all", "none", *available}]:
+        raise UsageError(
+            f"--report-to: {', '.join(absent)} not installed; install it or drop it from --report-to"
+        )
+    if deepspeed is not None and not Path(deepspeed).is_file():
+        raise MissingInputError(f"--deepspeed {deepspeed} is not a file; pass a DeepSpeed JSON config")
+    if deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
+        raise UsageError(f"--deepspeed {deepspeed}: DeepSpeed is not installed; pip install deepspeed")
+    return names
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -266,6 +298,8 @@ def _run_folders(args: argparse.Namespace) -> tuple[Path, bool | str | None, Pat
         raise UsageError(
             f"{', '.join(missing)} required to train (or --export-from CHECKPOINT to export one)"
         )
+    check_model_source(args.model)
+    check_output_path(args.output_dir, "--output-dir", folder=True)
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint
     if resume == "latest":
@@ -287,7 +321,17 @@ def _run_folders(args: argparse.Namespace) -> tuple[Path, bool | str | None, Pat
         raise OutputExistsError(
             f"the export folder {export} already exists; remove it, pass another --export, or --no-export"
         )
+    check_output_path(export, "--export", folder=True)
     return output_dir, resume, export
+
+
+def check_model_source(model: str) -> None:
+    """A --model that is a file, a missing folder or an unreachable Hub id, named up front: the processor,
+    loaded first, would end in a loader's traceback or a minute of download retries."""
+    try:
+        check_checkpoint_source(model)
+    except PruMergeError as error:
+        raise type(error)(f"--model {model}: {error}") from error
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
@@ -298,20 +342,49 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     that does not parse, a weight file cut short (with what its header expects), an optimizer,
     scheduler or RNG state (torch.save archives) cut short or with a damaged member.
     """
-    from ..hub_upload.weights import first_unreadable, torch_file_problem
+    from ..common.file_checks import first_unreadable, torch_file_problem
 
     state = checkpoint / TRAINER_STATE_NAME
     if not state.is_file():
         return f"it has no {TRAINER_STATE_NAME} (the run stopped while saving it)"
-    for path in sorted(checkpoint.rglob("*.json")):
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            return f"{path} is not valid JSON ({error})"
+    if problem := json_problem(checkpoint.rglob("*.json")):
+        return problem
     for path in sorted(path for path in checkpoint.rglob("*") if path.suffix in (".pt", ".pth", ".bin")):
         if problem := torch_file_problem(path):
             return problem
     return first_unreadable(sorted(checkpoint.rglob("*.safetensors")))
+
+
+def json_problem(paths) -> str | None:
+    """The first of the JSON files `paths` that does not parse or is not an object (every JSON file a
+    checkpoint holds is one), named; None when all read."""
+    for path in sorted(paths):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return f"{path} is not valid JSON ({error})"
+        if not isinstance(data, dict):
+            return f"{path} holds a JSON {type(data).__name__}, not an object"
+    return None
+
+
+def export_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be exported (None when it can): a damaged JSON file, the adapter weights
+    absent or cut short, or a training record whose fields have the wrong types."""
+    from ..common.file_checks import first_unreadable
+
+    if problem := json_problem(checkpoint.glob("*.json")):  # its checkpoint-N folders are not read
+        return problem
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file() and not (checkpoint / "adapter_model.bin").is_file():
+        return f"it has no {weights.name} (the run stopped while saving it?)"
+    if problem := first_unreadable([weights] if weights.is_file() else []):
+        return problem
+    record_path = checkpoint / TRAINING_BASE_FILE
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    if not isinstance(record.get("model", ""), str) or not isinstance(record.get("reduction", {}), dict):
+        return f"{record_path} needs 'model' a string and 'reduction' an object"
+    return None
 
 
 def _latest_complete_checkpoint(output_dir: Path) -> Path:
@@ -380,12 +453,17 @@ def export_checkpoint(
             f"{checkpoint} is not a checkpoint of `llava-prumerge train` (no adapter_config.json); "
             "pass its OUTPUT_DIR or an OUTPUT_DIR/checkpoint-N"
         )
+    if problem := export_problem(checkpoint):
+        raise UsageError(f"cannot export {checkpoint}: {problem}; pass another checkpoint to --export-from")
     if out_dir.exists():
         raise OutputExistsError(
             f"the export folder {out_dir} already exists; remove it or pass another --export"
         )
+    check_output_path(out_dir, "--export", folder=True)
+    if model_name is not None:
+        check_model_source(model_name)
     record_path = checkpoint / TRAINING_BASE_FILE
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     base = model_name or record.get("model")
     if base is None:
         raise UsageError(

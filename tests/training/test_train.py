@@ -392,15 +392,136 @@ def test_stock_llava_checkpoints_are_converted(tmp_path):
 def test_an_image_that_fails_to_decode_names_its_sample(processor, tmp_path):
     images = tmp_path / "images"
     write_images(images, 1)
-    data = (images / "0.png").read_bytes()
-    (images / "0.png").write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
     (tmp_path / "data.json").write_text(json.dumps([color_sample(0, "red")]))
     config = tiny_model().config
     budget = LengthBudget(2048, config.image_token_id, config.image_seq_length)
     conversations, report = prepare_conversations(tmp_path / "data.json", images, processor.tokenizer, budget)
+    data = (images / "0.png").read_bytes()
+    (images / "0.png").write_bytes(data[: len(data) // 2])  # damaged after the check: the header reads
     dataset = ConversationDataset(conversations, processor.tokenizer, processor.image_processor, budget)
     with pytest.raises(ValueError, match=r"sample 'toy-0' \(#0\): cannot decode image .*0\.png"):
         dataset[0]
+
+
+def cli_error(argv, capsys) -> str:
+    """The one stderr line of `llava-prumerge ARGV` ending with exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(arg) for arg in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_damaged_checkpoint_is_named_before_exporting(trained, tmp_path, capsys):
+    """Each once ended in a parser's traceback (JSONDecodeError, TypeError, SafetensorError, ...)."""
+    damages = {
+        "empty adapter config": ("adapter_config.json", "", "adapter_config.json is not valid JSON"),
+        "adapter config a list": (
+            "adapter_config.json",
+            "[]",
+            "adapter_config.json holds a JSON list, not an",
+        ),
+        "empty record": ("prumerge_training.json", "", "prumerge_training.json is not valid JSON"),
+        "record a list": ("prumerge_training.json", "[]", "prumerge_training.json holds a JSON list, not"),
+        "record of wrong types": ("prumerge_training.json", '{"model": 5}', "needs 'model' a string"),
+        "weights missing": ("adapter_model.safetensors", None, "it has no adapter_model.safetensors"),
+        "weights cut short": ("adapter_model.safetensors", "cut", "adapter_model.safetensors is unreadable"),
+    }
+    for number, (name, content, message) in enumerate(damages.values()):
+        checkpoint = shutil.copytree(trained / "checkpoint-4", tmp_path / f"checkpoint-{number}")
+        if content is None:
+            (checkpoint / name).unlink()
+        elif content == "cut":
+            truncate_file(checkpoint / name)
+        else:
+            (checkpoint / name).write_text(content)
+        err = cli_error(["train", "--export-from", checkpoint, "--export", tmp_path / "out"], capsys)
+        assert err.startswith(f"llava-prumerge train: error: cannot export {checkpoint}: ") and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_loggers_and_deepspeed_are_checked_before_loading(
+    base_model, toy_data, tmp_path, capsys, monkeypatch
+):
+    common = [
+        "train", "--model", base_model, "--data", toy_data / "data.json", "--image-folder", toy_data / "images",
+        "--output-dir", tmp_path / "out", "--no-export",
+    ]  # fmt: skip
+    monkeypatch.setattr(trainer_setup, "load_processor", lambda _: pytest.fail("loaded before checking"))
+    assert "--report-to: unknown logger(s) ['bogus']; use none, all" in cli_error(
+        [*common, "--report-to", "bogus"], capsys
+    )
+    assert "'all' and 'none' stand alone" in cli_error([*common, "--report-to", "none,tensorboard"], capsys)
+    monkeypatch.setattr(
+        "transformers.integrations.integration_utils.get_available_reporting_integrations", lambda: []
+    )
+    assert "--report-to: wandb not installed" in cli_error([*common, "--report-to", "wandb"], capsys)
+    missing = tmp_path / "ds.json"
+    assert f"--deepspeed {missing} is not a file" in cli_error([*common, "--deepspeed", missing], capsys)
+    missing.write_text("{}")
+    monkeypatch.setattr(trainer_setup.importlib.util, "find_spec", lambda name: None)
+    assert "DeepSpeed is not installed" in cli_error([*common, "--deepspeed", missing], capsys)
+
+
+def test_options_that_cannot_take_effect_are_refused(base_model, tmp_path, capsys):
+    train = ["train", "--model", base_model, "--data", "d.json", "--image-folder", tmp_path]
+    err = cli_error(
+        [*train, "--output-dir", tmp_path / "out", "--no-export", "--export", tmp_path / "x"], capsys
+    )
+    assert f"--no-export and --export {tmp_path / 'x'} contradict each other" in err
+    export = ["train", "--export-from", tmp_path / "checkpoint-4", "--export", tmp_path / "x"]
+    err = cli_error(
+        [*export, "--data", "d.json", "--lora-r", "4", "--fp32", "--no-gradient-checkpointing"], capsys
+    )
+    assert "--data, --lora-r, --fp32, --no-gradient-checkpointing apply to training: drop them" in err
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder")
+    err = cli_error([*train, "--output-dir", afile], capsys)
+    assert f"error: --output-dir {afile} is a file; pass a folder" in err
+    err = cli_error([*train, "--output-dir", afile / "sub"], capsys)
+    assert f"error: --output-dir {afile / 'sub'}: {afile} is a file" in err
+    err = cli_error(["train", *train[3:], "--model", afile, "--output-dir", tmp_path / "out"], capsys)
+    assert f"error: --model {afile}: {afile} is a file" in err
+    err = cli_error(
+        ["train", *train[3:], "--model", tmp_path / "none", "--output-dir", tmp_path / "out"], capsys
+    )
+    assert f"error: --model {tmp_path / 'none'}: No checkpoint folder at" in err
+
+
+def test_the_data_check_names_what_training_would_trip_on(processor, tmp_path):
+    images = tmp_path / "images"
+    write_images(images, 1)
+    (images / "cut.png").write_bytes((images / "0.png").read_bytes()[:100])  # the header reads
+    (images / "folder").mkdir()
+    turns = [{"from": "human", "value": 5}, {"from": "gpt", "value": "red"}]
+    samples = [
+        {**color_sample(0, "red"), "image": "cut.png"},
+        {**color_sample(1, "red"), "image": "0.png", "video": "clip.mp4"},
+        {**color_sample(2, "red"), "image": "0.png", "id": {"a": 1}},
+        {**color_sample(3, "red"), "image": "0.png", "conversations": turns},
+        {**color_sample(4, "red"), "image": "."},
+        {**color_sample(5, "red"), "image": ""},
+        {**color_sample(6, "red"), "image": "folder"},
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(samples))
+    config = tiny_model().config
+    budget = LengthBudget(2048, config.image_token_id, config.image_seq_length)
+    _, report = prepare_conversations(tmp_path / "data.json", images, processor.tokenizer, budget)
+    problems = [entry["problem"] for entry in report.bad]
+    assert problems == [
+        f"image {images / 'cut.png'} is not readable as an image (Truncated File Read)",
+        "has a 'video' ('clip.mp4'): train takes images only; remove the sample from the data",
+        "'id' must be a string or a number, got a JSON object",
+        "turn 0's 'value' must be a string, got a JSON number",
+        f"image {images} is a folder, not an image file",
+        "has an empty file name in 'image'",
+        f"image {images / 'folder'} is a folder, not an image file",
+    ]
+    assert report.bad[2]["id"] == "#2"
+    (tmp_path / "object.json").write_text(json.dumps({"data": samples}, indent=1))
+    with pytest.raises(PruMergeError, match="object.json holds one JSON object, not a list of samples"):
+        prepare_conversations(tmp_path / "object.json", images, processor.tokenizer, budget)
 
 
 def test_torchrun_runs_data_parallel(base_model, toy_data, tmp_path):
