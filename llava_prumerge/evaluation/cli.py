@@ -11,6 +11,19 @@ from ..modeling.reduction_settings import IMPORTANCE_SCORES
 EVAL_METHODS = ("none", "prumerge", "prumerge_plus", "spatial", "sequential")
 SPLIT_NAMES = ("train", "validation", "test")
 MINI = "mini"  # --model value for the mini model shipped in the package
+DEFAULT_BUDGETS = [16, 32, 64]
+# The smallest Shapes-VQA image side: its smallest objects are round(0.12 * side) pixels wide (see
+# shapes_vqa.SIZE_RANGE), none below 5 pixels.
+MIN_IMAGE_SIZE = 5
+
+
+def without_repeats(parse):
+    """An argparse type: `parse`'s list with repeated values dropped (each would be evaluated again)."""
+
+    def parse_once(text: str) -> list:
+        return list(dict.fromkeys(parse(text)))
+
+    return parse_once
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,17 +37,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("shapes-vqa",), default="shapes-vqa")
     parser.add_argument(
         "--methods",
-        type=subset_of(EVAL_METHODS, "method"),
+        type=without_repeats(subset_of(EVAL_METHODS, "method")),
         default=["none", "prumerge", "prumerge_plus"],
         help="comma-separated (default none,prumerge,prumerge_plus; also spatial, sequential)",
     )
-    parser.add_argument(
+    budgets = parser.add_mutually_exclusive_group()
+    budgets.add_argument(
         "--budgets",
-        type=positive_int_list,
-        default=[16, 32, 64],
+        type=without_repeats(positive_int_list),
         help="fixed visual-token budgets per image, summary token included (default 16,32,64)",
     )
-    parser.add_argument("--no-budgets", action="store_true", help="only the adaptive counts and none")
+    budgets.add_argument("--no-budgets", action="store_true", help="only the adaptive counts and none")
     parser.add_argument(
         "--importance",
         choices=IMPORTANCE_SCORES,
@@ -92,7 +105,12 @@ def add_shapes_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLIT_NAMES, default="train")
     parser.add_argument("--images", type=positive_int, default=1000, help="how many images (default 1000)")
     parser.add_argument("--start", type=int_at_least(0), default=0, help="index of the first image")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="default 72, the mini model's")
+    parser.add_argument(
+        "--image-size",
+        type=int_at_least(MIN_IMAGE_SIZE),
+        default=None,
+        help=f"at least {MIN_IMAGE_SIZE}; default 72, the mini model's",
+    )
     parser.add_argument(
         "--format",
         choices=("llava", "lmms-eval"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UsageError
+from ..errors import ReductionSettingsError, UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from .scoring import Scores, score_answers
 from .shapes_vqa import Question, make_example
@@ -71,6 +71,28 @@ def configurations(base: ReductionSettings, methods: list[str], budgets: list[in
                 settings = base.replace(token_reduction=method, adaptive=False, num_visual_tokens=budget)
                 rows.append(Configuration(method, budget, settings))
     return rows
+
+
+@torch.inference_mode()
+def check_configurations(model, rows: list[Configuration]) -> None:
+    """Refuse a budget above the model's patches per image (the reducer would keep them all, the row
+    mislabeled), then run each configuration's reducer once on a blank image, so that settings the reducer
+    refuses stop the run before the first question rather than after the configurations before it."""
+    largest = model.model.image_placeholder_count()
+    if too_large := sorted({row.budget for row in rows if row.budget is not None and row.budget > largest}):
+        raise UsageError(
+            f"--budgets {','.join(map(str, too_large))}: this model has {largest} patches per image; "
+            f"use budgets of at most {largest}"
+        )
+    size = model.config.vision_config.image_size
+    blank = torch.zeros(1, 3, size, size, dtype=model.dtype, device=model.device)
+    for row in rows:
+        try:
+            encoded = model.model.encode_patches(blank, reduction=row.settings)
+            model.model.reduce_patches(encoded, reduction=row.settings)
+        except ReductionSettingsError as error:
+            option = f"--budgets {row.budget}" if row.budget is not None else f"--methods {row.method}"
+            raise UsageError(f"{option} ({row.label}): {error}") from error
 
 
 def shapes_vqa_questions(split: str, image_size: int, limit: int | None, num_images: int):
@@ -142,6 +164,7 @@ def evaluate_shapes_vqa(
     rows = configurations(model.config.reduction_settings, methods, budgets)
     if not rows:
         raise UsageError(f"no configuration to evaluate for --methods {','.join(methods)}")
+    check_configurations(model, rows)
     pairs = shapes_vqa_questions(split, model.config.vision_config.image_size, limit, num_images)
     if not pairs:
         raise UsageError("no questions to evaluate; raise --limit")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..common.outputs import check_output_path
 from ..errors import OutputExistsError
 from .shapes_vqa import DEFAULT_IMAGE_SIZE, examples
 
@@ -124,6 +125,7 @@ def write_lmms_task(
 
 
 def write_split(args: argparse.Namespace) -> Path:
+    check_output_path(args.out, "--out", folder=True)
     out = _prepare(args.out, args.overwrite)
     size = args.image_size or DEFAULT_IMAGE_SIZE
     writer = write_llava_split if args.format == "llava" else write_lmms_task

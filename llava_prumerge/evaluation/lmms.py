@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,8 +119,28 @@ def comparison_table(
     return "\n".join(lines) + "\n"
 
 
+def check_python(python: str) -> None:
+    """--lmms-eval-python as a program this user can run, named before any work (subprocess would raise
+    FileNotFoundError or PermissionError without the option's name)."""
+    path = Path(python)
+    if path.is_dir():
+        raise UsageError(
+            f"--lmms-eval-python {python} is a folder; pass the interpreter, e.g. DIR/bin/python"
+        )
+    if shutil.which(python) is None:
+        if os.sep not in python:  # a bare name is looked up on PATH, as subprocess does
+            problem = "is not on PATH"
+        else:
+            problem = "is not executable" if path.is_file() else "does not exist"
+        raise UsageError(
+            f"--lmms-eval-python {python} {problem}; pass the Python that has lmms-eval "
+            "(bash scripts/setup_lmms_env.sh .venvs/lmms, then --lmms-eval-python .venvs/lmms/bin/python)"
+        )
+
+
 def run_lmms_eval_tasks(args: argparse.Namespace) -> dict:
     python = args.lmms_eval_python or sys.executable
+    check_python(python)
     tasks = args.lmms_eval_tasks
     methods = args.methods
     check_output_path(args.lmms_eval_output, "--lmms-eval-output", folder=True)

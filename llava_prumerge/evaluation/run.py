@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from pathlib import Path
 
 import torch
 
-from ..common.loading import load_processor, load_prumerge_model
+from ..common.loading import check_checkpoint_source, load_processor, load_prumerge_model
 from ..common.outputs import check_output_path
 from ..common.timing import torch_threads
+from ..errors import PruMergeError, UsageError
 from ..mini import SHIPPED_MINI_MODELS
-from .evaluate import evaluate_shapes_vqa
+from .cli import DEFAULT_BUDGETS
+from .evaluate import BUDGETED, evaluate_shapes_vqa
 from .report import accuracy_plot, results_table
 
 
@@ -32,14 +35,63 @@ def load_for_eval(name_or_path: str):
     return model, processor, name_or_path
 
 
+def check_option_combinations(args: argparse.Namespace) -> None:
+    """Refuse options the run would ignore: each names the option and what it needs."""
+    if args.lmms_eval_tasks:
+        shapes_only = {
+            "--budgets": args.budgets,
+            "--no-budgets": args.no_budgets or None,
+            "--importance": args.importance,
+            "--plot": args.plot,
+        }
+        if given := [flag for flag, value in shapes_only.items() if value is not None]:
+            verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
+            raise UsageError(
+                f"{', '.join(given)} {verb} to Shapes-VQA, not to --lmms-eval-tasks; drop {pronoun}"
+            )
+        return
+    lmms_only = {
+        "--lmms-eval-python": args.lmms_eval_python,
+        "--lmms-eval-include-path": args.lmms_eval_include_path,
+        "--lmms-eval-output": args.lmms_eval_output,
+    }
+    if given := [flag for flag, value in lmms_only.items() if value is not None]:
+        verb, pronoun = ("need", "them") if len(given) > 1 else ("needs", "it")
+        raise UsageError(
+            f"{', '.join(given)} {verb} --lmms-eval-tasks (e.g. pope,mme); pass that or drop {pronoun}"
+        )
+    if args.importance is not None and args.methods == ["none"]:
+        raise UsageError("--importance does nothing with --methods none (every token kept); drop it")
+    if args.budgets is not None and not any(method in BUDGETED for method in args.methods):
+        raise UsageError(f"--budgets apply to {', '.join(BUDGETED)}; --methods has none of them")
+
+
+def check_eval_model(name_or_path: str) -> None:
+    """--model as a shipped mini model or a checkpoint that exists, named before any loading: "tiny" (the
+    demo's random model) would otherwise be looked up on the Hub, a wrong path end in a loader's error."""
+    if name_or_path in SHIPPED_MINI_MODELS:
+        return
+    if name_or_path == "tiny" and not Path(name_or_path).exists():
+        raise UsageError(
+            f"--model tiny: eval takes the shipped mini models ({', '.join(SHIPPED_MINI_MODELS)}) or a "
+            "checkpoint; for the tiny random model write one with `llava-prumerge export --tiny --out DIR`"
+        )
+    try:
+        check_checkpoint_source(name_or_path)
+    except PruMergeError as error:
+        raise type(error)(f"--model {name_or_path}: {error}") from error
+
+
 def run_eval_command(args: argparse.Namespace) -> dict:
+    check_option_combinations(args)
+    check_eval_model(args.model)
     check_output_path(args.json, "--json")
     check_output_path(args.plot, "--plot")
     if args.lmms_eval_tasks:
         from .lmms import run_lmms_eval_tasks
 
         return run_lmms_eval_tasks(args)
-    budgets = [] if args.no_budgets else args.budgets
+    budgets = [] if args.no_budgets else args.budgets or DEFAULT_BUDGETS
     print(f"Loading {args.model} ...", flush=True)
     model, processor, description = load_for_eval(args.model)
     if args.importance is not None:

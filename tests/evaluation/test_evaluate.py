@@ -111,3 +111,72 @@ def test_a_video_llava_folder_whose_processor_needs_torchvision_is_one_line_befo
         "requires the Torchvision library" in captured.err and "Install torchvision built for" in captured.err
     )
     assert "Loading weights" not in captured.err + captured.out
+
+
+def cli_error(argv, capsys) -> str:
+    """The error line of `llava-prumerge ARGV` ending with exit status 2 (argparse's comes after the usage)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(("usage:", f"llava-prumerge {argv[0]}: error:")), err
+    return err.splitlines()[-1]
+
+
+def test_every_configuration_is_checked_before_the_first_question(capsys):
+    """--budgets 1 once failed after whole configurations ran; 100000 labeled a row with a budget never used."""
+    err = cli_error(["eval", "--budgets", "16,100000", "--limit", "1"], capsys)
+    assert "error: --budgets 100000: this model has 144 patches per image; use budgets of at most 144" in err
+    with pytest.raises(SystemExit):
+        main(["eval", "--budgets", "1", "--limit", "1"])
+    captured = capsys.readouterr()
+    assert "error: --budgets 1 (prumerge@1): num_visual_tokens=1 leaves no room" in captured.err
+    assert "[1/" not in captured.out  # no configuration ran
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budgets", "16", "--no-budgets"], "argument --no-budgets: not allowed with argument --budgets"),
+        (["--methods", "none", "--budgets", "16"], "--budgets apply to prumerge, prumerge_plus, spatial"),
+        (
+            ["--methods", "none", "--importance", "mean_query"],
+            "--importance does nothing with --methods none",
+        ),
+        (["--lmms-eval-python", "python"], "--lmms-eval-python needs --lmms-eval-tasks (e.g. pope,mme)"),
+        (["--lmms-eval-output", "out"], "--lmms-eval-output needs --lmms-eval-tasks"),
+        (
+            ["--lmms-eval-tasks", "pope", "--budgets", "8"],
+            "--budgets applies to Shapes-VQA, not to --lmms-eval",
+        ),
+        (["--lmms-eval-tasks", "pope", "--lmms-eval-python", "/nonexistent"], "/nonexistent does not exist"),
+        (
+            ["--lmms-eval-tasks", "pope", "--lmms-eval-python", "no-such-python"],
+            "no-such-python is not on PATH",
+        ),
+        (["--model", "tiny"], "--model tiny: eval takes the shipped mini models (mini, mini-siglip) or a"),
+        (
+            ["--model", "./no-such-folder"],
+            "--model ./no-such-folder: No checkpoint folder at ./no-such-folder",
+        ),
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_loading(argv, message, capsys):
+    assert message in cli_error(["eval", *argv], capsys)
+
+
+def test_files_passed_as_folders_are_named(tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a checkpoint")
+    assert f"--model {afile}: {afile} is a file" in cli_error(["eval", "--model", afile], capsys)
+    err = cli_error(["eval", "--lmms-eval-tasks", "pope", "--lmms-eval-python", afile], capsys)
+    assert f"--lmms-eval-python {afile} is not executable" in err
+    assert f"--out {afile} is a file; pass a folder" in cli_error(["shapes-vqa", "--out", afile], capsys)
+
+
+def test_repeated_methods_and_budgets_run_once(capsys):
+    main(["eval", "--methods", "prumerge,prumerge", "--budgets", "16,16", "--limit", "1"])
+    assert [line.split("]")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("[")] == [
+        "[1/2",
+        "[2/2",
+    ]

@@ -258,3 +258,18 @@ def test_the_object_map_covers_exactly_the_drawn_pixels(splits):
         assert covered.max() == len(example.scene.objects)
         for number, obj in enumerate(example.scene.objects, 1):
             assert (pixels[covered == number] == COLORS[obj.color]).all()
+
+
+def test_the_smallest_image_size_the_command_takes_works(tmp_path, capsys):
+    """Below it the smallest objects are 0 pixels wide (a ValueError from PIL, and images/ left behind)."""
+    from llava_prumerge.cli import main
+    from llava_prumerge.evaluation.cli import MIN_IMAGE_SIZE
+
+    assert all(make_example("train", index, MIN_IMAGE_SIZE).questions for index in range(200))
+    with pytest.raises(ValueError, match="x1 must be greater"):
+        [make_example("train", index, MIN_IMAGE_SIZE - 1) for index in range(200)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shapes-vqa", "--out", str(tmp_path / "out"), "--image-size", str(MIN_IMAGE_SIZE - 1)])
+    assert exit_info.value.code == 2
+    assert f"--image-size: must be an integer >= {MIN_IMAGE_SIZE}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
