@@ -17,10 +17,25 @@ from ..common.cli_args import (
 )
 from ..common.outputs import check_output_path
 from ..errors import UsageError
+from ..serving.cli import check_vllm_installed
 from . import roofline
 from .compiling import COMPILE_CHOICES
 
 METHODS_HELP = "comma-separated; METHOD@TOKENS: a fixed budget per image or video (adaptive=False)"
+VLLM_BUDGETS = [64, 128, 192]  # --engine vllm's default --budgets
+
+
+# Serve's wording (llava_prumerge.serving.cli), which cannot be imported without vLLM's plugin around it.
+def without_repeats(parse):
+    """An argparse type: `parse`'s list with repeated values dropped (each would be measured again)."""
+
+    def parse_once(text: str) -> list:
+        return list(dict.fromkeys(parse(text)))
+
+    return parse_once
+
+
+method_labels = without_repeats(compared_method_labels)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +62,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--methods",
-        type=compared_method_labels,
+        type=method_labels,
         help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA's 8-frame videos also "
         + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets)
         + ", for LLaVA-NeXT's 672x672 images also "
@@ -80,12 +95,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the vision path (tower and reducer) and the LLM: inductor, reduce-overhead (inductor "
         "with CUDA graphs), or a backend that only traces (aot_eager, eager); --warmup passes absorb compiling",
     )
-    parser.add_argument(
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
         "--vision-only",
         action="store_true",
         help="vision tower and reducer only (large batches on slow machines)",
     )
-    parser.add_argument(
+    scope.add_argument(
         "--reducer-only", action="store_true", help="vectorised reducer vs the per-token loop, nothing else"
     )
     parser.add_argument(
@@ -105,8 +121,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budgets",
         type=positive_int_list,
-        default=[64, 128, 192],
-        help="with --engine vllm: PruMerge+ visual tokens per image to compare with none (default 64,128,192)",
+        help="with --engine vllm: PruMerge+ visual tokens per image to compare with none (default "
+        + ",".join(map(str, VLLM_BUDGETS))
+        + ")",
     )
 
 
@@ -154,6 +171,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     check_output_path(args.plot, "--plot")
+    check_output_path(None if args.json == "-" else args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compile and (args.reducer_only or args.engine == "vllm"):
@@ -162,6 +180,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         raise UsageError(
             "--compile needs --warmup 1 or more: the first pass compiles, and is not a measurement"
         )
+    check_bench_options(args)
     if args.reducer_only:
         from .reducer import run_from_args
 
@@ -169,6 +188,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     if args.engine == "vllm":
         from ..serving.vllm_bench import run_from_args
 
+        args.budgets = args.budgets or VLLM_BUDGETS
         return run_from_args(args)
     if not (args.model or args.arch):
         raise UsageError("choose a checkpoint (--model) or random weights (--arch), or pass --reducer-only")
@@ -201,6 +221,40 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         plot_rows(rows, BENCH_PLOT_PANELS, args.plot, title)
         print(f"wrote {args.plot}", file=sys.stderr)
     return rows
+
+
+def check_bench_options(args: argparse.Namespace) -> None:
+    """Refuse options this run would ignore, and an engine that is not installed, before anything loads."""
+    if args.budgets is not None and args.engine != "vllm":
+        raise UsageError(
+            "--budgets applies to --engine vllm; with transformers, pass METHOD@TOKENS in --methods"
+        )
+    if args.image_size is not None:
+        check_image_size_applies(args)
+    if args.engine == "vllm":
+        if args.vision_only or args.plot:
+            raise UsageError(
+                "--vision-only and --plot apply to --engine transformers; vLLM measures whole requests"
+            )
+        check_vllm_installed("--engine vllm")
+
+
+def check_image_size_applies(args: argparse.Namespace) -> None:
+    """--image-size sets a Qwen-VL model's native resolution; every other model resizes to its tower's size."""
+    if args.reducer_only:
+        raise UsageError("--image-size applies to whole-model runs, not to --reducer-only: drop one of them")
+    if args.model:
+        from ..architectures import architecture_for
+        from ..common.loading import prumerge_config  # the config only: no weights load
+
+        qwen = architecture_for(prumerge_config(args.model).model_type).name.startswith("qwen")
+    else:
+        qwen = args.arch in roofline.QWEN_IMAGE_SIZES
+    if not qwen:
+        raise UsageError(
+            f"--image-size applies to Qwen-VL models (native resolution); {args.model or args.arch} resizes "
+            "every image to its tower's size: drop --image-size"
+        )
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -248,7 +302,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--methods",
-        type=compared_method_labels,
+        type=method_labels,
         help=f"{METHODS_HELP}; default: {','.join(COMPARED_METHODS)}, for Video-LLaVA also "
         + ",".join(roofline.VIDEO_LLAVA_PROMPT.fixed_budgets)
         + ", for LLaVA-NeXT also "

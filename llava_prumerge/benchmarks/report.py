@@ -232,4 +232,5 @@ def print_results(rows: list[dict], json_path: str | None, report) -> None:
         return
     print(report())
     if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")

@@ -61,6 +61,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..architectures import ARCHITECTURES as PRUMERGE_ARCHITECTURES
 from ..common.cli_args import COMPARED_METHODS, is_method_label, split_method_label
 
 BIT_WIDTHS = (4, 8, 16)
@@ -564,6 +565,15 @@ def prompt_of_config(config: dict) -> PromptShape:
     return video_prompt(frames, patches)
 
 
+# What load_architecture reads: the LLaVA-family checkpoints (stock and PruMerge), original LLaVA ones
+# (the LLM's fields at the top), and a bare Llama LLM; any other config's text tower is no LLaVA's LLM.
+ANALYZED_MODEL_TYPES = frozenset(
+    {"llama", "llava_llama", "llava_mistral"}
+    | {arch.model_type for arch in PRUMERGE_ARCHITECTURES}
+    | {arch.stock_model_type for arch in PRUMERGE_ARCHITECTURES}
+)
+
+
 def load_architecture(spec: str | Path) -> Architecture:
     """A name from ARCHITECTURES, or a folder whose config.json is a LLaVA, Video-LLaVA (or Llama) config."""
     if str(spec) in ARCHITECTURES:
@@ -574,8 +584,20 @@ def load_architecture(spec: str | Path) -> Architecture:
             f"--arch: unknown architecture {str(spec)!r}; use one of {', '.join(ARCHITECTURES)} "
             "or a folder containing a config.json"
         )
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"--arch: {config_path} is not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"--arch: {config_path} holds a JSON {type(config).__name__}, not a config object")
+    if config.get("model_type") not in ANALYZED_MODEL_TYPES:
+        raise ValueError(
+            f"--arch: {config_path} is a {config.get('model_type')!r} config, not a LLaVA-family one; pass the "
+            "folder of a LLaVA, LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA or Qwen-VL checkpoint (stock or PruMerge)"
+        )
     text = config.get("text_config", config)  # original LLaVA checkpoints keep the LLM's fields at the top
+    if not isinstance(text, dict):
+        raise ValueError(f"--arch: {config_path}: text_config is {text!r}, not a config (a JSON object)")
     fields = {**LLAMA_DEFAULTS, **text} if text.get("model_type", "llama") == "llama" else text
     missing = [key for key in LLAMA_DEFAULTS if key not in fields]
     if missing:

@@ -48,14 +48,15 @@ non_negative_int = int_at_least(0)
 
 
 def positive_int_list(text: str) -> list[int]:
-    """Comma-separated positive integers, e.g. "1,8,32"."""
+    """Comma-separated positive integers, e.g. "1,8,32": none left out ("1,,2" is a typo, not "1,2"), repeats
+    dropped (each would run again)."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",")]
     except ValueError:
         values = []
     if not values or any(value <= 0 for value in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
+    return list(dict.fromkeys(values))
 
 
 def subset_of(choices: tuple[str, ...], noun: str):

@@ -14,6 +14,18 @@ from ..errors import MissingInputError, UnservableBudgetError, UsageError
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
+VLLM_MISSING = (
+    "vLLM is not installed in this environment; install it with `pip install 'llava-prumerge[vllm]'` "
+    "(without a GPU: scripts/setup_vllm_env.sh builds an environment with vLLM's CPU build)"
+)
+
+
+def check_vllm_installed(option: str = "") -> None:
+    """One line naming the fix where vLLM is missing (`option`: the flag that asked for it)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError(f"{option}: {VLLM_MISSING}" if option else VLLM_MISSING)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", metavar="MODEL", help="a PruMerge Hub folder (or Hub id) whose config has a fixed budget"
@@ -39,11 +51,7 @@ def run_serve(args: argparse.Namespace) -> None:
     --port says otherwise.
     """
     budgets = checked_budget(args.model, args.server_args)
-    if importlib.util.find_spec("vllm") is None:
-        raise UsageError(
-            "vLLM is not installed in this environment; install it with `pip install 'llava-prumerge[vllm]'` "
-            "(without a GPU: scripts/setup_vllm_env.sh builds an environment with vLLM's CPU build)"
-        )
+    check_vllm_installed()
     per_item = ", ".join(
         f"{count if count is not None else 'stock'} tokens per {modality}"
         for modality, count in budgets.items()

@@ -65,10 +65,6 @@ def run_from_args(args) -> list[dict]:
     from ..benchmarks.report import print_results
     from ..benchmarks.roofline import QWEN_IMAGE_SIZES
 
-    if args.vision_only or args.plot:
-        raise UsageError(
-            "--vision-only and --plot apply to --engine transformers; vLLM measures whole requests"
-        )
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # vLLM's CPU worker sizes its thread pool from it
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

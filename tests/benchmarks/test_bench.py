@@ -3,6 +3,7 @@ folders, every JSON field, exact token counts and KV-cache sizes, the plot, --re
 this machine is shared and timings are noise here."""
 
 import contextlib
+import importlib.util
 import io
 import json
 
@@ -14,6 +15,7 @@ from llava_prumerge.benchmarks import measure, models, reducer
 from llava_prumerge.benchmarks.modalities import visual_path
 from llava_prumerge.benchmarks.roofline import ARCHITECTURES
 from llava_prumerge.cli import main as cli_main
+from llava_prumerge.serving.cli import VLLM_MISSING
 from llava_prumerge.testing.tiny import tiny_config, tiny_model, tiny_processor
 from llava_prumerge.testing.tiny_video import (
     TINY_VIDEO_FRAMES,
@@ -235,6 +237,11 @@ def test_peak_memory_sees_an_allocation():
         (["--arch", "video-llava"], "invalid choice: 'video-llava'"),
         (["--arch", "tiny-video", "--methods", "none@8"], "unknown method(s) ['none@8']"),
         (["--arch", "tiny-video", "--methods", "prumerge@0"], "unknown method(s) ['prumerge@0']"),
+        (
+            ["--arch", "tiny", "--batch-size", "1,,2"],
+            "expected comma-separated positive integers, got '1,,2'",
+        ),
+        (["--arch", "tiny", "--vision-only", "--reducer-only"], "--reducer-only: not allowed with argument"),
     ],
 )
 def test_bad_arguments_are_named(arguments, message, capsys):
@@ -256,6 +263,9 @@ def test_bad_arguments_are_named(arguments, message, capsys):
             ["--arch", "tiny", "--compile", "eager", "--engine", "vllm"],
             "--compile applies to --engine transformers",
         ),
+        (["--arch", "tiny", "--image-size", "64x64"], "--image-size applies to Qwen-VL models"),
+        (["--arch", "tiny", "--reducer-only", "--image-size", "64x64"], "not to --reducer-only"),
+        (["--arch", "tiny", "--budgets", "16"], "--budgets applies to --engine vllm"),
     ],
 )
 def test_inconsistent_arguments_are_explained(arguments, message, capsys):
@@ -264,6 +274,62 @@ def test_inconsistent_arguments_are_explained(arguments, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("llava-prumerge bench: error: ") and message in err
+
+
+def test_a_checkpoint_for_image_size_is_checked_before_its_weights_load(tmp_path, capsys):
+    tiny_model().save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "--model", str(tmp_path), "--image-size", "64x64", *QUICK])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"llava-prumerge bench: error: --image-size applies to Qwen-VL models (native resolution); {tmp_path}"
+    )
+
+
+def test_vllm_missing_is_one_line_before_any_work(monkeypatch, capsys):
+    """`serve`'s wording; it was a ModuleNotFoundError traceback."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "vllm" else real_find_spec(name, *rest),
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "--arch", "tiny", "--engine", "vllm", *QUICK])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"llava-prumerge bench: error: --engine vllm: {VLLM_MISSING}\n"
+
+
+def test_json_path_is_checked_up_front_and_its_folder_created(tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder")
+    for path, message in (
+        (tmp_path, "is a folder; pass a file path"),
+        (afile / "x.json", f"{afile} is a file"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["bench", "--arch", "tiny", "--json", str(path), *QUICK])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert f"error: --json {path}" in captured.err and message in captured.err
+        assert "visual" not in captured.out  # nothing was measured
+    # A parent that does not exist yet is created, like other outputs; repeated methods run once.
+    json_path = tmp_path / "new" / "rows.json"
+    cli_main(
+        [
+            "bench",
+            "--arch",
+            "tiny",
+            "--methods",
+            "none,none",
+            "--vision-only",
+            "--json",
+            str(json_path),
+            *QUICK,
+        ]
+    )
+    assert [row["method"] for row in json.loads(json_path.read_text())] == ["none"]
 
 
 def test_a_model_too_big_for_memory_is_refused_before_it_is_built(monkeypatch):

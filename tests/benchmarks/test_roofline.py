@@ -230,7 +230,9 @@ def test_arch_from_a_llava_config_folder(tmp_path):
 
 
 def test_config_folder_of_another_llm_must_give_its_dimensions(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"model_type": "mistral"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llava", "text_config": {"model_type": "mistral"}})
+    )
     with pytest.raises(ValueError, match="--arch: .*lacks text_config fields hidden_size"):
         load_architecture(tmp_path)
 
@@ -467,3 +469,21 @@ def test_arch_from_a_llava_next_config_folder(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("llava-next-7b LLM prefill on v100")
     assert lines[2].split()[:2] == ["none", str(ARCHITECTURES["llava-next-7b"].prompt.stock_tokens)]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"model_type": "clip", "text_config": {}}, "config.json is a 'clip' config, not a LLaVA-family one"),
+        ([], "config.json holds a JSON list, not a config object"),
+        ({"model_type": "llava", "text_config": "oops"}, "config.json: text_config is 'oops', not a config"),
+    ],
+)
+def test_cli_refuses_a_config_folder_that_is_no_llava(config, message, tmp_path, capsys):
+    """A CLIP folder once printed a table of its text tower; a list or a string text_config, a traceback."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["analyze", "--arch", str(tmp_path)])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("llava-prumerge analyze: error: argument --arch: ") and message in last_line
