@@ -3,7 +3,8 @@
 Each page is one test case: its blocks run in order, in a scratch copy of the repository of its own, so
 each page is self-contained (a block that needs an earlier output, such as an `out/tiny-inputs` folder,
 has it made on the same page). A block runs on one page only: heavy commands (demo, train-mini, eval,
-bench) are not repeated across pages.
+bench) are not repeated across pages. README.md's blocks run under both transformers majors, the docs
+pages' under 5.x only (their commands are the same code under either, which the suite tests under both).
 
 Conventions, so that the blocks run inside the test suite:
 - Blocks run in a scratch copy of the repository (without what .gitignore ignores), so their outputs
@@ -40,6 +41,7 @@ import time
 from pathlib import Path
 
 import pytest
+import transformers
 
 from llava_prumerge.cli import main
 
@@ -190,6 +192,10 @@ def run_blocks(page: Path, blocks, scratch_repo, checkpoints: dict[str, Path]) -
 
 @pytest.mark.parametrize("page", pages_with_blocks(needs_vllm=False))
 def test_every_readme_block_runs(page, scratch_repo, tiny_checkpoints):
+    if transformers.__version__.startswith("4.") and page.name != "README.md":
+        # The pages' blocks are the commands' (the CLI is the same code under either major, which the
+        # suite tests under both); run under the latest major, they keep the 4.57 suite half as long.
+        pytest.skip("the docs pages' blocks run under transformers 5 (README.md's under both)")
     failures = run_blocks(page, runnable_blocks(page, needs_vllm=False), scratch_repo, tiny_checkpoints)
     assert not failures, "\n\n".join(failures)
 
