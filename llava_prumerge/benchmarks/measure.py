@@ -212,6 +212,11 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+# Row fields that may be None: the checkpoint (random weights), peak memory (not measurable on every OS), the
+# fixed budget (adaptive methods), the compile backend (without --compile).
+NULLABLE_FIELDS = frozenset(
+    {"checkpoint", "peak_memory_increase_bytes", "peak_memory_vs_none", "fixed_tokens", "compile"}
+)
 LLM_FIELDS = (
     "sequence_length",
     "projector_compaction_ms",

@@ -35,31 +35,25 @@ def load_for_eval(name_or_path: str):
     return model, processor, name_or_path
 
 
+def refuse_given(options: dict, one: str, several: str) -> None:
+    """Refuse the options of `options` (flag -> value, None where not given) that were given, naming them,
+    followed by `one` (one option given) or `several`."""
+    if given := [flag for flag, value in options.items() if value is not None]:
+        raise UsageError(f"{', '.join(given)} {one if len(given) == 1 else several}")
+
+
 def check_option_combinations(args: argparse.Namespace) -> None:
     """Refuse options the run would ignore: each names the option and what it needs."""
     if args.lmms_eval_tasks:
-        shapes_only = {
-            "--budgets": args.budgets,
-            "--no-budgets": args.no_budgets or None,
-            "--importance": args.importance,
-            "--plot": args.plot,
-        }
-        if given := [flag for flag, value in shapes_only.items() if value is not None]:
-            verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
-            raise UsageError(
-                f"{', '.join(given)} {verb} to Shapes-VQA, not to --lmms-eval-tasks; drop {pronoun}"
-            )
+        shapes_only = {"--budgets": args.budgets, "--no-budgets": args.no_budgets or None,
+                       "--importance": args.importance, "--plot": args.plot}  # fmt: skip
+        where = "to Shapes-VQA, not to --lmms-eval-tasks"
+        refuse_given(shapes_only, f"applies {where}; drop it", f"apply {where}; drop them")
         return
-    lmms_only = {
-        "--lmms-eval-python": args.lmms_eval_python,
-        "--lmms-eval-include-path": args.lmms_eval_include_path,
-        "--lmms-eval-output": args.lmms_eval_output,
-    }
-    if given := [flag for flag, value in lmms_only.items() if value is not None]:
-        verb, pronoun = ("need", "them") if len(given) > 1 else ("needs", "it")
-        raise UsageError(
-            f"{', '.join(given)} {verb} --lmms-eval-tasks (e.g. pope,mme); pass that or drop {pronoun}"
-        )
+    lmms_only = {"--lmms-eval-python": args.lmms_eval_python, "--lmms-eval-include-path": args.lmms_eval_include_path,
+                 "--lmms-eval-output": args.lmms_eval_output}  # fmt: skip
+    needed = "--lmms-eval-tasks (e.g. pope,mme); pass that or drop"
+    refuse_given(lmms_only, f"needs {needed} it", f"need {needed} them")
     if args.importance is not None and args.methods == ["none"]:
         raise UsageError("--importance does nothing with --methods none (every token kept); drop it")
     if args.budgets is not None and not any(method in BUDGETED for method in args.methods):

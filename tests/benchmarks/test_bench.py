@@ -74,15 +74,7 @@ def test_tiny_run_has_every_field_for_every_method_and_batch_size(tiny_run):
     ]
     for row in rows:
         assert set(row) >= FIELDS, FIELDS - set(row)
-        # no checkpoint; peak memory is not measurable on every OS; adaptive methods have no fixed budget
-        may_be_empty = {
-            "checkpoint",
-            "peak_memory_increase_bytes",
-            "peak_memory_vs_none",
-            "fixed_tokens",
-            "compile",
-        }
-        assert [k for k, v in row.items() if v is None and k not in may_be_empty] == []
+        assert [k for k, v in row.items() if v is None and k not in measure.NULLABLE_FIELDS] == []
     assert all(r["arch"] == "tiny" and r["checkpoint"] is None and r["layers"] == 2 for r in rows)
 
 
@@ -367,14 +359,7 @@ def test_tiny_video_run_has_every_field_for_every_method_and_batch_size(tiny_vid
     for row in rows:
         assert set(row) >= VIDEO_FIELDS, VIDEO_FIELDS - set(row)
         assert "visual_tokens_per_image" not in row
-        may_be_empty = {
-            "checkpoint",
-            "peak_memory_increase_bytes",
-            "peak_memory_vs_none",
-            "fixed_tokens",
-            "compile",
-        }
-        assert [k for k, v in row.items() if v is None and k not in may_be_empty] == []
+        assert [k for k, v in row.items() if v is None and k not in measure.NULLABLE_FIELDS] == []
         assert (row["arch"], row["modality"], row["frames"], row["layers"]) == ("tiny-video", "video", 8, 2)
 
 

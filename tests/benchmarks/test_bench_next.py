@@ -58,14 +58,7 @@ def test_tiny_next_compares_the_fields_budgets_by_default(tiny_next_run):
     rows, _ = tiny_next_run
     assert [(r["batch_size"], r["method"]) for r in rows] == [(b, m) for b in (1, 2) for m in METHODS]
     for row in rows:
-        may_be_empty = {
-            "checkpoint",
-            "peak_memory_increase_bytes",
-            "peak_memory_vs_none",
-            "fixed_tokens",
-            "compile",
-        }
-        assert [k for k, v in row.items() if v is None and k not in may_be_empty] == []
+        assert [k for k, v in row.items() if v is None and k not in measure.NULLABLE_FIELDS] == []
         assert (row["arch"], row["modality"], row["frames"], row["layers"]) == ("tiny-next", "image", 5, 2)
 
 
