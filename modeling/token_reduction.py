@@ -57,24 +57,25 @@ class Selection:
 
     slots [B, N]: per image the patch behind every slot, the selected ones first.
     num_selected [B]: how many slots of each image are selected.
-    fixed_count: that number when the settings fix it for every image (budgets, ratios, the baselines),
-        known without reading the attention back from the device; None for adaptive counts.
+    counts: the same numbers on the host: known from the settings where they fix them (budgets, ratios, the
+        baselines: `fixed`, no read from the device), else read back once, when the selection is made.
     """
 
     slots: torch.Tensor
     num_selected: torch.Tensor
-    fixed_count: int | None
+    counts: list[int]
+    fixed: bool
+
+    @classmethod
+    def of_fixed_count(cls, slots: torch.Tensor, count: int) -> Selection:
+        """Every image selects `count` slots, known without looking at the device."""
+        counts = torch.full((slots.shape[0],), count, device=slots.device)
+        return cls(slots, counts, [count] * slots.shape[0], fixed=True)
 
     @property
     def width(self) -> int:
-        """The most selected slots of any image (a host read only for adaptive counts)."""
-        return self.fixed_count if self.fixed_count is not None else int(self.num_selected.max())
-
-    def counts(self) -> list[int]:
-        """Every image's selected count (a host read only for adaptive counts)."""
-        if self.fixed_count is not None:
-            return [self.fixed_count] * self.slots.shape[0]
-        return self.num_selected.tolist()
+        """The most selected slots of any image."""
+        return max(self.counts)
 
 
 def class_attention(
@@ -297,7 +298,10 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> Selec
         is_center, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
     )
     slots = key.argsort(dim=1)  # [B, N]
-    return Selection(slots, is_center.sum(dim=1) + sampled.sum(dim=1), fixed_count)
+    if fixed_count is not None:
+        return Selection.of_fixed_count(slots, fixed_count)
+    num_selected = is_center.sum(dim=1) + sampled.sum(dim=1)  # [B]
+    return Selection(slots, num_selected, num_selected.tolist(), fixed=False)
 
 
 def _baseline_slots(
@@ -313,8 +317,7 @@ def _baseline_slots(
     selected = torch.zeros(num_patches, dtype=torch.bool, device=device)
     selected[chosen] = True
     key = torch.where(selected, positions, positions + num_patches)  # selected first, each group ascending
-    counts = torch.full((batch,), len(chosen), device=device)
-    return Selection(key.argsort().expand(batch, num_patches), counts, len(chosen))
+    return Selection.of_fixed_count(key.argsort().expand(batch, num_patches), len(chosen))
 
 
 def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> list[int]:
@@ -377,8 +380,7 @@ def _fixed_ratio_plus_slots(
     rest = torch.where(left_over, positions, positions + num_patches).argsort(dim=1)
     num_rest = num_patches - num_centers - samples.numel()
     slots = torch.cat([order[:, :num_centers], samples.expand(batch, -1), rest[:, : max(num_rest, 0)]], dim=1)
-    count = num_centers + samples.numel()
-    return Selection(slots, torch.full((batch,), count, device=device), count)
+    return Selection.of_fixed_count(slots, num_centers + samples.numel())
 
 
 def plan_merge(keys: torch.Tensor, selection: Selection, merge_k: int) -> torch.Tensor:
@@ -464,11 +466,11 @@ def apply_merge(
     if summary_token:
         padding[:, -1] = False
     _check_finite("features", tokens.masked_fill(padding[..., None], 0))
-    if selection.fixed_count is not None:  # every image alike: split without reading counts back
+    if selection.fixed:  # every image alike: one slice
         return list(tokens[:, : width + (summary_token and width < num_patches)].unbind(0))
     return [
         torch.cat([image_tokens[:count], image_tokens[width : width + (count < num_patches)]])
-        for image_tokens, count in zip(tokens, selection.counts(), strict=True)
+        for image_tokens, count in zip(tokens, selection.counts, strict=True)
     ]
 
 
@@ -550,7 +552,7 @@ def _per_image(tokens, selection: Selection, neighbors, token_order: str) -> Red
     """Each image's tokens, kept patches and absorbed patches, in attention or raster order."""
     out_features, out_centers, out_neighbors = [], [], []
     slots = selection.slots
-    for image, count in enumerate(selection.counts()):
+    for image, count in enumerate(selection.counts):
         centers = slots[image, :count]
         absorbed = neighbors[image, :count] if neighbors is not None else centers.new_empty(count, 0)
         image_tokens = tokens[image]
