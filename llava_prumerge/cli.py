@@ -63,6 +63,11 @@ SUBCOMMANDS = {
         "llava_prumerge.serving.cli",
         "serve a fixed-budget PruMerge checkpoint with vLLM's OpenAI-compatible server",
     ),
+    "app": (
+        "llava_prumerge.app.cli",
+        "see PruMerge in a browser: upload an image, ask, compare the methods side by side (Gradio)",
+    ),
+    "space": ("llava_prumerge.app.cli", "write a Hugging Face Space folder that runs the app on a Hub model"),
 }
 TRACEBACK_VARIABLE = "LLAVA_PRUMERGE_TRACEBACK"
 

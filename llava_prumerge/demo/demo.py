@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from matplotlib.figure import Figure
 
 from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import NOISY_SPREAD, StageTime, timed, torch_threads
@@ -241,16 +242,24 @@ def time_stages(inner, encode, reduce, visual_tokens, inputs, repeats: int) -> T
     return TimedStages(encoded, reduced, compact, vision_ms, reducer_ms, prefill_ms)
 
 
-def run_one(
-    model, processor, pipe, item: DemoImage, method: str, args: argparse.Namespace, description: str
-) -> DemoRow:
-    """Time the three stages on one image with one method, draw the reduction, generate an answer."""
-    image, path = item.image, item.path
-    inputs = processor(images=image, text=chat_prompt(processor, item.prompt), return_tensors="pt")
+@dataclass
+class MeasuredImage:
+    """One image under one reducer setting: its timed stages, the reduction's picture (when drawn), the answer."""
+
+    stages: TimedStages
+    figure: Figure | None
+    answer: str
+
+
+def measure_image(
+    model, processor, pipe, image, prompt: str, settings, repeats: int, max_new_tokens: int, title: str | None
+) -> MeasuredImage:
+    """Time the three stages on one image under the reducer `settings`, draw the reduction when a `title` is
+    given, and generate an answer through the image-text-to-text `pipe` (shared by `demo` and `app`)."""
+    inputs = processor(images=image, text=chat_prompt(processor, prompt), return_tensors="pt")
     inputs = inputs.to(model.device)
     pixel_values = inputs["pixel_values"].to(model.dtype)
     inner = model.model
-    settings = drawn_settings(model, method)
     with torch.inference_mode():
         stages = time_stages(
             inner,
@@ -258,26 +267,38 @@ def run_one(
             lambda encoded: inner.reduce_patches(encoded, reduction=settings),
             inner.image_tokens,
             inputs,
-            args.repeats,
+            repeats,
         )
-        picture = None
-        if method in DRAWN_METHODS:
+        figure = None
+        if title is not None:
             score = importance_label(model, settings)
             reduction = patch_reduction(
                 settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced, score
             )
-            picture = args.out / f"{path.stem}-{method}.png"
-            draw(reduction, picture_title(path.name, method, description)).savefig(picture)
-        messages = chat_messages(item.prompt, image)
+            figure = draw(reduction, title)
         generated = pipe(
-            text=messages,
+            text=chat_messages(prompt, image),
             return_full_text=False,
-            generate_kwargs={
-                "max_new_tokens": args.max_new_tokens,
-                "do_sample": False,
-                "reduction": settings,
-            },
+            generate_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "reduction": settings},
         )
+    return MeasuredImage(stages, figure, generated[0]["generated_text"])
+
+
+def run_one(
+    model, processor, pipe, item: DemoImage, method: str, args: argparse.Namespace, description: str
+) -> DemoRow:
+    """Time the three stages on one image with one method, draw the reduction, generate an answer."""
+    path = item.path
+    title = picture_title(path.name, method, description) if method in DRAWN_METHODS else None
+    settings = drawn_settings(model, method)
+    measured = measure_image(
+        model, processor, pipe, item.image, item.prompt, settings, args.repeats, args.max_new_tokens, title
+    )
+    picture = None
+    if measured.figure is not None:
+        picture = args.out / f"{path.stem}-{method}.png"
+        measured.figure.savefig(picture)
+    stages = measured.stages
     return DemoRow(
         image=path.name,
         method=method,
@@ -287,7 +308,7 @@ def run_one(
         vision_ms=stages.vision_ms,
         reducer_ms=stages.reducer_ms,
         prefill_ms=stages.prefill_ms,
-        answer=generated[0]["generated_text"],
+        answer=measured.answer,
         picture=picture,
         question=item.prompt,
         expected=item.expected,

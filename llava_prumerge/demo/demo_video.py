@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from ..common.timing import StageTime
 from ..common.video_processing import placeholders_per_frame
 from .cli import DRAWN_METHODS
 from .demo import (
+    TimedStages,
     check_distinct_names,
     one_line,
     picture_link,
@@ -81,13 +83,31 @@ def run(args: argparse.Namespace) -> list[VideoDemoRow]:
     return rows
 
 
-def run_one(model, processor, video: SampledVideo, path: Path, method: str, args) -> VideoDemoRow:
-    """Time the three stages on one video with one method, draw the reduction, generate an answer."""
-    inputs = video_inputs(model, processor, video, args.prompt)
+@dataclass
+class MeasuredVideo:
+    """One video under one reducer setting: its timed stages, the reduction's picture (when drawn), the answer."""
+
+    stages: TimedStages
+    figure: Figure | None
+    answer: str
+
+
+def measure_video(
+    model,
+    processor,
+    video: SampledVideo,
+    prompt: str,
+    settings,
+    repeats: int,
+    max_new_tokens: int,
+    title: str | None,
+) -> MeasuredVideo:
+    """Time the three stages on one video under the reducer `settings`, draw the reduction when a `title` is
+    given, and generate an answer (shared by `demo --video` and `app`)."""
+    inputs = video_inputs(model, processor, video, prompt)
     pixel_values_videos = inputs["pixel_values_videos"]
     num_frames = pixel_values_videos.shape[1]
     inner = model.model
-    settings = drawn_settings(model, method)
     with torch.inference_mode():
         stages = time_stages(
             inner,
@@ -95,34 +115,46 @@ def run_one(model, processor, video: SampledVideo, path: Path, method: str, args
             lambda encoded: inner.reduce_video_frames(encoded, num_frames, reduction=settings),
             lambda reduced: inner.video_tokens(reduced, num_frames),
             inputs,
-            args.repeats,
+            repeats,
         )
-        picture = None
-        if method in DRAWN_METHODS:
+        figure = None
+        if title is not None:
             reduction = video_reduction(
                 settings, processor, pixel_values_videos, stages.encoded, stages.reduced, video
             )
-            picture = args.out / f"{path.stem}-{method}.png"
-            title = picture_title(path.name, method, args.model or TINY_VIDEO_MODEL_NOTE)
-            draw_video(reduction, title).savefig(picture)
+            figure = draw_video(reduction, title)
         generated = model.generate(
-            **inputs,
-            max_new_tokens=args.max_new_tokens,
-            do_sample=False,
-            reduction=settings,
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, reduction=settings
         )
     new_tokens = generated[0, inputs["input_ids"].shape[1] :]
+    return MeasuredVideo(stages, figure, processor.tokenizer.decode(new_tokens, skip_special_tokens=True))
+
+
+def run_one(model, processor, video: SampledVideo, path: Path, method: str, args) -> VideoDemoRow:
+    """Time the three stages on one video with one method, draw the reduction, generate an answer."""
+    title = None
+    if method in DRAWN_METHODS:
+        title = picture_title(path.name, method, args.model or TINY_VIDEO_MODEL_NOTE)
+    settings = drawn_settings(model, method)
+    measured = measure_video(
+        model, processor, video, args.prompt, settings, args.repeats, args.max_new_tokens, title
+    )
+    picture = None
+    if measured.figure is not None:
+        picture = args.out / f"{path.stem}-{method}.png"
+        measured.figure.savefig(picture)
+    stages = measured.stages
     return VideoDemoRow(
         video=path.name,
         method=method,
         video_tokens=sum(stages.reduced.num_tokens),
-        stock_tokens=num_frames * placeholders_per_frame(model.config.vision_config),
+        stock_tokens=len(video.frames) * placeholders_per_frame(model.config.vision_config),
         frame_tokens=stages.reduced.num_tokens,
         prompt_length=stages.compact.inputs_embeds.shape[1],
         vision_ms=stages.vision_ms,
         reducer_ms=stages.reducer_ms,
         prefill_ms=stages.prefill_ms,
-        answer=processor.tokenizer.decode(new_tokens, skip_special_tokens=True),
+        answer=measured.answer,
         picture=picture,
     )
 
