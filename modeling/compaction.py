@@ -16,7 +16,9 @@ features, and nothing else changes.
 Architecture-agnostic: a model hands over one `VisualTokens` per modality (images, videos) and a
 boolean placeholder mask per modality; everything else (labels, positions, padding) follows here.
 Deciding (`item_spans`: which run is which item) is separate from applying (`write_in_place`,
-`compact_batch`), so a caller decides once and picks the cheaper application.
+`compact_batch`), so a caller decides once and picks the cheaper application. The model decides on
+host copies of the placeholder masks (fetched with the forward's one host read, see
+`token_reduction.HostReads`), so deciding makes the host wait for nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ def placeholder_runs(placeholders: torch.Tensor) -> list[list[tuple[int, int]]]:
     for (sample, start), (_, end) in zip(starts, ends, strict=True):
         runs[sample].append((start, end - start + 1))
     return runs
+
+
+def has_placeholders(placeholders: torch.Tensor) -> bool:
+    """Whether a [B, L] placeholder mask marks any position."""
+    return bool(placeholders.any())
 
 
 def assign_runs(
@@ -218,6 +225,30 @@ def write_in_place(
             where[sample, span.start : span.end] = True
     values = torch.cat(ordered).to(text_embeds.device, text_embeds.dtype)  # [sum n_i, hidden]
     return text_embeds.masked_scatter(where[..., None], values)  # row-major, as the spans are ordered
+
+
+def write_static_layout(
+    text_embeds: torch.Tensor, placeholders: dict[str, torch.Tensor], visual: list[VisualTokens]
+) -> torch.Tensor:
+    """`text_embeds` [B, L, hidden] with each modality's tokens written over its placeholders, in order, without
+    reading the layout back: for prompts whose runs already hold exactly their items' tokens (a fixed budget's
+    processor, or a prompt compacted before), as a compiled forward needs. A prompt with another number of
+    placeholders fails an assertion on the device (a RuntimeError on a CPU)."""
+    batch, length, hidden = text_embeds.shape
+    for tokens in visual:
+        where = placeholders[tokens.modality].reshape(-1)  # [B*L]
+        values = torch.cat(tokens.features).to(text_embeds.device, text_embeds.dtype)  # [T, hidden]
+        torch._assert_async(
+            where.sum() == values.shape[0],
+            f"a compiled forward needs exactly one `<{tokens.modality}>` placeholder per reduced token "
+            f"({values.shape[0]} in this batch): build prompts with the fixed-budget processor, or run eagerly",
+        )
+        source = (where.cumsum(0) - 1).clamp(
+            0, max(values.shape[0] - 1, 0)
+        )  # [B*L]: the token each one takes
+        placed = values[source].view(batch, length, hidden)
+        text_embeds = torch.where(where.view(batch, length, 1), placed, text_embeds)
+    return text_embeds
 
 
 def widened_prompt(

@@ -27,11 +27,14 @@ from .compaction import (
     centers_by_sample,
     compact_batch,
     fits_in_place,
+    has_placeholders,
+    input_padding_side,
     item_spans,
     items_per_sample,
     placed_batch,
     repeat_per_prompt,
     write_in_place,
+    write_static_layout,
 )
 from .errors import VisualInputError
 from .reduction_settings import ReductionSettings
@@ -43,7 +46,7 @@ from .runtime_compat import (
     encoder_output_fields,
     pop_cache,
 )
-from .token_reduction import ReducedTokens
+from .token_reduction import ReducedTokens, batched_host_reads, host_copy, prefetch
 from .vision_encoding import (
     EncodedPatches,
     check_pixel_values,
@@ -392,7 +395,11 @@ class PruMergeModelMixin:
     def compact(
         self, text_embeds, attention_mask, visual, spans, input_ids, labels, position_ids, padding_side=None
     ) -> CompactedBatch:
-        """`compaction.compact_batch` with this model's padding token."""
+        """`compaction.compact_batch` with this model's padding token (the padding side read from the host)."""
+        if padding_side is None and torch.is_tensor(attention_mask):
+            padding_side = input_padding_side(
+                host_copy("padding side", attention_mask[:, -1:], attention_mask)
+            )
         return compact_batch(
             text_embeds,
             self.padding_mask(text_embeds, attention_mask),
@@ -444,32 +451,58 @@ class PruMergeModelMixin:
             )
         return attention_mask
 
+    def placeholder_mask(
+        self, modality: str, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[B, L] where the prompt holds `modality`'s placeholder: from `input_ids`, else by comparing
+        `inputs_embeds` with the placeholder token's embedding (as stock transformers 5.x does)."""
+        token_id = getattr(self.config, f"{modality}_token_id")
+        if input_ids is not None:
+            return input_ids == token_id
+        token = torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
+
+    def prefetch_prompt_layout(self, input_ids, inputs_embeds, attention_mask) -> None:
+        """Queue what compaction reads of the prompt (each modality's placeholders, the padding side), so that
+        it comes back with the first read of the forward (see `HostReads`) instead of in a read of its own."""
+        prompt = input_ids if input_ids is not None else inputs_embeds
+        for modality in self.modality_inputs:
+            prefetch(
+                f"{modality} placeholders", self.placeholder_mask(modality, input_ids, inputs_embeds), prompt
+            )
+        if torch.is_tensor(attention_mask) and attention_mask.dim() == 2:
+            prefetch("padding side", attention_mask[:, -1:], attention_mask)
+
     def placeholder_masks(
         self,
         visual: list[VisualTokens],
         input_ids: torch.LongTensor | None,
         inputs_embeds: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """Per modality given, where its placeholders are: from `input_ids`, else by comparing `inputs_embeds`
-        with the placeholder token's embedding (as stock transformers 5.x does). Placeholders of a modality
-        whose inputs are missing would be read as text: an error."""
+        """Per modality given, where its placeholders are ([B, L], on the host: compaction reads them there).
+        Placeholders of a modality whose inputs are missing would be read as text: an error."""
         given = {tokens.modality for tokens in visual}
+        prompt = input_ids if input_ids is not None else inputs_embeds
         masks = {}
         for modality, argument in self.modality_inputs.items():
-            token_id = getattr(self.config, f"{modality}_token_id")
-            if input_ids is not None:
-                mask = input_ids == token_id
-            else:
-                token = torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
-                mask = (inputs_embeds == self.get_input_embeddings()(token)).all(-1)
+            mask = self.placeholder_mask(modality, input_ids, inputs_embeds)
             if modality in given:
-                masks[modality] = mask
-            elif input_ids is not None and bool(mask.any()):
+                masks[modality] = host_copy(f"{modality} placeholders", mask, prompt)
+            elif input_ids is not None and has_placeholders(
+                host_copy(f"{modality} placeholders", mask, prompt)
+            ):
                 raise VisualInputError(
                     f"The prompt holds `<{modality}>` tokens but no {argument} were given: pass the "
                     f"{modality}(s) as {argument}, or remove `<{modality}>` from the text"
                 )
         return masks
+
+    @staticmethod
+    def compiles_static_layout(visual: list[VisualTokens]) -> bool:
+        """Whether this forward writes the visual tokens without reading the prompt's layout back: under
+        torch.compile, where a read would break the graph, for tokens placed by one-row positions. The prompt
+        must then hold one placeholder per reduced token (see `compaction.write_static_layout`)."""
+        return torch.compiler.is_compiling() and all(tokens.places is None for tokens in visual)
 
     def check_prefill(self, cache, kwargs: dict) -> None:
         """Compaction rewrites the whole prompt, so visual inputs need an empty KV cache."""
@@ -481,13 +514,18 @@ class PruMergeModelMixin:
             )
         kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; the LLM recomputes them
 
+    @staticmethod
+    def has_visual_inputs(visual_inputs: dict) -> bool:
+        """Whether raw visual inputs are given (options such as `image_sizes` alone are none)."""
+        return any(value is not None for key, value in visual_inputs.items() if key not in VISUAL_OPTIONS)
+
     def visual_inputs_tokens(
         self, mm_encoder_outputs: dict | None, visual_inputs: dict, rows: int
     ) -> list[VisualTokens]:
         """The visual tokens of one call for a batch of `rows` prompts: from raw visual inputs (options such as
         `image_sizes` alone are none), or encoded beforehand in `mm_encoder_outputs`; not both."""
         visual = visual_tokens_of_encoder_outputs(self, mm_encoder_outputs, rows)
-        if any(value is not None for key, value in visual_inputs.items() if key not in VISUAL_OPTIONS):
+        if self.has_visual_inputs(visual_inputs):
             if visual:
                 raise VisualInputError(
                     "Pass the visual inputs once: as pixel values or in mm_encoder_outputs"
@@ -513,7 +551,19 @@ class PruMergeModelMixin:
         cache = pop_cache(kwargs, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):  # as stock: the embeddings would silently win
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        with batched_host_reads():  # one host read for the checks, an adaptive selection and the layout
+            return self._compacted_forward(
+                output_class, input_ids, attention_mask, position_ids, cache, inputs_embeds, labels,
+                mm_encoder_outputs, visual_inputs, kwargs,
+            )  # fmt: skip
+
+    def _compacted_forward(
+        self, output_class, input_ids, attention_mask, position_ids, cache, inputs_embeds, labels,
+        mm_encoder_outputs, visual_inputs: dict, kwargs: dict,
+    ):  # fmt: skip
         prompt = input_ids if input_ids is not None else inputs_embeds
+        if mm_encoder_outputs or self.has_visual_inputs(visual_inputs):
+            self.prefetch_prompt_layout(input_ids, inputs_embeds, attention_mask)
         visual = self.visual_inputs_tokens(mm_encoder_outputs, visual_inputs, prompt.shape[0])
         if visual:
             check_positions(position_ids, prompt)
@@ -550,7 +600,18 @@ class PruMergeModelMixin:
         fields = {"labels": labels}
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if visual:
+        if visual and self.compiles_static_layout(visual):
+            self.check_prompt(input_ids, inputs_embeds, labels)
+            placeholders = {
+                tokens.modality: self.placeholder_mask(tokens.modality, input_ids, inputs_embeds)
+                for tokens in visual
+            }
+            inputs_embeds = write_static_layout(inputs_embeds, placeholders, visual)
+            fields["attention_mask"] = self.padding_mask(inputs_embeds, attention_mask)
+            for tokens in visual:  # the kept patches per sample need the layout on the host: not reported
+                fields.update(encoder_output_fields(tokens.modality, tokens.features))
+                fields[COUNT_FIELDS[tokens.modality][0]] = tokens.counts
+        elif visual:
             visual, spans = self.item_spans(visual, input_ids, inputs_embeds, labels)
             if fits_in_place(visual, spans):
                 inputs_embeds = write_in_place(inputs_embeds, visual, spans)
@@ -714,6 +775,12 @@ class PruMergeForConditionalGenerationMixin:
         self, input_ids, visual_inputs: dict, encoded: dict | None, reduction, cache, kwargs: dict
     ) -> CompactedBatch:
         """The prompt with its visual inputs reduced and compacted, left-padded for decoding."""
+        with batched_host_reads():  # as in the forward: one host read
+            return self._compacted_prompt_batched(input_ids, visual_inputs, encoded, reduction, cache, kwargs)
+
+    def _compacted_prompt_batched(
+        self, input_ids, visual_inputs: dict, encoded: dict | None, reduction, cache, kwargs: dict
+    ) -> CompactedBatch:
         self.model.check_prefill(cache, kwargs)
         inputs_embeds = kwargs.pop("inputs_embeds", None)
         rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
@@ -722,8 +789,9 @@ class PruMergeForConditionalGenerationMixin:
             "vision_feature_layer": kwargs.pop("vision_feature_layer", None),
             "vision_feature_select_strategy": kwargs.pop("vision_feature_select_strategy", None),
         }
-        visual = self.model.visual_inputs_tokens(encoded, {**options, **visual_inputs}, rows)
         attention_mask, position_ids = kwargs.pop("attention_mask", None), kwargs.pop("position_ids", None)
+        self.model.prefetch_prompt_layout(input_ids, inputs_embeds, attention_mask)
+        visual = self.model.visual_inputs_tokens(encoded, {**options, **visual_inputs}, rows)
         if visual:
             input_ids, attention_mask, _ = self.model.stock_layout_prompt(
                 visual, input_ids, attention_mask, None, position_ids

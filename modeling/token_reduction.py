@@ -14,9 +14,11 @@ remote code.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import warnings
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -57,25 +59,137 @@ class Selection:
 
     slots [B, N]: per image the patch behind every slot, the selected ones first.
     num_selected [B]: how many slots of each image are selected.
-    counts: the same numbers on the host: known from the settings where they fix them (budgets, ratios, the
-        baselines: `fixed`, no read from the device), else read back once, when the selection is made.
+    fixed_count: that number where the settings fix it for every image (budgets, ratios, the baselines), known
+        without looking at the device; None for adaptive selections, whose counts are read back once, with
+        the finished tokens (`reduce_visual_tokens`).
     """
 
     slots: torch.Tensor
     num_selected: torch.Tensor
-    counts: list[int]
-    fixed: bool
+    fixed_count: int | None = None
 
     @classmethod
     def of_fixed_count(cls, slots: torch.Tensor, count: int) -> Selection:
-        """Every image selects `count` slots, known without looking at the device."""
-        counts = torch.full((slots.shape[0],), count, device=slots.device)
-        return cls(slots, counts, [count] * slots.shape[0], fixed=True)
+        """Every image selects `count` slots."""
+        return cls(slots, torch.full((slots.shape[0],), count, device=slots.device), count)
 
     @property
     def width(self) -> int:
-        """The most selected slots of any image."""
-        return max(self.counts)
+        """The slots every image's tokens are planned and merged over: the fixed count, else all of them (so
+        that nothing waits for the adaptive counts; the rows past an image's count are dropped at the end)."""
+        return self.slots.shape[1] if self.fixed_count is None else self.fixed_count
+
+
+# ---------------------------------------------------------------- what the host reads back from the device
+
+
+@dataclass
+class HostReads:
+    """The values the host needs from the device during one forward, fetched together.
+
+    Every host read of a device value is a synchronization: the host waits until the device has finished
+    all queued work, and queues nothing meanwhile. Inside `batched_host_reads()`, finite checks, adaptive
+    counts and the prompt's placeholder layout queue their tensors here instead of reading them, and the
+    first value the host needs brings back everything queued so far in one copy: a forward of a fixed
+    budget reads once (at compaction), an adaptive one once too (its counts, with the checks and the
+    layout). A failed check raises then. Under torch.compile nothing is queued or checked (as stock).
+    """
+
+    queued: list[torch.Tensor] = field(default_factory=list)  # flattened int64 tensors, read in order
+    values: list[list[int]] = field(default_factory=list)  # those read so far, same order
+    checks: list[tuple[int, str]] = field(default_factory=list)  # (index of a finite flag, its error message)
+    prefetched: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)  # name -> (source, index)
+    transfers: int = 0  # how many times the host waited for the device
+
+    def queue(self, tensor: torch.Tensor) -> int:
+        """Queue `tensor` (any shape, integer or bool) for the next read; its index for `value`."""
+        self.queued.append(tensor.detach().reshape(-1).long())
+        return len(self.queued) - 1
+
+    def value(self, index: int) -> list[int]:
+        """The flattened values of queued tensor `index`: read now, with everything queued, if not yet."""
+        if index >= len(self.values):
+            self.read()
+        return self.values[index]
+
+    def read(self) -> None:
+        """Everything queued and not yet read, in one device-to-host copy per device; failed checks raise."""
+        pending = self.queued[len(self.values) :]
+        if not pending:
+            return
+        by_device: dict[torch.device, list[int]] = {}
+        for offset, tensor in enumerate(pending):
+            by_device.setdefault(tensor.device, []).append(offset)
+        read = [None] * len(pending)
+        for offsets in by_device.values():
+            flat = torch.cat([pending[offset] for offset in offsets]).tolist()
+            self.transfers += 1
+            start = 0
+            for offset in offsets:
+                size = pending[offset].numel()
+                read[offset] = flat[start : start + size]
+                start += size
+        self.values.extend(read)
+        for index, message in self.checks:
+            if index < len(self.values) and not self.values[index][0]:
+                self.checks = []
+                raise NonFiniteError(message)
+
+
+_HOST_READS: contextvars.ContextVar[HostReads | None] = contextvars.ContextVar(
+    "prumerge_host_reads", default=None
+)
+
+
+def _active_host_reads() -> HostReads | None:
+    """The `HostReads` of the enclosing `batched_host_reads` block; None outside one, and under torch.compile
+    (which traces no context variable, and whose graphs read nothing back)."""
+    return None if torch.compiler.is_compiling() else _HOST_READS.get()
+
+
+@contextmanager
+def batched_host_reads():
+    """Within, host reads of device values are batched in one `HostReads` (see there), which is yielded; the
+    outermost block reads the checks still unread when it ends, so that none is skipped."""
+    if torch.compiler.is_compiling() or _HOST_READS.get() is not None:
+        yield _active_host_reads()
+        return
+    reads = HostReads()
+    token = _HOST_READS.set(reads)
+    try:
+        yield reads
+        if any(index >= len(reads.values) for index, _ in reads.checks):
+            reads.read()
+    finally:
+        _HOST_READS.reset(token)
+
+
+def read_back(tensor: torch.Tensor) -> list[int]:
+    """`tensor.tolist()` (flattened), fetched with everything queued when reads are batched."""
+    reads = _active_host_reads()
+    if reads is None:
+        return tensor.reshape(-1).tolist()
+    return reads.value(reads.queue(tensor))
+
+
+def prefetch(name: str, tensor: torch.Tensor, source: torch.Tensor) -> None:
+    """Where reads are batched, queue `tensor` (derived from `source`) to come back with the next read, for a
+    later `host_copy(name, ...)` of the same source: the prompt's layout, fetched with an adaptive
+    selection's counts."""
+    reads = _active_host_reads()
+    if reads is not None:
+        reads.prefetched[name] = (source, reads.queue(tensor))
+
+
+def host_copy(name: str, tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """`tensor` (derived from `source`) copied to the host: where reads are batched, the copy prefetched under
+    `name` from the same source, else fetched now with everything queued."""
+    reads = _active_host_reads()
+    if reads is None:
+        return tensor.cpu()
+    known = reads.prefetched.get(name)
+    index = known[1] if known is not None and known[0] is source else reads.queue(tensor)
+    return torch.tensor(reads.value(index), dtype=torch.long).view(tensor.shape).to(tensor.dtype)
 
 
 def class_attention(
@@ -222,11 +336,16 @@ def raise_if_not_finite(tensor: torch.Tensor, message: str) -> None:
     """Raise NonFiniteError(message) when `tensor` holds a NaN or inf (one pass: a float32 sum is non-finite
     when some element is).
 
-    The check reads a flag back from the device; under torch.compile it is left out, so that a compiled
-    fixed-budget path has no host synchronization (a NaN then reaches the logits, as in stock models)."""
+    Where host reads are batched (`batched_host_reads`), the flag is queued and raises at the next read;
+    under torch.compile the check is left out, so that a compiled fixed-budget path has no host
+    synchronization (a NaN then reaches the logits, as in stock models)."""
     if torch.compiler.is_compiling() or not tensor.is_floating_point():
         return
-    if not torch.isfinite(tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32))):
+    finite = torch.isfinite(tensor.detach().sum(dtype=torch.promote_types(tensor.dtype, torch.float32)))
+    reads = _active_host_reads()
+    if reads is not None:
+        reads.checks.append((reads.queue(finite), message))
+    elif not finite:
         raise NonFiniteError(message)
 
 
@@ -274,25 +393,22 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> Selec
     ranked = ranked.sort(dim=1, descending=True, stable=True)
     order = ranked.indices  # [B, N]
     rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, -1))  # [B, N]: place in `order`
-    centers = _center_counts(ranked.values, settings)  # per image
-    fixed_count = None if settings.adaptive else centers[0]
-    limit = (
-        fixed_count if fixed_count is not None else torch.tensor(centers, device=attention.device)[:, None]
-    )
+    centers = _center_counts(ranked.values, settings)  # per image: an int where fixed, else [B] on the device
+    fixed_count = centers if isinstance(centers, int) else None
+    limit = centers if fixed_count is not None else centers[:, None]
     is_center = rank < limit  # [B, N]
     if settings.token_reduction != "prumerge_plus":
         sampled = torch.zeros_like(is_center)
     elif settings.adaptive:
-        # The published stride: s = int(int(1 / r) / 3) with r = m / N, samples 0, s, 2s, ... < N - 1.
-        strides = torch.tensor(
-            [max(2, int(int(1 / (m / num_patches)) / 3)) for m in centers], device=attention.device
-        )
+        # The published stride: s = int(int(1 / r) / 3) with r = m / N, samples 0, s, 2s, ... < N - 1;
+        # computed on the device in float64, the very operations Python's floats make.
+        strides = ((1.0 / (centers.double() / num_patches)).floor() / 3).floor().clamp(min=2).long()
         sampled = (positions % strides[:, None] == 0) & (positions < num_patches - 1) & ~is_center
     elif settings.num_visual_tokens is not None:
-        sampled, num_samples = _budget_samples(is_center, centers[0], settings)
+        sampled, num_samples = _budget_samples(is_center, fixed_count, settings)
         fixed_count += num_samples
     else:
-        return _fixed_ratio_plus_slots(order, is_center, centers[0], settings.reduction_ratio)
+        return _fixed_ratio_plus_slots(order, is_center, fixed_count, settings.reduction_ratio)
 
     key = torch.where(
         is_center, rank, torch.where(sampled, positions + num_patches, positions + 2 * num_patches)
@@ -300,8 +416,7 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> Selec
     slots = key.argsort(dim=1)  # [B, N]
     if fixed_count is not None:
         return Selection.of_fixed_count(slots, fixed_count)
-    num_selected = is_center.sum(dim=1) + sampled.sum(dim=1)  # [B]
-    return Selection(slots, num_selected, num_selected.tolist(), fixed=False)
+    return Selection(slots, is_center.sum(dim=1) + sampled.sum(dim=1))
 
 
 def _baseline_slots(
@@ -320,19 +435,19 @@ def _baseline_slots(
     return Selection.of_fixed_count(key.argsort().expand(batch, num_patches), len(chosen))
 
 
-def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> list[int]:
-    """How many attention centers each image keeps, from its attention sorted descending [B, N]."""
-    batch, num_patches = descending.shape
+def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> int | torch.Tensor:
+    """How many attention centers each image keeps, from its attention sorted descending [B, N]: a number where
+    the settings fix it, else (adaptive) a LongTensor [B] that stays on the device."""
+    num_patches = descending.shape[1]
     if settings.adaptive:
-        centers = _outlier_counts_of_sorted(descending.flip(1), settings.iqr_scale).clamp(min=1).tolist()
-    elif settings.num_visual_tokens is not None:
+        outliers = _outlier_counts_of_sorted(descending.flip(1), settings.iqr_scale)
+        return outliers.clamp(min=1, max=num_patches)
+    if settings.num_visual_tokens is not None:
         kept = max(1, settings.num_visual_tokens - int(settings.summary_token))
-        centers = [
-            max(1, math.ceil(kept / 4)) if settings.token_reduction == "prumerge_plus" else kept
-        ] * batch
+        centers = max(1, math.ceil(kept / 4)) if settings.token_reduction == "prumerge_plus" else kept
     else:
-        centers = [max(1, int(num_patches * settings.reduction_ratio))] * batch
-    return [min(m, num_patches) for m in centers]
+        centers = max(1, int(num_patches * settings.reduction_ratio))
+    return min(centers, num_patches)
 
 
 def _budget_samples(
@@ -417,9 +532,10 @@ def apply_merge(
     neighbors: torch.Tensor | None,
     merge_weighting: str,
     summary_token: bool,
-) -> list[torch.Tensor]:
-    """Build each image's output tokens [n_i, C]: one per selected slot, then the summary token (none
-    for an image whose patches are all selected: nothing is left to summarize).
+) -> torch.Tensor:
+    """Build the output tokens [B, M (+1), C] (M = the selection's width): one per selected slot (rows past an
+    image's count are padding), then the summary token (dropped by `_per_image` for an image whose patches
+    are all selected: nothing is left to summarize).
 
     "reference": x_c + sum_j a_j x_j over the absorbed patches (not normalized, as published);
     "mean": the attention-weighted mean of the center and its absorbed patches.
@@ -466,12 +582,7 @@ def apply_merge(
     if summary_token:
         padding[:, -1] = False
     _check_finite("features", tokens.masked_fill(padding[..., None], 0))
-    if selection.fixed:  # every image alike: one slice
-        return list(tokens[:, : width + (summary_token and width < num_patches)].unbind(0))
-    return [
-        torch.cat([image_tokens[:count], image_tokens[width : width + (count < num_patches)]])
-        for image_tokens, count in zip(tokens, selection.counts, strict=True)
-    ]
+    return tokens
 
 
 def keep_all_tokens(features: torch.Tensor) -> ReducedTokens:
@@ -545,17 +656,28 @@ def reduce_visual_tokens(
     merging = settings.prunes and settings.merge
     neighbors = plan_merge(keys, selection, settings.merge_k) if merging else None  # [B, M, k]
     tokens = apply_merge(features, attention, selection, neighbors, settings.merge_weighting, summary_token)
-    return _per_image(tokens, selection, neighbors, settings.token_order)
+    # the one host read of an adaptive selection: its counts, with the finite checks queued by then
+    fixed = selection.fixed_count
+    counts = [fixed] * batch if fixed is not None else read_back(selection.num_selected)
+    return _per_image(tokens, selection, counts, neighbors, settings.token_order, summary_token)
 
 
-def _per_image(tokens, selection: Selection, neighbors, token_order: str) -> ReducedTokens:
-    """Each image's tokens, kept patches and absorbed patches, in attention or raster order."""
+def _per_image(
+    tokens, selection: Selection, counts: list[int], neighbors, token_order: str, summary_token: bool
+) -> ReducedTokens:
+    """Each image's tokens (its selected rows, then its summary token if it has one), kept patches and absorbed
+    patches, in attention or raster order."""
     out_features, out_centers, out_neighbors = [], [], []
-    slots = selection.slots
-    for image, count in enumerate(selection.counts):
+    slots, width = selection.slots, selection.width
+    num_patches = slots.shape[1]
+    for image, count in enumerate(counts):
         centers = slots[image, :count]
         absorbed = neighbors[image, :count] if neighbors is not None else centers.new_empty(count, 0)
-        image_tokens = tokens[image]
+        has_summary = summary_token and count < num_patches
+        if count == width:  # a fixed count: the summary row follows at once (a view, no copy)
+            image_tokens = tokens[image, : count + has_summary]
+        else:
+            image_tokens = torch.cat([tokens[image, :count], tokens[image, width : width + has_summary]])
         if token_order == "spatial":
             raster = centers.argsort(stable=True)
             centers, absorbed = centers[raster], absorbed[raster]

@@ -123,6 +123,44 @@ def test_sdpa_and_eager_agree_on_cuda_in_fp16(saved_model, processor, images):
     torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=2e-2, atol=2e-2)
 
 
+def synchronizations(function) -> int:
+    """How many times `function` made the host wait for the GPU (torch's sync debug mode warns at each)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            function()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(warning.message) for warning in caught)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"token_reduction": "prumerge_plus", "adaptive": False, "num_visual_tokens": 64},
+        {"token_reduction": "prumerge"},
+        {"token_reduction": "prumerge_plus"},
+    ],
+    ids=["fixed-64", "adaptive-prumerge", "adaptive-prumerge_plus"],
+)
+def test_a_forward_waits_for_the_gpu_at_most_once_more_than_stock(tester, processor, images, fields):
+    """The finite checks, an adaptive selection's counts and the prompt's layout come back in one read
+    (`HostReads`); the language model's own synchronizations are stock's."""
+    model = tester.get_model(seed=1, **fields).cuda()
+    stock = tester.get_stock_model(seed=1).cuda()
+    inputs = batch(processor, images[:1], "cuda")
+    with torch.no_grad():
+        for warm_up in (model, stock):  # lazy initialization synchronizes once
+            warm_up(**inputs)
+        ours = synchronizations(lambda: model(**inputs))
+        theirs = synchronizations(lambda: stock(**inputs))
+    assert ours <= theirs + 1, (ours, theirs)
+
+
 # ---------------------------------------------------------------- accelerate: GPU and CPU together
 
 

@@ -81,3 +81,43 @@ def test_adaptive_counts_are_read_back_and_so_break_a_full_graph():
     compiled, _ = compiled_once(lambda f, a, k: reduce_visual_tokens(f, a, k, ReductionSettings()).features)
     with pytest.raises(torch._dynamo.exc.TorchDynamoException):
         compiled(features, attention, keys)
+
+
+def budget_layout_prompt(model, budget: int, rows: int = 2) -> dict:
+    """Prompts whose `<image>` runs hold the budget's tokens, as a fixed-budget folder's processor writes them."""
+    image = model.config.image_token_id
+    input_ids = torch.tensor([[1, 20, 21, *[image] * budget, 22, 23]] * rows)
+    input_ids[0, :2] = model.config.text_config.pad_token_id  # the first row left-padded
+    attention_mask = (input_ids != model.config.text_config.pad_token_id).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.mark.parametrize("budget", [16, 24])
+def test_a_fixed_budget_prefill_compiles_whole_from_pixels_to_logits(budget):
+    """With prompts in the budget's layout, nothing is read back anywhere in the forward: tower, reducer,
+    projector, the tokens' placement and the language model are one graph, reused for new pixels."""
+    model = tiny_model(seed=1, token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=budget)
+    prompt = budget_layout_prompt(model, budget)
+    compiled, graphs = compiled_once(model)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in (0, 1):
+            pixel_values = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(seed))
+            ours, eager = (
+                compiled(**prompt, pixel_values=pixel_values),
+                model(**prompt, pixel_values=pixel_values),
+            )
+            torch.testing.assert_close(ours.logits, eager.logits)
+            assert ours.visual_token_counts == eager.visual_token_counts == [budget, budget]
+    assert len(graphs) == 1
+
+
+def test_a_compiled_forward_refuses_a_prompt_not_in_the_budget_layout():
+    """Stock's layout (a placeholder per patch) needs the layout read back to compact: a compiled forward
+    refuses it on the device instead of placing tokens wrongly; run eagerly, or build the budget's prompt."""
+    model = tiny_model(seed=1, token_reduction="prumerge_plus", adaptive=False, num_visual_tokens=16)
+    prompt = budget_layout_prompt(model, 196)
+    compiled, _ = compiled_once(model)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="one `<image>` placeholder per reduced token"):
+        compiled(**prompt, pixel_values=torch.randn(2, 3, 56, 56))
+    with torch.no_grad():
+        assert model(**prompt, pixel_values=torch.randn(2, 3, 56, 56)).visual_token_counts == [16, 16]
