@@ -7,7 +7,8 @@
 # model found through its entry point and run offline on a local Shapes-VQA task). Both majors are set up first: the cross-version tests export a checkpoint under one major
 # and load it under the other (PRUMERGE_TEST_PYTHONS names both interpreters).
 # The full run also builds the documentation site (mkdocs.yml; .venvs/docs, scripts/setup_docs_env.sh) with
-# `mkdocs build --strict`, into a temporary folder.
+# `mkdocs build --strict`, into a temporary folder, and drives `llava-prumerge app` in headless chromium and
+# starts the Space's app (.venvs/app, scripts/setup_app_env.sh: the Space's requirements.txt, tests/app).
 #   bash scripts/test.sh [tf4|tf5] [PYTEST ARGS...]
 # With tf4 or tf5 first, only that major is set up and tested (the cross-version tests then load under
 # that major alone), and with pytest arguments only the two majors run; CI (.ci/run) runs everything.
@@ -43,7 +44,8 @@ export PRUMERGE_TEST_VISION_PYTHONS=$(IFS=:; echo "${vision_pythons[*]}")
 # after the other, as each installs this checkout in editable mode.
 if [[ $full_run == 1 ]]; then
     (bash scripts/setup_vllm_env.sh .venvs/vllm && bash scripts/setup_lmms_env.sh .venvs/lmms \
-        && bash scripts/setup_docs_env.sh .venvs/docs) > "$logs/setup.log" 2>&1 &
+        && bash scripts/setup_docs_env.sh .venvs/docs && bash scripts/setup_app_env.sh .venvs/app) \
+        > "$logs/setup.log" 2>&1 &
     extra_setup=$!
 fi
 
@@ -59,7 +61,7 @@ for name in "${majors[@]}"; do
     ) > "$logs/$name.log" 2>&1 &
     suites+=($!)
 done
-other_checks() {  # the environments of their own: vLLM's, the docs', lmms-eval's
+other_checks() {  # the environments of their own: vLLM's, the docs', lmms-eval's, the app's
     local failed=0
     echo "=== pytest with $(.venvs/vllm/bin/python -c 'import vllm, transformers; print("vLLM", vllm.__version__, "(CPU), transformers", transformers.__version__)')"
     # PRUMERGE_TEST_VLLM=1: a test that needs vLLM fails here if vLLM cannot be imported, instead of skipping
@@ -70,6 +72,9 @@ other_checks() {  # the environments of their own: vLLM's, the docs', lmms-eval'
     echo "=== lmms-eval bridge (.venvs/lmms)"
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled \
         .venvs/lmms/bin/python -m pytest -q -p no:cacheprovider tests/evaluation/test_lmms_eval.py || failed=1
+    echo "=== the app in headless chromium, and the Space's app (.venvs/app: the Space's requirements)"
+    # pytest's own script, not `python -m`, which would import the checkout instead of the installed wheel
+    PRUMERGE_TEST_APP=1 OMP_NUM_THREADS=1 .venvs/app/bin/pytest -q -p no:cacheprovider tests/app || failed=1
     return $failed
 }
 
