@@ -25,7 +25,7 @@ from ..common.loading import prumerge_config
 from ..common.timing import StageTime
 from ..common.video_processing import placeholders_per_frame
 from ..demo.cli import DEFAULT_IMAGE_QUESTION, DEFAULT_VIDEO_QUESTION, DRAWN_METHODS, SAMPLE_CLIP, SAMPLES
-from ..demo.demo import BUILT_IN_MODELS, chat_messages, load_demo_model, measure_image
+from ..demo.demo import BUILT_IN_MODELS, load_demo_model, measure_image, pipeline_answer
 from ..demo.demo_video import measure_video
 from ..demo.media import VIDEO_FRAMES, SampledVideo, load_image, load_video
 from ..demo.visualize import drawn_settings, picture_title
@@ -179,7 +179,7 @@ def run_method(app_model: AppModel, media, name: str, question: str, label: str)
         )
         stock = measured.stages.encoded.features.shape[1]
         return timed_result(label, measured.stages.reduced.num_tokens[0], stock, measured)
-    return untimed_result(app_model, media, question, label, settings, title)
+    return anyres_result(app_model, media, question, label, settings, title)
 
 
 def timed_result(label: str, visual_tokens: int, stock_tokens: int, measured) -> MethodResult:
@@ -196,19 +196,15 @@ def timed_result(label: str, visual_tokens: int, stock_tokens: int, measured) ->
     )
 
 
-def untimed_result(app_model: AppModel, image, question: str, label: str, settings, title) -> MethodResult:
+def anyres_result(app_model: AppModel, image, question: str, label: str, settings, title) -> MethodResult:
     """An AnyRes image: drawn and counted as `visualize` does (`none` counts stock's tokens, read from the
     PruMerge reduction), answered through the pipeline."""
     method = settings.token_reduction if title else "prumerge"
     reduction = reduce_anyres_image(app_model.model, app_model.processor, image, method)
-    generated = app_model.pipe(
-        text=chat_messages(question, image),
-        return_full_text=False,
-        generate_kwargs={"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "reduction": settings},
-    )
+    answer = pipeline_answer(app_model.pipe, image, question, settings, MAX_NEW_TOKENS)
     tokens = reduction.num_tokens if title else reduction.stock_tokens
     figure = draw_anyres(reduction, title) if title else None
-    return MethodResult(label, tokens, reduction.stock_tokens, generated[0]["generated_text"], figure)
+    return MethodResult(label, tokens, reduction.stock_tokens, answer, figure)
 
 
 def run_methods(

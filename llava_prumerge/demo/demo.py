@@ -276,12 +276,19 @@ def measure_image(
                 settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced, score
             )
             figure = draw(reduction, title)
-        generated = pipe(
-            text=chat_messages(prompt, image),
-            return_full_text=False,
-            generate_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "reduction": settings},
-        )
-    return MeasuredImage(stages, figure, generated[0]["generated_text"])
+        answer = pipeline_answer(pipe, image, prompt, settings, max_new_tokens)
+    return MeasuredImage(stages, figure, answer)
+
+
+def pipeline_answer(pipe, image, prompt: str, settings, max_new_tokens: int) -> str:
+    """The greedy answer of the image-text-to-text `pipe` to `prompt` about `image`, under the reducer
+    `settings`."""
+    generated = pipe(
+        text=chat_messages(prompt, image),
+        return_full_text=False,
+        generate_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "reduction": settings},
+    )
+    return generated[0]["generated_text"]
 
 
 def run_one(
