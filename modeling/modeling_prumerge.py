@@ -497,12 +497,17 @@ class PruMergeModelMixin:
                 )
         return masks
 
-    @staticmethod
-    def compiles_static_layout(visual: list[VisualTokens]) -> bool:
+    def compiles_static_layout(self, visual: list[VisualTokens], reduction: ReductionSettings | None) -> bool:
         """Whether this forward writes the visual tokens without reading the prompt's layout back: under
-        torch.compile, where a read would break the graph, for tokens placed by one-row positions. The prompt
-        must then hold one placeholder per reduced token (see `compaction.write_static_layout`)."""
-        return torch.compiler.is_compiling() and all(tokens.places is None for tokens in visual)
+        torch.compile, where a read would break the graph, when the settings fix every item's count (an
+        adaptive selection reads its counts back, and so breaks the graph anyway) and tokens are placed by
+        one-row positions. The prompt must then hold one placeholder per reduced token (see
+        `compaction.write_static_layout`)."""
+        return (
+            torch.compiler.is_compiling()
+            and self.reduction_settings(reduction).counts_fixed
+            and all(tokens.places is None for tokens in visual)
+        )
 
     def check_prefill(self, cache, kwargs: dict) -> None:
         """Compaction rewrites the whole prompt, so visual inputs need an empty KV cache."""
@@ -574,8 +579,17 @@ class PruMergeModelMixin:
         position_ids = self.prompt_positions(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, visual_inputs
         )
+        static_layout = self.compiles_static_layout(visual, visual_inputs.get("reduction"))
         fields = self.language_model_outputs(
-            input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, visual, **kwargs
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache,
+            inputs_embeds,
+            labels,
+            visual,
+            static_layout,
+            **kwargs,
         )
         return output_class(**fields)
 
@@ -588,6 +602,7 @@ class PruMergeModelMixin:
         inputs_embeds: torch.Tensor | None,
         labels: torch.LongTensor | None,
         visual: list[VisualTokens] | None,
+        static_layout: bool = False,
         **kwargs,
     ) -> dict:
         """The fields of the base model's output: the language model on the compacted prompt (or on the
@@ -596,11 +611,12 @@ class PruMergeModelMixin:
 
         Where every item has exactly as many placeholders as tokens (no reduction, or a prompt compacted
         before, as `generate` passes it), the tokens are written in place as stock writes features, and the
-        mask, positions and labels go to the language model as given."""
+        mask, positions and labels go to the language model as given. With `static_layout` (see
+        `compiles_static_layout`) the tokens are written in place without reading the layout back."""
         fields = {"labels": labels}
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if visual and self.compiles_static_layout(visual):
+        if visual and static_layout:
             self.check_prompt(input_ids, inputs_embeds, labels)
             placeholders = {
                 tokens.modality: self.placeholder_mask(tokens.modality, input_ids, inputs_embeds)

@@ -161,6 +161,12 @@ class ReductionSettings:
         return self.token_reduction != "none"
 
     @property
+    def counts_fixed(self) -> bool:
+        """Whether the settings fix how many tokens every image keeps (a budget, a ratio, a baseline, or no
+        reduction), known before the vision tower runs; False for PruMerge(+)'s adaptive IQR counts."""
+        return not (self.prunes and self.adaptive)
+
+    @property
     def prunes(self) -> bool:
         """Whether tokens are chosen by [CLS] attention, merged and summarized (PruMerge and PruMerge+)."""
         return self.token_reduction in PRUNING_METHODS

@@ -48,6 +48,14 @@ step bench_13b_bf16 "$python" -m llava_prumerge bench --arch llava-1.5-13b --dev
 step bench_7b_fp16_compiled "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda --dtype float16 \
     --batch-size 1,8 --methods none,prumerge,prumerge_plus,prumerge_plus@64,prumerge_plus@128 \
     --compile reduce-overhead --warmup 3 --repeats 5 --json "$out/bench_7b_fp16_compiled.json"
+# The same targets as users meet them: the model's forward timed as one call, compiled whole (a fixed budget's
+# prefill is one CUDA graph, its prompt in the budget's layout), and its eager twin
+step prefill_7b_fp16_compiled "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda --dtype float16 \
+    --whole-prefill --batch-size 1,8 --methods none,prumerge,prumerge_plus,prumerge_plus@64,prumerge_plus@128 \
+    --compile reduce-overhead --warmup 3 --repeats 10 --json "$out/prefill_7b_fp16_compiled.json"
+step prefill_7b_fp16_eager "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda --dtype float16 \
+    --whole-prefill --batch-size 1,8 --methods none,prumerge,prumerge_plus,prumerge_plus@64,prumerge_plus@128 \
+    --warmup 2 --repeats 10 --json "$out/prefill_7b_fp16_eager.json"
 step bench_7b_fp16_eager_budgets "$python" -m llava_prumerge bench --arch llava-1.5-7b --device cuda \
     --dtype float16 --batch-size 1,8 --methods none,prumerge,prumerge_plus,prumerge_plus@64,prumerge_plus@128 \
     --warmup 2 --repeats 5 --json "$out/bench_7b_fp16_eager_budgets.json"

@@ -102,7 +102,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="vision tower and reducer only (large batches on slow machines)",
     )
     scope.add_argument(
-        "--reducer-only", action="store_true", help="vectorised reducer vs the per-token loop, nothing else"
+        "--reducer-only", action="store_true", help="vectorized reducer vs the per-token loop, nothing else"
+    )
+    scope.add_argument(
+        "--whole-prefill",
+        action="store_true",
+        help="time to first token as one call of the model's forward (compiled whole with --compile; fixed "
+        "budgets get prompts in the budget's layout), LLaVA-1.5 images",
     )
     parser.add_argument(
         "--json",
@@ -161,7 +167,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     not timed. Fields named estimated_* are not measured: they scale the measured per-layer prefill
     time (and KV cache) to the architecture's full depth.
 
-    --reducer-only times the vectorised reducer against a per-token loop with the published
+    --reducer-only times the vectorized reducer against a per-token loop with the published
     reducer's structure.
     """
     import torch
@@ -196,6 +202,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     from ..common.loading import DTYPES
     from .measure import run_benchmark
     from .models import build_random_subject, load_checkpoint_subject
+    from .prefill import format_prefill_report, run_whole_prefill
     from .report import BENCH_PLOT_PANELS, format_report, plot_rows, print_results
 
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
@@ -203,10 +210,24 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         subject = load_checkpoint_subject(args.model, dtype, device, args.image_size)
     else:
         subject = build_random_subject(args.arch, args.layers, dtype, device, args.seed, args.image_size)
+    methods = args.methods or list(subject.visual.prompt.methods)
+    if args.whole_prefill:
+        rows = run_whole_prefill(
+            subject,
+            args.batch_size,
+            methods,
+            args.text_tokens,
+            args.repeats,
+            args.warmup,
+            args.seed,
+            args.compile,
+        )
+        print_results(rows, args.json, lambda: format_prefill_report(subject, rows))
+        return rows
     rows = run_benchmark(
         subject,
         args.batch_size,
-        args.methods or list(subject.visual.prompt.methods),
+        methods,
         text_tokens=args.text_tokens,
         new_tokens=args.new_tokens,
         repeats=args.repeats,
@@ -231,10 +252,20 @@ def check_bench_options(args: argparse.Namespace) -> None:
         )
     if args.image_size is not None:
         check_image_size_applies(args)
+    if args.whole_prefill and args.plot:
+        raise UsageError(
+            "--plot draws the times of the stages; --whole-prefill times the forward as one call"
+        )
+    if args.whole_prefill and args.compile and args.warmup < 2:
+        raise UsageError(
+            "--whole-prefill --compile needs --warmup 2 or more: the methods share the compiled forward, and "
+            "the frames an adaptive method's graph breaks resume in compile again on the second pass"
+        )
     if args.engine == "vllm":
-        if args.vision_only or args.plot:
+        if args.vision_only or args.whole_prefill or args.plot:
             raise UsageError(
-                "--vision-only and --plot apply to --engine transformers; vLLM measures whole requests"
+                "--vision-only, --whole-prefill and --plot apply to --engine transformers; vLLM measures whole "
+                "requests"
             )
         check_vllm_installed("--engine vllm")
 

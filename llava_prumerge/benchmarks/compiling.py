@@ -16,10 +16,10 @@ COMPILE_OPTIONS = {
 COMPILE_CHOICES = tuple(COMPILE_OPTIONS)
 
 
-def compiled(function, choice: str | None):
-    """`function` under torch.compile with the options of `choice` (itself when None)."""
+def compiled(function, choice: str | None, **options):
+    """`function` under torch.compile with the options of `choice` and `options` (itself when None)."""
     if choice is None:
         return function
     import torch
 
-    return torch.compile(function, **COMPILE_OPTIONS[choice])
+    return torch.compile(function, **COMPILE_OPTIONS[choice], **options)

@@ -17,6 +17,7 @@ from ..common.timing import PhaseTimer
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from ..modeling.runtime_compat import CACHE_ARGUMENT
+from ..modeling.token_reduction import batched_host_reads
 from .compiling import compiled
 from .models import BenchInputs, BenchSubject, make_inputs
 
@@ -137,7 +138,13 @@ def measure_pass(
     vision_only: bool,
     stages: Stages | None = None,
 ) -> dict:
-    """One pass, image (video) to last decoded token, each phase timed; plus token counts and cache size."""
+    """One pass, image (video) to last decoded token, each phase timed; plus token counts and cache size. Host
+    reads are batched as in the model's forward (the checks come back with the compaction's layout)."""
+    with batched_host_reads():
+        return _measure_pass(subject, inputs, settings, new_tokens, vision_only, stages)
+
+
+def _measure_pass(subject, inputs, settings, new_tokens, vision_only, stages) -> dict:
     model, inner, visual = subject.model, subject.model.model, subject.visual
     stages = stages or Stages.of(subject)
     timer = PhaseTimer(model.device)

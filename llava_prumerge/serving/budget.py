@@ -94,7 +94,7 @@ def _image_size_dependence(config) -> str | None:
 
 def check_fixed_budget(settings: ReductionSettings) -> None:
     """Refuse settings whose token count varies per image, naming the fixed budgets to use."""
-    if settings.prunes and settings.adaptive:
+    if not settings.counts_fixed:
         budgets = ", ".join(map(str, COMPARED_BUDGETS))
         raise UnservableBudgetError(
             f"token_reduction={settings.token_reduction!r} with adaptive=True keeps a different number of tokens "
