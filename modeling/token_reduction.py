@@ -442,6 +442,12 @@ def _center_counts(descending: torch.Tensor, settings: ReductionSettings) -> int
     if settings.adaptive:
         outliers = _outlier_counts_of_sorted(descending.flip(1), settings.iqr_scale)
         return outliers.clamp(min=1, max=num_patches)
+    return fixed_center_count(settings, num_patches)
+
+
+def fixed_center_count(settings: ReductionSettings, num_patches: int) -> int:
+    """The attention centers of every image under settings that fix them (adaptive=False): PruMerge's budget
+    less the summary token, a quarter of it for PruMerge+ (the rest are spatial samples), or the ratio's."""
     if settings.num_visual_tokens is not None:
         kept = max(1, settings.num_visual_tokens - int(settings.summary_token))
         centers = max(1, math.ceil(kept / 4)) if settings.token_reduction == "prumerge_plus" else kept

@@ -134,11 +134,8 @@ def load_upload(app_model: AppModel, path: str | Path | None) -> Image.Image | S
 
 
 def drawable(settings: ReductionSettings) -> bool:
-    """Whether `visualize` can draw a reduction under these settings: not for `none` (every patch is kept),
-    nor for PruMerge+ at a fixed count, whose picture cannot tell attention centers from spatial samples."""
-    if settings.token_reduction not in DRAWN_METHODS:
-        return False
-    return settings.adaptive or settings.token_reduction == "prumerge"
+    """Whether `visualize` draws a reduction under these settings: not for `none` (every patch is kept)."""
+    return settings.token_reduction in DRAWN_METHODS
 
 
 @dataclass
@@ -209,7 +206,7 @@ def anyres_result(app_model: AppModel, image, question: str, label: str, setting
 
 def run_methods(
     app_model: AppModel, path, question: str, methods: list[str], budgets: str
-) -> list[MethodResult]:
+) -> tuple[Image.Image | SampledVideo, list[MethodResult]]:
     """Every chosen method on the file at `path`; bad input is refused before the first run."""
     labels = method_labels(methods, budgets)
     question = question.strip() or app_model.default_question

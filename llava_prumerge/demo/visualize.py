@@ -25,7 +25,7 @@ from ..common.loading import load_processor, load_prumerge_model
 from ..errors import UsageError
 from ..modeling.qwen_vl import QwenVLModelMixin
 from ..modeling.reduction_settings import ReductionSettings, resolved_importance
-from ..modeling.token_reduction import ReducedTokens, iqr_outlier_counts
+from ..modeling.token_reduction import ReducedTokens, fixed_center_count, iqr_outlier_counts
 from ..modeling.vision_encoding import has_class_token
 from ..testing.tiny import tiny_model, tiny_processor, tiny_tokenizer
 from ..testing.tiny_next import tiny_next_model, tiny_next_processor
@@ -402,12 +402,7 @@ def attention_center_count(settings: ReductionSettings, attention: torch.Tensor,
         return num_kept
     if settings.adaptive:
         return int(iqr_outlier_counts(attention[None], settings.iqr_scale).clamp(min=1))
-    if settings.num_visual_tokens is None:
-        return max(1, int(len(attention) * settings.reduction_ratio))
-    raise UsageError(
-        "The picture tells PruMerge+ centers from spatial samples for adaptive=True or a reduction_ratio; "
-        "these settings have adaptive=False with num_visual_tokens set: use adaptive=True"
-    )
+    return fixed_center_count(settings, len(attention))  # a quarter of the budget; the rest are samples
 
 
 def patch_reduction(

@@ -87,13 +87,18 @@ def test_a_run_reports_the_tokens_that_reached_the_llm_for_every_method(mini, sh
     assert pictures[0][0] is media and pictures[1][0].size[0] > media.size[0]  # the drawn figure
 
 
-def test_prumerge_plus_at_a_fixed_budget_runs_without_a_picture(mini, shape_png):
+def test_prumerge_plus_at_a_fixed_budget_is_drawn_with_its_centers_and_samples(mini, shape_png):
     _, (result,) = run_methods(mini, shape_png, "", ["prumerge_plus"], "")
     assert result.figure is not None
     labels = method_labels(["prumerge_plus"], "32")
     assert method_settings(mini, labels[1]).num_visual_tokens == 32
     _, results = run_methods(mini, shape_png, "", ["prumerge_plus"], "32")
-    assert results[1].visual_tokens == 32 and results[1].figure is None
+    assert results[1].visual_tokens == 32 and results[1].figure is not None
+    figure = results[1].figure
+    legends = [text.get_text() for legend in (*figure.legends, *(axes.get_legend() for axes in figure.axes))
+               if legend is not None for text in legend.get_texts()]  # fmt: skip
+    # 31 kept besides the summary token: a quarter of them attention centers, the rest spatial samples
+    assert "attention center (8)" in legends and "PruMerge+ spatial sample (23)" in legends
 
 
 @pytest.mark.parametrize(
