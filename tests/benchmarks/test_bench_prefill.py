@@ -16,32 +16,39 @@ FIELDS = {
 
 
 def whole_prefill_rows(capsys, *arguments) -> list[dict]:
-    cli_main(["bench", "--arch", "tiny", "--whole-prefill", "--methods", "prumerge,prumerge_plus@24", *QUICK,
-              *arguments, "--json"])  # fmt: skip
+    cli_main(["bench", "--arch", "tiny", "--whole-prefill", *QUICK, *arguments, "--json"])
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize(
-    "compile_options", [[], ["--compile", "eager", "--warmup", "2"]], ids=["eager", "compiled"]
-)
-def test_rows_say_what_reached_the_llm_and_how_long_the_first_token_took(capsys, compile_options):
-    rows = whole_prefill_rows(capsys, "--batch-size", "1,2", *compile_options)
+def test_rows_say_what_reached_the_llm_and_how_long_the_first_token_took(capsys):
+    rows = whole_prefill_rows(capsys, "--methods", "prumerge,prumerge_plus@24", "--batch-size", "1,2")
     assert [(row["batch_size"], row["method"]) for row in rows] == [
         (batch, method) for batch in (1, 2) for method in ("none", "prumerge", "prumerge_plus@24")
     ]
+    text = 12  # every prompt: bos and the text (--text-tokens), around the image's run
+    layouts = {"none": ("stock", 196), "prumerge": ("stock", None), "prumerge_plus@24": ("budget", 24)}
     for row in rows:
-        assert set(row) == FIELDS and row["compile"] == (compile_options[1] if compile_options else None)
+        assert set(row) == FIELDS and row["compile"] is None
         assert row["ttft_ms_range"][0] <= row["ttft_ms"] <= row["ttft_ms_range"][1]
-        text = 12  # every prompt: bos and the text (--text-tokens), around the image's run
-        layout = {"none": ("stock", 196), "prumerge": ("stock", None), "prumerge_plus@24": ("budget", 24)}
-        expected_layout, tokens = layout[row["method"]]
-        assert row["prompt_layout"] == expected_layout
+        layout, tokens = layouts[row["method"]]
+        assert row["prompt_layout"] == layout
         if tokens is not None:
             assert row["visual_tokens_per_image"] == tokens and row["sequence_length"] == text + tokens
         else:  # adaptive: fewer, and the prompt compacted to them
             assert row["visual_tokens_per_image"] < 196 and row["sequence_length"] < text + 196
         none = next(r for r in rows if r["batch_size"] == row["batch_size"] and r["method"] == "none")
         assert row["ttft_speedup_vs_none"] == pytest.approx(none["ttft_ms"] / row["ttft_ms"])
+
+
+def test_compiled_whole_a_fixed_budget_reaches_the_llm_as_in_eager(capsys):
+    """--compile compiles the forward whole (here with a backend that only traces): the rows eager gives."""
+    options = ["--methods", "prumerge_plus@24"]
+    compiled = whole_prefill_rows(capsys, *options, "--compile", "eager", "--warmup", "2")
+    eager = whole_prefill_rows(capsys, *options)
+    assert [row["compile"] for row in compiled] == ["eager", "eager"]
+    for ours, expected in zip(compiled, eager, strict=True):
+        for field in ("method", "prompt_layout", "visual_tokens_per_image", "sequence_length"):
+            assert ours[field] == expected[field]
 
 
 def test_the_table_names_the_layouts_and_the_compilation(capsys):

@@ -57,7 +57,8 @@ def test_options_of_the_transformers_engine_are_refused(capsys):
         main(["bench", "--engine", "vllm", "--arch", "tiny", "--vision-only"])
     assert (
         exit_info.value.code == 2
-        and "--vision-only and --plot apply to --engine transformers" in capsys.readouterr().err
+        and "--vision-only, --whole-prefill and --plot apply to --engine transformers"
+        in capsys.readouterr().err
     )
 
 
