@@ -33,7 +33,8 @@ def run_app(args: argparse.Namespace) -> None:
     methods (none, prumerge, prumerge_plus, and fixed budgets of tokens): for each, side by side, the
     patches it kept drawn over the image as `visualize` draws them, the visual tokens that reached the
     language model, the vision / reducer / LLM prefill times (as `demo` measures them) and the answer.
-    LLaVA-NeXT and LLaVA-OneVision images are drawn view by view, Qwen-VL ones token by merged token.
+    LLaVA-NeXT and LLaVA-OneVision images are drawn view by view (a fixed budget shared by the views),
+    Qwen-VL ones merged token by merged token.
     By default the shipped mini model runs: nothing is downloaded. Needs the `app` extra
     (pip install 'llava-prumerge[app]').
 

@@ -1,12 +1,10 @@
 """What the app computes, as plain functions (no gradio, testable without a browser).
 
 One upload (an image, or a video for a Video-LLaVA model) and one question are run with each chosen
-method: the demo's timed stages and answer (`demo.measure_image`, `demo_video.measure_video`), the
-picture `visualize` draws, and the visual tokens that reached the language model. LLaVA-NeXT and
-LLaVA-OneVision images are drawn view by view as `visualize` draws them, and answered, but their stages
-are not timed here (`llava-prumerge bench` times them). Qwen-VL models are refused: their processor comes
-as parts that the image-text-to-text pipeline cannot use (`visualize` draws them). Every bad input ends in
-one `PruMergeError` whose message the page shows as it is.
+method: the demo's timed stages and answer (`demo.measure_image`, `demo_video.measure_video`: the stages
+`bench` times, for LLaVA-1.5, LLaVA-NeXT / LLaVA-OneVision AnyRes views, Qwen-VL merged tokens and
+Video-LLaVA frames alike), the picture `visualize` draws, and the visual tokens that reached the language
+model. Every bad input ends in one `PruMergeError` whose message the page shows as it is.
 """
 
 from __future__ import annotations
@@ -20,29 +18,25 @@ import transformers
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..benchmarks.modalities import visual_path
 from ..common.cli_args import COMPARED_METHODS, positive_int_list, split_method_label
 from ..common.loading import prumerge_config
 from ..common.timing import StageTime
 from ..common.video_processing import placeholders_per_frame
 from ..demo.cli import DEFAULT_IMAGE_QUESTION, DEFAULT_VIDEO_QUESTION, DRAWN_METHODS, SAMPLE_CLIP, SAMPLES
-from ..demo.demo import BUILT_IN_MODELS, load_demo_model, measure_image, pipeline_answer
+from ..demo.demo import BUILT_IN_MODELS, load_demo_model, measure_image
 from ..demo.demo_video import measure_video
 from ..demo.media import VIDEO_FRAMES, SampledVideo, load_image, load_video
-from ..demo.visualize import drawn_settings, picture_title
-from ..demo.visualize_next import draw_anyres, is_anyres, reduce_anyres_image
+from ..demo.visualize import drawn_settings, is_qwen_vl, picture_title
+from ..demo.visualize_next import is_anyres
 from ..demo.visualize_video import load_video_model
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 
 REPEATS = 3  # timed runs per stage after a warm-up, as the demo's default
 MAX_NEW_TOKENS = 20
-IMAGE, ANYRES, VIDEO = (
-    "image",
-    "anyres",
-    "video",
-)  # how a model sees its input: LLaVA-1.5, AnyRes views, frames
-QWEN_VL_MODEL_TYPES = ("qwen2_5_vl_prumerge", "qwen2_vl_prumerge")
-FIXED_BUDGET_FIELDS = {IMAGE: "num_visual_tokens", VIDEO: "num_video_tokens"}
+# how a model sees its input: LLaVA-1.5 patches, AnyRes views, Qwen-VL merged tokens, Video-LLaVA frames
+IMAGE, ANYRES, QWEN, VIDEO = "image", "anyres", "qwen", "video"
 
 
 @dataclass
@@ -51,9 +45,9 @@ class AppModel:
 
     model: object
     processor: object
-    kind: str  # IMAGE, ANYRES or VIDEO
+    kind: str  # IMAGE, ANYRES, QWEN or VIDEO
     description: str
-    pipe: object | None = None  # the image-text-to-text pipeline (images only)
+    pipe: object | None = None  # the image-text-to-text pipeline (None: answered by `generate`)
 
     @property
     def default_question(self) -> str:
@@ -66,18 +60,16 @@ class AppModel:
 
 
 def load_app_model(name: str | None) -> AppModel:
-    """The shipped mini model (None), "mini-siglip", "tiny", or a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision or
-    Video-LLaVA checkpoint folder / Hub id; a wrong folder, or a Qwen-VL model, is refused before it loads."""
+    """The shipped mini model (None), "mini-siglip", "tiny", or a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
+    Qwen2.5-VL, Qwen2-VL or Video-LLaVA checkpoint folder / Hub id; a wrong folder is refused before it
+    loads."""
     model_type = None if name in BUILT_IN_MODELS else prumerge_config(name).model_type
-    if model_type in QWEN_VL_MODEL_TYPES:
-        raise UsageError(
-            f"{name} is a Qwen-VL model, which the app does not run; see its reduction with "
-            f"`llava-prumerge visualize IMAGE --model {name}`"
-        )
     if model_type == "video_llava_prumerge":
         model, processor = load_video_model(name)
         return AppModel(model, processor, VIDEO, name)
     model, processor, description = load_demo_model(name)
+    if is_qwen_vl(model):  # its processor comes as parts, which the pipeline cannot use
+        return AppModel(model, processor, QWEN, description)
     kind = ANYRES if is_anyres(model) else IMAGE
     pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
     return AppModel(model, processor, kind, description, pipe)
@@ -109,17 +101,13 @@ def method_labels(methods: list[str], budgets: str) -> list[str]:
 
 def method_settings(app_model: AppModel, label: str) -> ReductionSettings:
     """The model's reducer settings with the label's method, and with "@TOKENS" that fixed budget per image
-    (per video for Video-LLaVA); tokens in attention order, as `visualize` draws them."""
+    (shared by an AnyRes image's views; per video for Video-LLaVA), as `bench` fixes it; tokens in attention
+    order, as `visualize` draws them."""
     method, budget = split_method_label(label)
     settings = drawn_settings(app_model.model, method)
     if budget is None:
         return settings
-    if app_model.kind not in FIXED_BUDGET_FIELDS:
-        raise UsageError(
-            f"{label}: the app runs fixed budgets on LLaVA-1.5 and Video-LLaVA models; this one is a "
-            f"{app_model.model.model.model_name}: choose methods without a budget"
-        )
-    return settings.replace(adaptive=False, **{FIXED_BUDGET_FIELDS[app_model.kind]: budget})
+    return settings.replace(adaptive=False, **{visual_path(app_model.model).budget_field: budget})
 
 
 def load_upload(app_model: AppModel, path: str | Path | None) -> Image.Image | SampledVideo:
@@ -147,9 +135,9 @@ class MethodResult:
     stock_tokens: int  # what the stock model feeds it
     answer: str
     figure: Figure | None  # the reduction, as `visualize` draws it (None: nothing to draw)
-    vision_ms: StageTime | None = None  # None: not timed for this family
-    reducer_ms: StageTime | None = None
-    prefill_ms: StageTime | None = None
+    vision_ms: StageTime
+    reducer_ms: StageTime
+    prefill_ms: StageTime
 
 
 def run_method(app_model: AppModel, media, name: str, question: str, label: str) -> MethodResult:
@@ -162,21 +150,18 @@ def run_method(app_model: AppModel, media, name: str, question: str, label: str)
         )
         stock = len(media.frames) * placeholders_per_frame(app_model.model.config.vision_config)
         return timed_result(label, sum(measured.stages.reduced.num_tokens), stock, measured)
-    if app_model.kind == IMAGE:
-        measured = measure_image(
-            app_model.model,
-            app_model.processor,
-            app_model.pipe,
-            media,
-            question,
-            settings,
-            REPEATS,
-            MAX_NEW_TOKENS,
-            title,
-        )
-        stock = measured.stages.encoded.features.shape[1]
-        return timed_result(label, measured.stages.reduced.num_tokens[0], stock, measured)
-    return anyres_result(app_model, media, question, label, settings, title)
+    measured = measure_image(
+        app_model.model,
+        app_model.processor,
+        app_model.pipe,
+        media,
+        question,
+        settings,
+        REPEATS,
+        MAX_NEW_TOKENS,
+        title,
+    )
+    return timed_result(label, measured.visual_tokens, measured.stock_tokens, measured)
 
 
 def timed_result(label: str, visual_tokens: int, stock_tokens: int, measured) -> MethodResult:
@@ -191,17 +176,6 @@ def timed_result(label: str, visual_tokens: int, stock_tokens: int, measured) ->
         stages.reducer_ms,
         stages.prefill_ms,
     )
-
-
-def anyres_result(app_model: AppModel, image, question: str, label: str, settings, title) -> MethodResult:
-    """An AnyRes image: drawn and counted as `visualize` does (`none` counts stock's tokens, read from the
-    PruMerge reduction), answered through the pipeline."""
-    method = settings.token_reduction if title else "prumerge"
-    reduction = reduce_anyres_image(app_model.model, app_model.processor, image, method)
-    answer = pipeline_answer(app_model.pipe, image, question, settings, MAX_NEW_TOKENS)
-    tokens = reduction.num_tokens if title else reduction.stock_tokens
-    figure = draw_anyres(reduction, title) if title else None
-    return MethodResult(label, tokens, reduction.stock_tokens, answer, figure)
 
 
 def run_methods(
@@ -222,10 +196,6 @@ def run_methods(
     return media, [run_method(app_model, media, Path(path).name, question, label) for label in labels]
 
 
-def ms_cell(time: StageTime | None) -> str:
-    return "not timed" if time is None else time.cell()
-
-
 def results_table(results: list[MethodResult]) -> str:
     """The results as a Markdown table, one row a method, in the order run."""
     lines = [
@@ -235,8 +205,8 @@ def results_table(results: list[MethodResult]) -> str:
     for result in results:
         answer = " ".join(result.answer.split()).replace("|", "\\|") or "(no answer)"
         lines.append(
-            f"| {result.label} | {result.visual_tokens} | {result.stock_tokens} | {ms_cell(result.vision_ms)} "
-            f"| {ms_cell(result.reducer_ms)} | {ms_cell(result.prefill_ms)} | {answer} |"
+            f"| {result.label} | {result.visual_tokens} | {result.stock_tokens} | {result.vision_ms.cell()} "
+            f"| {result.reducer_ms.cell()} | {result.prefill_ms.cell()} | {answer} |"
         )
     return "\n".join(lines)
 

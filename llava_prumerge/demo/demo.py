@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import transformers
 from matplotlib.figure import Figure
+from transformers import BatchFeature
 
+from ..benchmarks.modalities import AnyresPath, QwenPath, VisualPath, visual_path
 from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import NOISY_SPREAD, StageTime, timed, torch_threads
 from ..errors import MissingInputError, UsageError
@@ -27,10 +29,13 @@ from .visualize import (
     draw,
     drawn_settings,
     importance_label,
+    is_qwen_vl,
     load_model,
     patch_reduction,
     picture_title,
 )
+from .visualize_next import draw_anyres, is_anyres, reduce_anyres_image
+from .visualize_qwen import draw_qwen, reduce_qwen_image
 
 MINI, TINY = "mini", "tiny"  # --model names of the models built in the package (and SHIPPED_MINI_MODELS)
 BUILT_IN_MODELS = (None, *SHIPPED_MINI_MODELS, TINY)  # None: the default, mini for images (tiny for videos)
@@ -224,13 +229,19 @@ def write_summary(summary: str, rows: list, out: Path) -> None:
     print(f"Summary:  {out / 'summary.md'}")
 
 
-def time_stages(inner, encode, reduce, visual_tokens, inputs, repeats: int) -> TimedStages:
-    """Time `encode()`, `reduce(encoded)` and the LLM prefill over the prompt compacted with
-    `visual_tokens(reduced)`, each the median of `repeats` runs after a warm-up."""
-    encoded, vision_ms = timed(encode, repeats)
-    reduced, reducer_ms = timed(lambda: reduce(encoded), repeats)
-    visual = [visual_tokens(reduced)]
-    compact = inner.compact_inputs(inputs["input_ids"], inputs["attention_mask"], visual=visual)
+def time_stages(inner, path: VisualPath, pixel_values, settings, inputs, repeats: int) -> TimedStages:
+    """Time `path`'s encode and reduce stages (as `bench` runs them) on `pixel_values` under the reducer
+    `settings`, and the LLM prefill over the prompt `inputs` compacted with the reduced tokens, each the
+    median of `repeats` runs after a warm-up."""
+    encoded, vision_ms = timed(lambda: path.encode(inner, pixel_values, settings), repeats)
+    reduced, reducer_ms = timed(lambda: path.reduce(inner, encoded, settings), repeats)
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    compact = inner.compact_inputs(
+        input_ids,
+        attention_mask,
+        position_ids=path.prompt_positions(inner, input_ids, attention_mask),
+        visual=[path.tokens(inner, reduced)],
+    )
     _, prefill_ms = timed(
         lambda: inner.language_model(
             inputs_embeds=compact.inputs_embeds,
@@ -249,35 +260,87 @@ class MeasuredImage:
     stages: TimedStages
     figure: Figure | None
     answer: str
+    stock_tokens: int  # the image's placeholders: what the stock model feeds the LLM
+    visual_tokens: int  # the image's tokens in the prompt the LLM prefilled, which replaced them
+
+
+def image_visual_path(model, image, inputs) -> VisualPath:
+    """The model's `bench` path (`visual_path`) for this real image rather than bench's synthetic one: an
+    AnyRes path of the image's size, a Qwen-VL path with the grid the processor gave it (`inputs`)."""
+    path = visual_path(model, (image.height, image.width))
+    if isinstance(path, AnyresPath):
+        return type(path)(replace(path.image, height=image.height, width=image.width))
+    if isinstance(path, QwenPath):
+        path.grid = inputs["image_grid_thw"]  # as `QwenPath.synthetic_pixels` sets it for bench's images
+    return path
+
+
+def image_inputs(model, processor, image, prompt: str):
+    """The prompt's ids and the image's pixels on the model's device, as the model's processor builds them
+    (Qwen-VL's from its parts: its processor needs torchvision)."""
+    if is_qwen_vl(model):
+        inputs = qwen_image_inputs(model, processor, image, prompt)
+    else:
+        inputs = processor(images=image, text=chat_prompt(processor, prompt), return_tensors="pt")
+    return inputs.to(model.device)
+
+
+def qwen_image_inputs(model, processor, image, prompt: str) -> BatchFeature:
+    """What Qwen-VL's processor gives for one image and prompt, built from its parts (`load_model`'s: the
+    processor itself needs torchvision): the chat template's one image placeholder repeated once per merged
+    token of the image's grid."""
+    pixels = processor.image_processor(images=image, return_tensors="pt")
+    merged_tokens = int(pixels["image_grid_thw"].prod()) // model.config.vision_config.spatial_merge_size**2
+    tokenizer = processor.tokenizer
+    text = tokenizer.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
+    placeholder = tokenizer.convert_ids_to_tokens(model.config.image_token_id)
+    text = text.replace(placeholder, placeholder * merged_tokens)
+    return BatchFeature({**tokenizer(text, return_tensors="pt"), **pixels})
 
 
 def measure_image(
     model, processor, pipe, image, prompt: str, settings, repeats: int, max_new_tokens: int, title: str | None
 ) -> MeasuredImage:
-    """Time the three stages on one image under the reducer `settings`, draw the reduction when a `title` is
-    given, and generate an answer through the image-text-to-text `pipe` (shared by `demo` and `app`)."""
-    inputs = processor(images=image, text=chat_prompt(processor, prompt), return_tensors="pt")
-    inputs = inputs.to(model.device)
+    """Time the three stages on one image under the reducer `settings` (a LLaVA-1.5, LLaVA-NeXT,
+    LLaVA-OneVision or Qwen-VL model), draw the reduction as `visualize` does when a `title` is given, and
+    answer through the image-text-to-text `pipe` (`model.generate` where there is none: Qwen-VL's processor
+    parts cannot build one). Shared by `demo` and `app`."""
+    inputs = image_inputs(model, processor, image, prompt)
     pixel_values = inputs["pixel_values"].to(model.dtype)
-    inner = model.model
+    path = image_visual_path(model, image, inputs)
     with torch.inference_mode():
-        stages = time_stages(
-            inner,
-            lambda: inner.encode_patches(pixel_values, reduction=settings),
-            lambda encoded: inner.reduce_patches(encoded, reduction=settings),
-            inner.image_tokens,
-            inputs,
-            repeats,
-        )
+        stages = time_stages(model.model, path, pixel_values, settings, inputs, repeats)
         figure = None
         if title is not None:
-            score = importance_label(model, settings)
-            reduction = patch_reduction(
-                settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced, score
-            )
-            figure = draw(reduction, title)
-        answer = pipeline_answer(pipe, image, prompt, settings, max_new_tokens)
-    return MeasuredImage(stages, figure, answer)
+            figure = draw_image(model, processor, image, pixel_values, settings, stages, title)
+        if pipe is None:
+            answer = generated_answer(model, processor.tokenizer, inputs, settings, max_new_tokens)
+        else:
+            answer = pipeline_answer(pipe, image, prompt, settings, max_new_tokens)
+    input_ids = inputs["input_ids"]
+    stock_tokens = int((input_ids == model.config.image_token_id).sum())
+    text_tokens = input_ids.shape[1] - stock_tokens
+    return MeasuredImage(
+        stages, figure, answer, stock_tokens, stages.compact.attention_mask.shape[1] - text_tokens
+    )
+
+
+def draw_image(model, processor, image, pixel_values, settings, stages: TimedStages, title: str) -> Figure:
+    """The reduction `stages` timed, as `visualize` draws it: per view for AnyRes, per merged token for Qwen-VL
+    (both reduced again by `visualize`'s own functions), per patch otherwise."""
+    if is_anyres(model):
+        return draw_anyres(
+            reduce_anyres_image(model, processor, image, settings.token_reduction, settings), title
+        )
+    if is_qwen_vl(model):
+        return draw_qwen(
+            reduce_qwen_image(model, processor, image, settings.token_reduction, settings), title
+        )
+    score = importance_label(model, settings)
+    reduction = patch_reduction(
+        settings, processor, pixel_values, stages.encoded.attention[0], stages.reduced, score
+    )
+    return draw(reduction, title)
 
 
 def pipeline_answer(pipe, image, prompt: str, settings, max_new_tokens: int) -> str:
@@ -289,6 +352,12 @@ def pipeline_answer(pipe, image, prompt: str, settings, max_new_tokens: int) -> 
         generate_kwargs={"max_new_tokens": max_new_tokens, "do_sample": False, "reduction": settings},
     )
     return generated[0]["generated_text"]
+
+
+def generated_answer(model, tokenizer, inputs, settings, max_new_tokens: int) -> str:
+    """The greedy answer `model.generate` gives to the processor's `inputs`, under the reducer `settings`."""
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, reduction=settings)
+    return tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def run_one(

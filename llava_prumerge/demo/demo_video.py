@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from ..benchmarks.modalities import VideoPath
 from ..common.timing import StageTime
 from ..common.video_processing import placeholders_per_frame
 from .cli import DRAWN_METHODS
 from .demo import (
     TimedStages,
     check_distinct_names,
+    generated_answer,
     one_line,
     picture_link,
     run_every_method,
@@ -106,28 +108,17 @@ def measure_video(
     given, and generate an answer (shared by `demo --video` and `app`)."""
     inputs = video_inputs(model, processor, video, prompt)
     pixel_values_videos = inputs["pixel_values_videos"]
-    num_frames = pixel_values_videos.shape[1]
-    inner = model.model
+    path = VideoPath(pixel_values_videos.shape[1], placeholders_per_frame(model.config.vision_config) - 1)
     with torch.inference_mode():
-        stages = time_stages(
-            inner,
-            lambda: inner.encode_video_frames(pixel_values_videos, reduction=settings),
-            lambda encoded: inner.reduce_video_frames(encoded, num_frames, reduction=settings),
-            lambda reduced: inner.video_tokens(reduced, num_frames),
-            inputs,
-            repeats,
-        )
+        stages = time_stages(model.model, path, pixel_values_videos, settings, inputs, repeats)
         figure = None
         if title is not None:
             reduction = video_reduction(
                 settings, processor, pixel_values_videos, stages.encoded, stages.reduced, video
             )
             figure = draw_video(reduction, title)
-        generated = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, reduction=settings
-        )
-    new_tokens = generated[0, inputs["input_ids"].shape[1] :]
-    return MeasuredVideo(stages, figure, processor.tokenizer.decode(new_tokens, skip_special_tokens=True))
+        answer = generated_answer(model, processor.tokenizer, inputs, settings, max_new_tokens)
+    return MeasuredVideo(stages, figure, answer)
 
 
 def run_one(model, processor, video: SampledVideo, path: Path, method: str, args) -> VideoDemoRow:

@@ -82,13 +82,16 @@ def crop_reduction(
 
 
 @torch.inference_mode()
-def reduce_anyres_image(model, processor, image: Image.Image, token_reduction: str) -> AnyresReduction:
+def reduce_anyres_image(
+    model, processor, image: Image.Image, token_reduction: str, settings: ReductionSettings | None = None
+) -> AnyresReduction:
     """Run the vision tower on the image's views and the reducer on each, as the model does, and collect
-    what the picture shows."""
+    what the picture shows: under `visualize`'s settings for the method `token_reduction`, or under
+    `settings` (a fixed budget, say) where given."""
     inputs = processor.image_processor(images=image, return_tensors="pt")
     pixel_values = inputs["pixel_values"].to(model.device, model.dtype)  # [1, views, 3, H, W]
     image_sizes = inputs["image_sizes"]
-    settings = drawn_settings(model, token_reduction)
+    settings = settings or drawn_settings(model, token_reduction)
     (layout,) = model.model.image_layouts(pixel_values, image_sizes)
     encoded, settings = model.model.encode_views(pixel_values, [layout], None, None, settings)
     score = importance_label(model, settings)

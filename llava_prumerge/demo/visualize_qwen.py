@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..modeling.qwen_vision import encode_merged_tokens
 from ..modeling.qwen_vl import check_budget
-from ..modeling.reduction_settings import resolved_importance
+from ..modeling.reduction_settings import ReductionSettings, resolved_importance
 from .visualize import PatchReduction, draw, drawn_settings, grid_reduction, score_label
 
 TINY_QWEN_MODEL_NOTE = (
@@ -59,13 +59,16 @@ def resized_view(image: Image.Image, image_processor, grid_thw: torch.Tensor, pa
 
 
 @torch.inference_mode()
-def reduce_qwen_image(model, processor, image: Image.Image, token_reduction: str) -> QwenReduction:
+def reduce_qwen_image(
+    model, processor, image: Image.Image, token_reduction: str, settings: ReductionSettings | None = None
+) -> QwenReduction:
     """Run the vision tower on one image and the reducer on its merged tokens, as the model does, and collect
-    what the picture shows."""
+    what the picture shows: under `visualize`'s settings for the method `token_reduction`, or under
+    `settings` (a fixed budget, say) where given."""
     inputs = processor.image_processor(images=image, return_tensors="pt")
     pixel_values = inputs["pixel_values"].to(model.device, model.dtype)  # [patches, C * T * P * P]
     grid_thw = inputs["image_grid_thw"]  # [1, 3]: (1, h, w) patches
-    settings = drawn_settings(model, token_reduction)
+    settings = settings or drawn_settings(model, token_reduction)
     vision = model.config.vision_config
     merged, _ = encode_merged_tokens(model.model.visual, pixel_values, grid_thw.to(model.device), settings)
     tokens = merged.sequence(0)  # the image's merged tokens [1, h * w / merge^2, ...], raster order

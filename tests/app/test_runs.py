@@ -9,6 +9,7 @@ from PIL import Image
 from llava_prumerge.app.runs import (
     ANYRES,
     IMAGE,
+    QWEN,
     VIDEO,
     load_app_model,
     method_labels,
@@ -19,6 +20,8 @@ from llava_prumerge.app.runs import (
 )
 from llava_prumerge.cli import main
 from llava_prumerge.common.images import MAX_SIDE
+from llava_prumerge.demo.visualize_next import reduce_anyres_image
+from llava_prumerge.demo.visualize_qwen import reduce_qwen_image
 from llava_prumerge.errors import PruMergeError, UsageError
 
 
@@ -135,22 +138,38 @@ def test_a_wrong_model_folder_is_refused_before_loading(tmp_path):
         load_app_model(str(tmp_path))
 
 
-def test_qwen_vl_models_are_refused_with_the_command_that_draws_them(tmp_path):
-    main(["export", "--tiny", "--arch", "qwen2.5-vl", "--out", str(tmp_path / "qwen")])
-    with pytest.raises(UsageError, match="visualize IMAGE --model"):
-        load_app_model(str(tmp_path / "qwen"))
-
-
-def test_anyres_views_are_drawn_and_budgets_refused(tmp_path, shape_png):
+def test_anyres_views_are_timed_and_a_fixed_budget_is_per_image(tmp_path):
     main(["export", "--tiny", "--arch", "llava-next", "--out", str(tmp_path / "next")])
     app_model = load_app_model(str(tmp_path / "next"))
     assert app_model.kind == ANYRES
-    _, (none, prumerge) = run_methods(app_model, shape_png, "", ["none", "prumerge"], "")
-    assert none.visual_tokens == none.stock_tokens == prumerge.stock_tokens > prumerge.visual_tokens
-    assert prumerge.figure is not None and prumerge.vision_ms is None
-    assert "not timed" in results_table([prumerge])
-    with pytest.raises(UsageError, match="fixed budgets on LLaVA-1.5 and Video-LLaVA"):
-        run_methods(app_model, shape_png, "", ["prumerge"], "16")
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (120, 64), "navy").save(wide)  # base view and 1 x 2 crops, unpadded rows
+    _, (none, prumerge, budgeted) = run_methods(app_model, wide, "", ["none", "prumerge"], "16")
+    drawn = reduce_anyres_image(app_model.model, app_model.processor, Image.open(wide), "prumerge")
+    assert len(drawn.views) > 2
+    assert none.visual_tokens == none.stock_tokens == drawn.stock_tokens
+    assert prumerge.visual_tokens == drawn.num_tokens < drawn.stock_tokens  # the timed run kept what is drawn
+    assert budgeted.visual_tokens == 16 and budgeted.figure is not None  # shared by the views and newlines
+    for result in (none, prumerge, budgeted):
+        assert result.vision_ms.ms > 0 and result.reducer_ms.ms >= 0 and result.prefill_ms.ms > 0
+    assert f"| prumerge@16 | 16 | {drawn.stock_tokens} |" in results_table([budgeted])
+    with pytest.raises(PruMergeError, match="num_visual_tokens=2 does not fit an image of"):
+        run_methods(app_model, wide, "", ["prumerge"], "2")
+
+
+def test_qwen_vl_is_answered_by_generate_and_timed_on_its_merged_tokens(tmp_path, shape_png):
+    main(["export", "--tiny", "--arch", "qwen2.5-vl", "--out", str(tmp_path / "qwen")])
+    app_model = load_app_model(str(tmp_path / "qwen"))
+    assert app_model.kind == QWEN and app_model.pipe is None
+    _, (none, prumerge, budgeted) = run_methods(app_model, shape_png, "", ["none", "prumerge"], "8")
+    drawn = reduce_qwen_image(app_model.model, app_model.processor, Image.open(shape_png), "prumerge")
+    assert none.visual_tokens == none.stock_tokens == drawn.stock_tokens
+    assert prumerge.visual_tokens == drawn.num_tokens < drawn.stock_tokens
+    assert budgeted.visual_tokens == 8 and budgeted.figure is not None
+    for result in (none, prumerge, budgeted):
+        assert result.answer and result.vision_ms.ms > 0 and result.prefill_ms.ms > 0
+    with pytest.raises(PruMergeError, match="exceeds the"):
+        run_methods(app_model, shape_png, "", ["prumerge"], str(drawn.stock_tokens + 1))
 
 
 def test_video_llava_runs_the_sample_clip_frame_by_frame(tmp_path):
