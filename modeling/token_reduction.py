@@ -59,25 +59,35 @@ class Selection:
 
     slots [B, N]: per image the patch behind every slot, the selected ones first.
     num_selected [B]: how many slots of each image are selected.
-    fixed_count: that number where the settings fix it for every image (budgets, ratios, the baselines), known
-        without looking at the device; None for adaptive selections, whose counts are read back once, with
-        the finished tokens (`reduce_visual_tokens`).
+    counts: the same numbers on the host, where known when the selection is made: fixed by the settings
+        (budgets, ratios, the baselines: `fixed`, no read), or read at once where reads are free (a CPU).
+        None for an adaptive selection on an accelerator: its counts are read back once, with the finished
+        tokens (`reduce_visual_tokens`), so that nothing waits for them in between.
     """
 
     slots: torch.Tensor
     num_selected: torch.Tensor
-    fixed_count: int | None = None
+    counts: list[int] | None = None
 
     @classmethod
     def of_fixed_count(cls, slots: torch.Tensor, count: int) -> Selection:
         """Every image selects `count` slots."""
-        return cls(slots, torch.full((slots.shape[0],), count, device=slots.device), count)
+        batch = slots.shape[0]
+        return cls(slots, torch.full((batch,), count, device=slots.device), [count] * batch)
 
     @property
     def width(self) -> int:
-        """The slots every image's tokens are planned and merged over: the fixed count, else all of them (so
-        that nothing waits for the adaptive counts; the rows past an image's count are dropped at the end)."""
-        return self.slots.shape[1] if self.fixed_count is None else self.fixed_count
+        """The slots every image's tokens are planned and merged over: the most any image selects where the
+        counts are known, else all of them (the rows past an image's count are dropped at the end)."""
+        return self.slots.shape[1] if self.counts is None else max(self.counts)
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a value of `device` on the host costs no wait: on a CPU the host ran every operation
+    already, so an adaptive selection reads its counts at once and plans the merge for them alone; on an
+    accelerator the merge is planned for every slot instead, which costs little there, and the counts
+    come back with the tokens."""
+    return device.type == "cpu"
 
 
 # ---------------------------------------------------------------- what the host reads back from the device
@@ -416,7 +426,10 @@ def select_tokens(attention: torch.Tensor, settings: ReductionSettings) -> Selec
     slots = key.argsort(dim=1)  # [B, N]
     if fixed_count is not None:
         return Selection.of_fixed_count(slots, fixed_count)
-    return Selection(slots, is_center.sum(dim=1) + sampled.sum(dim=1))
+    num_selected = is_center.sum(dim=1) + sampled.sum(dim=1)  # [B]
+    return Selection(
+        slots, num_selected, read_back(num_selected) if host_reads_are_free(slots.device) else None
+    )
 
 
 def _baseline_slots(
@@ -663,8 +676,8 @@ def reduce_visual_tokens(
     neighbors = plan_merge(keys, selection, settings.merge_k) if merging else None  # [B, M, k]
     tokens = apply_merge(features, attention, selection, neighbors, settings.merge_weighting, summary_token)
     # the one host read of an adaptive selection: its counts, with the finite checks queued by then
-    fixed = selection.fixed_count
-    counts = [fixed] * batch if fixed is not None else read_back(selection.num_selected)
+    # an adaptive selection on an accelerator: its one host read, with the finite checks queued by then
+    counts = selection.counts if selection.counts is not None else read_back(selection.num_selected)
     return _per_image(tokens, selection, counts, neighbors, settings.token_order, summary_token)
 
 

@@ -1,5 +1,6 @@
 """A fixed budget has static shapes: the vision tower, the reducer and the projector compile as one graph
-(fullgraph=True, so no host read of a count or a flag), and calls of one shape reuse it (no recompile)."""
+(fullgraph=True, so no host read of a count or a flag), and calls of one shape reuse it (no recompile). With
+prompts in the budget's layout the whole prefill does, pixels to logits."""
 
 import pytest
 import torch

@@ -4,7 +4,9 @@ Every read of a device value on the host (`.tolist()`, `.item()`, `bool(tensor)`
 synchronization. The reducer and the model queue their finite checks, an adaptive selection's counts and the
 prompt's placeholder layout in one `HostReads`, fetched in one copy. On a CPU nothing actually waits, so
 these tests count the reads themselves: the copies `HostReads` makes, and any read made elsewhere by the
-reducer or the model (compaction then works on the host copies, which is not a synchronization).
+reducer or the model (compaction then works on the host copies, which is not a synchronization). They run
+the accelerator's path (`host_reads_are_free` is False), where an adaptive selection reads its counts with
+the finished tokens; a CPU reads them at once and merges only the selected slots, with the same results.
 """
 
 import traceback
@@ -64,6 +66,7 @@ class CountedReads:
 
 @pytest.fixture
 def counted(monkeypatch):
+    monkeypatch.setattr(token_reduction, "host_reads_are_free", lambda device: False)  # as on an accelerator
     return lambda: CountedReads(monkeypatch)
 
 
@@ -104,6 +107,22 @@ def test_generate_reads_twice_once_for_its_compaction_and_once_in_the_prefill(te
         reads = counted()
         model.generate(**batch, max_new_tokens=2, do_sample=False)
     assert (reads.transfers, reads.stray) == (2, [])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_accelerators_path_and_the_cpus_give_the_same_outputs(tester, monkeypatch, method):
+    """Planned over every slot (an accelerator's path) or over the selected ones (a CPU's): the same tokens."""
+    model = tester.get_model(seed=1, **METHODS[method])
+    batch = tester.prepare_inputs(tester.images(2), ["USER: <image>\nWhat is it? ASSISTANT:"] * 2)
+    with torch.no_grad():
+        on_cpu = model(**batch)
+        monkeypatch.setattr(token_reduction, "host_reads_are_free", lambda device: False)
+        as_on_accelerator = model(**batch)
+    assert as_on_accelerator.visual_token_counts == on_cpu.visual_token_counts
+    torch.testing.assert_close(as_on_accelerator.logits, on_cpu.logits, rtol=0, atol=0)
+    torch.testing.assert_close(
+        as_on_accelerator.visual_token_centers, on_cpu.visual_token_centers, rtol=0, atol=0
+    )
 
 
 def test_a_failed_check_raises_at_the_batched_read_with_its_own_message():
