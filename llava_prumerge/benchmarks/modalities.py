@@ -4,6 +4,8 @@ its videos, a LLaVA-NeXT or LLaVA-OneVision its images as base view and crops, a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from PIL import Image
@@ -63,6 +65,11 @@ class VisualPathBase:
     def run_stock_tower(self, tower, pixel_values: torch.Tensor):
         """The stock vision path's tower call: every layer, every hidden state kept."""
         return tower(self.tower_inputs(pixel_values), output_hidden_states=True)
+
+    def for_image(self, height: int, width: int, processed) -> VisualPath:
+        """This path for one real image of `height` x `width` pixels, as its processor gave it (`processed`)
+        rather than for bench's synthetic ones: itself where the layout does not follow the image."""
+        return self
 
     def vision_path(self, config) -> str:
         """What PruMerge's vision path runs, in the report."""
@@ -254,6 +261,10 @@ class AnyresPath(ImagePath):
         top, bottom, left, right = image.unpadded_window
         self.layout = AnyresLayout(rows, cols, image.side, top, bottom, left, right)
 
+    def for_image(self, height: int, width: int, processed) -> VisualPath:
+        """The views and layout of an image of this size (the grid resolution that fits it)."""
+        return type(self)(replace(self.image, height=height, width=width))
+
     def expanded_length(self, config) -> int:
         """What `LlavaNextProcessor` writes for the image (its arithmetic, in `roofline.AnyresImage`)."""
         return self.prompt.stock_tokens
@@ -377,11 +388,20 @@ class QwenPath(ImagePath):
         """Synthetic images of the path's size, as flattened patches [B * patches, C * T * P * P]."""
         images = [image.resize((self.width, self.height)) for image in synthetic_images(count, 64, seed)]
         outputs = image_processor(images=images, return_tensors="pt")
-        self.grid = outputs["image_grid_thw"]
-        # a checkpoint's processor may bound the image's pixels otherwise: its grid decides the tokens
-        self.rows, self.cols = (int(value) for value in self.grid[0, 1:])
-        self.prompt = image_prompt(self.rows * self.cols // self.merge_size**2)
+        self.use_grid(outputs["image_grid_thw"])
         return outputs["pixel_values"]
+
+    def use_grid(self, grid: torch.Tensor) -> None:
+        """Take the patch grid [B, 3] the processor gave the images: a checkpoint's processor may bound an
+        image's pixels otherwise than the default, and its grid decides the tokens."""
+        self.grid = grid
+        self.rows, self.cols = (int(value) for value in grid[0, 1:])
+        self.prompt = image_prompt(self.rows * self.cols // self.merge_size**2)
+
+    def for_image(self, height: int, width: int, processed) -> VisualPath:
+        """The grid the processor gave this image (`processed["image_grid_thw"]`)."""
+        self.use_grid(processed["image_grid_thw"])
+        return self
 
     def tower(self, inner):
         return inner.visual

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ import transformers
 from matplotlib.figure import Figure
 from transformers import BatchFeature
 
-from ..benchmarks.modalities import AnyresPath, QwenPath, VisualPath, visual_path
+from ..benchmarks.modalities import VisualPath, visual_path
 from ..common.cli_args import COMPARED_METHODS
 from ..common.timing import NOISY_SPREAD, StageTime, timed, torch_threads
 from ..errors import MissingInputError, UsageError
@@ -267,12 +267,7 @@ class MeasuredImage:
 def image_visual_path(model, image, inputs) -> VisualPath:
     """The model's `bench` path (`visual_path`) for this real image rather than bench's synthetic one: an
     AnyRes path of the image's size, a Qwen-VL path with the grid the processor gave it (`inputs`)."""
-    path = visual_path(model, (image.height, image.width))
-    if isinstance(path, AnyresPath):
-        return type(path)(replace(path.image, height=image.height, width=image.width))
-    if isinstance(path, QwenPath):
-        path.grid = inputs["image_grid_thw"]  # as `QwenPath.synthetic_pixels` sets it for bench's images
-    return path
+    return visual_path(model, (image.height, image.width)).for_image(image.height, image.width, inputs)
 
 
 def image_inputs(model, processor, image, prompt: str):
