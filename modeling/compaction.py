@@ -243,9 +243,8 @@ def write_static_layout(
             f"a compiled forward needs exactly one `<{tokens.modality}>` placeholder per reduced token "
             f"({values.shape[0]} in this batch): build prompts with the fixed-budget processor, or run eagerly",
         )
-        source = (where.cumsum(0) - 1).clamp(
-            0, max(values.shape[0] - 1, 0)
-        )  # [B*L]: the token each one takes
+        # [B*L]: the token each placeholder takes (the other positions keep their text, below)
+        source = (where.cumsum(0) - 1).clamp(0, max(values.shape[0] - 1, 0))
         placed = values[source].view(batch, length, hidden)
         text_embeds = torch.where(where.view(batch, length, 1), placed, text_embeds)
     return text_embeds

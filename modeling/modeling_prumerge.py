@@ -519,6 +519,13 @@ class PruMergeModelMixin:
             )
         kwargs.pop("cache_position", None)  # positions of the uncompacted prompt; the LLM recomputes them
 
+    def reported_mask(self, inputs_embeds: torch.Tensor, attention_mask) -> dict:
+        """The output's `attention_mask` when the prompt keeps its layout: the padding mask; a 4-D mask, or
+        masks per layer type (compiled decoding's), is not reported."""
+        if attention_mask is None or (torch.is_tensor(attention_mask) and attention_mask.dim() == 2):
+            return {"attention_mask": self.padding_mask(inputs_embeds, attention_mask)}
+        return {}
+
     @staticmethod
     def has_visual_inputs(visual_inputs: dict) -> bool:
         """Whether raw visual inputs are given (options such as `image_sizes` alone are none)."""
@@ -623,7 +630,7 @@ class PruMergeModelMixin:
                 for tokens in visual
             }
             inputs_embeds = write_static_layout(inputs_embeds, placeholders, visual)
-            fields["attention_mask"] = self.padding_mask(inputs_embeds, attention_mask)
+            fields.update(self.reported_mask(inputs_embeds, attention_mask))
             for tokens in visual:  # the kept patches per sample need the layout on the host: not reported
                 fields.update(encoder_output_fields(tokens.modality, tokens.features))
                 fields[COUNT_FIELDS[tokens.modality][0]] = tokens.counts
@@ -631,9 +638,7 @@ class PruMergeModelMixin:
             visual, spans = self.item_spans(visual, input_ids, inputs_embeds, labels)
             if fits_in_place(visual, spans):
                 inputs_embeds = write_in_place(inputs_embeds, visual, spans)
-                # a 4-D mask, or masks per layer type (compiled decoding's), is not reported
-                if attention_mask is None or (torch.is_tensor(attention_mask) and attention_mask.dim() == 2):
-                    fields["attention_mask"] = self.padding_mask(inputs_embeds, attention_mask)
+                fields.update(self.reported_mask(inputs_embeds, attention_mask))
             else:
                 compact = self.compact(
                     inputs_embeds, attention_mask, visual, spans, input_ids, labels, position_ids

@@ -60,7 +60,7 @@ class Selection:
     slots [B, N]: per image the patch behind every slot, the selected ones first.
     num_selected [B]: how many slots of each image are selected.
     counts: the same numbers on the host, where known when the selection is made: fixed by the settings
-        (budgets, ratios, the baselines: `fixed`, no read), or read at once where reads are free (a CPU).
+        (budgets, ratios, the baselines: no read), or read at once where reads are free (a CPU).
         None for an adaptive selection on an accelerator: its counts are read back once, with the finished
         tokens (`reduce_visual_tokens`), so that nothing waits for them in between.
     """
@@ -101,8 +101,8 @@ class HostReads:
     all queued work, and queues nothing meanwhile. Inside `batched_host_reads()`, finite checks, adaptive
     counts and the prompt's placeholder layout queue their tensors here instead of reading them, and the
     first value the host needs brings back everything queued so far in one copy: a forward of a fixed
-    budget reads once (at compaction), an adaptive one once too (its counts, with the checks and the
-    layout). A failed check raises then. Under torch.compile nothing is queued or checked (as stock).
+    budget reads once (at compaction), an adaptive one on an accelerator once too (its counts, with the
+    checks and the layout). A failed check raises then. Under torch.compile nothing is queued or checked (as stock).
     """
 
     queued: list[torch.Tensor] = field(default_factory=list)  # flattened int64 tensors, read in order
@@ -675,7 +675,6 @@ def reduce_visual_tokens(
     merging = settings.prunes and settings.merge
     neighbors = plan_merge(keys, selection, settings.merge_k) if merging else None  # [B, M, k]
     tokens = apply_merge(features, attention, selection, neighbors, settings.merge_weighting, summary_token)
-    # the one host read of an adaptive selection: its counts, with the finite checks queued by then
     # an adaptive selection on an accelerator: its one host read, with the finite checks queued by then
     counts = selection.counts if selection.counts is not None else read_back(selection.num_selected)
     return _per_image(tokens, selection, counts, neighbors, settings.token_order, summary_token)
@@ -693,7 +692,7 @@ def _per_image(
         centers = slots[image, :count]
         absorbed = neighbors[image, :count] if neighbors is not None else centers.new_empty(count, 0)
         has_summary = summary_token and count < num_patches
-        if count == width:  # a fixed count: the summary row follows at once (a view, no copy)
+        if count == width:  # the widest image (every image, for a fixed count): a view, no copy
             image_tokens = tokens[image, : count + has_summary]
         else:
             image_tokens = torch.cat([tokens[image, :count], tokens[image, width : width + has_summary]])
