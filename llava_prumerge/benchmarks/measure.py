@@ -112,6 +112,12 @@ def method_settings(subject: BenchSubject, label: str) -> ReductionSettings:
     return settings
 
 
+def method_reductions(subject: BenchSubject, labels: list[str]) -> dict[str, ReductionSettings]:
+    """Each method label's reducer settings (`method_settings`), "none" first: the baseline of the ratios,
+    always measured."""
+    return {label: method_settings(subject, label) for label in ["none", *[m for m in labels if m != "none"]]}
+
+
 @dataclass(frozen=True)
 class Stages:
     """The functions a pass times: the path's own, or compiled (`bench --compile`)."""
@@ -343,9 +349,9 @@ def run_benchmark(
 ) -> list[dict]:
     """Result rows for every batch size and method label ("none", the baseline of the ratios, always
     included; "prumerge@256": a fixed budget per image or video); `compile_choice`: see `bench --compile`."""
-    methods = ["none", *[m for m in methods if m != "none"]]
+    reductions = method_reductions(subject, methods)
+    methods = list(reductions)
     stages = Stages.of(subject, compile_choice)
-    reductions = {label: method_settings(subject, label) for label in methods}
     device = subject.model.device
     memory = PeakMemory(device)
     settings = {

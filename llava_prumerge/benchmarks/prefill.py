@@ -20,7 +20,7 @@ from ..common.timing import PhaseTimer
 from ..errors import UsageError
 from ..modeling.reduction_settings import ReductionSettings
 from .compiling import compiled
-from .measure import method_settings
+from .measure import method_reductions
 from .modalities import ImagePath
 from .models import BenchInputs, BenchSubject, make_inputs
 from .report import format_table
@@ -90,8 +90,8 @@ def run_whole_prefill(
     """One row per batch size and method ("none" first, the baseline of the ratio): the median time of the
     model's forward from pixels to the first token, its spread, and what reached the LLM."""
     check_whole_prefill_applies(subject)
-    methods = ["none", *[m for m in methods if m != "none"]]
-    reductions = {label: method_settings(subject, label) for label in methods}
+    reductions = method_reductions(subject, methods)
+    methods = list(reductions)
     prefill = compiled(first_token, compile_choice, dynamic=False)  # a graph per shape, as CUDA graphs need
     device = subject.model.device
     rows = []
